@@ -1,0 +1,38 @@
+"""The Attack contract shared by every family.
+
+Parameters go to `__init__` (validated there, no work done there); `run(target, data, ...)` does the work and
+returns an `AttackResult`. Each attack declares the access it needs; a target that grants less gets a clear
+`AccessError` before any query is spent.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+from bastion.core.data import Dataset
+from bastion.core.results import AttackResult
+from bastion.core.target import Access, Target
+
+
+class Attack:
+    """Base class: subclasses set `family`, `name`, `requires` and implement `run`."""
+
+    family: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    requires: ClassVar[Access] = Access.LABELS
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters and their current values (scikit-learn convention)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names if hasattr(self, n)}
+
+    def check_access(self, target: Target) -> None:
+        target.require(self.requires, f"{self.family} attack '{self.name}'")
+
+    def run(self, target: Target, data: Dataset, **kwargs: Any) -> AttackResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,1 @@
+"""Core contracts: Target, Dataset, Trainer, results, registry and errors."""

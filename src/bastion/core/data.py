@@ -1,0 +1,286 @@
+"""Datasets: loading `.npz`, `.csv`, image folders and IDX files, and validating them against a model."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bastion.core.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
+MAX_IDX_BYTES = 2 * 1024**3
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclass
+class Dataset:
+    """Inputs `x` (float32, shape (n, *input_shape)) and integer labels `y` (int64, shape (n,))."""
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str = "data"
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.x = np.asarray(self.x, dtype=np.float32)
+        self.y = np.asarray(self.y)
+        if self.x.ndim < 2:
+            raise DataError(f"{self.name}: inputs must have shape (n, features...), got {self.x.shape}")
+        if self.y.ndim != 1 or len(self.y) != len(self.x):
+            raise DataError(f"{self.name}: labels must have shape ({len(self.x)},), got {self.y.shape}")
+        if self.y.dtype.kind == "f":
+            if not np.all(np.isfinite(self.y)) or not np.all(self.y == np.round(self.y)):
+                raise DataError(f"{self.name}: labels must be whole numbers")
+        elif self.y.dtype.kind not in "iub":
+            raise DataError(f"{self.name}: labels must be integers, got dtype {self.y.dtype}")
+        self.y = self.y.astype(np.int64)
+        if len(self.x) == 0:
+            raise DataError(f"{self.name}: the dataset is empty")
+        if not np.all(np.isfinite(self.x)):
+            bad = int((~np.isfinite(self.x)).reshape(len(self.x), -1).any(axis=1).sum())
+            raise DataError(f"{self.name}: {bad} samples contain NaN or infinite values")
+        if self.y.min() < 0:
+            raise DataError(f"{self.name}: labels must be non-negative, found {int(self.y.min())}")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return max(len(self.class_names), int(self.y.max()) + 1)
+
+    def subset(self, index: np.ndarray | slice, name: str | None = None) -> Dataset:
+        return Dataset(self.x[index], self.y[index], name or self.name, list(self.class_names))
+
+    def head(self, n: int | None) -> Dataset:
+        return self if n is None or n >= len(self) else self.subset(slice(0, n))
+
+    def bounds(self) -> tuple[float, float]:
+        """(0, 1) when every value lies there, else the data's own min and max."""
+        lo, hi = float(self.x.min()), float(self.x.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return (0.0, 1.0)
+        return (lo, hi) if lo < hi else (lo, lo + 1.0)
+
+
+def validate_for_model(data: Dataset, n_classes: int, input_shape: tuple[int, ...],
+                       bounds: tuple[float, float] | None = None) -> None:
+    """Raise DataError when the data does not fit a model: shape, label range, bounds."""
+    if tuple(data.input_shape) != tuple(input_shape):
+        raise DataError(f"{data.name}: input shape {data.input_shape} does not match the model's {tuple(input_shape)}")
+    if int(data.y.max()) >= n_classes:
+        raise DataError(
+            f"{data.name}: label {int(data.y.max())} is out of range for a model with {n_classes} classes"
+        )
+    if len(data.class_names) > n_classes:
+        raise DataError(f"{data.name}: {len(data.class_names)} classes but the model has {n_classes}")
+    if bounds is not None:
+        lo, hi = bounds
+        if data.x.min() < lo - 1e-6 or data.x.max() > hi + 1e-6:
+            raise DataError(
+                f"{data.name}: values in [{data.x.min():.4g}, {data.x.max():.4g}] fall outside the model's "
+                f"bounds [{lo:g}, {hi:g}]"
+            )
+
+
+def load_dataset(path: str | Path, label: str | None = None, name: str | None = None) -> Dataset:
+    """Load `.npz` (arrays x, y), `.csv` (`label` column), an image folder, or an IDX image file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data not found: {path}")
+    name = name or path.name
+    if path.is_dir():
+        if _idx_pair_in(path):
+            return load_idx(_idx_pair_in(path), name=name)
+        return load_image_folder(path, name=name)
+    head = _read_head(path)
+    if head.startswith(b"PK"):
+        return load_npz(path, name=name)
+    if _looks_like_idx(head):
+        return load_idx(path, name=name)
+    if path.suffix.lower() in {".csv", ".txt", ".tsv"}:
+        return load_csv(path, label=label, name=name)
+    raise DataError(f"{path}: unknown data format (expected .npz, .csv, an image folder or IDX files)")
+
+
+def _read_head(path: Path, n: int = 8) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(n)
+    if head.startswith(b"\x1f\x8b"):
+        try:
+            with gzip.open(path, "rb") as g:
+                return g.read(n)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path}: corrupt gzip file ({exc})") from None
+    return head
+
+
+def load_npz(path: Path, name: str | None = None) -> Dataset:
+    """`.npz` with arrays `x` and `y` (optional `class_names`). Object arrays are refused: they need pickle."""
+    name = name or path.name
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            if not {"x", "y"} <= keys:
+                raise DataError(f"{path}: an .npz dataset needs arrays 'x' and 'y', found {sorted(keys)}")
+            x, y = archive["x"], archive["y"]
+            classes = [str(c) for c in archive["class_names"]] if "class_names" in keys else []
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise DataError(f"{path}: object arrays are refused (loading them would unpickle)") from None
+        raise DataError(f"{path}: corrupt .npz file ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise DataError(f"{path}: corrupt .npz file ({exc})") from None
+    if x.dtype.kind not in "fiub":
+        raise DataError(f"{path}: 'x' must be numeric, got dtype {x.dtype}")
+    return Dataset(x, y, name, classes)
+
+
+def load_csv(path: Path, label: str | None = None, name: str | None = None) -> Dataset:
+    """CSV with a header row; `label` names the label column (default: the last column)."""
+    name = name or path.name
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+    if len(rows) < 2:
+        raise DataError(f"{path}: a CSV dataset needs a header row and at least one data row")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    column = header.index(label) if label in header else None
+    if label is not None and column is None:
+        raise DataError(f"{path}: no column named {label!r}; columns are {', '.join(header)}")
+    column = len(header) - 1 if column is None else column
+    for i, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {i} has {len(row)} fields, the header has {len(header)}")
+    raw_labels = [r[column] for r in body]
+    try:
+        features = np.array([[float(v) for j, v in enumerate(r) if j != column] for r in body], dtype=np.float32)
+    except ValueError as exc:
+        raise DataError(f"{path}: non-numeric feature value ({exc})") from None
+    try:
+        y = np.array([int(v) for v in raw_labels], dtype=np.int64)
+        classes: list[str] = []
+    except ValueError:
+        classes = sorted(set(raw_labels))
+        y = np.array([classes.index(v) for v in raw_labels], dtype=np.int64)
+    return Dataset(features, y, name, classes)
+
+
+def load_image_folder(path: Path, name: str | None = None) -> Dataset:
+    """One sub-folder per class; images become float32 in [0, 1], NCHW. All images must share one size."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = name or path.name
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{path}: an image folder needs one sub-folder per class")
+    xs, ys, shape = [], [], None
+    for label, cls in enumerate(classes):
+        for file in sorted((path / cls).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as img:
+                    img.load()
+                    mode = "L" if img.mode in ("L", "1", "I", "I;16", "F") else "RGB"
+                    arr = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise DataError(f"{file}: unreadable image ({exc})") from None
+            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+            if shape is None:
+                shape = arr.shape
+            elif arr.shape != shape:
+                raise DataError(f"{file}: image shape {arr.shape} differs from {shape}; resize images first")
+            xs.append(arr)
+            ys.append(label)
+    if not xs:
+        raise DataError(f"{path}: no images found in the class folders")
+    return Dataset(np.stack(xs), np.array(ys), name, classes)
+
+
+def _looks_like_idx(head: bytes) -> bool:
+    return len(head) >= 4 and head[0] == 0 and head[1] == 0 and head[2] in _IDX_DTYPES and 1 <= head[3] <= 4
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzip-compressed): the MNIST family's array format."""
+    opener = gzip.open if _read_raw_head(path).startswith(b"\x1f\x8b") else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(4)
+            if not _looks_like_idx(header):
+                raise DataError(f"{path}: not an IDX file")
+            ndim = header[3]
+            dims = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+            dtype = np.dtype(_IDX_DTYPES[header[2]])
+            size = int(np.prod(dims)) * dtype.itemsize
+            if size > MAX_IDX_BYTES:
+                raise DataError(f"{path}: IDX header declares {size} bytes, above the {MAX_IDX_BYTES} limit")
+            payload = f.read(size)
+    except (OSError, EOFError, struct.error) as exc:
+        raise DataError(f"{path}: corrupt IDX file ({exc})") from None
+    if len(payload) != size:
+        raise DataError(f"{path}: truncated IDX file ({len(payload)} of {size} bytes)")
+    return np.frombuffer(payload, dtype=dtype).reshape(dims)
+
+
+def _read_raw_head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
+def _idx_labels_for(images: Path) -> Path | None:
+    """Find the labels file beside an images file (`*-images-idx3-ubyte` -> `*-labels-idx1-ubyte`)."""
+    for a, b in (("images-idx3", "labels-idx1"), ("images.idx3", "labels.idx1"), ("images", "labels")):
+        if a in images.name:
+            candidate = images.with_name(images.name.replace(a, b))
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def _idx_pair_in(folder: Path) -> Path | None:
+    for file in sorted(folder.iterdir()):
+        if "images" in file.name and "idx3" in file.name and _idx_labels_for(file):
+            return file
+    return None
+
+
+def load_idx(images: Path, labels: Path | None = None, name: str | None = None) -> Dataset:
+    """IDX images (n, h, w) scaled to [0, 1] as (n, 1, h, w), with the labels file found beside them."""
+    name = name or images.name
+    labels = labels or _idx_labels_for(images)
+    if labels is None:
+        raise DataError(f"{images}: no labels file found beside it (expected a '*labels-idx1*' file)")
+    x, y = read_idx(images), read_idx(labels)
+    if x.ndim == 3:
+        x = x[:, None]
+    if len(x) != len(y):
+        raise DataError(f"{images}: {len(x)} images but {len(y)} labels")
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    return Dataset(x.astype(np.float32) / scale, y.astype(np.int64), name)
+
+
+def save_npz(data: Dataset, path: str | Path) -> None:
+    """Write a dataset as `.npz` with arrays x, y (and class_names when set)."""
+    arrays = {"x": data.x, "y": data.y}
+    if data.class_names:
+        arrays["class_names"] = np.array(data.class_names)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    Path(path).write_bytes(buf.getvalue())

@@ -1,0 +1,1 @@
+"""Metrics, scoring of results into findings, and sanity checks."""

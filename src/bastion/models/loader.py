@@ -1,0 +1,126 @@
+"""Find a model file's format from its bytes and load it as a Target.
+
+TorchScript, torch.export (`.pt2`), `.safetensors` with a `module:factory`, ONNX (onnxruntime), scikit-learn `.skops`
+and `http(s)://` prediction endpoints. Pickle-based files (PyTorch zip/legacy, joblib, raw pickle) go through the
+supply-chain scanner and load only when the scan is clean and the user passed `--trust`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+from bastion.core.data import Dataset
+from bastion.core.errors import ModelLoadError
+from bastion.core.target import Access, Target
+from bastion.models.metadata import ModelMetadata
+
+PICKLE_FORMATS = ("pytorch-zip", "pickle")
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def sniff_format(path: str | Path) -> str:
+    """One of: http, torchscript, torch-export, skops, pytorch-zip, safetensors, onnx, pickle, unknown."""
+    text = str(path)
+    if text.startswith(("http://", "https://")):
+        return "http"
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    size = path.stat().st_size
+    if head.startswith(b"PK"):
+        return _zip_kind(path)
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if 0 < n <= min(size - 8, MAX_SAFETENSORS_HEADER) and head[8:9] == b"{":
+            return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if head[:1] == b"\x08" and _parses_as_onnx(path):
+        return "onnx"
+    return "unknown"
+
+
+def _zip_kind(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return "unknown"
+    tails = {n.split("/", 1)[-1] for n in names}
+    if "constants.pkl" in tails and any(n.split("/", 1)[-1].startswith("code/") for n in names):
+        return "torchscript"
+    if "archive_format" in tails or "models/model.json" in tails:
+        return "torch-export"
+    if "schema.json" in names:
+        return "skops"
+    if "data.pkl" in tails:
+        return "pytorch-zip"
+    return "unknown"
+
+
+def _parses_as_onnx(path: Path) -> bool:
+    try:
+        import onnx
+
+        onnx.load(str(path), load_external_data=False)
+        return True
+    except Exception:  # any parse failure means "not ONNX"
+        return False
+
+
+def load_target(
+    path: str | Path,
+    data: Dataset | None = None,
+    arch: str | None = None,
+    device: str = "auto",
+    trust: bool = False,
+    max_queries: int | None = None,
+    bounds: tuple[float, float] | None = None,
+    access: str | Access | None = None,
+    batch_size: int = 512,
+) -> Target:
+    """Load MODEL as a Target. `data` supplies the input shape and bounds when the file does not carry them."""
+    fmt = sniff_format(path)
+    if fmt == "unknown":
+        raise ModelLoadError(
+            f"{path}: unknown model format (expected TorchScript, .pt2, .safetensors, ONNX, .skops or an http URL)"
+        )
+    if fmt == "safetensors" and not arch:
+        raise ModelLoadError(f"{path}: a .safetensors file holds weights only; pass --arch module:factory")
+    from bastion.models import backends
+
+    loader = backends.LOADERS[fmt]
+    target = loader(path, data=data, arch=arch, device=device, trust=trust, bounds=bounds, batch_size=batch_size)
+    target.counter.budget = max_queries
+    target.name = Path(str(path)).name if fmt != "http" else str(path)
+    if access is not None:
+        target = target.restrict(access)
+    return target
+
+
+def resolve_shape_and_bounds(meta: ModelMetadata, data: Dataset | None, bounds: tuple[float, float] | None,
+                             path: str | Path) -> tuple[tuple[int, ...], tuple[float, float]]:
+    """Input shape and bounds from, in order: the caller, the model's metadata, the data."""
+    shape = tuple(meta.input_shape) if meta.input_shape else (data.input_shape if data is not None else None)
+    if shape is None:
+        raise ModelLoadError(f"{path}: the model does not record its input shape; pass --data")
+    if bounds is None:
+        bounds = tuple(meta.bounds) if meta.bounds else (data.bounds() if data is not None else (0.0, 1.0))
+    return shape, (float(bounds[0]), float(bounds[1]))
+
+
+def read_json_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, bounded in size."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > MAX_SAFETENSORS_HEADER:
+            raise ModelLoadError(f"{path}: safetensors header of {n} bytes is too large")
+        try:
+            return json.loads(f.read(n))
+        except ValueError as exc:
+            raise ModelLoadError(f"{path}: corrupt safetensors header ({exc})") from None

@@ -1,0 +1,54 @@
+"""scikit-learn models from `.skops` files: score access with `predict_proba`, labels otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bastion.core.data import Dataset
+from bastion.core.errors import ModelLoadError
+from bastion.core.target import FunctionTarget
+from bastion.models.loader import resolve_shape_and_bounds
+from bastion.models.metadata import ModelMetadata
+
+# Types from these libraries are rebuilt by skops without running arbitrary code; others need --trust.
+TRUSTED_ROOTS = ("sklearn", "numpy", "scipy")
+
+
+def load_skops(path: Path, data: Dataset | None = None, bounds: tuple[float, float] | None = None,
+               trust: bool = False, batch_size: int = 4096, **_: object) -> FunctionTarget:
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(file=str(path))
+    except Exception as exc:  # skops raises zip, JSON and key errors for corrupt files
+        raise ModelLoadError(f"{path}: corrupt .skops file ({type(exc).__name__})") from None
+    foreign = [t for t in untrusted if t.split(".")[0] not in TRUSTED_ROOTS]
+    if foreign and not trust:
+        raise ModelLoadError(f"{path}: holds types outside scikit-learn/NumPy/SciPy ({', '.join(foreign)}); "
+                             "review them and pass --trust to load")
+    try:
+        estimator = sio.load(str(path), trusted=untrusted)
+    except Exception as exc:  # noqa: BLE001 - any failure to rebuild is a bad file
+        raise ModelLoadError(f"{path}: cannot load .skops file ({type(exc).__name__}: {exc})") from None
+    classes = getattr(estimator, "classes_", None)
+    if classes is None:
+        raise ModelLoadError(f"{path}: not a fitted classifier (no classes_)")
+    if not np.array_equal(np.asarray(classes), np.arange(len(classes))):
+        raise ModelLoadError(f"{path}: class labels must be 0..{len(classes) - 1}, got {list(classes)[:10]}")
+    meta = ModelMetadata(n_classes=len(classes),
+                         input_shape=[int(estimator.n_features_in_)] if hasattr(estimator, "n_features_in_") else None)
+    shape, bounds = resolve_shape_and_bounds(meta, data, bounds, path)
+
+    def flat(x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), -1)
+
+    if hasattr(estimator, "predict_proba"):
+        target = FunctionTarget(lambda x: estimator.predict_proba(flat(x)), len(classes), shape, "probabilities",
+                                bounds, batch_size=batch_size, name=path.name)
+    else:
+        target = FunctionTarget(lambda x: estimator.predict(flat(x)), len(classes), shape, "labels", bounds,
+                                batch_size=batch_size, name=path.name)
+    target.estimator = estimator
+    return target

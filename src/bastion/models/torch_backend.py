@@ -1,0 +1,88 @@
+"""PyTorch formats: TorchScript, torch.export (`.pt2`) and safetensors weights with a model factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bastion.core.data import Dataset
+from bastion.core.device import resolve_device
+from bastion.core.errors import ModelLoadError
+from bastion.core.target import TorchTarget
+from bastion.models.factory import build
+from bastion.models.loader import read_json_header, resolve_shape_and_bounds
+from bastion.models.metadata import METADATA_KEY, ModelMetadata
+
+
+def _target(model: nn.Module, meta: ModelMetadata, path: Path, data: Dataset | None,
+            bounds: tuple[float, float] | None, device: str, batch_size: int) -> TorchTarget:
+    shape, bounds = resolve_shape_and_bounds(meta, data, bounds, path)
+    try:
+        return TorchTarget(model, shape, n_classes=meta.n_classes, bounds=bounds, device=device,
+                           batch_size=batch_size)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{path}: the model does not accept inputs of shape {shape} ({exc})") from None
+
+
+def load_torchscript(path: Path, data: Dataset | None = None, device: str = "auto",
+                     bounds: tuple[float, float] | None = None, batch_size: int = 512, **_: object) -> TorchTarget:
+    extra = {METADATA_KEY: ""}
+    try:
+        model = torch.jit.load(str(path), map_location=resolve_device(device), _extra_files=extra)
+    except Exception as exc:  # torch raises RuntimeError or ValueError for corrupt archives
+        raise ModelLoadError(f"{path}: corrupt TorchScript file ({type(exc).__name__})") from None
+    return _target(model, ModelMetadata.from_json(extra[METADATA_KEY]), path, data, bounds, device, batch_size)
+
+
+class _ExportedModule(nn.Module):
+    """An exported program's module: exported graphs refuse `.eval()`, so this wrapper absorbs the mode switch."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.inner = module
+
+    def train(self, mode: bool = True) -> _ExportedModule:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def load_export(path: Path, data: Dataset | None = None, device: str = "auto",
+                bounds: tuple[float, float] | None = None, batch_size: int = 512, **_: object) -> TorchTarget:
+    extra = {METADATA_KEY: ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+        module = _ExportedModule(program.module())
+    except Exception as exc:  # corrupt or incompatible archive
+        raise ModelLoadError(f"{path}: corrupt torch.export file ({type(exc).__name__}: {exc})") from None
+    meta = ModelMetadata.from_json(extra[METADATA_KEY])
+    shape, _ = resolve_shape_and_bounds(meta, data, bounds, path)
+    try:
+        module(torch.zeros(2, *shape))
+    except Exception:  # exported with a static batch size of 1
+        batch_size = 1
+    return _target(module, meta, path, data, bounds, device, batch_size)
+
+
+def load_safetensors(path: Path, arch: str | None = None, data: Dataset | None = None, device: str = "auto",
+                     bounds: tuple[float, float] | None = None, batch_size: int = 512, **_: object) -> TorchTarget:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header = read_json_header(path)
+    meta = ModelMetadata.from_json((header.get("__metadata__") or {}).get(METADATA_KEY))
+    model = build(arch)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: corrupt safetensors file ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise ModelLoadError(f"{path}: weights do not fit --arch {arch} ({first})") from None
+    return _target(model, meta, path, data, bounds, device, batch_size)
