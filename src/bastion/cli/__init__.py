@@ -1,1 +1,1 @@
-
+"""The `bastion` command line: one module per command group, each with `register(app)`."""

@@ -78,7 +78,9 @@ class Trainer:
         device = resolve_device(self.device)
         model.to(device)
         xs = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32)
-        ys = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y, dtype=torch.long)
+        ys = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+        soft = ys.is_floating_point() and ys.dim() == 2  # soft targets (n, n_classes) for a custom loss_fn
+        ys = ys.float() if soft else ys.long()
         xs, ys = xs.to(device), ys.to(device)
         if len(xs) != len(ys) or len(xs) == 0:
             raise ParameterError(f"training data has {len(xs)} inputs and {len(ys)} labels")
@@ -101,7 +103,7 @@ class Trainer:
                     loss.backward()
                     optimizer.step()
                     total_loss += loss.detach() * len(yb)
-                    correct += (out.detach().argmax(-1) == yb).sum()
+                    correct += (out.detach().argmax(-1) == (yb.argmax(-1) if soft else yb)).sum()
                     bar.advance()
                 self.history.loss.append(float(total_loss) / len(xs))
                 self.history.accuracy.append(float(correct) / len(xs))

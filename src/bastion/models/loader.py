@@ -64,13 +64,9 @@ def _zip_kind(path: Path) -> str:
 
 
 def _parses_as_onnx(path: Path) -> bool:
-    try:
-        import onnx
+    from bastion.models.onnx_proto import looks_like_onnx
 
-        onnx.load(str(path), load_external_data=False)
-        return True
-    except Exception:  # any parse failure means "not ONNX"
-        return False
+    return looks_like_onnx(path)
 
 
 def load_target(

@@ -1,0 +1,51 @@
+"""`bastion attack FAMILY NAME MODEL --data DATA [--param value ...]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bastion.cli.common import EXTRA_ARGS, accepts, check_fit, construct, emit, load_data, parse_extra
+from bastion.core import registry
+from bastion.core.errors import ParameterError
+from bastion.models import load_target
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(context_settings=EXTRA_ARGS, help="Run one attack against a model. Extra --name value pairs are "
+                 "the attack's parameters (see `bastion list attacks`).")
+    def attack(
+        ctx: typer.Context,
+        family: str = typer.Argument(..., help="evasion, poisoning, extraction or inference"),
+        name: str = typer.Argument(..., help="attack name, e.g. pgd"),
+        model: str = typer.Argument(..., help="model file or http(s) URL"),
+        data: Path | None = typer.Option(None, "--data", help="evaluation data (.npz, .csv, image folder, IDX)"),
+        label: str | None = typer.Option(None, "--label", help="label column of CSV data"),
+        arch: str | None = typer.Option(None, "--arch", help="module:factory for .safetensors weights"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+        seed: int = typer.Option(0, "--seed"),
+        n_samples: int | None = typer.Option(None, "--n-samples", help="use only the first N samples"),
+        max_queries: int | None = typer.Option(None, "--max-queries", help="query budget of the target"),
+        access: str | None = typer.Option(None, "--access", help="restrict to gradients, scores or labels"),
+        trust: bool = typer.Option(False, "--trust", help="allow pickle-based files that scanned clean"),
+        as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+        fail_on: str | None = typer.Option(None, "--fail-on", help="exit 1 at this severity or above"),
+    ) -> None:
+        cls = registry.get("attacks", name, family)
+        params = parse_extra(ctx.args)
+        for key, value in (("seed", seed), ("arch", arch)):
+            if value is not None and accepts(cls, key):
+                params.setdefault(key, value)
+        extra_data = {role: params.pop(role) for role in getattr(cls, "dataset_params", ()) if role in params}
+        attack_obj = construct(cls, params, f"{family} attack '{name}'")
+        evaluation = load_data(data, label, n_samples)
+        extra_data = {role: load_data(Path(str(path)), label, None, role) for role, path in extra_data.items()}
+        if evaluation is None and not getattr(cls, "dataset_params", ()):
+            raise ParameterError(f"{family} attack '{name}' needs --data")
+        target = load_target(model, data=evaluation or next(iter(extra_data.values()), None), arch=arch,
+                             device=device, trust=trust, max_queries=max_queries, access=access)
+        for dataset in (evaluation, *extra_data.values()):
+            check_fit(dataset, target)
+        result = attack_obj.run(target, evaluation, **extra_data)
+        emit(result, as_json, fail_on)

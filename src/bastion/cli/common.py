@@ -1,0 +1,148 @@
+"""Helpers shared by the commands: parsing `--param value` pairs, building objects, printing results."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bastion.core.data import Dataset, load_dataset, validate_for_model
+from bastion.core.errors import BastionError, ParameterError
+from bastion.core.results import SEVERITIES, AttackResult, severity_rank
+from bastion.core.target import Target
+
+console = Console(stderr=False)
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'none' -> None, 'a,b' -> list of parsed values, else the text."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    if lowered in ("none", "null"):
+        return None
+    if "," in text:
+        return [parse_value(part) for part in text.split(",") if part.strip()]
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_extra(args: list[str]) -> dict[str, Any]:
+    """Turn ['--step-size', '0.1', '--targeted', '--eps=0.1,0.2'] into {'step_size': 0.1, 'targeted': True, ...}."""
+    params: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or len(token) < 3:
+            raise ParameterError(f"unexpected argument {token!r}; parameters look like --name value")
+        key, sep, value = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if not sep:
+            if i + 1 < len(args) and not (args[i + 1].startswith("--") and len(args[i + 1]) > 2):
+                value, i = args[i + 1], i + 1
+            else:
+                value = "true"
+        params[key] = parse_value(value)
+        i += 1
+    return params
+
+
+def construct(cls: type, params: dict[str, Any], what: str) -> Any:
+    """Instantiate `cls(**params)`, naming the valid parameters when one is unknown."""
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        valid = ", ".join("--" + p.replace("_", "-") for p in accepted) or "none"
+        raise ParameterError(f"{what} has no parameter {', '.join('--' + u.replace('_', '-') for u in unknown)}; "
+                             f"valid: {valid}")
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ParameterError(f"{what}: {exc}") from None
+
+
+def accepts(cls: type, name: str) -> bool:
+    return name in inspect.signature(cls.__init__).parameters
+
+
+def load_data(path: Path | None, label: str | None, n_samples: int | None, role: str = "data") -> Dataset | None:
+    if path is None:
+        return None
+    data = load_dataset(path, label=label, name=f"{role} ({Path(path).name})")
+    return data.head(n_samples)
+
+
+def check_fit(data: Dataset | None, target: Target) -> None:
+    if data is not None:
+        validate_for_model(data, target.n_classes, target.input_shape)
+
+
+def fail_on_level(value: str | None) -> int | None:
+    if value is None or value.lower() == "never":
+        return None
+    if value.lower() not in SEVERITIES:
+        raise ParameterError(f"--fail-on must be one of {', '.join(SEVERITIES)} or never")
+    return severity_rank(value.lower())
+
+
+def emit(result: AttackResult, as_json: bool, fail_on: str | None) -> None:
+    """Print a result (JSON or tables); exit 2 if it is incomplete, 1 if a finding reaches `--fail-on`."""
+    level = fail_on_level(fail_on)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+    else:
+        print_result(result)
+    incomplete = result.metrics.get("incomplete")
+    if incomplete:
+        typer.echo(f"error: {incomplete} (results above are partial)", err=True)
+        raise typer.Exit(2)
+    worst = result.worst_severity()
+    if level is not None and worst is not None and severity_rank(worst) >= level:
+        raise typer.Exit(1)
+
+
+def print_result(result: AttackResult) -> None:
+    title = f"{result.family} · {result.attack}  ({result.queries} queries, {result.seconds:.2f} s, {result.device})"
+    scalars = Table(title=title, show_header=True)
+    scalars.add_column("metric")
+    scalars.add_column("value", justify="right")
+    lists = {}
+    for key, value in result.metrics.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            lists[key] = value
+        elif isinstance(value, float):
+            scalars.add_row(key, f"{value:.4f}")
+        elif not isinstance(value, (dict, list)):
+            scalars.add_row(key, str(value))
+    console.print(scalars)
+    for key, rows in lists.items():
+        table = Table(title=key)
+        columns = list(rows[0])
+        for col in columns:
+            table.add_column(col, justify="right")
+        for row in rows:
+            table.add_row(*(f"{row.get(c):.4f}" if isinstance(row.get(c), float) else str(row.get(c)) for c in columns))
+        console.print(table)
+    for finding in result.findings:
+        console.print(f"[bold]{finding.severity.upper():>8}[/bold]  {finding.title}")
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+__all__ = ["BastionError", "EXTRA_ARGS", "accepts", "check_fit", "construct", "emit", "load_data", "parse_extra"]

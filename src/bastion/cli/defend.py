@@ -1,0 +1,61 @@
+"""`bastion defend NAME MODEL [--data DATA] [--train-data DATA] [--out NEW_MODEL] [--param value ...]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bastion.cli.common import EXTRA_ARGS, accepts, check_fit, construct, emit, load_data, parse_extra
+from bastion.core import registry
+from bastion.core.errors import ParameterError
+from bastion.models import load_target
+from bastion.models.metadata import ModelMetadata
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(context_settings=EXTRA_ARGS, help="Run a defense: detect, repair or harden a model. Extra "
+                 "--name value pairs are the defense's parameters (see `bastion list defenses`).")
+    def defend(
+        ctx: typer.Context,
+        name: str = typer.Argument(..., help="defense name, e.g. neural-cleanse"),
+        model: str = typer.Argument(..., help="model file or http(s) URL"),
+        data: Path | None = typer.Option(None, "--data", help="evaluation / clean data"),
+        train_data: Path | None = typer.Option(None, "--train-data", help="training data"),
+        out: Path | None = typer.Option(None, "--out", help="where to save the defended model"),
+        label: str | None = typer.Option(None, "--label"),
+        arch: str | None = typer.Option(None, "--arch"),
+        device: str = typer.Option("auto", "--device"),
+        seed: int = typer.Option(0, "--seed"),
+        n_samples: int | None = typer.Option(None, "--n-samples"),
+        trust: bool = typer.Option(False, "--trust"),
+        as_json: bool = typer.Option(False, "--json"),
+        fail_on: str | None = typer.Option(None, "--fail-on"),
+    ) -> None:
+        cls = registry.get("defenses", name)
+        params = parse_extra(ctx.args)
+        for key, value in (("seed", seed), ("arch", arch)):
+            if value is not None and accepts(cls, key):
+                params.setdefault(key, value)
+        extra = {role: params.pop(role) for role in getattr(cls, "dataset_params", ()) if role in params}
+        defense = construct(cls, params, f"defense '{name}'")
+        evaluation = load_data(data, label, n_samples)
+        training = load_data(train_data, label, None, "train data")
+        datasets = {role: load_data(Path(str(p)), label, None, role) for role, p in extra.items()}
+        if training is not None:
+            datasets["train_data"] = training
+        target = load_target(model, data=evaluation or training, arch=arch, device=device, trust=trust)
+        for dataset in (evaluation, *datasets.values()):
+            check_fit(dataset, target)
+        result = defense.run(target, evaluation, **datasets)
+        artifact = getattr(defense, "artifact", None)
+        if out is not None:
+            if artifact is None:
+                raise ParameterError(f"defense '{name}' produces no model to save with --out")
+            from bastion.models.export import save_model
+
+            meta = ModelMetadata(n_classes=target.n_classes, input_shape=list(target.input_shape),
+                                 bounds=list(target.bounds), name=f"{target.name} + {name}")
+            save_model(artifact, out, meta)
+            result.metrics["saved_to"] = str(out)
+        emit(result, as_json, fail_on)

@@ -1,0 +1,66 @@
+"""The Defense contract shared by detection, repair and hardening defenses.
+
+Same conventions as `Attack`: parameters in `__init__` (validated there, no work done there), `run(target, data,
+**datasets)` does the work and returns an `AttackResult` with `family="defense"` and `attack=<defense name>`.
+`dataset_params` names extra datasets the CLI loads from paths; a defense that produces a new model (repair,
+hardening) leaves it in `artifact`, which the CLI saves with `--out`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, ClassVar
+
+from torch import nn
+
+from bastion.core.data import Dataset
+from bastion.core.errors import AccessError, ParameterError
+from bastion.core.results import AttackResult, Finding
+from bastion.core.target import Access, Target, TorchTarget
+
+
+class Defense:
+    """Base class: subclasses set `name`, `family` (e.g. "detect", "repair"), `requires` and implement `run`."""
+
+    family: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    requires: ClassVar[Access] = Access.LABELS
+    dataset_params: ClassVar[tuple[str, ...]] = ()
+    artifact: nn.Module | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters and their current values (scikit-learn convention)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names if hasattr(self, n)}
+
+    def check_access(self, target: Target) -> None:
+        target.require(self.requires, f"defense '{self.name}'")
+
+    def run(self, target: Target, data: Dataset | None = None, **datasets: Dataset) -> AttackResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def result(self, target: Target, metrics: dict[str, Any], start: float, queries_before: int = 0,
+               findings: list[Finding] | None = None) -> AttackResult:
+        """Package metrics as the defense's `AttackResult` (family "defense")."""
+        return AttackResult(family="defense", attack=self.name, params=self.get_params(), metrics=metrics,
+                            queries=target.queries - queries_before, seconds=time.perf_counter() - start,
+                            device=str(target.device), findings=findings or [])
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def torch_module(target: Target, what: str) -> nn.Module:
+    """The nn.Module behind a white-box target; a clear AccessError for other targets."""
+    if not isinstance(target, TorchTarget):
+        raise AccessError(f"{what} needs the model's internals: load a PyTorch model, not {target.name}")
+    return target.model
+
+
+def require_data(data: Dataset | None, what: str, flag: str = "--data") -> Dataset:
+    """`data` itself, or a ParameterError telling the user which flag supplies it."""
+    if data is None or len(data) == 0:
+        raise ParameterError(f"{what} needs data: pass {flag} FILE")
+    return data
