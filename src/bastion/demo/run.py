@@ -41,4 +41,7 @@ def run_demo(out: Path, seed: int = 0, device: str = "auto", console: Console | 
     path = out / "demo-results.json"
     path.write_text(json.dumps([r.to_dict() for r in results], indent=2))
     console.print(f"results written to {path}")
+    for name in DEMO_MODELS:
+        cached = demo_model(name, seed=seed, progress=False)
+        console.print(f"{name}: model {cached.model_path}  test data {cached.test_path}")
     return results

@@ -1,8 +1,9 @@
-"""Shared machinery of fixed-epsilon evasion attacks.
+"""Shared machinery of evasion attacks: fixed-epsilon attacks and minimum-norm attacks.
 
-`EvasionAttack.run` evaluates a target at several epsilons in one call: epsilons are visited in increasing
-order and only samples still robust at the previous epsilon are attacked again (an adversarial example inside a
-smaller ball is inside every larger one). Subclasses implement `perturb(target, x, y, eps)` for one epsilon.
+`EvasionAttack.run` evaluates a target at several epsilons in one call and shares the work between them (see
+`search.EpsSearch`): subclasses implement `perturb(target, x, y, eps)` with a per-sample epsilon tensor.
+`MinNormAttack` subclasses implement `minimize(target, x, y, stop)`: one run gives the smallest perturbation found
+per sample, from which the robust accuracy at every epsilon follows (each example re-checked in float32).
 """
 
 from __future__ import annotations
@@ -15,24 +16,40 @@ import numpy as np
 import torch
 
 from bastion.attacks.base import Attack
-from bastion.attacks.evasion.norms import check_norm, lp_norm
+from bastion.attacks.evasion.norms import check_norm, lp_norm, project
+from bastion.attacks.evasion.search import EpsSearch, valid_examples
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.results import AttackResult
 from bastion.core.target import Access, Target
 from bastion.evaluation.scoring import evasion_findings
 
+__all__ = ["EvasionAttack", "MinNormAttack", "parse_eps", "valid_examples", "as_eps"]
+
 
 def parse_eps(eps: float | str | Sequence[float]) -> list[float]:
-    """Accept 0.1, "0.05,0.1" or [0.05, 0.1]; return a sorted list of positive floats."""
+    """Accept 0.1, "0.05,0.1" or [0.05, 0.1]; return a sorted list of distinct positive floats."""
     if isinstance(eps, str):
-        eps = [float(e) for e in eps.split(",") if e.strip()]
+        try:
+            eps = [float(e) for e in eps.split(",") if e.strip()]
+        except ValueError:
+            raise ParameterError(f"epsilons must be numbers, got {eps!r}") from None
     elif isinstance(eps, (int, float)):
         eps = [float(eps)]
-    values = sorted(float(e) for e in eps)
+    values = sorted({float(e) for e in eps})
     if not values or any(not np.isfinite(e) or e <= 0 for e in values):
         raise ParameterError(f"epsilons must be positive and finite, got {eps}")
     return values
+
+
+def as_eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample epsilon tensor of shape (n,) on x's device."""
+    e = torch.as_tensor(eps, dtype=torch.float32, device=x.device)
+    return e.expand(len(x)).contiguous() if e.dim() == 0 else e
+
+
+def clip_to(x: torch.Tensor, target: Target) -> torch.Tensor:
+    return x.clamp(target.bounds[0], target.bounds[1])
 
 
 class EvasionAttack(Attack):
@@ -40,82 +57,118 @@ class EvasionAttack(Attack):
 
     family: ClassVar[str] = "evasion"
     requires: ClassVar[Access] = Access.GRADIENTS
-    max_eps_fraction: ClassVar[dict[str, float]] = {"linf": 1.0, "l2": float("inf"), "l1": float("inf")}
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
 
     def __init__(self, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf", seed: int = 0):
         self.eps = parse_eps(eps)
         self.norm = check_norm(norm)
+        if self.norm not in self.norms:
+            raise ParameterError(f"{self.name} supports the norms {', '.join(self.norms)}, not {self.norm}")
         self.seed = int(seed)
 
     def validate_eps(self, target: Target) -> None:
         """Refuse an epsilon that covers the whole input range: the result would mean nothing."""
         lo, hi = target.bounds
-        limit = self.max_eps_fraction[self.norm] * (hi - lo)
-        if self.norm == "linf" and max(self.eps) >= limit:
-            raise ParameterError(
-                f"eps {max(self.eps):g} is at least the whole input range {hi - lo:g}: every input is reachable"
-            )
         dim = int(np.prod(target.input_shape))
-        full = (hi - lo) * (dim ** 0.5 if self.norm == "l2" else dim if self.norm == "l1" else 1)
+        full = (hi - lo) * {"linf": 1.0, "l2": dim ** 0.5, "l1": float(dim)}[self.norm]
         if max(self.eps) >= full:
-            raise ParameterError(f"eps {max(self.eps):g} ({self.norm}) spans the whole input space ({full:g})")
+            raise ParameterError(f"eps {max(self.eps):g} ({self.norm}) spans the whole input range ({full:g}): "
+                                 "every input is reachable")
 
-    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        """Adversarial versions of x within `eps` (the best iterate per sample)."""
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        """Adversarial versions of x within the per-sample `eps` (the best iterate per sample)."""
         raise NotImplementedError  # pragma: no cover
 
-    def generator(self, device: torch.device | None = None) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed)
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator seeded from the attack's seed: the same draws on every device."""
+        return torch.Generator().manual_seed(self.seed + offset)
 
-    def run(self, target: Target, data: Dataset, **_: Any) -> AttackResult:
+    def prepare(self, target: Target, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         self.check_access(target)
         self.validate_eps(target)
-        start, queries_before = time.perf_counter(), target.queries
+        if data.y.max() >= target.n_classes:
+            raise ParameterError(f"labels go up to {int(data.y.max())} but the model has {target.n_classes} classes")
         x = torch.as_tensor(data.x, dtype=torch.float32, device=target.device)
         y = torch.as_tensor(data.y, dtype=torch.long, device=target.device)
-        robust = target.labels(x) == y
-        clean_accuracy = robust.float().mean()
-        curve, violations = [], 0
-        for eps in self.eps:
-            idx = robust.nonzero().flatten()
-            if len(idx):
-                x_adv = self.perturb(target, x[idx], y[idx], eps)
-                valid = valid_examples(x[idx], x_adv, eps, self.norm, target.bounds)
-                violations += int((~valid).sum())
-                fooled = (target.labels(x_adv.float()) != y[idx]) & valid
-                robust[idx[fooled]] = False
-            curve.append({"eps": eps, "robust_accuracy": float(robust.float().mean())})
-        clean = float(clean_accuracy)
-        metrics = {
+        return x, y
+
+    def search(self, target: Target, x: torch.Tensor, y: torch.Tensor) -> EpsSearch:
+        """Run the attack over all epsilons, sharing work between them; return the filled-in search."""
+        search = EpsSearch(target, x, y, self.eps, self.norm)
+        while (probe := search.next_probe()) is not None:
+            idx, k = probe
+            search.record(idx, k, self.perturb(target, x[idx], y[idx], search.eps[k]))
+        return search
+
+    def run(self, target: Target, data: Dataset, **_: Any) -> AttackResult:
+        x, y = self.prepare(target, data)
+        start, queries = time.perf_counter(), target.queries
+        search = self.search(target, x, y)
+        return self.result(target, search, start, queries)
+
+    def result(self, target: Target, search: EpsSearch, start: float, queries: int,
+               extra: dict[str, Any] | None = None, findings: list | None = None) -> AttackResult:
+        """The AttackResult of a finished search: clean and robust accuracy per eps, success rates, findings."""
+        clean = float(search.correct.float().mean())
+        curve = search.curve()
+        metrics: dict[str, Any] = {
             "clean_accuracy": clean,
             "robust_accuracy": curve,
             "attack_success_rate": [
                 {"eps": c["eps"], "rate": (1 - c["robust_accuracy"] / clean) if clean > 0 else 0.0} for c in curve
             ],
-            "n_samples": len(data),
+            "n_samples": len(search.x),
             "norm": self.norm,
-            "constraint_violations": violations,
+            "constraint_violations": search.violations,
         }
+        metrics.update(extra or {})
         return AttackResult(
             family=self.family,
             attack=self.name,
             params=self.get_params(),
             metrics=metrics,
-            queries=target.queries - queries_before,
+            queries=target.queries - queries,
             seconds=time.perf_counter() - start,
             device=str(target.device),
-            findings=evasion_findings(self.name, self.norm, clean, curve, violations),
+            findings=evasion_findings(self.name, self.norm, clean, curve, search.violations) + (findings or []),
         )
 
 
-def valid_examples(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str,
-                   bounds: tuple[float, float], rtol: float = 1e-5) -> torch.Tensor:
-    """Mask of adversarial examples that are finite, inside the bounds and within eps (checked in float32).
+class MinNormAttack(EvasionAttack):
+    """Base of minimum-norm attacks (FAB, C&W, DeepFool, HopSkipJump).
 
-    An invalid example never counts as a success: a bug in an attack cannot make a model look weaker."""
-    x, x_adv = x.float(), x_adv.float()
-    finite = torch.isfinite(x_adv.reshape(len(x_adv), -1)).all(dim=1)
-    flat = x_adv.reshape(len(x_adv), -1)
-    inside = (flat >= bounds[0] - 1e-6).all(dim=1) & (flat <= bounds[1] + 1e-6).all(dim=1)
-    within = lp_norm(x_adv - x, norm) <= eps * (1 + rtol) + 1e-7
-    return finite & inside & within
+    `minimize(target, x, y, stop)` returns, per sample, the adversarial example of smallest norm found (x itself
+    where none was found). A sample leaves the active batch once its perturbation is at most `stop` (when given)
+    or once the attack can no longer improve it. `eps` only sets the epsilons the robust accuracy is reported at.
+    """
+
+    def minimize(self, target: Target, x: torch.Tensor, y: torch.Tensor,
+                 stop: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        """Fixed-epsilon use (e.g. in a cascade): the minimal example, projected into the eps ball if larger."""
+        eps = as_eps(eps, x)
+        adv = self.minimize(target, x, y, stop=eps)
+        return clip_to(x + project(adv - x, eps, self.norm), target)
+
+    def run(self, target: Target, data: Dataset, **_: Any) -> AttackResult:
+        x, y = self.prepare(target, data)
+        start, queries = time.perf_counter(), target.queries
+        search = EpsSearch(target, x, y, self.eps, self.norm)
+        idx = search.correct.nonzero().flatten()
+        if len(idx):
+            adv = self.minimize(target, x[idx], y[idx]).float()
+            fooled = target.labels(adv) != y[idx]
+            valid = valid_examples(x[idx], adv, float("inf"), self.norm, target.bounds)
+            search.violations += int((fooled & ~valid).sum())
+            hit = (fooled & valid).nonzero().flatten()
+            search._accept(idx[hit], adv[hit], lp_norm(adv[hit] - x[idx[hit]], self.norm))
+        dist = search.dist[search.correct]
+        found = torch.isfinite(dist)
+        extra = {
+            "median_perturbation": float(dist.median()) if len(dist) else float("nan"),
+            "median_perturbation_found": float(dist[found].median()) if bool(found.any()) else float("nan"),
+            "unbounded_success_rate": float(found.float().mean()) if len(dist) else 0.0,
+        }
+        return self.result(target, search, start, queries, extra)

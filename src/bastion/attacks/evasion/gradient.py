@@ -5,27 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from bastion.attacks.evasion.base import EvasionAttack
+from bastion.attacks.evasion.base import EvasionAttack, as_eps, clip_to
+from bastion.attacks.evasion.losses import ce_loss, forward_logits, loss_and_grad
 from bastion.attacks.evasion.norms import ascent_step, project, random_start
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.target import Target
 
 
-def loss_and_grad(target: Target, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample cross-entropy, its input gradient, and the logits, from one forward-backward pass."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = target.logits(x)
-        loss = F.cross_entropy(logits, y, reduction="none")
-        (grad,) = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), grad.detach(), logits.detach()
-
-
-def _clip(x: torch.Tensor, target: Target) -> torch.Tensor:
-    return x.clamp(target.bounds[0], target.bounds[1])
+def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *[1] * (like.dim() - 1))
 
 
 @register("attacks", "fgsm", family="evasion")
@@ -38,15 +28,16 @@ class FGSM(EvasionAttack):
 
     name = "fgsm"
 
-    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        eps = as_eps(eps, x)
         _, grad, _ = loss_and_grad(target, x, y)
-        eps_t = torch.full((len(x),), eps, device=x.device)
-        return _clip(x + ascent_step(grad, eps_t, self.norm), target).detach()
+        return clip_to(x + project(ascent_step(grad, eps, self.norm), eps, self.norm), target).detach()
 
 
 @register("attacks", "pgd", family="evasion")
 class PGD(EvasionAttack):
-    """Projected Gradient Descent with random start (Madry et al., ICLR 2018).
+    """Projected Gradient Descent with random start (Madry et al., ICLR 2018), L∞, L2 or L1 (sparse L1 steps of
+    Tramèr & Boneh, NeurIPS 2019).
 
     `steps` iterations of size `step_size` (default 2.5·eps/steps), each projected back onto the Lp ball and
     the input bounds; `restarts` random restarts run only on samples still robust. Each sample keeps its best
@@ -58,7 +49,7 @@ class PGD(EvasionAttack):
 
     def __init__(self, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf", steps: int = 10,
                  step_size: float | None = None, restarts: int = 1, random_init: bool = True,
-                 compact_every: int = 5, seed: int = 0):
+                 compact_every: int = 1, seed: int = 0):
         super().__init__(eps, norm, seed)
         if steps < 1 or restarts < 1 or compact_every < 1:
             raise ParameterError("steps, restarts and compact_every must be at least 1")
@@ -67,43 +58,52 @@ class PGD(EvasionAttack):
         self.steps, self.step_size, self.restarts = int(steps), step_size, int(restarts)
         self.random_init, self.compact_every = bool(random_init), int(compact_every)
 
-    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         gen = self.generator()
+        eps = as_eps(eps, x)
         best = x.clone()
         robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
             idx = robust.nonzero().flatten()
             if len(idx) == 0:
                 break
-            adv, fooled = self._one_run(target, x[idx], y[idx], eps, gen)
+            adv, fooled = self._one_run(target, x[idx], y[idx], eps[idx], gen)
             best[idx] = adv
             robust[idx[fooled]] = False
         return best
 
-    def _one_run(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float,
+    def _one_run(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(x)
-        eps_t = torch.full((n,), eps, device=x.device)
-        step = torch.full((n,), self.step_size or 2.5 * eps / self.steps, device=x.device)
-        delta = random_start(x, eps_t, self.norm, gen) if self.random_init else torch.zeros_like(x)
-        adv = _clip(x + delta, target)
+        step = eps * (2.5 / self.steps) if self.step_size is None else torch.full_like(eps, self.step_size)
+        delta = random_start(x, eps, self.norm, gen) if self.random_init else torch.zeros_like(x)
+        adv = clip_to(x + delta, target)
         best, best_loss = adv.clone(), torch.full((n,), -float("inf"), device=x.device)
         fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
         active = torch.arange(n, device=x.device)  # indices into x of the samples still attacked
+        xa, ya, ea, sa = x, y, eps, step
         for i in range(self.steps + 1):
-            loss, grad, logits = loss_and_grad(target, adv, y[active])
-            hit = logits.argmax(-1) != y[active]
-            improve = hit | ((loss > best_loss[active]) & ~fooled[active])
-            best[active] = torch.where(improve.view(-1, *[1] * (x.dim() - 1)), adv, best[active])
+            if i == self.steps:  # the last iterate only needs to be judged
+                logits = forward_logits(target, adv)
+                loss = ce_loss(logits, ya)
+            else:
+                loss, grad, logits = loss_and_grad(target, adv, ya)
+            done = fooled[active]
+            hit = logits.argmax(-1) != ya
+            improve = ~done & (hit | (loss > best_loss[active]))
+            best[active] = torch.where(_bcast(improve, adv), adv, best[active])
             best_loss[active] = torch.where(improve, loss, best_loss[active])
-            fooled[active] |= hit
+            done = done | hit
+            fooled[active] = done
             if i == self.steps:
                 break
-            adv = adv + ascent_step(grad, step[active], self.norm)
-            adv = _clip(x[active] + project(adv - x[active], eps_t[active], self.norm), target)
+            adv = adv + ascent_step(grad, sa, self.norm)
+            adv = clip_to(xa + project(adv - xa, ea, self.norm), target)
             if (i + 1) % self.compact_every == 0:
-                keep = ~fooled[active]
-                if not bool(keep.any()):
-                    break
-                active, adv = active[keep], adv[keep]
+                keep = ~done
+                if not bool(keep.all()):
+                    if not bool(keep.any()):
+                        break
+                    active, adv = active[keep], adv[keep]
+                    xa, ya, ea, sa = xa[keep], ya[keep], ea[keep], sa[keep]
         return best, fooled

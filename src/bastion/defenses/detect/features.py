@@ -1,4 +1,4 @@
-"""Shared pieces of data-screening defenses: penultimate-layer features, ground truth, detection metrics."""
+"""Shared pieces of data-screening defenses: feature-layer activations, ground truth, detection metrics."""
 
 from __future__ import annotations
 
@@ -12,21 +12,37 @@ from bastion.core.errors import DataError, ParameterError
 from bastion.evaluation.metrics import auc, detection_rates, roc_curve, tpr_at_fpr
 
 
-def last_module(model: nn.Module, kinds: tuple[type[nn.Module], ...], what: str) -> nn.Module:
-    """The last sub-module of one of `kinds` in registration order (the classifier head for nn.Linear)."""
-    found = [m for m in model.modules() if isinstance(m, kinds)]
-    if not found:
-        names = ", ".join(k.__name__ for k in kinds)
-        raise ParameterError(f"{what} needs a model with a {names} layer")
-    return found[-1]
+def feature_layer(model: nn.Module, layer: str | None = None) -> tuple[nn.Module, bool]:
+    """The module whose activations represent an input, and whether to read its input (True) or output.
+
+    `layer` names a sub-module (as in `model.named_modules()`; its output is read). By default: the input of the
+    first linear layer after the last convolution (a CNN's feature vector, which the classifier head reads), or the
+    input of the last linear layer for a model without convolutions (an MLP's last hidden layer)."""
+    if layer:
+        modules = dict(model.named_modules())
+        if layer not in modules:
+            raise ParameterError(f"no layer named {layer!r}; layers are {', '.join(n for n in modules if n)}")
+        return modules[layer], False
+    order = list(model.modules())
+    convs = [i for i, m in enumerate(order) if isinstance(m, nn.modules.conv._ConvNd)]
+    linears = [i for i, m in enumerate(order) if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ParameterError("reading features needs a model with a nn.Linear layer (or name one with --layer)")
+    after = [i for i in linears if convs and i > convs[-1]]
+    return order[after[0] if after else linears[-1]], True
 
 
 @torch.no_grad()
-def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Inputs of the model's last linear layer (the representation the classifier reads), shape (n, d)."""
-    head = last_module(model, (nn.Linear,), "reading penultimate activations")
+def representation(model: nn.Module, x: torch.Tensor, layer: str | None = None,
+                   batch_size: int = 1024) -> torch.Tensor:
+    """Activations of the feature layer (see `feature_layer`) for a batch of inputs, shape (n, d)."""
+    module, read_input = feature_layer(model, layer)
     captured: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].flatten(1)))
+
+    def keep(_m: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        captured.append((inputs[0] if read_input else output).flatten(1))
+
+    hook = module.register_forward_hook(keep)
     model.eval()
     try:
         for chunk in x.split(batch_size):
@@ -55,6 +71,14 @@ def load_ground_truth(source: str | np.ndarray | None, n: int) -> np.ndarray | N
     if len(mask) != n:
         raise DataError(f"ground truth has {len(mask)} entries but the data has {n} samples")
     return mask
+
+
+def anomaly_index(values: np.ndarray) -> np.ndarray:
+    """|v − median| / (1.4826 · MAD) for each value: a robust z-score (Hampel; as in Neural Cleanse)."""
+    values = np.asarray(values, dtype=np.float64)
+    median = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - median))
+    return np.abs(values - median) / max(mad, 1e-12 * max(1.0, abs(median)))
 
 
 def detection_metrics(flagged: np.ndarray, scores: np.ndarray, is_poison: np.ndarray | None,

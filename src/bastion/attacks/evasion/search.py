@@ -1,0 +1,125 @@
+"""Sharing work across epsilons: which samples to attack at which epsilon, and what each answer implies.
+
+Each correctly classified sample keeps two facts: `dist`, the norm of the smallest valid adversarial example found
+so far (inf when none), and `robust_upto`, the largest epsilon index at which an attack failed (-1 when none).
+An example within a small ball is inside every larger one, so a sample is broken at every eps >= dist; a failed
+attack at eps_k is taken to mean robust at every eps <= eps_k. The search probes each sample top-down, at the
+largest epsilon it is not yet known to be broken at, until both facts meet:
+
+- round one attacks every sample at the largest epsilon;
+- a success is shrunk along its own ray onto the smaller epsilons of the grid (one forward pass per grid point,
+  no gradient), which settles most weak samples at once;
+- a failure settles the sample at every smaller epsilon.
+
+A robust sample therefore costs one full (failed) attack plus cheap successes, whatever the number of epsilons.
+Every example is checked in float32 (finite, inside the bounds, within its epsilon) before it counts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bastion.attacks.evasion.norms import lp_norm
+from bastion.core.target import Target
+
+
+class EpsSearch:
+    """Book-keeping of a multi-epsilon evaluation over the samples (x, y) of one run."""
+
+    def __init__(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: list[float], norm: str):
+        self.target, self.x, self.y, self.norm = target, x, y, norm
+        self.eps = torch.tensor(eps, dtype=torch.float32, device=x.device)
+        self.correct = target.labels(x) == y
+        n = len(x)
+        self.dist = torch.where(self.correct, float("inf"), 0.0).to(x.device)
+        self.robust_upto = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        self.adv = x.clone()
+        self.violations = 0
+
+    @property
+    def k(self) -> int:
+        return len(self.eps)
+
+    def broken_from(self) -> torch.Tensor:
+        """Per sample, the smallest eps index at which it is known broken (k when none)."""
+        return torch.searchsorted(self.eps, self.dist.contiguous())
+
+    def next_probe(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Indices of the samples still undecided and the eps index to attack each at; None when all are decided."""
+        broken = self.broken_from()
+        pending = self.correct & (self.robust_upto + 1 < broken)
+        idx = pending.nonzero().flatten()
+        if len(idx) == 0:
+            return None
+        return idx, broken[idx] - 1
+
+    def record(self, idx: torch.Tensor, probe: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """Judge the attack's answers for samples `idx` probed at eps indices `probe`; return the fooled mask."""
+        x0, y0 = self.x[idx], self.y[idx]
+        eps = self.eps[probe]
+        fooled = self.target.labels(x_adv.float()) != y0
+        valid = valid_examples(x0, x_adv, eps, self.norm, self.target.bounds)
+        self.violations += int((fooled & ~valid).sum())
+        fooled &= valid
+        self.robust_upto[idx[~fooled]] = torch.maximum(self.robust_upto[idx[~fooled]], probe[~fooled])
+        hit = fooled.nonzero().flatten()
+        if len(hit):
+            self._accept(idx[hit], x_adv[hit].float(), lp_norm(x_adv[hit].float() - x0[hit], self.norm))
+            self._shrink(idx[hit], probe[hit])
+        return fooled
+
+    def _accept(self, idx: torch.Tensor, x_adv: torch.Tensor, dist: torch.Tensor) -> None:
+        better = dist < self.dist[idx]
+        self.dist[idx[better]] = dist[better]
+        self.adv[idx[better]] = x_adv[better]
+
+    def _shrink(self, idx: torch.Tensor, probe: torch.Tensor) -> None:
+        """Scale each new example's perturbation down onto the smaller grid epsilons; keep the smallest that fools.
+
+        x + t·δ with t in [0, 1] stays inside the bounds (a convex combination) and has norm t·‖δ‖."""
+        below = int(probe.max())
+        if below <= 0:
+            return
+        x0, delta = self.x[idx], self.adv[idx] - self.x[idx]
+        norm = lp_norm(delta, self.norm).clamp_min(1e-12)
+        grid = self.eps[:below]  # (m,)
+        scale = (grid[None, :] / norm[:, None]).clamp(max=1.0)  # (n, m)
+        usable = grid[None, :] < self.dist[idx][:, None]
+        rows, cols = usable.nonzero(as_tuple=True)
+        if len(rows) == 0:
+            return
+        shape = [-1] + [1] * (x0.dim() - 1)
+        cand = x0[rows] + scale[rows, cols].view(shape) * delta[rows]
+        fooled = self.target.labels(cand) != self.y[idx[rows]]
+        valid = valid_examples(x0[rows], cand, grid[cols], self.norm, self.target.bounds)
+        ok = fooled & valid
+        if not bool(ok.any()):
+            return
+        # the smallest fooling grid point per sample: scatter-min of the column index over the fooling rows
+        first = torch.full((len(idx),), below, dtype=torch.long, device=idx.device)
+        first = first.scatter_reduce(0, rows[ok], cols[ok], reduce="amin")
+        sel = (ok & (cols == first[rows])).nonzero().flatten()
+        order = rows[sel]
+        self._accept(idx[order], cand[sel].float(), lp_norm(cand[sel].float() - x0[order], self.norm))
+
+    def robust_mask(self, k: int) -> torch.Tensor:
+        """Samples counted robust at eps index k: correctly classified and no valid example within eps_k."""
+        return self.correct & (self.dist > self.eps[k])
+
+    def curve(self) -> list[dict]:
+        return [{"eps": float(e), "robust_accuracy": float(self.robust_mask(i).float().mean())}
+                for i, e in enumerate(self.eps.tolist())]
+
+
+def valid_examples(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | float, norm: str,
+                   bounds: tuple[float, float], rtol: float = 1e-5) -> torch.Tensor:
+    """Mask of adversarial examples that are finite, inside the bounds and within eps (checked in float32).
+
+    An invalid example never counts as a success: a bug in an attack cannot make a model look weaker."""
+    x, x_adv = x.float(), x_adv.float()
+    flat = x_adv.reshape(len(x_adv), -1)
+    finite = torch.isfinite(flat).all(dim=1)
+    inside = (flat >= bounds[0] - 1e-6).all(dim=1) & (flat <= bounds[1] + 1e-6).all(dim=1)
+    eps = torch.as_tensor(eps, dtype=torch.float32, device=x.device)
+    within = lp_norm(x_adv - x, norm) <= eps * (1 + rtol) + 1e-7
+    return finite & inside & within

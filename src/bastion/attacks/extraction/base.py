@@ -1,0 +1,155 @@
+"""Shared machinery of extraction attacks: budgets, the query log, scoring copies, findings.
+
+`ExtractionAttack.run(target, data, pool=...)` optionally puts an output defense in front of the target
+(`defense="rounding:2"`), logs every attacker query, lets the subclass's `extract` produce one copy per budget
+(queries are nested: the copy at budget b is built from the first b queries), scores each copy against the model
+behind the API on `data`, and runs the PRADA detector over the attacker's query stream and over a benign stream
+made of the evaluation data.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABCMeta, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from bastion.attacks.base import Attack
+from bastion.attacks.extraction.evaluate import Evaluation
+from bastion.core.data import Dataset, validate_for_model
+from bastion.core.errors import ParameterError
+from bastion.core.results import AttackResult, Finding
+from bastion.core.target import Access, Target
+from bastion.defenses.detect.prada import PRADA, QueryLog
+from bastion.defenses.postprocess import harden, unwrap
+
+# MITRE ATLAS: AML.T0024.002 Extract ML Model, AML.T0005 Create Proxy ML Model. OWASP ML Top 10: ML05 Model Theft.
+EXTRACTION_ATLAS = ["AML.T0024.002", "AML.T0005"]
+EXTRACTION_OWASP = ["ML05:2023 Model Theft"]
+
+
+def parse_budgets(budget: int | str | Sequence[int] | None) -> list[int]:
+    """Accept 1000, "100,1000" or [100, 1000]; return sorted distinct positive integers."""
+    if budget is None:
+        return []
+    if isinstance(budget, str):
+        budget = [b for b in budget.split(",") if b.strip()]
+    elif isinstance(budget, (int, float, np.integer)):
+        budget = [budget]
+    try:
+        values = sorted({int(b) for b in budget})
+    except (TypeError, ValueError):
+        raise ParameterError(f"budget must be whole numbers of queries, got {budget!r}") from None
+    if not values or values[0] < 1:
+        raise ParameterError(f"budgets must be positive, got {budget!r}")
+    return values
+
+
+def per_budget(rows: list[dict], key: str) -> Any:
+    """One value for a single budget, else a list of {budget, key} (the `--json` contract)."""
+    if len(rows) == 1:
+        return rows[0][key]
+    return [{"budget": r["budget"], key: r[key]} for r in rows]
+
+
+def severity_of(fidelity: float, budget: int) -> str:
+    if fidelity >= 0.9:
+        return "critical" if budget <= 1000 else "high"
+    if fidelity >= 0.75:
+        return "medium"
+    return "low" if fidelity >= 0.5 else "info"
+
+
+class ExtractionAttack(Attack, metaclass=ABCMeta):
+    """Base class: subclasses implement `extract(api, pool, budgets)` yielding (budget, copy) pairs."""
+
+    family: ClassVar[str] = "extraction"
+    requires: ClassVar[Access] = Access.LABELS
+    dataset_params: ClassVar[tuple[str, ...]] = ("pool",)
+    needs_pool: ClassVar[bool] = True
+
+    def __init__(self, budget: int | str | Sequence[int] | None = 1000, defense: str | None = None,
+                 monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1,
+                 transfer_samples: int = 500, seed: int = 0):
+        self.budget = parse_budgets(budget)
+        if ood_samples < 0 or transfer_samples < 0 or transfer_eps < 0:
+            raise ParameterError("ood_samples, transfer_samples and transfer_eps must be >= 0")
+        self.defense, self.monitor = defense, bool(monitor)
+        self.ood_samples, self.transfer_eps = int(ood_samples), float(transfer_eps)
+        self.transfer_samples, self.seed = int(transfer_samples), int(seed)
+
+    @abstractmethod
+    def extract(self, api: Target, pool: Dataset | None, budgets: list[int]) -> Iterator[tuple[int, nn.Module]]:
+        """Query `api` and yield a copy at each budget, in increasing order."""
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+    def run(self, target: Target, data: Dataset | None, pool: Dataset | None = None, **_: Any) -> AttackResult:
+        if data is None:
+            raise ParameterError(f"extraction attack '{self.name}' needs --data to measure fidelity and accuracy")
+        if pool is None and self.needs_pool:
+            raise ParameterError(f"extraction attack '{self.name}' needs --pool: the inputs the attacker may query")
+        api = harden(target, self.defense) if self.defense else target
+        self.check_access(api)
+        for dataset in (data, pool):
+            if dataset is not None:
+                validate_for_model(dataset, target.n_classes, target.input_shape)
+        start = time.perf_counter()
+        evaluation = Evaluation(unwrap(api), data, self.ood_samples, self.transfer_eps, self.transfer_samples,
+                                seed=self.seed)
+        log = self.query_log_ = QueryLog(api)
+        before = api.queries
+        rows = []
+        for budget, model in self.extract(log, pool, self.budget):
+            rows.append({"budget": budget, "queries": len(log), **evaluation.score(model)})
+            self.substitute_ = model
+        metrics: dict[str, Any] = {key: per_budget(rows, key)
+                                   for key in ("fidelity", "fidelity_ood", "accuracy", "transfer_success")}
+        metrics.update(curve=rows, victim_accuracy=evaluation.victim_accuracy, access=api.access.name.lower(),
+                       defense=api.name if self.defense else None, evaluation_queries=evaluation.queries,
+                       n_samples=len(data))
+        metrics.update(self.extra_metrics())
+        if self.monitor:
+            metrics["prada"] = self._monitor(log, evaluation)
+        return AttackResult(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
+                            queries=api.queries - before, seconds=time.perf_counter() - start,
+                            device=str(target.device), findings=self.findings(rows, metrics))
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """Attack-specific metrics added after the copies are scored."""
+        return {}
+
+    def _monitor(self, log: QueryLog, evaluation: Evaluation) -> dict[str, Any]:
+        detector = PRADA()
+        attack = detector.detect_log(log).to_dict()
+        benign = detector.detect(evaluation.x.reshape(len(evaluation.x), -1), evaluation.victim_labels)
+        return {**attack, "benign_stream_flagged": benign.detected, "benign_stream_queries": benign.n_queries}
+
+    def findings(self, rows: list[dict], metrics: dict[str, Any]) -> list[Finding]:
+        if not rows:
+            return []
+        last = rows[-1]
+        prada = metrics.get("prada") or {}
+        detected = prada.get("detected")
+        return [Finding(
+            title=f"{self.name} copies the model with {last['fidelity']:.1%} fidelity from {last['queries']} queries",
+            family="extraction",
+            severity=severity_of(last["fidelity"], last["queries"]),  # type: ignore[arg-type]
+            metric="fidelity",
+            value=last["fidelity"],
+            threshold=0.9,
+            evidence={"attack": self.name, "curve": rows, "access": metrics["access"],
+                      "defense": metrics.get("defense"), "prada_detected": detected},
+            atlas=EXTRACTION_ATLAS,
+            owasp=EXTRACTION_OWASP,
+            description="A copy trained on the prediction API's answers agrees with the model on most inputs; "
+                        "adversarial examples crafted on the copy transfer to the model "
+                        f"({last['transfer_success']:.1%} at the largest budget).",
+            recommendation="Return labels or rounded top-k scores only, rate-limit and monitor query streams "
+                           "(PRADA), and consider prediction poisoning; re-assess with the defense in place.",
+        )]

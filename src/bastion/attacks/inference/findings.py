@@ -1,0 +1,111 @@
+"""Grading privacy results into Findings (MITRE ATLAS and OWASP ML Top 10 mappings).
+
+Membership leakage is judged on the lower end of the bootstrap interval of TPR at low FPR, so that a lucky
+estimate on few records never raises an alarm and a real leak is never hidden behind a good AUC.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bastion.core.results import Finding
+
+# ATLAS AML.T0024.000 Infer Training Data Membership, AML.T0024.001 Invert ML Model; OWASP ML03/ML04.
+MEMBERSHIP_ATLAS = ["AML.T0024.000"]
+MEMBERSHIP_OWASP = ["ML04:2023 Membership Inference Attack"]
+INVERSION_ATLAS = ["AML.T0024.001"]
+INVERSION_OWASP = ["ML03:2023 Model Inversion Attack"]
+
+
+def _tpr(metrics: dict[str, Any], fpr: float) -> tuple[float, float]:
+    for row in metrics.get("tpr_at_fpr", []):
+        if abs(row["fpr"] - fpr) < 1e-12:
+            return float(row["tpr"]), float(row["ci"][0])
+    return 0.0, 0.0
+
+
+def membership_severity(metrics: dict[str, Any]) -> str:
+    """Severity from the interval lower bounds of TPR at 1% and 0.1% FPR (and AUC for weak, broad leaks)."""
+    resolution = metrics.get("fpr_resolution", 0.0)
+    _, low1 = _tpr(metrics, 0.01)
+    _, low01 = _tpr(metrics, 0.001) if resolution <= 0.002 else (0.0, 0.0)
+    if low01 >= 0.10:
+        return "critical"
+    if low1 >= 0.10 or low01 >= 0.01:
+        return "high"
+    if low1 >= 0.03:
+        return "medium"
+    if low1 > 0.01 or metrics.get("auc_ci", [0.5])[0] > 0.55:
+        return "low"
+    return "info"
+
+
+def membership_findings(attack: str, metrics: dict[str, Any]) -> list[Finding]:
+    """One finding per membership attack run: the headline is TPR at 1% FPR with its interval."""
+    tpr1, low1 = _tpr(metrics, 0.01)
+    tpr01, _ = _tpr(metrics, 0.001)
+    severity = membership_severity(metrics)
+    leaks = severity != "info"
+    return [Finding(
+        title=(f"{attack} identifies {tpr1:.1%} of training records at 1% FPR "
+               f"(95% CI lower bound {low1:.1%}; {tpr01:.1%} at 0.1% FPR)"),
+        family="inference",
+        severity=severity,  # type: ignore[arg-type]
+        metric="tpr_at_1pct_fpr",
+        value=tpr1,
+        threshold=0.01,
+        evidence={k: metrics[k] for k in ("auc", "auc_ci", "tpr_at_fpr", "n_members", "n_nonmembers",
+                                          "fpr_resolution", "most_at_risk") if k in metrics},
+        atlas=MEMBERSHIP_ATLAS,
+        owasp=MEMBERSHIP_OWASP,
+        description=("The model's outputs reveal whether a record was in its training set."
+                     if leaks else "No membership leakage above chance was measured with this attack."),
+        recommendation=("Train with DP-SGD (bastion defend dp-sgd), add regularisation and early stopping, or "
+                        "return labels only; re-assess with LiRA." if leaks else ""),
+    )]
+
+
+def inversion_finding(matching_rate: float, chance: float, similarity: float, n_classes: int) -> Finding:
+    """Model inversion: how many class representatives resemble their own class more than any other."""
+    if matching_rate >= 0.9:
+        severity = "high"
+    elif matching_rate >= 0.5:
+        severity = "medium"
+    elif matching_rate > 2 * chance:
+        severity = "low"
+    else:
+        severity = "info"
+    return Finding(
+        title=(f"model inversion recovers recognisable representatives for {matching_rate:.0%} of "
+               f"{n_classes} classes (mean similarity to class mean {similarity:.2f})"),
+        family="inference",
+        severity=severity,  # type: ignore[arg-type]
+        metric="inversion_matching_rate",
+        value=matching_rate,
+        threshold=chance,
+        evidence={"similarity": similarity, "chance": chance},
+        atlas=INVERSION_ATLAS,
+        owasp=INVERSION_OWASP,
+        description="Optimising inputs against the model's scores reconstructs what each class looks like.",
+        recommendation="Return labels or rounded scores only, and train with DP-SGD where classes are people.",
+    )
+
+
+def attribute_finding(advantage: float, gain: float, attribute: str) -> Finding:
+    """Attribute inference: the accuracy gained on training records over non-members and over the prior."""
+    edge = min(advantage, gain)
+    severity = "high" if edge >= 0.2 else "medium" if edge >= 0.1 else "low" if edge >= 0.03 else "info"
+    return Finding(
+        title=(f"attribute inference guesses {attribute} of training records {advantage:+.1%} better than of "
+               f"non-members ({gain:+.1%} over the prior)"),
+        family="inference",
+        severity=severity,  # type: ignore[arg-type]
+        metric="attribute_advantage",
+        value=advantage,
+        threshold=0.0,
+        evidence={"gain_over_prior": gain},
+        atlas=MEMBERSHIP_ATLAS,
+        owasp=INVERSION_OWASP,
+        description="The model's scores reveal a sensitive attribute of the records it was trained on.",
+        recommendation="Remove the attribute's influence (feature selection), regularise, or train with DP-SGD.",
+    )

@@ -1,0 +1,33 @@
+"""LOSS threshold attack (Yeom et al., 2018, "Privacy Risk in Machine Learning: Analyzing the Connection to
+Overfitting", CSF): a record is a member when the target's loss on it is low. Score = -cross-entropy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from bastion.core.registry import register
+from bastion.core.target import Target
+
+from .base import MembershipAttack, MembershipData, target_log_probs, true_log_prob
+
+
+@register("attacks", "loss", family="inference")
+class LossAttack(MembershipAttack):
+    """LOSS threshold membership attack (Yeom et al. 2018): lower loss, more likely a member.
+
+    Besides the threshold-free ROC, reports Yeom's fixed-threshold attack with the threshold at the members'
+    mean loss (the adversary of the paper knows the expected training loss): its TPR, FPR and advantage."""
+
+    name = "loss"
+
+    def score(self, target: Target, data: MembershipData) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        y = torch.as_tensor(data.y, device=target.device)
+        scores = true_log_prob(target_log_probs(target, data.x), y).double().cpu().numpy()
+        m, n = scores[: data.n_members], scores[data.n_members:]
+        threshold = float(m.mean())  # -(mean training loss)
+        tpr, fpr = float((m >= threshold).mean()), float((n >= threshold).mean())
+        yeom = {"threshold_loss": -threshold, "tpr": tpr, "fpr": fpr, "advantage": tpr - fpr}
+        return m, n, {"threshold_attack": yeom}

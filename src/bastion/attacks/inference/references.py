@@ -1,0 +1,143 @@
+"""Reference (shadow) models: trained like the target, through the shared Trainer, on chosen subsets of a pool.
+
+A PyTorch target needs its architecture as a `module:factory` (`--arch`); a scikit-learn target exposes its
+estimator as `target.estimator` and is cloned. Model i is trained with a seed derived from (seed, i) only, so a
+result reproduces for a seed. Independent models train in a small process pool on CPU (each worker uses one
+thread); on a GPU they train one after another on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bastion.core.errors import ParameterError
+from bastion.core.progress import progress
+from bastion.core.target import Target
+from bastion.core.training import TrainHistory, Trainer
+from bastion.models.factory import build, resolve_factory
+
+
+@dataclass
+class ReferenceSpec:
+    """How to train one model like the target: a PyTorch factory plus Trainer settings, or an estimator."""
+
+    n_classes: int
+    trainer: Trainer
+    factory: Callable[[], nn.Module] | None = None
+    estimator: Any = None
+
+    @classmethod
+    def for_target(cls, target: Target, arch: str | Callable[[], nn.Module] | None, epochs: int = 20,
+                   batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam",
+                   weight_decay: float = 0.0) -> ReferenceSpec:
+        trainer = Trainer(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                          weight_decay=weight_decay, device=str(target.device))
+        estimator = getattr(target, "estimator", None)
+        if estimator is not None and arch is None:
+            if not hasattr(estimator, "predict_proba"):
+                raise ParameterError(f"{type(estimator).__name__} has no predict_proba: reference models need scores")
+            return cls(target.n_classes, trainer, estimator=estimator)
+        if arch is None:
+            raise ParameterError(f"reference models for {target.name} need its architecture: pass --arch "
+                                 "module:factory (a function returning the untrained model)")
+        return cls(target.n_classes, trainer, factory=resolve_factory(arch))
+
+    def train(self, x: np.ndarray, y: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+        """Train one model on (x, y); return a function giving its log-probabilities (n, C) on new inputs."""
+        trainer = dataclasses.replace(self.trainer, seed=int(seed), history=TrainHistory())
+        if self.estimator is not None:
+            fitted = trainer.fit_estimator(self.estimator, x, y)
+            return lambda xs: _estimator_log_probs(fitted, xs, self.n_classes)
+        model = trainer.fit(build(self.factory), x, y)
+        return lambda xs: _module_log_probs(model, xs)
+
+    def train_and_score(self, x: np.ndarray, y: np.ndarray, x_eval: np.ndarray, seed: int) -> np.ndarray:
+        return self.train(x, y, seed)(x_eval)
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.estimator is not None or torch.device(self.trainer.device).type == "cpu"
+
+
+@torch.no_grad()
+def _module_log_probs(model: nn.Module, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    device = next(model.parameters()).device
+    xs = torch.as_tensor(x, dtype=torch.float32)
+    out = [model(chunk.to(device)).float().log_softmax(-1).cpu() for chunk in xs.split(batch_size)]
+    return torch.cat(out).numpy()
+
+
+def _estimator_log_probs(estimator: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """predict_proba mapped onto all n_classes columns (a subset may miss some classes)."""
+    probs = estimator.predict_proba(np.asarray(x).reshape(len(x), -1))
+    full = np.full((len(x), n_classes), 1e-12)
+    full[:, np.asarray(estimator.classes_, dtype=np.int64)] = probs
+    return np.log(np.clip(full, 1e-12, 1.0)).astype(np.float32)
+
+
+def model_seed(seed: int, i: int) -> int:
+    """The training seed of reference model i: a function of (seed, i) only."""
+    return int(np.random.SeedSequence([int(seed) % 2**32, i]).generate_state(1)[0])
+
+
+def balanced_masks(n_points: int, n_models: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_models, n_points) inclusion masks: each point is in exactly half of the models (Carlini et al. 2022)."""
+    if n_models < 2:
+        raise ParameterError("at least 2 reference models are needed for an in/out design")
+    ranks = np.argsort(rng.random((n_models, n_points)), axis=0).argsort(axis=0)
+    return ranks < n_models // 2
+
+
+_JOB: tuple | None = None  # set in the parent right before forking workers; workers read their copy
+
+
+def _work(i: int) -> np.ndarray:
+    spec, x, y, masks, x_eval, seed = _JOB
+    torch.set_num_threads(1)
+    return spec.train_and_score(x[masks[i]], y[masks[i]], x_eval, model_seed(seed, i))
+
+
+def resolve_jobs(n_jobs: int | None, n_models: int, spec: ReferenceSpec) -> int:
+    """Worker processes: 1 on a GPU or without fork; by default one per CPU core, at most one per model."""
+    if not spec.on_cpu or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(n_models, cores if n_jobs is None else int(n_jobs)))
+
+
+def train_references(spec: ReferenceSpec, x: np.ndarray, y: np.ndarray, masks: np.ndarray,
+                     x_eval: np.ndarray, seed: int, n_jobs: int | None = None,
+                     description: str = "reference models") -> np.ndarray:
+    """Train model i on (x, y)[masks[i]] for every row of `masks`; return log-probs (n_models, n_eval, C)."""
+    global _JOB
+    n_models = len(masks)
+    if (masks.sum(axis=1) == 0).any():
+        raise ParameterError("a reference model would train on no data: give a larger population")
+    jobs = resolve_jobs(n_jobs, n_models, spec)
+    results: list[np.ndarray] = []
+    with progress(n_models, description) as bar:
+        if jobs == 1:
+            for i in range(n_models):
+                results.append(spec.train_and_score(x[masks[i]], y[masks[i]], x_eval, model_seed(seed, i)))
+                bar.advance()
+        else:
+            _JOB = (spec, x, y, masks, x_eval, seed)
+            try:
+                ctx = multiprocessing.get_context("fork")
+                with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                    for out in pool.map(_work, range(n_models)):
+                        results.append(out)
+                        bar.advance()
+            finally:
+                _JOB = None
+    return np.stack(results)

@@ -1,0 +1,164 @@
+"""Activation Clustering: poisoned training samples form their own cluster in the model's last hidden layer."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from bastion.attacks.poisoning.base import reset_copy
+from bastion.attacks.poisoning.findings import POISON_ATLAS, POISON_OWASP
+from bastion.core.data import Dataset, validate_for_model
+from bastion.core.errors import ParameterError
+from bastion.core.registry import register
+from bastion.core.results import Finding
+from bastion.core.target import Access, Target
+from bastion.core.training import Trainer, seed_everything
+from bastion.defenses.base import Defense, require_data, torch_module
+from bastion.defenses.detect.features import detection_metrics, load_ground_truth, representation
+
+
+def reduce(features: np.ndarray, dims: int, method: str, seed: int) -> np.ndarray:
+    """Project onto `dims` independent (ICA, as in the paper) or principal components."""
+    from sklearn.decomposition import PCA, FastICA
+
+    dims = min(dims, features.shape[1], len(features) - 1)
+    if method == "pca":
+        return PCA(dims, random_state=seed).fit_transform(features)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FastICA's convergence warnings on near-degenerate classes
+        return FastICA(dims, whiten="unit-variance", random_state=seed, max_iter=500).fit_transform(features)
+
+
+def two_means(points: np.ndarray, seed: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """2-means labels (1 = the smaller cluster), silhouette score, and each point's margin toward the small one."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    km = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(points)
+    labels = km.labels_
+    if (labels == 1).sum() > (labels == 0).sum():
+        labels, centers = 1 - labels, km.cluster_centers_[::-1]
+    else:
+        centers = km.cluster_centers_
+    if len(np.unique(labels)) < 2:
+        return labels, 0.0, np.zeros(len(points))
+    d = np.linalg.norm(points[:, None, :] - centers[None], axis=-1)
+    margin = (d[:, 0] - d[:, 1]) / np.maximum(d.sum(1), 1e-12)  # in [-1, 1], > 0 when nearer the small cluster
+    return labels, float(silhouette_score(points, labels)), margin
+
+
+@register("defenses", "activation-clustering", family="detect")
+class ActivationClustering(Defense):
+    """Activation Clustering (Chen et al., "Detecting Backdoor Attacks on Deep Neural Networks by Activation
+    Clustering", AAAI SafeAI 2019).
+
+    For each class, the model's feature activations (see `features.feature_layer`; `layer` names another) on the
+    (possibly poisoned) training data are reduced to `dims` dimensions (PCA, or ICA as in the paper) and split by
+    2-means. A class whose smaller cluster holds at most `size_threshold` of it is a candidate (relative size).
+    With `reclassify` (exclusionary reclassification, the paper's most reliable analysis) a fresh copy of the
+    model is trained without every candidate cluster; a cluster is poison when that model assigns its own label
+    to it less often than its most frequent other label (l/p < 1): legitimate but unusual samples keep their
+    label, triggered samples of other classes do not. Without `reclassify`, a candidate needs a silhouette score
+    of at least `silhouette_threshold`. Each sample's score, for ROC metrics, is its class's silhouette times its
+    relative margin toward the smaller cluster. `ground_truth` (an array, or an `.npz` with `is_poison`) adds
+    TPR, FPR and AUROC against the known poison.
+    """
+
+    name = "activation-clustering"
+    family = "detect"
+    requires = Access.GRADIENTS
+
+    def __init__(self, dims: int = 10, reduction: str = "pca", size_threshold: float = 0.35,
+                 reclassify: bool = True, silhouette_threshold: float = 0.15, epochs: int = 20, lr: float = 1e-3,
+                 batch_size: int = 64, layer: str | None = None, ground_truth: str | np.ndarray | None = None,
+                 seed: int = 0):
+        if dims < 1 or reduction not in ("ica", "pca"):
+            raise ParameterError("dims must be >= 1 and reduction ica or pca")
+        if not 0 < size_threshold < 0.5 or not -1 <= silhouette_threshold <= 1:
+            raise ParameterError("size_threshold must lie in (0, 0.5) and silhouette_threshold in [-1, 1]")
+        if epochs < 1 or lr <= 0 or batch_size < 1:
+            raise ParameterError("epochs and batch_size must be at least 1 and lr positive")
+        self.dims, self.reduction, self.size_threshold = int(dims), reduction, float(size_threshold)
+        self.reclassify, self.silhouette_threshold = bool(reclassify), float(silhouette_threshold)
+        self.epochs, self.lr, self.batch_size, self.layer = int(epochs), float(lr), int(batch_size), layer
+        self.ground_truth, self.seed = ground_truth, int(seed)
+
+    def cluster(self, feats: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Per class 2-means: mask of candidate (small-cluster) samples, scores, per-class statistics."""
+        candidate, scores, classes = np.zeros(len(y), bool), np.zeros(len(y)), []
+        for c in np.unique(y):
+            idx = np.nonzero(y == c)[0]
+            if len(idx) < 4:
+                continue
+            labels, silhouette, margin = two_means(reduce(feats[idx], self.dims, self.reduction, self.seed), self.seed)
+            size = float(labels.mean())
+            small = size <= self.size_threshold and (self.reclassify or silhouette >= self.silhouette_threshold)
+            candidate[idx] = small & (labels == 1)
+            scores[idx] = silhouette * margin
+            classes.append({"class": int(c), "n": len(idx), "small_cluster_fraction": size,
+                            "silhouette": silhouette, "poisoned": bool(small)})
+        return candidate, scores, classes
+
+    def exclusionary_reclassification(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                                      candidate: np.ndarray, classes: list[dict[str, Any]]) -> np.ndarray:
+        """Retrain without the candidate clusters; keep as poison the clusters the new model relabels."""
+        keep = torch.as_tensor(~candidate, device=x.device)
+        seed_everything(self.seed)
+        fresh = Trainer(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                        device=str(x.device)).fit(reset_copy(model), x[keep], y[keep])
+        with torch.no_grad():
+            pred = torch.cat([fresh(chunk).argmax(-1) for chunk in x.split(1024)]).cpu().numpy()
+        flagged, labels = candidate.copy(), y.cpu().numpy()
+        for info in (c for c in classes if c["poisoned"]):
+            members = candidate & (labels == info["class"])
+            counts = np.bincount(pred[members], minlength=int(labels.max()) + 1)
+            own = counts[info["class"]]
+            counts[info["class"]] = 0
+            info["relabel_ratio"] = float(own / max(counts.max(), 1))
+            info["poisoned"] = bool(own < counts.max())
+            flagged[members] = info["poisoned"]
+        return flagged
+
+    def screen(self, target: Target, data: Dataset) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Flags, scores and per-class statistics for a training set."""
+        model = torch_module(target, self.name)
+        x = torch.as_tensor(data.x, dtype=torch.float32, device=target.device)
+        y = torch.as_tensor(data.y, dtype=torch.long, device=target.device)
+        feats = representation(model, x, self.layer).cpu().numpy().astype(np.float64)
+        candidate, scores, classes = self.cluster(feats, data.y)
+        if self.reclassify and candidate.any():
+            return self.exclusionary_reclassification(model, x, y, candidate, classes), scores, classes
+        return candidate, scores, classes
+
+    def run(self, target: Target, data: Dataset | None = None, **_: Dataset) -> Any:
+        self.check_access(target)
+        data = require_data(data, self.name, "--data TRAINING_SET")
+        validate_for_model(data, target.n_classes, target.input_shape)
+        start = time.perf_counter()
+        is_poison = load_ground_truth(self.ground_truth, len(data))
+        flagged, scores, classes = self.screen(target, data)
+        self.flagged, self.scores = flagged, scores
+        metrics = detection_metrics(flagged, scores, is_poison)
+        metrics["classes"] = classes
+        metrics["poisoned_classes"] = [c["class"] for c in classes if c["poisoned"]]
+        return self.result(target, metrics, start, findings=screening_findings(self.name, metrics))
+
+
+def screening_findings(defense: str, metrics: dict) -> list[Finding]:
+    """A finding when a training-data screen flags poisoned classes (critical with no ground truth to check)."""
+    suspects = metrics.get("poisoned_classes", [])
+    if not suspects:
+        return [Finding(title=f"{defense} finds no poisoned class", family="poisoning", severity="info",
+                        metric="n_flagged", value=0.0, evidence={"defense": defense}, atlas=["AML.T0020"])]
+    return [Finding(
+        title=f"{defense} flags {metrics['n_flagged']} training samples in class(es) "
+              f"{', '.join(map(str, suspects))}",
+        family="poisoning", severity="high", metric="n_flagged", value=float(metrics["n_flagged"]),
+        evidence={k: v for k, v in metrics.items() if k != "classes"}, atlas=POISON_ATLAS, owasp=POISON_OWASP,
+        description="Part of the training set forms a separate cluster in the model's representation.",
+        recommendation="Inspect the flagged samples, remove them and retrain.",
+    )]

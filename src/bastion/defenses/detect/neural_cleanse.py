@@ -1,0 +1,139 @@
+"""Neural Cleanse: is this model already backdoored? Reverse-engineer the smallest trigger for every class."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bastion.attacks.poisoning.findings import backdoor_finding
+from bastion.core.data import Dataset, validate_for_model
+from bastion.core.errors import ParameterError
+from bastion.core.registry import register
+from bastion.core.target import Access, Target
+from bastion.defenses.base import Defense, require_data, torch_module
+from bastion.defenses.detect.features import anomaly_index
+
+
+@register("defenses", "neural-cleanse", family="detect")
+class NeuralCleanse(Defense):
+    """Neural Cleanse (Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural
+    Networks", IEEE S&P 2019).
+
+    For every class t, a mask m and a pattern p are optimised so that x' = (1 − m)·x + m·p sends clean inputs
+    to t, minimising cross-entropy + λ_t·|m|₁ with Adam; m and p are kept in range by a tanh parametrisation,
+    the mask is shared by the channels. Each λ_t follows the paper's schedule: it starts at 0 until the trigger
+    first works, is then set to `init_cost`, and is multiplied (divided) by `cost_multiplier` after `patience`
+    consecutive checks with attack success above (below) `attack_threshold`. The smallest mask reaching the
+    threshold is kept. Classes are optimised together in one batch (K·B inputs per step; `class_batch` bounds K).
+    A backdoor target needs a far smaller trigger than the other classes: the anomaly index of the L1 norms is
+    |‖m_t‖ − median| / (1.4826·MAD), and a class is flagged when it exceeds `anomaly_threshold` (2) on the
+    small-norm side only (`anomaly_index` reports both sides; `mask_l1` tells which). Inputs: clean data within the target's bounds, `(n, C, H, W)` or flat `(n, d)`.
+    """
+
+    name = "neural-cleanse"
+    family = "detect"
+    requires = Access.GRADIENTS
+
+    def __init__(self, steps: int = 300, lr: float = 0.1, batch_size: int = 64, init_cost: float = 1e-3,
+                 cost_multiplier: float = 1.5, patience: int = 10, attack_threshold: float = 0.99,
+                 anomaly_threshold: float = 2.0, class_batch: int = 16, seed: int = 0):
+        if steps < 1 or batch_size < 1 or patience < 1 or class_batch < 1:
+            raise ParameterError("steps, batch_size, patience and class_batch must be at least 1")
+        if lr <= 0 or init_cost <= 0 or cost_multiplier <= 1 or not 0 < attack_threshold <= 1:
+            raise ParameterError("lr and init_cost must be positive, cost_multiplier > 1, attack_threshold in (0, 1]")
+        if anomaly_threshold <= 0:
+            raise ParameterError("anomaly_threshold must be positive")
+        self.steps, self.lr, self.batch_size, self.init_cost = int(steps), float(lr), int(batch_size), init_cost
+        self.cost_multiplier, self.patience, self.attack_threshold = cost_multiplier, int(patience), attack_threshold
+        self.anomaly_threshold, self.class_batch, self.seed = float(anomaly_threshold), int(class_batch), int(seed)
+
+    def reverse(self, model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor,
+                bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Optimise triggers for `classes` at once; return the best masks, patterns and their attack success."""
+        k, shape = len(classes), x.shape[1:]
+        mask_shape = (1, *shape[1:]) if len(shape) == 3 else tuple(shape)
+        gen = torch.Generator().manual_seed(self.seed)
+        mask_raw = torch.zeros(k, *mask_shape, device=x.device).requires_grad_(True)
+        pattern_raw = (torch.rand(k, *shape, generator=gen) * 2 - 1).to(x.device).requires_grad_(True)
+        opt = torch.optim.Adam([mask_raw, pattern_raw], lr=self.lr, betas=(0.5, 0.9))
+        lo, hi = bounds
+        cost = torch.zeros(k, device=x.device)
+        up, down = torch.zeros(k, device=x.device), torch.zeros(k, device=x.device)
+        best_norm = torch.full((k,), float("inf"), device=x.device)
+        best_mask = torch.zeros(k, *mask_shape, device=x.device)
+        best_pattern = torch.zeros(k, *shape, device=x.device)
+        best_success = torch.zeros(k, device=x.device)
+        labels = classes.repeat_interleave(min(self.batch_size, len(x)))
+        for _ in range(self.steps):
+            xb = x[torch.randint(len(x), (min(self.batch_size, len(x)),), generator=gen).to(x.device)]
+            mask = (torch.tanh(mask_raw) + 1) / 2
+            pattern = lo + (hi - lo) * (torch.tanh(pattern_raw) + 1) / 2
+            stamped = (1 - mask[:, None]) * xb[None] + (mask * pattern)[:, None]
+            logits = model(stamped.reshape(-1, *shape))
+            ce = F.cross_entropy(logits, labels, reduction="none").view(k, -1).mean(1)
+            norm = mask.flatten(1).sum(1)
+            opt.zero_grad(set_to_none=True)
+            (ce + cost * norm).sum().backward()
+            opt.step()
+            with torch.no_grad():
+                success = (logits.argmax(-1) == labels).float().view(k, -1).mean(1)
+                hit = success >= self.attack_threshold
+                better = hit & (norm < best_norm)
+                best_norm = torch.where(better, norm, best_norm)
+                best_mask[better], best_pattern[better], best_success[better] = mask[better], pattern[better], \
+                    success[better]
+                start = (cost == 0) & hit  # the paper's warm-up: λ switches on once the trigger works
+                up, down = torch.where(hit, up + 1, torch.zeros_like(up)), torch.where(hit, torch.zeros_like(down),
+                                                                                       down + 1)
+                raise_ = ~start & (cost > 0) & (up >= self.patience)
+                lower = (cost > 0) & (down >= self.patience)
+                cost = torch.where(start, torch.full_like(cost, self.init_cost), cost)
+                cost = torch.where(raise_, cost * self.cost_multiplier, cost)
+                cost = torch.where(lower, cost / self.cost_multiplier ** 1.5, cost)
+                up, down = torch.where(raise_, torch.zeros_like(up), up), torch.where(lower, torch.zeros_like(down),
+                                                                                       down)
+        missing = torch.isinf(best_norm)  # never reached the threshold: keep the last trigger
+        with torch.no_grad():
+            best_mask[missing] = ((torch.tanh(mask_raw) + 1) / 2)[missing]
+            best_pattern[missing] = (lo + (hi - lo) * (torch.tanh(pattern_raw) + 1) / 2)[missing]
+        return best_mask, best_pattern, best_success
+
+    def run(self, target: Target, data: Dataset | None = None, **_: Dataset) -> Any:
+        self.check_access(target)
+        model = torch_module(target, self.name)
+        data = require_data(data, self.name, "--data CLEAN_DATA")
+        validate_for_model(data, target.n_classes, target.input_shape, target.bounds)
+        start = time.perf_counter()
+        x = torch.as_tensor(data.x, dtype=torch.float32, device=target.device)
+        was_training, trainable = model.training, [p.requires_grad for p in model.parameters()]
+        model.eval().requires_grad_(False)
+        masks, patterns, success = [], [], []
+        try:
+            for group in torch.arange(target.n_classes, device=target.device).split(self.class_batch):
+                m, p, s = self.reverse(model, x, group, target.bounds)
+                masks.append(m.detach())
+                patterns.append(p.detach())
+                success.append(s)
+        finally:
+            for p, flag in zip(model.parameters(), trainable, strict=True):
+                p.requires_grad_(flag)
+            model.train(was_training)
+        self.masks, self.patterns = torch.cat(masks), torch.cat(patterns)
+        norms = self.masks.flatten(1).sum(1).cpu().numpy()
+        index = anomaly_index(norms)
+        small = norms < np.median(norms)
+        flagged = [int(c) for c in np.nonzero(small & (index > self.anomaly_threshold))[0]]
+        metrics = {
+            "anomaly_index": index.tolist(),
+            "flagged_classes": flagged,
+            "mask_l1": norms.tolist(),
+            "attack_success": torch.cat(success).cpu().tolist(),
+            "threshold": self.anomaly_threshold,
+            "n_samples": len(data),
+        }
+        evidence = {k: metrics[k] for k in ("anomaly_index", "mask_l1", "threshold")}
+        return self.result(target, metrics, start, findings=[backdoor_finding(self.name, flagged, evidence)])

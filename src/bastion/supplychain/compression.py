@@ -1,0 +1,83 @@
+"""Compressed streams (gzip, bz2, xz, lzma-alone, zlib, lz4 frame) recognised by magic bytes and inflated with
+a hard output bound, so a decompression bomb costs at most the limit."""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import zlib
+from typing import Any
+
+_CHUNK = 1 << 20
+
+
+class InflateError(Exception):
+    """The stream is corrupt, unsupported, or larger than the bound."""
+
+
+def compression_of(head: bytes) -> str | None:
+    """The compression format a stream starts with, or None."""
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:3] == b"BZh" and head[3:4] in b"123456789" and len(head) > 3:
+        return "bz2"
+    if head[:6] == b"\xfd7zXZ\x00":
+        return "xz"
+    if head[:4] == b"\x04\x22\x4d\x18":
+        return "lz4"
+    if head[:3] == b"]\x00\x00" and len(head) >= 13:  # lzma-alone as written by joblib's "lzma" compressor
+        return "lzma"
+    if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
+        return "zlib"
+    return None
+
+
+def _decompressor(kind: str) -> Any:
+    if kind == "gzip":
+        return zlib.decompressobj(47)
+    if kind == "zlib":
+        return zlib.decompressobj(15)
+    if kind == "deflate":
+        return zlib.decompressobj(-15)
+    if kind == "bz2":
+        return bz2.BZ2Decompressor()
+    if kind in ("xz", "lzma"):
+        return lzma.LZMADecompressor()
+    raise InflateError(f"{kind} streams cannot be decompressed by the scanner")
+
+
+def inflate(data: Any, kind: str, limit: int, start: int = 0, stop: int | None = None) -> bytes:
+    """Decompress `data[start:stop]` (all concatenated members for gzip/bz2/xz) into at most `limit` bytes."""
+    stop = len(data) if stop is None else stop
+    out = bytearray()
+    pos, feed = start, b""
+    dec = _decompressor(kind)
+    try:
+        while True:
+            if not feed and pos < stop:
+                feed = bytes(data[pos:min(stop, pos + _CHUNK)])
+                pos += len(feed)
+            out += dec.decompress(feed, limit - len(out) + 1)
+            feed = getattr(dec, "unconsumed_tail", b"")
+            if len(out) > limit:
+                raise InflateError(f"decompresses to more than {limit} bytes")
+            if dec.eof:
+                feed = dec.unused_data
+                rest_is_padding = not feed.strip(b"\x00") and (pos >= stop or not bytes(data[pos:stop]).strip(b"\x00"))
+                if kind not in ("gzip", "bz2", "xz") or rest_is_padding:
+                    return bytes(out)
+                dec = _decompressor(kind)
+            elif not feed and pos >= stop:
+                raise InflateError("compressed stream is truncated")
+    except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as exc:
+        raise InflateError(f"corrupt {kind} stream ({exc})") from None
+
+
+def head_of(data: Any, kind: str, n: int = 4096, start: int = 0, stop: int | None = None) -> bytes:
+    """The first `n` decompressed bytes (for format detection), or b'' if the stream is unreadable."""
+    stop = len(data) if stop is None else stop
+    try:
+        dec = _decompressor(kind)
+        return dec.decompress(bytes(data[start:min(stop, start + 65536)]), n)
+    except (InflateError, OSError, EOFError, ValueError, lzma.LZMAError, zlib.error):
+        return b""

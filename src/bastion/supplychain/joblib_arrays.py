@@ -1,0 +1,62 @@
+"""Following joblib's in-stream arrays: joblib writes raw array bytes right after each NumpyArrayWrapper BUILD.
+
+Layout (joblib >= 0.10, `numpy_pickle.NumpyArrayWrapper`): optional one-byte padding length plus padding when the
+wrapper records `numpy_array_alignment_bytes`, then `prod(shape) * itemsize` raw bytes; object arrays are instead a
+nested protocol-5 pickle that the nested machine scans. Anything that cannot be followed exactly fails closed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bastion.supplychain.pickle_values import Call, PickleError, SymDict
+
+if TYPE_CHECKING:
+    from bastion.supplychain.pickle_vm import PickleVM
+
+_KIND_SIZES = {"b": 1, "?": 1}
+
+
+def dtype_layout(dtype: Any) -> tuple[int, bool]:
+    """(itemsize, has_object) of a symbolic `numpy.dtype(typestr, align, copy)` call with its BUILD state."""
+    if not isinstance(dtype, Call) or not dtype.is_call_of("numpy.dtype") or not isinstance(dtype.args, tuple):
+        raise PickleError("joblib array has a dtype the scanner cannot follow")
+    typestr = dtype.args[0] if dtype.args else None
+    if not isinstance(typestr, str) or not typestr:
+        raise PickleError("joblib array dtype is not a constant type string")
+    state = dtype.state if isinstance(dtype.state, tuple) else ()
+    flags = state[7] if len(state) > 7 and isinstance(state[7], int) else 0
+    if typestr[0] == "O" or flags & 1:
+        return 8, True
+    if len(state) > 5 and isinstance(state[5], int) and state[5] > 0:
+        return state[5], False
+    digits = typestr[1:]
+    if digits.isdigit() and 0 < int(digits) <= 1 << 20:
+        return int(digits), False
+    if typestr in _KIND_SIZES:
+        return _KIND_SIZES[typestr], False
+    raise PickleError(f"joblib array dtype {typestr!r} has no known item size")
+
+
+def skip_array(vm: PickleVM, state: Any, pos: int) -> int:
+    """Return the offset after the array data that follows a NumpyArrayWrapper BUILD at `pos`."""
+    if not isinstance(state, SymDict):
+        raise PickleError("NumpyArrayWrapper state is not a dict")
+    shape = state.get("shape")
+    if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
+        raise PickleError("joblib array shape is not a tuple of non-negative integers")
+    itemsize, has_object = dtype_layout(state.get("dtype"))
+    if has_object:
+        from bastion.supplychain.pickle_vm import PickleVM
+
+        inner = PickleVM(vm.data, vm.cur, pos, vm.end, context=vm.context, scan_nested=vm._scan_nested)
+        return inner.run()
+    if state.get("numpy_array_alignment_bytes") is not None:
+        pad = vm.data[vm._take(pos, 1) - 1]
+        pos = vm._take(pos + 1, pad)
+    count = 1
+    for d in shape:
+        count *= d
+        if count * itemsize > vm.end:
+            raise PickleError("joblib array is larger than the file")
+    return vm._take(pos, count * itemsize)

@@ -1,0 +1,28 @@
+"""Bounds on everything the scanner reads: past any of them it stops and reports, it never hangs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits for one scan; each exceeded limit becomes a finding (fail closed), never a silent skip."""
+
+    max_file_bytes: int = 64 << 30  # files are memory-mapped: only what is needed is read
+    max_member_bytes: int = 1 << 30  # one decompressed stream or archive member held in memory
+    max_total_inflated: int = 8 << 30  # all decompressed bytes of one file together
+    max_members: int = 200_000  # entries in one archive
+    max_depth: int = 6  # nesting of archives, compressed streams and nested pickles
+    max_opcodes: int = 20_000_000  # opcodes in one pickle stream
+    max_stack: int = 2_000_000  # items on the pickle stack plus marks
+    max_memo: int = 2_000_000  # memo entries of one pickle
+    max_line: int = 1 << 20  # one text argument of a protocol-0 opcode
+    max_header_bytes: int = 100 << 20  # safetensors / NumPy headers, JSON configs
+    max_json_candidates: int = 64  # Keras config candidates looked at in one HDF5 file
+    max_proto_depth: int = 64  # nesting of ONNX sub-graphs
+    max_files: int = 1_000_000  # files in one folder walk
+    max_seconds: float = 600.0  # wall time for one file
+
+
+DEFAULT_LIMITS = Limits()

@@ -1,0 +1,578 @@
+"""A symbolic pickle machine: runs every opcode of protocols 0-5 without importing or calling anything.
+
+It keeps the real stack, mark stack and memo, so `STACK_GLOBAL` names built through memo tricks resolve to what
+the unpickler would import, and every `GLOBAL`/`STACK_GLOBAL`/`INST` name is judged by the policy when it is
+created. `REDUCE`/`NEWOBJ`/`NEWOBJ_EX`/`OBJ`/`INST` go through `pickle_calls.resolve_call`; `BUILD`, `SETITEM(S)`,
+`APPEND(S)` and `ADDITEMS` on imported objects are reported as mutations. Opcode semantics follow the reference
+implementation described in PEP 307 (protocol 2), PEP 3154 (protocol 4) and PEP 574 (protocol 5).
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable
+from struct import unpack_from
+from typing import Any
+
+from bastion.supplychain.findings import Cursor
+from bastion.supplychain.joblib_arrays import skip_array
+from bastion.supplychain.pickle_calls import mutation_target, resolve_call
+from bastion.supplychain.pickle_values import Blob, Call, Global, Opaque, PickleError, SymDict, SymSet, const_str
+from bastion.supplychain.policy import judge
+
+_BIG = 1 << 20  # strings longer than this stay views into the stream
+_LONG_BYTES = 64  # LONG1/LONG4 integers longer than this are not materialised
+WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
+
+
+class PickleVM:
+    """Run one pickle stream symbolically from `start` to its STOP opcode.
+
+    mode "joblib" also follows the array bytes that joblib writes right after each NumpyArrayWrapper's BUILD.
+    `scan_nested(payload, label, cursor)` scans embedded payloads (nested pickles, torch.load bytes).
+    """
+
+    def __init__(self, data: Any, cur: Cursor, start: int = 0, end: int | None = None, *, mode: str = "pickle",
+                 context: str = "pickle", scan_nested: Callable[[bytes, Cursor], None] | None = None):
+        self.data, self.cur, self.pos = data, cur, start
+        self.end = len(data) if end is None else end
+        self.mode, self.context, self._scan_nested = mode, context, scan_nested
+        self.stack: list = []
+        self.metastack: list[list] = []
+        self.memo: dict[int, Any] = {}
+        self.proto = 0
+        self.frame_end = -1
+        self.result: Any = None
+        self.at = start
+        self.stop = -1
+        self.opcodes = 0
+        self.arrays = 0
+        self._table: list = [None] * 256
+        for code, name in _OPCODES.items():
+            self._table[code] = getattr(self, "op_" + name)
+
+    # ---- driver ---------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Execute until STOP; return the offset just after it. Raises PickleError on a malformed stream."""
+        table, data, limits = self._table, self.data, self.cur.limits
+        max_ops, max_stack = limits.max_opcodes, limits.max_stack
+        pos, count = self.pos, 0
+        try:
+            while pos >= 0:
+                if pos >= self.end:
+                    raise PickleError("stream ends without a STOP opcode")
+                handler = table[data[pos]]
+                if handler is None:
+                    raise PickleError(f"invalid opcode 0x{data[pos]:02x}")
+                self.at = pos
+                pos = handler(pos + 1)
+                count += 1
+                if count & 0xFFFF == 0:
+                    if count > max_ops:
+                        raise PickleError(f"more than {max_ops} opcodes")
+                    if len(self.stack) + len(self.metastack) > max_stack or len(self.memo) > limits.max_memo:
+                        raise PickleError("stack or memo larger than the scanner limit")
+                    if self.cur.sink.out_of_time():
+                        raise PickleError("scan time limit reached")
+        except (IndexError, KeyError) as exc:
+            raise PickleError(f"stack or memo underflow near offset {self.at} ({type(exc).__name__})") from None
+        finally:
+            self.opcodes = count
+        return self.stop
+
+    # ---- helpers --------------------------------------------------------------------------------------------
+
+    def _take(self, pos: int, n: int) -> int:
+        end = pos + n
+        if n < 0 or end > self.end:
+            raise PickleError(f"argument at offset {pos} runs past the end of the stream")
+        return end
+
+    def _line(self, pos: int) -> tuple[bytes, int]:
+        i = self.data.find(b"\n", pos, min(self.end, pos + self.cur.limits.max_line))
+        if i < 0:
+            raise PickleError(f"unterminated text argument at offset {pos}")
+        return bytes(self.data[pos:i]), i + 1
+
+    def _pop_mark(self) -> list:
+        items = self.stack
+        if not self.metastack:
+            raise PickleError(f"no MARK for the opcode at offset {self.at}")
+        self.stack = self.metastack.pop()
+        return items
+
+    def _text(self, pos: int, n: int, encoding: str) -> int:
+        end = self._take(pos, n)
+        if n > _BIG:
+            self.stack.append(Blob(self.data, pos, end, True))
+            return end
+        try:
+            self.stack.append(bytes(self.data[pos:end]).decode(encoding, "surrogatepass"))
+        except UnicodeDecodeError:
+            raise PickleError(f"invalid {encoding} text at offset {pos}") from None
+        return end
+
+    def _bytes(self, pos: int, n: int) -> int:
+        end = self._take(pos, n)
+        self.stack.append(Blob(self.data, pos, end, False) if n > _BIG else bytes(self.data[pos:end]))
+        return end
+
+    def make_global(self, module: Any, name: Any, offset: int, opcode: str) -> Any:
+        """Create (and judge) the object the unpickler gets from `find_class(module, name)`."""
+        mod, nm = const_str(module), const_str(name)
+        if mod is None or nm is None:
+            self.cur.report("dynamic-call", "high", f"{opcode} imports a name that is computed at load time",
+                            offset=offset, subject="global:dynamic", opcode=opcode)
+            return Opaque("computed global")
+        verdict = judge(mod, nm, min(self.proto, 3), self.context)
+        glob = Global(mod, nm, verdict)
+        self.cur.sink.globals.add(glob.full)
+        if verdict.severity is not None:
+            self.cur.report(verdict.rule, verdict.severity, f"{glob.full}: {verdict.reason}", offset=offset,
+                            subject=glob.full, opcode=opcode)
+        return glob
+
+    def annotate(self, glob: Global, **evidence: Any) -> None:
+        key = (self.cur.member, glob.verdict.rule, glob.full)
+        found = self.cur.sink.findings.get(key)
+        if found is not None:
+            for k, v in evidence.items():
+                found.evidence.setdefault(k, v)
+
+    def scan_nested(self, payload: bytes, label: str) -> None:
+        if self._scan_nested is not None:
+            child = self.cur.enter(label)
+            if not child.too_deep():
+                self._scan_nested(payload, child)
+
+    def _call(self, func: Any, args: Any, kind: str) -> Any:
+        return resolve_call(self, func, args, kind, self.at)
+
+    def _mutate(self, target: Any, opcode: str) -> None:
+        name = mutation_target(target)
+        if name is not None:
+            self.cur.report("object-mutation", "high", f"{opcode} modifies the imported object {name}",
+                            offset=self.at, subject=f"mutate:{name}", opcode=opcode)
+
+    # ---- opcodes --------------------------------------------------------------------------------------------
+
+    def op_mark(self, pos: int) -> int:
+        self.metastack.append(self.stack)
+        self.stack = []
+        return pos
+
+    def op_stop(self, pos: int) -> int:
+        self.result = self.stack.pop()
+        self.stop = pos
+        return -1
+
+    def op_pop(self, pos: int) -> int:
+        if self.stack:
+            self.stack.pop()
+        else:
+            self._pop_mark()
+        return pos
+
+    def op_pop_mark(self, pos: int) -> int:
+        self._pop_mark()
+        return pos
+
+    def op_dup(self, pos: int) -> int:
+        self.stack.append(self.stack[-1])
+        return pos
+
+    def op_float(self, pos: int) -> int:
+        line, pos = self._line(pos)
+        try:
+            self.stack.append(float(line))
+        except ValueError:
+            raise PickleError(f"bad FLOAT at offset {self.at}") from None
+        return pos
+
+    def op_int(self, pos: int) -> int:
+        line, pos = self._line(pos)
+        if line in (b"00", b"01"):
+            self.stack.append(line == b"01")
+            return pos
+        return self._parse_int(line, pos)
+
+    def op_long(self, pos: int) -> int:
+        line, pos = self._line(pos)
+        return self._parse_int(line[:-1] if line.endswith(b"L") else line, pos)
+
+    def _parse_int(self, line: bytes, pos: int) -> int:
+        if len(line) > 4000:
+            self.stack.append(Opaque("long"))
+            return pos
+        try:
+            self.stack.append(int(line, 0))
+        except ValueError:
+            raise PickleError(f"bad integer at offset {self.at}") from None
+        return pos
+
+    def op_binint(self, pos: int) -> int:
+        self.stack.append(unpack_from("<i", self.data, self._take(pos, 4) - 4)[0])
+        return pos + 4
+
+    def op_binint1(self, pos: int) -> int:
+        self.stack.append(self.data[self._take(pos, 1) - 1])
+        return pos + 1
+
+    def op_binint2(self, pos: int) -> int:
+        self.stack.append(unpack_from("<H", self.data, self._take(pos, 2) - 2)[0])
+        return pos + 2
+
+    def _long(self, pos: int, n: int) -> int:
+        end = self._take(pos, n)
+        self.stack.append(int.from_bytes(self.data[pos:end], "little", signed=True) if n <= _LONG_BYTES
+                          else Opaque("long"))
+        return end
+
+    def op_long1(self, pos: int) -> int:
+        return self._long(pos + 1, self.data[self._take(pos, 1) - 1])
+
+    def op_long4(self, pos: int) -> int:
+        n = unpack_from("<i", self.data, self._take(pos, 4) - 4)[0]
+        if n < 0:
+            raise PickleError("LONG4 with a negative length")
+        return self._long(pos + 4, n)
+
+    def op_none(self, pos: int) -> int:
+        self.stack.append(None)
+        return pos
+
+    def op_newtrue(self, pos: int) -> int:
+        self.stack.append(True)
+        return pos
+
+    def op_newfalse(self, pos: int) -> int:
+        self.stack.append(False)
+        return pos
+
+    def op_persid(self, pos: int) -> int:
+        _, pos = self._line(pos)
+        self.stack.append(Opaque("persistent id"))
+        return pos
+
+    def op_binpersid(self, pos: int) -> int:
+        self.stack[-1] = Opaque("persistent id")
+        return pos
+
+    def op_reduce(self, pos: int) -> int:
+        args = self.stack.pop()
+        self.stack[-1] = self._call(self.stack[-1], args, "REDUCE")
+        return pos
+
+    def op_string(self, pos: int) -> int:
+        line, pos = self._line(pos)
+        if len(line) < 2 or line[0] != line[-1] or line[:1] not in (b"'", b'"'):
+            raise PickleError(f"STRING argument is not quoted at offset {self.at}")
+        try:
+            self.stack.append(codecs.escape_decode(line[1:-1])[0].decode("latin-1"))
+        except ValueError:
+            raise PickleError(f"bad STRING escape at offset {self.at}") from None
+        return pos
+
+    def op_binstring(self, pos: int) -> int:
+        n = unpack_from("<i", self.data, self._take(pos, 4) - 4)[0]
+        return self._text(pos + 4, n, "latin-1")
+
+    def op_short_binstring(self, pos: int) -> int:
+        return self._text(pos + 1, self.data[self._take(pos, 1) - 1], "latin-1")
+
+    def op_unicode(self, pos: int) -> int:
+        line, pos = self._line(pos)
+        try:
+            self.stack.append(line.decode("raw-unicode-escape"))
+        except UnicodeDecodeError:
+            raise PickleError(f"bad UNICODE at offset {self.at}") from None
+        return pos
+
+    def op_binunicode(self, pos: int) -> int:
+        return self._text(pos + 4, unpack_from("<I", self.data, self._take(pos, 4) - 4)[0], "utf-8")
+
+    def op_short_binunicode(self, pos: int) -> int:
+        return self._text(pos + 1, self.data[self._take(pos, 1) - 1], "utf-8")
+
+    def op_binunicode8(self, pos: int) -> int:
+        return self._text(pos + 8, unpack_from("<Q", self.data, self._take(pos, 8) - 8)[0], "utf-8")
+
+    def op_binbytes(self, pos: int) -> int:
+        return self._bytes(pos + 4, unpack_from("<I", self.data, self._take(pos, 4) - 4)[0])
+
+    def op_short_binbytes(self, pos: int) -> int:
+        return self._bytes(pos + 1, self.data[self._take(pos, 1) - 1])
+
+    def op_binbytes8(self, pos: int) -> int:
+        return self._bytes(pos + 8, unpack_from("<Q", self.data, self._take(pos, 8) - 8)[0])
+
+    def op_bytearray8(self, pos: int) -> int:
+        return self._bytes(pos + 8, unpack_from("<Q", self.data, self._take(pos, 8) - 8)[0])
+
+    def op_binfloat(self, pos: int) -> int:
+        self.stack.append(unpack_from(">d", self.data, self._take(pos, 8) - 8)[0])
+        return pos + 8
+
+    def op_append(self, pos: int) -> int:
+        value = self.stack.pop()
+        target = self.stack[-1]
+        if type(target) is list:
+            target.append(value)
+        else:
+            self._mutate(target, "APPEND")
+        return pos
+
+    def op_appends(self, pos: int) -> int:
+        items = self._pop_mark()
+        target = self.stack[-1]
+        if type(target) is list:
+            target.extend(items)
+        else:
+            self._mutate(target, "APPENDS")
+        return pos
+
+    def op_setitem(self, pos: int) -> int:
+        value = self.stack.pop()
+        key = self.stack.pop()
+        target = self.stack[-1]
+        if type(target) is SymDict:
+            target.pairs.append((key, value))
+        else:
+            self._mutate(target, "SETITEM")
+        return pos
+
+    def op_setitems(self, pos: int) -> int:
+        items = self._pop_mark()
+        target = self.stack[-1]
+        if type(target) is SymDict:
+            target.pairs.extend(zip(items[::2], items[1::2]))
+        else:
+            self._mutate(target, "SETITEMS")
+        return pos
+
+    def op_additems(self, pos: int) -> int:
+        items = self._pop_mark()
+        target = self.stack[-1]
+        if type(target) is SymSet:
+            target.items.extend(items)
+        else:
+            self._mutate(target, "ADDITEMS")
+        return pos
+
+    def op_build(self, pos: int) -> int:
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if type(inst) is Call:
+            inst.state = state
+            if self.mode == "joblib" and inst.is_call_of(WRAPPER):
+                self.arrays += 1
+                if pos < self.frame_end:
+                    self.cur.report("archive-anomaly", "high", "joblib array data starts inside a pickle frame, "
+                                    "so pickle and joblib read different opcodes", offset=pos)
+                return skip_array(self, state, pos)
+        else:
+            self._mutate(inst, "BUILD")
+        return pos
+
+    def op_global(self, pos: int) -> int:
+        module, pos = self._line(pos)
+        name, pos = self._line(pos)
+        self.stack.append(self.make_global(_utf8(module), _utf8(name), self.at, "GLOBAL"))
+        return pos
+
+    def op_stack_global(self, pos: int) -> int:
+        name = self.stack.pop()
+        module = self.stack.pop()
+        self.stack.append(self.make_global(module, name, self.at, "STACK_GLOBAL"))
+        return pos
+
+    def op_inst(self, pos: int) -> int:
+        module, pos = self._line(pos)
+        name, pos = self._line(pos)
+        cls = self.make_global(_utf8(module), _utf8(name), self.at, "INST")
+        args = tuple(self._pop_mark())
+        self.stack.append(self._call(cls, args, "INST"))
+        return pos
+
+    def op_obj(self, pos: int) -> int:
+        items = self._pop_mark()
+        if not items:
+            raise PickleError(f"OBJ without a class at offset {self.at}")
+        self.stack.append(self._call(items[0], tuple(items[1:]), "OBJ"))
+        return pos
+
+    def op_newobj(self, pos: int) -> int:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.stack.append(self._call(cls, args, "NEWOBJ"))
+        return pos
+
+    def op_newobj_ex(self, pos: int) -> int:
+        self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.stack.append(self._call(cls, args, "NEWOBJ_EX"))
+        return pos
+
+    def _ext(self, pos: int, n: int, fmt: str) -> int:
+        end = self._take(pos, n)
+        code = unpack_from(fmt, self.data, pos)[0]
+        self.cur.report("dynamic-call", "high", f"extension-registry code {code} names a callable the scanner "
+                        "cannot see", offset=self.at, subject=f"ext:{code}", opcode="EXT")
+        self.stack.append(Opaque(f"extension {code}"))
+        return end
+
+    def op_ext1(self, pos: int) -> int:
+        return self._ext(pos, 1, "<B")
+
+    def op_ext2(self, pos: int) -> int:
+        return self._ext(pos, 2, "<H")
+
+    def op_ext4(self, pos: int) -> int:
+        return self._ext(pos, 4, "<i")
+
+    def op_dict(self, pos: int) -> int:
+        items = self._pop_mark()
+        self.stack.append(SymDict(list(zip(items[::2], items[1::2]))))  # items popped first: stack switched
+        return pos
+
+    def op_empty_dict(self, pos: int) -> int:
+        self.stack.append(SymDict())
+        return pos
+
+    def op_list(self, pos: int) -> int:
+        items = self._pop_mark()
+        self.stack.append(items)
+        return pos
+
+    def op_empty_list(self, pos: int) -> int:
+        self.stack.append([])
+        return pos
+
+    def op_tuple(self, pos: int) -> int:
+        items = self._pop_mark()
+        self.stack.append(tuple(items))
+        return pos
+
+    def op_empty_tuple(self, pos: int) -> int:
+        self.stack.append(())
+        return pos
+
+    def op_tuple1(self, pos: int) -> int:
+        self.stack[-1] = (self.stack[-1],)
+        return pos
+
+    def op_tuple2(self, pos: int) -> int:
+        b = self.stack.pop()
+        self.stack[-1] = (self.stack[-1], b)
+        return pos
+
+    def op_tuple3(self, pos: int) -> int:
+        c = self.stack.pop()
+        b = self.stack.pop()
+        self.stack[-1] = (self.stack[-1], b, c)
+        return pos
+
+    def op_empty_set(self, pos: int) -> int:
+        self.stack.append(SymSet())
+        return pos
+
+    def op_frozenset(self, pos: int) -> int:
+        items = self._pop_mark()
+        self.stack.append(SymSet(items))
+        return pos
+
+    def _get(self, key: int) -> None:
+        if key not in self.memo:
+            raise PickleError(f"memo entry {key} read before it was written (offset {self.at})")
+        self.stack.append(self.memo[key])
+
+    def op_get(self, pos: int) -> int:
+        line, pos = self._line(pos)
+        try:
+            self._get(int(line))
+        except ValueError:
+            raise PickleError(f"bad GET index at offset {self.at}") from None
+        return pos
+
+    def op_binget(self, pos: int) -> int:
+        self._get(self.data[self._take(pos, 1) - 1])
+        return pos + 1
+
+    def op_long_binget(self, pos: int) -> int:
+        self._get(unpack_from("<I", self.data, self._take(pos, 4) - 4)[0])
+        return pos + 4
+
+    def _put(self, key: int) -> None:
+        if key < 0:
+            raise PickleError("negative memo index")
+        if not self.stack:
+            raise PickleError(f"memo write with an empty stack at offset {self.at}")
+        self.memo[key] = self.stack[-1]
+
+    def op_put(self, pos: int) -> int:
+        line, pos = self._line(pos)
+        try:
+            self._put(int(line))
+        except ValueError:
+            raise PickleError(f"bad PUT index at offset {self.at}") from None
+        return pos
+
+    def op_binput(self, pos: int) -> int:
+        self._put(self.data[self._take(pos, 1) - 1])
+        return pos + 1
+
+    def op_long_binput(self, pos: int) -> int:
+        self._put(unpack_from("<I", self.data, self._take(pos, 4) - 4)[0])
+        return pos + 4
+
+    def op_memoize(self, pos: int) -> int:
+        self._put(len(self.memo))
+        return pos
+
+    def op_proto(self, pos: int) -> int:
+        proto = self.data[self._take(pos, 1) - 1]
+        if proto > 5:
+            raise PickleError(f"unsupported pickle protocol {proto}")
+        self.proto = proto
+        return pos + 1
+
+    def op_frame(self, pos: int) -> int:
+        n = unpack_from("<Q", self.data, self._take(pos, 8) - 8)[0]
+        self._take(pos + 8, n)
+        self.frame_end = pos + 8 + n
+        return pos + 8
+
+    def op_next_buffer(self, pos: int) -> int:
+        self.stack.append(Opaque("out-of-band buffer"))
+        return pos
+
+    def op_readonly_buffer(self, pos: int) -> int:
+        if not self.stack:
+            raise PickleError(f"READONLY_BUFFER with an empty stack at offset {self.at}")
+        return pos
+
+
+def _utf8(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PickleError("module or class name is not valid UTF-8") from None
+
+
+_OPCODES: dict[int, str] = {ord(k): v for k, v in {
+    "(": "mark", ".": "stop", "0": "pop", "1": "pop_mark", "2": "dup", "F": "float", "I": "int", "J": "binint",
+    "K": "binint1", "L": "long", "M": "binint2", "N": "none", "P": "persid", "Q": "binpersid", "R": "reduce",
+    "S": "string", "T": "binstring", "U": "short_binstring", "V": "unicode", "X": "binunicode", "a": "append",
+    "b": "build", "c": "global", "d": "dict", "}": "empty_dict", "e": "appends", "g": "get", "h": "binget",
+    "i": "inst", "j": "long_binget", "l": "list", "]": "empty_list", "o": "obj", "p": "put", "q": "binput",
+    "r": "long_binput", "s": "setitem", "t": "tuple", ")": "empty_tuple", "u": "setitems", "G": "binfloat",
+    "\x80": "proto", "\x81": "newobj", "\x82": "ext1", "\x83": "ext2", "\x84": "ext4", "\x85": "tuple1",
+    "\x86": "tuple2", "\x87": "tuple3", "\x88": "newtrue", "\x89": "newfalse", "\x8a": "long1", "\x8b": "long4",
+    "B": "binbytes", "C": "short_binbytes", "\x8c": "short_binunicode", "\x8d": "binunicode8",
+    "\x8e": "binbytes8", "\x8f": "empty_set", "\x90": "additems", "\x91": "frozenset", "\x92": "newobj_ex",
+    "\x93": "stack_global", "\x94": "memoize", "\x95": "frame", "\x96": "bytearray8", "\x97": "next_buffer",
+    "\x98": "readonly_buffer",
+}.items()}
+OPCODE_BYTES = frozenset(_OPCODES)
