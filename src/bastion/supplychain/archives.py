@@ -47,15 +47,26 @@ def find_eocd(data: Any) -> int:
     return data.rfind(_EOCD, lo, size)
 
 
-def read_zip(data: Any, cur: Cursor) -> ZipDirectory:
-    """Parse the central directory and local headers; report tricks; raise ArchiveError if unreadable."""
+def read_zip(data: Any, cur: Cursor, check: bool = True) -> ZipDirectory:
+    """Parse the central directory and local headers; report tricks; raise ArchiveError if unreadable.
+
+    `check=False` reads the directory only (names, for format detection)."""
+    try:
+        return _read_zip(data, cur, check)
+    except struct.error as exc:
+        raise ArchiveError(f"ZIP structure runs past the end of the file ({exc})") from None
+
+
+def _read_zip(data: Any, cur: Cursor, check: bool) -> ZipDirectory:
     eocd = find_eocd(data)
     if eocd < 0 or eocd + 22 > len(data):
         raise ArchiveError("no end-of-central-directory record")
     _, _, _, total, cd_size, cd_offset, comment_len = struct.unpack_from("<HHHHIIH", data, eocd + 4)
     cd_end = eocd
-    if total == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:
+    if eocd >= 20 and data[eocd - 20:eocd - 16] == b"PK\x06\x07":
         total, cd_size, cd_offset, cd_end = _zip64(data, eocd)
+    elif total == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:
+        raise ArchiveError("ZIP64 locator missing")
     cd_start = cd_end - cd_size
     prefix = cd_start - cd_offset
     if cd_start < 0 or prefix < 0:
@@ -73,9 +84,10 @@ def read_zip(data: Any, cur: Cursor) -> ZipDirectory:
         name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
         members.append(ZipMember(name, method, flags, csize, usize, crc, prefix + offset))
         pos += 46 + name_len + extra_len + comment
-    for m in members:
-        _check_local(data, m, cur)
-    _check_names(members, cur)
+    if check:
+        for m in members:
+            _check_local(data, m, cur)
+        _check_names(members, cur)
     return ZipDirectory(members, prefix, eocd + 22 + comment_len)
 
 
@@ -85,9 +97,6 @@ def _cd_fields(data: Any, pos: int) -> tuple:
 
 
 def _zip64(data: Any, eocd: int) -> tuple[int, int, int, int]:
-    loc = eocd - 20
-    if loc < 0 or data[loc:loc + 4] != b"PK\x06\x07":
-        raise ArchiveError("ZIP64 locator missing")
     rec = eocd - 20 - 56
     if rec < 0 or data[rec:rec + 4] != b"PK\x06\x06":
         raise ArchiveError("ZIP64 end record missing")
@@ -218,6 +227,13 @@ def _octal(field: bytes) -> int:
 
 def read_tar(data: Any, cur: Cursor) -> list[TarMember]:
     """Walk tar headers (ustar, pax 'x', GNU 'L' long names); raise ArchiveError on a broken header."""
+    try:
+        return _read_tar(data, cur)
+    except (struct.error, ValueError, OverflowError) as exc:
+        raise ArchiveError(f"tar structure cannot be read ({exc})") from None
+
+
+def _read_tar(data: Any, cur: Cursor) -> list[TarMember]:
     members: list[TarMember] = []
     pos, long_name = 0, None
     while pos + 512 <= len(data):

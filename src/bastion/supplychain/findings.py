@@ -59,6 +59,7 @@ class Sink:
     file: str
     limits: Limits = DEFAULT_LIMITS
     started: float = 0.0
+    folder: str | None = None  # the folder of the file on disk (for ONNX external data)
 
     def __post_init__(self) -> None:
         self.findings: dict[tuple, Finding] = {}
@@ -109,8 +110,8 @@ class Cursor:
             family="supply-chain",
             severity=severity,  # type: ignore[arg-type]
             metric=rule,
-            evidence={"file": self.sink.file, "member": self.member, "offset": offset, "rule": rule,
-                      **({"global": subject} if subject and rule.endswith("global") else {}), **evidence},
+            evidence={"file": self.sink.file, "member": self.member, "offset": offset, "rule": rule, "opcode": None,
+                      "global": subject if rule.endswith("global") else None, **evidence},
             atlas=list(ATLAS),
             owasp=list(OWASP),
             description=description,

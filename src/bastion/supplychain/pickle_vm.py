@@ -9,7 +9,6 @@ implementation described in PEP 307 (protocol 2), PEP 3154 (protocol 4) and PEP 
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Callable
 from struct import unpack_from
 from typing import Any
@@ -17,19 +16,27 @@ from typing import Any
 from bastion.supplychain.findings import Cursor
 from bastion.supplychain.joblib_arrays import skip_array
 from bastion.supplychain.pickle_calls import mutation_target, resolve_call
-from bastion.supplychain.pickle_values import Blob, Call, Global, Opaque, PickleError, SymDict, SymSet, const_str
+from bastion.supplychain.pickle_literals import LiteralOps
+from bastion.supplychain.pickle_values import (
+    Call,
+    Global,
+    Opaque,
+    PickleError,
+    PickleTruncated,
+    SymDict,
+    SymSet,
+    const_str,
+)
 from bastion.supplychain.policy import judge
 
-_BIG = 1 << 20  # strings longer than this stay views into the stream
-_LONG_BYTES = 64  # LONG1/LONG4 integers longer than this are not materialised
 WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
 
 
-class PickleVM:
+class PickleVM(LiteralOps):
     """Run one pickle stream symbolically from `start` to its STOP opcode.
 
     mode "joblib" also follows the array bytes that joblib writes right after each NumpyArrayWrapper's BUILD.
-    `scan_nested(payload, label, cursor)` scans embedded payloads (nested pickles, torch.load bytes).
+    `scan_nested(payload, cursor)` scans embedded payloads (nested pickles, torch.load bytes).
     """
 
     def __init__(self, data: Any, cur: Cursor, start: int = 0, end: int | None = None, *, mode: str = "pickle",
@@ -47,27 +54,36 @@ class PickleVM:
         self.stop = -1
         self.opcodes = 0
         self.arrays = 0
-        self._table: list = [None] * 256
-        for code, name in _OPCODES.items():
-            self._table[code] = getattr(self, "op_" + name)
 
     # ---- driver ---------------------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Execute until STOP; return the offset just after it. Raises PickleError on a malformed stream."""
-        table, data, limits = self._table, self.data, self.cur.limits
+        table, data, limits, memo, end = _TABLE, self.data, self.cur.limits, self.memo, self.end
         max_ops, max_stack = limits.max_opcodes, limits.max_stack
         pos, count = self.pos, 0
         try:
             while pos >= 0:
-                if pos >= self.end:
-                    raise PickleError("stream ends without a STOP opcode")
-                handler = table[data[pos]]
-                if handler is None:
-                    raise PickleError(f"invalid opcode 0x{data[pos]:02x}")
+                if pos >= end:
+                    raise PickleTruncated("stream ends without a STOP opcode")
+                op = data[pos]
                 self.at = pos
-                pos = handler(pos + 1)
                 count += 1
+                # the three memo opcodes make up about half of real streams: handled inline for speed
+                if op == 0x94:  # MEMOIZE
+                    memo[len(memo)] = self.stack[-1]
+                    pos += 1
+                elif (op == 0x71 or op == 0x68) and pos + 1 < end:  # BINPUT, BINGET  # noqa: PLR1714
+                    if op == 0x71:
+                        memo[data[pos + 1]] = self.stack[-1]
+                    else:
+                        self.stack.append(memo[data[pos + 1]])
+                    pos += 2
+                else:
+                    handler = table[op]
+                    if handler is None:
+                        raise PickleError(f"invalid opcode 0x{op:02x}")
+                    pos = handler(self, pos + 1)
                 if count & 0xFFFF == 0:
                     if count > max_ops:
                         raise PickleError(f"more than {max_ops} opcodes")
@@ -83,41 +99,6 @@ class PickleVM:
 
     # ---- helpers --------------------------------------------------------------------------------------------
 
-    def _take(self, pos: int, n: int) -> int:
-        end = pos + n
-        if n < 0 or end > self.end:
-            raise PickleError(f"argument at offset {pos} runs past the end of the stream")
-        return end
-
-    def _line(self, pos: int) -> tuple[bytes, int]:
-        i = self.data.find(b"\n", pos, min(self.end, pos + self.cur.limits.max_line))
-        if i < 0:
-            raise PickleError(f"unterminated text argument at offset {pos}")
-        return bytes(self.data[pos:i]), i + 1
-
-    def _pop_mark(self) -> list:
-        items = self.stack
-        if not self.metastack:
-            raise PickleError(f"no MARK for the opcode at offset {self.at}")
-        self.stack = self.metastack.pop()
-        return items
-
-    def _text(self, pos: int, n: int, encoding: str) -> int:
-        end = self._take(pos, n)
-        if n > _BIG:
-            self.stack.append(Blob(self.data, pos, end, True))
-            return end
-        try:
-            self.stack.append(bytes(self.data[pos:end]).decode(encoding, "surrogatepass"))
-        except UnicodeDecodeError:
-            raise PickleError(f"invalid {encoding} text at offset {pos}") from None
-        return end
-
-    def _bytes(self, pos: int, n: int) -> int:
-        end = self._take(pos, n)
-        self.stack.append(Blob(self.data, pos, end, False) if n > _BIG else bytes(self.data[pos:end]))
-        return end
-
     def make_global(self, module: Any, name: Any, offset: int, opcode: str) -> Any:
         """Create (and judge) the object the unpickler gets from `find_class(module, name)`."""
         mod, nm = const_str(module), const_str(name)
@@ -129,7 +110,7 @@ class PickleVM:
         glob = Global(mod, nm, verdict)
         self.cur.sink.globals.add(glob.full)
         if verdict.severity is not None:
-            self.cur.report(verdict.rule, verdict.severity, f"{glob.full}: {verdict.reason}", offset=offset,
+            self.cur.report(verdict.rule, verdict.severity, verdict.reason, offset=offset,
                             subject=glob.full, opcode=opcode)
         return glob
 
@@ -182,74 +163,6 @@ class PickleVM:
         self.stack.append(self.stack[-1])
         return pos
 
-    def op_float(self, pos: int) -> int:
-        line, pos = self._line(pos)
-        try:
-            self.stack.append(float(line))
-        except ValueError:
-            raise PickleError(f"bad FLOAT at offset {self.at}") from None
-        return pos
-
-    def op_int(self, pos: int) -> int:
-        line, pos = self._line(pos)
-        if line in (b"00", b"01"):
-            self.stack.append(line == b"01")
-            return pos
-        return self._parse_int(line, pos)
-
-    def op_long(self, pos: int) -> int:
-        line, pos = self._line(pos)
-        return self._parse_int(line[:-1] if line.endswith(b"L") else line, pos)
-
-    def _parse_int(self, line: bytes, pos: int) -> int:
-        if len(line) > 4000:
-            self.stack.append(Opaque("long"))
-            return pos
-        try:
-            self.stack.append(int(line, 0))
-        except ValueError:
-            raise PickleError(f"bad integer at offset {self.at}") from None
-        return pos
-
-    def op_binint(self, pos: int) -> int:
-        self.stack.append(unpack_from("<i", self.data, self._take(pos, 4) - 4)[0])
-        return pos + 4
-
-    def op_binint1(self, pos: int) -> int:
-        self.stack.append(self.data[self._take(pos, 1) - 1])
-        return pos + 1
-
-    def op_binint2(self, pos: int) -> int:
-        self.stack.append(unpack_from("<H", self.data, self._take(pos, 2) - 2)[0])
-        return pos + 2
-
-    def _long(self, pos: int, n: int) -> int:
-        end = self._take(pos, n)
-        self.stack.append(int.from_bytes(self.data[pos:end], "little", signed=True) if n <= _LONG_BYTES
-                          else Opaque("long"))
-        return end
-
-    def op_long1(self, pos: int) -> int:
-        return self._long(pos + 1, self.data[self._take(pos, 1) - 1])
-
-    def op_long4(self, pos: int) -> int:
-        n = unpack_from("<i", self.data, self._take(pos, 4) - 4)[0]
-        if n < 0:
-            raise PickleError("LONG4 with a negative length")
-        return self._long(pos + 4, n)
-
-    def op_none(self, pos: int) -> int:
-        self.stack.append(None)
-        return pos
-
-    def op_newtrue(self, pos: int) -> int:
-        self.stack.append(True)
-        return pos
-
-    def op_newfalse(self, pos: int) -> int:
-        self.stack.append(False)
-        return pos
-
     def op_persid(self, pos: int) -> int:
         _, pos = self._line(pos)
         self.stack.append(Opaque("persistent id"))
@@ -263,56 +176,6 @@ class PickleVM:
         args = self.stack.pop()
         self.stack[-1] = self._call(self.stack[-1], args, "REDUCE")
         return pos
-
-    def op_string(self, pos: int) -> int:
-        line, pos = self._line(pos)
-        if len(line) < 2 or line[0] != line[-1] or line[:1] not in (b"'", b'"'):
-            raise PickleError(f"STRING argument is not quoted at offset {self.at}")
-        try:
-            self.stack.append(codecs.escape_decode(line[1:-1])[0].decode("latin-1"))
-        except ValueError:
-            raise PickleError(f"bad STRING escape at offset {self.at}") from None
-        return pos
-
-    def op_binstring(self, pos: int) -> int:
-        n = unpack_from("<i", self.data, self._take(pos, 4) - 4)[0]
-        return self._text(pos + 4, n, "latin-1")
-
-    def op_short_binstring(self, pos: int) -> int:
-        return self._text(pos + 1, self.data[self._take(pos, 1) - 1], "latin-1")
-
-    def op_unicode(self, pos: int) -> int:
-        line, pos = self._line(pos)
-        try:
-            self.stack.append(line.decode("raw-unicode-escape"))
-        except UnicodeDecodeError:
-            raise PickleError(f"bad UNICODE at offset {self.at}") from None
-        return pos
-
-    def op_binunicode(self, pos: int) -> int:
-        return self._text(pos + 4, unpack_from("<I", self.data, self._take(pos, 4) - 4)[0], "utf-8")
-
-    def op_short_binunicode(self, pos: int) -> int:
-        return self._text(pos + 1, self.data[self._take(pos, 1) - 1], "utf-8")
-
-    def op_binunicode8(self, pos: int) -> int:
-        return self._text(pos + 8, unpack_from("<Q", self.data, self._take(pos, 8) - 8)[0], "utf-8")
-
-    def op_binbytes(self, pos: int) -> int:
-        return self._bytes(pos + 4, unpack_from("<I", self.data, self._take(pos, 4) - 4)[0])
-
-    def op_short_binbytes(self, pos: int) -> int:
-        return self._bytes(pos + 1, self.data[self._take(pos, 1) - 1])
-
-    def op_binbytes8(self, pos: int) -> int:
-        return self._bytes(pos + 8, unpack_from("<Q", self.data, self._take(pos, 8) - 8)[0])
-
-    def op_bytearray8(self, pos: int) -> int:
-        return self._bytes(pos + 8, unpack_from("<Q", self.data, self._take(pos, 8) - 8)[0])
-
-    def op_binfloat(self, pos: int) -> int:
-        self.stack.append(unpack_from(">d", self.data, self._take(pos, 8) - 8)[0])
-        return pos + 8
 
     def op_append(self, pos: int) -> int:
         value = self.stack.pop()
@@ -346,7 +209,7 @@ class PickleVM:
         items = self._pop_mark()
         target = self.stack[-1]
         if type(target) is SymDict:
-            target.pairs.extend(zip(items[::2], items[1::2]))
+            target.pairs.extend(zip(items[::2], items[1::2], strict=False))
         else:
             self._mutate(target, "SETITEMS")
         return pos
@@ -431,57 +294,6 @@ class PickleVM:
 
     def op_ext4(self, pos: int) -> int:
         return self._ext(pos, 4, "<i")
-
-    def op_dict(self, pos: int) -> int:
-        items = self._pop_mark()
-        self.stack.append(SymDict(list(zip(items[::2], items[1::2]))))  # items popped first: stack switched
-        return pos
-
-    def op_empty_dict(self, pos: int) -> int:
-        self.stack.append(SymDict())
-        return pos
-
-    def op_list(self, pos: int) -> int:
-        items = self._pop_mark()
-        self.stack.append(items)
-        return pos
-
-    def op_empty_list(self, pos: int) -> int:
-        self.stack.append([])
-        return pos
-
-    def op_tuple(self, pos: int) -> int:
-        items = self._pop_mark()
-        self.stack.append(tuple(items))
-        return pos
-
-    def op_empty_tuple(self, pos: int) -> int:
-        self.stack.append(())
-        return pos
-
-    def op_tuple1(self, pos: int) -> int:
-        self.stack[-1] = (self.stack[-1],)
-        return pos
-
-    def op_tuple2(self, pos: int) -> int:
-        b = self.stack.pop()
-        self.stack[-1] = (self.stack[-1], b)
-        return pos
-
-    def op_tuple3(self, pos: int) -> int:
-        c = self.stack.pop()
-        b = self.stack.pop()
-        self.stack[-1] = (self.stack[-1], b, c)
-        return pos
-
-    def op_empty_set(self, pos: int) -> int:
-        self.stack.append(SymSet())
-        return pos
-
-    def op_frozenset(self, pos: int) -> int:
-        items = self._pop_mark()
-        self.stack.append(SymSet(items))
-        return pos
 
     def _get(self, key: int) -> None:
         if key not in self.memo:
@@ -576,3 +388,6 @@ _OPCODES: dict[int, str] = {ord(k): v for k, v in {
     "\x98": "readonly_buffer",
 }.items()}
 OPCODE_BYTES = frozenset(_OPCODES)
+_TABLE: list = [None] * 256  # opcode byte -> unbound handler, shared by every machine
+for _code, _name in _OPCODES.items():
+    _TABLE[_code] = getattr(PickleVM, "op_" + _name)

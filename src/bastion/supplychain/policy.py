@@ -16,32 +16,32 @@ from functools import lru_cache
 
 # ---- allow-list -------------------------------------------------------------------------------------------------
 
-_TORCH_DTYPES = (
-    "bfloat16 bits16 bits1x8 bits2x4 bits4x2 bits8 bool complex128 complex32 complex64 float16 float32 float64 "
-    "float8_e4m3fn float8_e4m3fnuz float8_e5m2 float8_e5m2fnuz float8_e8m0fnu float4_e2m1fn_x2 half float double "
-    "int1 int2 int3 int4 int5 int6 int7 int8 int16 int32 int64 qint32 qint8 quint2x4 quint4x2 quint8 uint1 uint2 "
-    "uint3 uint4 uint5 uint6 uint7 uint8 uint16 uint32 uint64 per_channel_affine per_channel_affine_float_qparams "
-    "per_channel_symmetric per_tensor_affine per_tensor_symmetric strided sparse_coo sparse_csr sparse_csc "
-    "sparse_bsr sparse_bsc _mkldnn channels_last contiguous_format preserve_format"
-).split()
-_TORCH_TYPES = "BFloat16 Bool Byte Char ComplexDouble ComplexFloat Double Float Half Int Long Short".split()
+_TORCH_DTYPES = ["bfloat16", "bits16", "bits1x8", "bits2x4", "bits4x2", "bits8", "bool", "complex128", "complex32",
+    "complex64", "float16", "float32", "float64", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
+    "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "half", "float", "double", "int1", "int2", "int3",
+    "int4", "int5", "int6", "int7", "int8", "int16", "int32", "int64", "qint32", "qint8", "quint2x4", "quint4x2",
+    "quint8", "uint1", "uint2", "uint3", "uint4", "uint5", "uint6", "uint7", "uint8", "uint16", "uint32", "uint64",
+    "per_channel_affine", "per_channel_affine_float_qparams", "per_channel_symmetric", "per_tensor_affine",
+    "per_tensor_symmetric", "strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc",
+    "_mkldnn", "channels_last", "contiguous_format", "preserve_format"]
+_TORCH_TYPES = ["BFloat16", "Bool", "Byte", "Char", "ComplexDouble", "ComplexFloat", "Double", "Float", "Half", "Int",
+    "Long", "Short"]
 _TORCH_QSTORAGES = ["QInt32Storage", "QInt8Storage", "QUInt2x4Storage", "QUInt4x2Storage", "QUInt8Storage"]
-_TORCH_REBUILD = (
-    "_rebuild_tensor _rebuild_tensor_v2 _rebuild_tensor_v3 _rebuild_parameter _rebuild_parameter_with_state "
-    "_rebuild_qtensor _rebuild_sparse_tensor _rebuild_nested_tensor _rebuild_meta_tensor_no_storage "
-    "_rebuild_wrapper_subclass _rebuild_device_tensor_from_cpu_tensor _rebuild_device_tensor_from_numpy"
-).split()
+_TORCH_REBUILD = ["_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+    "_rebuild_parameter_with_state", "_rebuild_qtensor", "_rebuild_sparse_tensor", "_rebuild_nested_tensor",
+    "_rebuild_meta_tensor_no_storage", "_rebuild_wrapper_subclass", "_rebuild_device_tensor_from_cpu_tensor",
+    "_rebuild_device_tensor_from_numpy"]
 
-_NUMPY_SCALARS = (
-    "bool_ bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 intc uintc intp uintp int_ uint longlong "
-    "ulonglong byte ubyte short ushort long ulong float16 float32 float64 float128 half single double longdouble "
-    "complex64 complex128 complex256 csingle cdouble clongdouble str_ bytes_ void datetime64 timedelta64 object_"
-).split()
+_NUMPY_SCALARS = ["bool_", "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "intc",
+    "uintc", "intp", "uintp", "int_", "uint", "longlong", "ulonglong", "byte", "ubyte", "short", "ushort", "long",
+    "ulong", "float16", "float32", "float64", "float128", "half", "single", "double", "longdouble", "complex64",
+    "complex128", "complex256", "csingle", "cdouble", "clongdouble", "str_", "bytes_", "void", "datetime64",
+    "timedelta64", "object_"]
 _NUMPY_CORE = ("numpy.core", "numpy._core")
 
 ALLOWED: frozenset[str] = frozenset(
-    [f"builtins.{n}" for n in "set frozenset bytearray bytes complex slice range int float str bool list dict tuple "
-     "object".split()]
+    [f"builtins.{n}" for n in ["set", "frozenset", "bytearray", "bytes", "complex", "slice", "range", "int", "float",
+        "str", "bool", "list", "dict", "tuple", "object"]]
     + ["copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__", "_codecs.encode"]
     + [f"collections.{n}" for n in ("OrderedDict", "defaultdict", "deque", "Counter")]
     + [f"datetime.{n}" for n in ("datetime", "date", "time", "timedelta", "timezone")]
@@ -74,7 +74,8 @@ ALLOWED: frozenset[str] = frozenset(
 # Cython / scikit-learn class names: CamelCase (optionally _-prefixed), or Cython's generated unpickle helpers.
 _CLASS_NAME = re.compile(r"_*[A-Z][A-Za-z0-9_]*")
 _PYX_UNPICKLE = re.compile(r"__pyx_unpickle_[A-Z][A-Za-z0-9_]*")
-_SKLEARN_UNSAFE = re.compile(r"sklearn\.(externals|datasets|conftest|_build_utils|utils\._testing)(\.|$)|\.tests?(\.|$)")
+_SKLEARN_UNSAFE = re.compile(
+    r"sklearn\.(externals|datasets|conftest|_build_utils|utils\._testing)(\.|$)|\.tests?(\.|$)")
 _SPARSE = re.compile(r"(csr|csc|coo|bsr|dia|dok|lil)_(matrix|array)")
 _NUMPY_DTYPE_CLASS = re.compile(r"[A-Z][A-Za-z0-9]*DType")
 
@@ -103,35 +104,38 @@ def _is_numpy_ufunc(name: str) -> bool:
 
 # ---- deny-list ---------------------------------------------------------------------------------------------------
 
-_CRITICAL_MODULES = (
-    "os posix nt subprocess _posixsubprocess pty sys shutil socket _socket runpy importlib imp pkgutil zipimport "
-    "pip ensurepip setuptools distutils venv code codeop pdb bdb profile cProfile timeit trace pydoc webbrowser "
-    "ctypes _ctypes cffi multiprocessing concurrent asyncio threading _thread signal marshal pickle _pickle cPickle "
-    "dill cloudpickle shelve commands popen2 telnetlib ftplib smtplib http urllib urllib2 urllib3 requests httpx "
-    "aiohttp paramiko types _io io tempfile glob sqlite3 platform builtins __builtin__ __builtins__ "
-    "torch.hub torch.utils.cpp_extension torch.ops torch._C torch.classes numpy.testing numpy.f2py "
-    "numpy.distutils numpy.ctypeslib"
-).split()
-_HIGH_MODULES = "operator _operator functools itertools inspect gc ast weakref copy abc __main__".split()
+_CRITICAL_MODULES = ["os", "posix", "nt", "subprocess", "_posixsubprocess", "pty", "sys", "shutil", "socket",
+    "_socket", "runpy", "importlib", "imp", "pkgutil", "zipimport", "pip", "ensurepip", "setuptools", "distutils",
+    "venv", "code", "codeop", "pdb", "bdb", "profile", "cProfile", "timeit", "trace", "pydoc", "webbrowser", "ctypes",
+    "_ctypes", "cffi", "multiprocessing", "concurrent", "asyncio", "threading", "_thread", "signal", "marshal",
+    "pickle", "_pickle", "cPickle", "dill", "cloudpickle", "shelve", "commands", "popen2", "telnetlib", "ftplib",
+    "smtplib", "http", "urllib", "urllib2", "urllib3", "requests", "httpx", "aiohttp", "paramiko", "types", "_io",
+    "io", "tempfile", "glob", "sqlite3", "platform", "builtins", "__builtin__", "__builtins__", "torch.hub",
+    "torch.utils.cpp_extension", "torch.ops", "torch._C", "torch.classes", "numpy.testing", "numpy.f2py",
+    "numpy.distutils", "numpy.ctypeslib"]
+_HIGH_MODULES = ["operator", "_operator", "functools", "itertools", "inspect", "gc", "ast", "weakref", "copy", "abc",
+    "__main__"]
 _CRITICAL_NAMES = frozenset(
-    "builtins.eval builtins.exec builtins.compile builtins.__import__ builtins.open builtins.breakpoint "
-    "builtins.input builtins.exit builtins.quit builtins.__build_class__ builtins.memoryview "
-    "torch.load torch.serialization.load torch.storage._load_from_bytes torch.jit.load torch.package "
-    "numpy.load numpy.loads numpy.fromfile numpy.memmap numpy.lib.npyio.load numpy.save numpy.savez "
-    "numpy.tofile joblib.load joblib.numpy_pickle.load joblib.dump keras.models.load_model "
-    "keras.saving.load_model keras.utils.get_file tensorflow.keras.utils.get_file".split()
+    ["builtins.eval", "builtins.exec", "builtins.compile", "builtins.__import__", "builtins.open",
+        "builtins.breakpoint", "builtins.input", "builtins.exit", "builtins.quit", "builtins.__build_class__",
+        "builtins.memoryview", "torch.load", "torch.serialization.load", "torch.storage._load_from_bytes",
+        "torch.jit.load", "torch.package", "numpy.load", "numpy.loads", "numpy.fromfile", "numpy.memmap",
+        "numpy.lib.npyio.load", "numpy.save", "numpy.savez", "numpy.tofile", "joblib.load",
+        "joblib.numpy_pickle.load", "joblib.dump", "keras.models.load_model", "keras.saving.load_model",
+        "keras.utils.get_file", "tensorflow.keras.utils.get_file"]
 )
 _HIGH_NAMES = frozenset(
-    "builtins.getattr builtins.setattr builtins.delattr builtins.globals builtins.locals builtins.vars "
-    "builtins.type builtins.super builtins.classmethod builtins.staticmethod builtins.property "
-    "builtins.help builtins.print builtins.dir builtins.hasattr builtins.map builtins.filter "
-    "builtins.apply builtins.execfile builtins.reload builtins.file".split()
+    ["builtins.getattr", "builtins.setattr", "builtins.delattr", "builtins.globals", "builtins.locals",
+        "builtins.vars", "builtins.type", "builtins.super", "builtins.classmethod", "builtins.staticmethod",
+        "builtins.property", "builtins.help", "builtins.print", "builtins.dir", "builtins.hasattr", "builtins.map",
+        "builtins.filter", "builtins.apply", "builtins.execfile", "builtins.reload", "builtins.file"]
 )
 # Names that, anywhere in a dotted path, mean the path reaches code execution (e.g. torch.serialization.os.system).
 _DANGEROUS_PARTS = frozenset(
-    "os posix nt subprocess system popen spawnl spawnv execv execve execl eval exec compile __import__ "
-    "__builtins__ builtins __builtin__ sys modules getattr __globals__ __code__ __reduce__ __subclasses__ "
-    "import_module run_path run_module _run_code loads load marshal pickle runpy pty".split()
+    ["os", "posix", "nt", "subprocess", "system", "popen", "spawnl", "spawnv", "execv", "execve", "execl", "eval",
+        "exec", "compile", "__import__", "__builtins__", "builtins", "__builtin__", "sys", "modules", "getattr",
+        "__globals__", "__code__", "__reduce__", "__subclasses__", "import_module", "run_path", "run_module",
+        "_run_code", "loads", "load", "marshal", "pickle", "runpy", "pty"]
 )
 
 

@@ -110,9 +110,11 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
             self.substitute_ = model
         metrics: dict[str, Any] = {key: per_budget(rows, key)
                                    for key in ("fidelity", "fidelity_ood", "accuracy", "transfer_success")}
-        metrics.update(curve=rows, victim_accuracy=evaluation.victim_accuracy, access=api.access.name.lower(),
+        metrics.update(curve=rows, victim_accuracy=evaluation.victim_accuracy, access=log.access.name.lower(),
                        defense=api.name if self.defense else None, evaluation_queries=evaluation.queries,
                        n_samples=len(data))
+        if self.defense:
+            metrics["api_accuracy"] = evaluation.accuracy_of(api)
         metrics.update(self.extra_metrics())
         if self.monitor:
             metrics["prada"] = self._monitor(log, evaluation)

@@ -56,6 +56,10 @@ class Evaluation:
         """Victim queries spent on measurement (not charged to the attacker)."""
         return self.victim.queries
 
+    def accuracy_of(self, api: Target) -> float:
+        """Accuracy of another API (e.g. the hardened one) on the evaluation data, without charging it."""
+        return float((uncounted(api).labels(self.x) == self.y).float().mean())
+
     def score(self, model: nn.Module) -> dict[str, float]:
         """fidelity, fidelity_ood, accuracy and transfer_success of one copy."""
         model = model.to(self.x.device).eval()

@@ -67,11 +67,15 @@ def membership_findings(attack: str, metrics: dict[str, Any]) -> list[Finding]:
 
 def inversion_finding(matching_rate: float, chance: float, similarity: float, n_classes: int) -> Finding:
     """Model inversion: how many class representatives resemble their own class more than any other."""
-    if matching_rate >= 0.9:
+    from scipy.stats import binom
+
+    matches = round(matching_rate * n_classes)
+    significant = binom.sf(matches - 1, n_classes, chance) < 0.05  # more matches than luck explains
+    if matching_rate >= 0.9 and significant:
         severity = "high"
-    elif matching_rate >= 0.5:
+    elif matching_rate >= 0.5 and significant:
         severity = "medium"
-    elif matching_rate > 2 * chance:
+    elif significant:
         severity = "low"
     else:
         severity = "info"

@@ -23,7 +23,7 @@ from torch import nn
 from bastion.core.errors import ParameterError
 from bastion.core.progress import progress
 from bastion.core.target import Target
-from bastion.core.training import TrainHistory, Trainer
+from bastion.core.training import Trainer, TrainHistory, seed_everything
 from bastion.models.factory import build, resolve_factory
 
 
@@ -57,9 +57,10 @@ class ReferenceSpec:
         trainer = dataclasses.replace(self.trainer, seed=int(seed), history=TrainHistory())
         if self.estimator is not None:
             fitted = trainer.fit_estimator(self.estimator, x, y)
-            return lambda xs: _estimator_log_probs(fitted, xs, self.n_classes)
+            return lambda xs: estimator_log_probs(fitted, xs, self.n_classes)
+        seed_everything(int(seed))  # the initial weights depend on the seed too
         model = trainer.fit(build(self.factory), x, y)
-        return lambda xs: _module_log_probs(model, xs)
+        return lambda xs: module_log_probs(model, xs)
 
     def train_and_score(self, x: np.ndarray, y: np.ndarray, x_eval: np.ndarray, seed: int) -> np.ndarray:
         return self.train(x, y, seed)(x_eval)
@@ -70,14 +71,14 @@ class ReferenceSpec:
 
 
 @torch.no_grad()
-def _module_log_probs(model: nn.Module, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+def module_log_probs(model: nn.Module, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
     device = next(model.parameters()).device
     xs = torch.as_tensor(x, dtype=torch.float32)
     out = [model(chunk.to(device)).float().log_softmax(-1).cpu() for chunk in xs.split(batch_size)]
     return torch.cat(out).numpy()
 
 
-def _estimator_log_probs(estimator: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
+def estimator_log_probs(estimator: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
     """predict_proba mapped onto all n_classes columns (a subset may miss some classes)."""
     probs = estimator.predict_proba(np.asarray(x).reshape(len(x), -1))
     full = np.full((len(x), n_classes), 1e-12)
@@ -102,17 +103,20 @@ _JOB: tuple | None = None  # set in the parent right before forking workers; wor
 
 
 def _work(i: int) -> np.ndarray:
-    spec, x, y, masks, x_eval, seed = _JOB
-    torch.set_num_threads(1)
+    spec, x, y, masks, x_eval, seed, threads = _JOB
+    torch.set_num_threads(threads)
     return spec.train_and_score(x[masks[i]], y[masks[i]], x_eval, model_seed(seed, i))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def resolve_jobs(n_jobs: int | None, n_models: int, spec: ReferenceSpec) -> int:
     """Worker processes: 1 on a GPU or without fork; by default one per CPU core, at most one per model."""
     if not spec.on_cpu or "fork" not in multiprocessing.get_all_start_methods():
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(n_models, cores if n_jobs is None else int(n_jobs)))
+    return max(1, min(n_models, _cores() if n_jobs is None else int(n_jobs)))
 
 
 def train_references(spec: ReferenceSpec, x: np.ndarray, y: np.ndarray, masks: np.ndarray,
@@ -131,7 +135,7 @@ def train_references(spec: ReferenceSpec, x: np.ndarray, y: np.ndarray, masks: n
                 results.append(spec.train_and_score(x[masks[i]], y[masks[i]], x_eval, model_seed(seed, i)))
                 bar.advance()
         else:
-            _JOB = (spec, x, y, masks, x_eval, seed)
+            _JOB = (spec, x, y, masks, x_eval, seed, max(1, _cores() // jobs))
             try:
                 ctx = multiprocessing.get_context("fork")
                 with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:

@@ -184,14 +184,17 @@ class PoisoningAttack(Attack):
         return metrics
 
     def save(self, folder: Path, attack_inputs: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, str]:
-        """Write the model of the largest rate (safetensors), its poisoned training set (with an `is_poison` array)
-        and the triggered test inputs (labels = the attacker's target), for the detection defenses."""
-        from safetensors.torch import save_file
+        """Write the model of the largest rate (safetensors for an `arch` string, else TorchScript), its poisoned
+        training set (with an `is_poison` array) and the triggered test inputs (labels = the attacker's target)."""
+        from bastion.models.export import save_model
+        from bastion.models.metadata import ModelMetadata
 
         folder.mkdir(parents=True, exist_ok=True)
-        paths = {"model": folder / "poisoned_model.safetensors", "train_data": folder / "poisoned_train.npz"}
-        state = {k: v.detach().cpu().contiguous() for k, v in self.artifact.state_dict().items()}
-        save_file(state, str(paths["model"]))
+        suffix = ".safetensors" if isinstance(self.arch, str) else ".pt"
+        paths = {"model": folder / f"poisoned_model{suffix}", "train_data": folder / "poisoned_train.npz"}
+        meta = ModelMetadata(n_classes=self.n_classes, input_shape=list(self.poisoned.x.shape[1:]),
+                             bounds=list(self.bounds), name=f"{self.name} poisoned model")
+        save_model(copy.deepcopy(self.artifact), paths["model"], meta)
         np.savez_compressed(paths["train_data"], x=self.poisoned.x.cpu().numpy(), y=self.poisoned.y.cpu().numpy(),
                             is_poison=self.poisoned.is_poison.cpu().numpy())
         if attack_inputs is not None:

@@ -134,9 +134,11 @@ class ActivationClustering(Defense):
             return self.exclusionary_reclassification(model, x, y, candidate, classes), scores, classes
         return candidate, scores, classes
 
-    def run(self, target: Target, data: Dataset | None = None, **_: Dataset) -> Any:
+    def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
+            **_: Dataset) -> Any:
+        """Screen `train_data` (or `data` when no training set is given separately)."""
         self.check_access(target)
-        data = require_data(data, self.name, "--data TRAINING_SET")
+        data = require_data(train_data if train_data is not None else data, self.name, "--train-data FILE")
         validate_for_model(data, target.n_classes, target.input_shape)
         start = time.perf_counter()
         is_poison = load_ground_truth(self.ground_truth, len(data))

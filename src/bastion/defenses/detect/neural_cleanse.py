@@ -31,14 +31,15 @@ class NeuralCleanse(Defense):
     threshold is kept. Classes are optimised together in one batch (K·B inputs per step; `class_batch` bounds K).
     A backdoor target needs a far smaller trigger than the other classes: the anomaly index of the L1 norms is
     |‖m_t‖ − median| / (1.4826·MAD), and a class is flagged when it exceeds `anomaly_threshold` (2) on the
-    small-norm side only (`anomaly_index` reports both sides; `mask_l1` tells which). Inputs: clean data within the target's bounds, `(n, C, H, W)` or flat `(n, d)`.
+    small-norm side only (`anomaly_index` reports both sides; `mask_l1` tells which). Inputs: clean data
+    within the target's bounds, `(n, C, H, W)` or flat `(n, d)`.
     """
 
     name = "neural-cleanse"
     family = "detect"
     requires = Access.GRADIENTS
 
-    def __init__(self, steps: int = 300, lr: float = 0.1, batch_size: int = 64, init_cost: float = 1e-3,
+    def __init__(self, steps: int = 300, lr: float = 0.2, batch_size: int = 32, init_cost: float = 1e-3,
                  cost_multiplier: float = 1.5, patience: int = 10, attack_threshold: float = 0.99,
                  anomaly_threshold: float = 2.0, class_batch: int = 16, seed: int = 0):
         if steps < 1 or batch_size < 1 or patience < 1 or class_batch < 1:

@@ -80,9 +80,11 @@ class SpectralSignatures(Defense):
             info["poisoned"] = bool(a > self.anomaly_threshold and r > np.median(ratios))
         return flagged.cpu().numpy(), scores.cpu().numpy(), classes
 
-    def run(self, target: Target, data: Dataset | None = None, **_: Dataset) -> Any:
+    def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
+            **_: Dataset) -> Any:
+        """Screen `train_data` (or `data` when no training set is given separately)."""
         self.check_access(target)
-        data = require_data(data, self.name, "--data TRAINING_SET")
+        data = require_data(train_data if train_data is not None else data, self.name, "--train-data FILE")
         validate_for_model(data, target.n_classes, target.input_shape)
         start = time.perf_counter()
         is_poison = load_ground_truth(self.ground_truth, len(data))

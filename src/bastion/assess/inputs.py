@@ -1,0 +1,121 @@
+"""What an assessment looks at: the model (path or URL), its data, and how to load it as a Target.
+
+`Inputs` is plain data (paths, NumPy datasets, flags) so that it can travel to Ray workers; every job loads its
+own fresh Target from it, so query counts and model state never leak from one job into another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bastion.core.data import Dataset, validate_for_model
+from bastion.core.target import Access, Target, TorchTarget
+
+_MATERIALISED: dict[str, str] = {}  # sha256 -> local path of model bytes shipped to this process
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """SHA-256 of a file (None for URLs and folders)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelInfo:
+    """What the plan defaults are sized from: the model's access, shape, bounds and internals."""
+
+    path: str
+    format: str
+    sha256: str | None
+    n_classes: int
+    input_shape: list[int]
+    bounds: list[float]
+    access: str
+    white_box: bool
+    estimator: bool
+    device: str
+    name: str
+
+    @property
+    def access_level(self) -> Access:
+        return Access.parse(self.access)
+
+    @property
+    def is_file(self) -> bool:
+        return self.sha256 is not None
+
+
+@dataclass
+class Inputs:
+    """Model, evaluation data (--data) and optional training data (--train-data) of one assessment."""
+
+    model: str
+    data: Dataset
+    train_data: Dataset | None = None
+    arch: str | None = None
+    trust: bool = False
+    access: str | None = None
+    device: str = "auto"
+    data_path: str | None = None
+    train_path: str | None = None
+    label: str | None = None
+    model_bytes: bytes | None = field(default=None, repr=False)
+    model_sha256: str | None = None
+
+    def model_path(self) -> str:
+        """The model's local path; shipped bytes are written once per process to a private temp file."""
+        if self.model_bytes is None or Path(self.model).is_file() or "://" in self.model:
+            return self.model
+        key = self.model_sha256 or hashlib.sha256(self.model_bytes).hexdigest()
+        if key not in _MATERIALISED or not Path(_MATERIALISED[key]).is_file():
+            fd, name = tempfile.mkstemp(prefix="bastion-model-", suffix=Path(self.model).suffix)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.model_bytes)
+            _MATERIALISED[key] = name
+        return _MATERIALISED[key]
+
+    def load_target(self, device: str | None = None, max_queries: int | None = None) -> Target:
+        """A fresh Target for one job, checked against the evaluation data."""
+        from bastion.models import load_target
+
+        target = load_target(self.model_path(), data=self.data, arch=self.arch, device=device or self.device,
+                             trust=self.trust, max_queries=max_queries, access=self.access)
+        validate_for_model(self.data, target.n_classes, target.input_shape)
+        if self.train_data is not None:
+            validate_for_model(self.train_data, target.n_classes, target.input_shape)
+        return target
+
+    def describe(self) -> ModelInfo:
+        """Load the model once and record what the plan defaults depend on."""
+        from bastion.models import sniff_format
+
+        target = self.load_target()
+        base = getattr(target, "base", target)
+        return ModelInfo(
+            path=self.model, format=sniff_format(self.model_path()), sha256=self.model_sha256 or file_sha256(
+                self.model), n_classes=target.n_classes, input_shape=list(target.input_shape),
+            bounds=list(target.bounds), access=target.access.name.lower(),
+            white_box=isinstance(base, TorchTarget) and target.access >= Access.GRADIENTS,
+            estimator=getattr(base, "estimator", None) is not None, device=str(target.device), name=target.name)
+
+    def summary(self) -> dict[str, Any]:
+        """Plain description of the inputs for reports and the run store."""
+        def data_info(d: Dataset | None, path: str | None) -> dict[str, Any] | None:
+            if d is None:
+                return None
+            return {"path": path, "name": d.name, "n": len(d), "n_classes": d.n_classes,
+                    "input_shape": list(d.input_shape)}
+        return {"model": self.model, "arch": self.arch, "access": self.access, "trust": self.trust,
+                "label": self.label, "data": data_info(self.data, self.data_path),
+                "train_data": data_info(self.train_data, self.train_path)}

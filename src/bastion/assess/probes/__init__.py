@@ -1,0 +1,1 @@
+"""Assessment probes, one module per threat family; each registers itself with `@register("probes", ...)`."""

@@ -1,0 +1,94 @@
+"""Backdoor probe: is this model already backdoored? Model-only scans (Neural Cleanse) on clean --data, and
+training-data screens (activation clustering, spectral signatures) on --train-data when it is given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bastion.assess.inputs import Inputs, ModelInfo
+from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, SanityCheck, done, sample_rows, select
+from bastion.assess.scoring import grade_of
+from bastion.cli.common import accepts, construct
+from bastion.core.registry import get, register
+from bastion.core.results import AttackResult, Finding
+
+# Detectors that screen a training set (the rest scan the model with clean data).
+TRAINING_SCREENS = ("activation-clustering", "spectral")
+
+
+def scanner_class(name: str) -> type:
+    return get("defenses", name, "detect")
+
+
+@register("probes", "backdoor", family="backdoor")
+class BackdoorProbe(Probe):
+    """Backdoor scanning: reverse-engineered triggers and training-data screens."""
+
+    family = "backdoor"
+    title = "Backdoors (poisoned models and data)"
+
+    def usable(self, inputs: Inputs, info: ModelInfo) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, params in self.section["scanners"].items():
+            if scanner_class(name).requires > info.access_level:
+                continue
+            if name in TRAINING_SCREENS and inputs.train_data is None:
+                continue
+            out[name] = params
+        return out
+
+    def applicable(self, inputs: Inputs, info: ModelInfo) -> str | None:
+        if not self.section["scanners"]:
+            return "the plan lists no backdoor scanner"
+        if not info.white_box:
+            return "backdoor scanners need the model's internals (a PyTorch model with gradient access)"
+        if not self.usable(inputs, info):
+            return "the planned scanners need --train-data or more access than the model grants"
+        return None
+
+    def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:
+        clean = sample_rows(len(inputs.data), self.section["n_samples"], self.seed, salt=5)
+        jobs = []
+        for name, params in self.usable(inputs, info).items():
+            cls = scanner_class(name)
+            full = dict(params)
+            if accepts(cls, "seed"):
+                full["seed"] = self.seed
+            construct(cls, dict(full), f"plan: families.backdoor.scanners.{name}")
+            data = {"data": ["train", None]} if name in TRAINING_SCREENS else {"data": ["data", clean.tolist()]}
+            jobs.append(self.job(name, name, full, data, gpu=True))
+        return jobs
+
+    def execute(self, inputs: Inputs, job: Job) -> AttackResult:
+        target = inputs.load_target()
+        scanner = construct(scanner_class(job.name), dict(job.params), f"backdoor scanner '{job.name}'")
+        result = scanner.run(target, select(inputs, *job.data["data"]))
+        result.family = "backdoor"
+        return result
+
+    def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
+        results = [r for _, r in done(outcomes)]
+        checks: list[SanityCheck] = []
+        headline: dict[str, float] = {}
+        findings: list[Finding] = [f for r in results for f in r.findings]
+        for r in results:
+            m = r.metrics
+            if "anomaly_index" in m:
+                norms = np.asarray(m.get("mask_l1", []), float)
+                index = np.asarray(m["anomaly_index"], float)
+                small = norms < np.median(norms) if len(norms) == len(index) else np.ones(len(index), bool)
+                headline[f"{r.attack}.max_anomaly_index"] = float(index[small].max()) if small.any() else 0.0
+                headline[f"{r.attack}.flagged_classes"] = float(len(m.get("flagged_classes", [])))
+                threshold = r.params.get("attack_threshold", 0.99)
+                weak = [c for c, s in enumerate(m.get("attack_success", [])) if s < threshold]
+                checks.append(SanityCheck(
+                    f"{r.attack}-triggers-found", not weak,
+                    "a working trigger was reverse-engineered for every class" if not weak else
+                    f"no trigger reached {threshold:.0%} success for class(es) {', '.join(map(str, weak))}: "
+                    "their mask sizes are upper bounds (raise steps)", family="backdoor"))
+            if "poisoned_classes" in m:
+                headline[f"{r.attack}.flagged_samples"] = float(m.get("n_flagged", 0))
+        return self.report("assessed", outcomes, findings=findings, sanity=checks, headline=headline,
+                           grade=grade_of(findings))

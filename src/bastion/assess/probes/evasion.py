@@ -1,0 +1,156 @@
+"""Evasion probe: robustness curves of the planned attacks over sample shards, plus the sanity-check jobs."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from bastion.assess import sanity
+from bastion.assess.inputs import Inputs, ModelInfo
+from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, done, sample_rows, select
+from bastion.assess.scoring import grade_of
+from bastion.cli.common import construct
+from bastion.core.registry import get, register
+from bastion.core.results import AttackResult
+from bastion.core.target import Access
+from bastion.evaluation.scoring import evasion_findings
+
+SANITY_DOUBLED, SANITY_LARGE = "sanity-doubled-steps", "sanity-large-eps"
+
+
+def full_range(info: ModelInfo, norm: str) -> float:
+    """The norm of the largest perturbation inside the input bounds."""
+    dim = float(np.prod(info.input_shape))
+    width = info.bounds[1] - info.bounds[0]
+    return width * {"linf": 1.0, "l2": dim ** 0.5, "l1": dim}[norm]
+
+
+def attack_class(name: str) -> type:
+    return get("attacks", name, "evasion")
+
+
+def merge_shards(name: str, results: list[AttackResult]) -> AttackResult:
+    """One result from the shards of an attack: sample-weighted accuracies, summed costs, findings redone."""
+    if len(results) == 1:
+        return results[0]
+    n = np.array([r.metrics["n_samples"] for r in results], dtype=float)
+    weights = n / n.sum()
+    clean = float(np.dot(weights, [r.metrics["clean_accuracy"] for r in results]))
+    eps = [p["eps"] for p in results[0].metrics["robust_accuracy"]]
+    curve = [{"eps": e, "robust_accuracy": float(np.dot(weights, [r.metrics["robust_accuracy"][k]["robust_accuracy"]
+                                                                  for r in results]))}
+             for k, e in enumerate(eps)]
+    violations = int(sum(r.metrics.get("constraint_violations", 0) for r in results))
+    norm = results[0].metrics["norm"]
+    metrics: dict[str, Any] = {
+        "clean_accuracy": clean, "robust_accuracy": curve, "n_samples": int(n.sum()), "norm": norm,
+        "attack_success_rate": [{"eps": c["eps"], "rate": (1 - c["robust_accuracy"] / clean) if clean else 0.0}
+                                for c in curve],
+        "constraint_violations": violations, "shards": len(results),
+    }
+    if all("unbounded_success_rate" in r.metrics for r in results):
+        metrics["unbounded_success_rate"] = float(np.dot(weights, [r.metrics["unbounded_success_rate"]
+                                                                   for r in results]))
+    findings = evasion_findings(name, norm, clean, curve, violations)
+    seen = {f.title for f in findings}
+    for r in results:  # keep any other findings the attack produced (deduplicated)
+        for f in r.findings:
+            if f.metric not in ("robust_accuracy", "constraint_violations") and f.title not in seen:
+                seen.add(f.title)
+                findings.append(f)
+    params = {k: v for k, v in results[0].params.items() if k != "job"}
+    return AttackResult(family="evasion", attack=name, params=params, metrics=metrics,
+                        queries=sum(r.queries for r in results), seconds=sum(r.seconds for r in results),
+                        device=results[0].device, findings=findings)
+
+
+def as_curve(result: AttackResult) -> sanity.Curve:
+    m = result.metrics
+    return {"clean": m["clean_accuracy"], "curve": m["robust_accuracy"], "n": m["n_samples"],
+            "violations": m.get("constraint_violations", 0)}
+
+
+@register("probes", "evasion", family="evasion")
+class EvasionProbe(Probe):
+    """Robust accuracy per epsilon for each planned attack, with automatic sanity checks."""
+
+    family = "evasion"
+    title = "Evasion (adversarial examples)"
+
+    def usable(self, info: ModelInfo) -> dict[str, dict[str, Any]]:
+        """The planned attacks the model's access allows."""
+        return {name: params for name, params in self.section["attacks"].items()
+                if attack_class(name).requires <= info.access_level}
+
+    def applicable(self, inputs: Inputs, info: ModelInfo) -> str | None:
+        if not self.section["attacks"]:
+            return "the plan lists no evasion attack"
+        if not self.usable(info):
+            return (f"the model grants {info.access} access; the planned attacks "
+                    f"({', '.join(self.section['attacks'])}) need more")
+        return None
+
+    def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:
+        rows = sample_rows(len(inputs.data), self.section["n_samples"], self.seed, salt=1)
+        shards = np.array_split(rows, max(1, min(self.section["shards"], len(rows))))
+        eps, norm = self.section["eps"], self.section["norm"]
+        jobs = []
+        for name, params in self.usable(info).items():
+            full = {**params, "eps": eps, "norm": norm, "seed": self.seed}
+            construct(attack_class(name), dict(full), f"plan: families.evasion.attacks.{name}")
+            jobs += [self.job(f"{name}/{i}", name, full, {"data": ["data", s.tolist()]}, gpu=True)
+                     for i, s in enumerate(shards)]
+        if self.section["sanity"] and info.access_level >= Access.GRADIENTS:
+            pgd = dict(self.section["attacks"].get("pgd", {"steps": 20}))
+            steps = int(pgd.get("steps", 10))
+            large = 0.5 * full_range(info, norm)
+            for i, s in enumerate(shards):
+                data = {"data": ["data", s.tolist()]}
+                if "pgd" in self.section["attacks"]:
+                    doubled = {**pgd, "steps": 2 * steps, "eps": eps, "norm": norm, "seed": self.seed}
+                    jobs.append(self.job(f"{SANITY_DOUBLED}/{i}", "pgd", doubled, data, gpu=True))
+                big = {**pgd, "eps": [large], "norm": norm, "seed": self.seed}
+                jobs.append(self.job(f"{SANITY_LARGE}/{i}", "pgd", big, data, gpu=True))
+        return jobs
+
+    def execute(self, inputs: Inputs, job: Job) -> AttackResult:
+        target = inputs.load_target()
+        attack = construct(attack_class(job.name), dict(job.params), f"evasion attack '{job.name}'")
+        return attack.run(target, select(inputs, *job.data["data"]))
+
+    def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
+        groups: dict[str, list[AttackResult]] = defaultdict(list)
+        names: dict[str, str] = {}
+        for outcome, result in done(outcomes):
+            group = outcome.key.split("/")[1]
+            groups[group].append(result)
+            names[group] = outcome.name
+        merged = {g: merge_shards(names[g], rs) for g, rs in groups.items()}
+        main = {g: r for g, r in merged.items() if not g.startswith("sanity-")}
+        curves = {g: as_curve(r) for g, r in main.items()}
+        white_box = {g for g in main if attack_class(g).requires >= Access.GRADIENTS}
+        checks = [
+            sanity.check_violations(curves) if curves else None,
+            sanity.check_monotone(curves) if curves else None,
+            sanity.check_iterative(curves),
+            sanity.check_convergence(curves.get("pgd"), as_curve(merged[SANITY_DOUBLED])
+                                     if SANITY_DOUBLED in merged else None),
+            sanity.check_large_eps(as_curve(merged[SANITY_LARGE]) if SANITY_LARGE in merged else None,
+                                   info.n_classes),
+            sanity.check_black_box(curves, white_box),
+            sanity.check_unbounded({g: r.metrics for g, r in main.items()}),
+        ]
+        checks = [c for c in checks if c is not None]
+        findings = [f for r in main.values() for f in r.findings]
+        findings += [sanity.sanity_finding(c) for c in checks if not c.passed]
+        headline: dict[str, float] = {}
+        if main:
+            headline["clean_accuracy"] = min(r.metrics["clean_accuracy"] for r in main.values())
+            for r in main.values():
+                for p in r.metrics["robust_accuracy"]:
+                    key = f"robust_accuracy@{r.metrics['norm']}={p['eps']:g}"
+                    headline[key] = min(headline.get(key, 1.0), p["robust_accuracy"])
+        return self.report("assessed", outcomes, findings=findings, sanity=checks, headline=headline,
+                           grade=grade_of(findings), results=list(main.values()))

@@ -1,0 +1,121 @@
+"""Privacy probe: membership inference on training records (--train-data) against held-out records (--data).
+
+Headline numbers are TPR at low FPR with bootstrap intervals; the ROC curve of each attack is kept (on a log
+grid) for the report's log-log plot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bastion.assess.inputs import Inputs, ModelInfo
+from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, SanityCheck, done, sample_rows, select
+from bastion.assess.scoring import grade_of
+from bastion.cli.common import accepts, construct
+from bastion.core.registry import get, register
+from bastion.core.results import AttackResult, Finding
+
+ROC_POINTS = 120
+
+
+def attack_class(name: str) -> type:
+    return get("attacks", name, "inference")
+
+
+def roc_on_grid(fpr: np.ndarray, tpr: np.ndarray, n_negative: int) -> dict[str, list[float]]:
+    """The ROC step function sampled at log-spaced FPRs from 1/n_negative to 1 (for a log-log plot)."""
+    fpr, tpr = np.asarray(fpr, float), np.asarray(tpr, float)
+    grid = np.unique(np.geomspace(1.0 / max(n_negative, 1), 1.0, ROC_POINTS))
+    idx = np.searchsorted(fpr, grid + 1e-12, side="right") - 1
+    return {"fpr": grid.tolist(), "tpr": np.maximum.accumulate(tpr)[np.clip(idx, 0, len(tpr) - 1)].tolist()}
+
+
+def privacy_sanity_finding(check: SanityCheck) -> Finding:
+    return Finding(
+        title=f"sanity check '{check.name}' failed: membership leakage may be underestimated",
+        family="inference", severity="low", metric=f"sanity:{check.name}",
+        evidence={"check": check.name, "detail": check.detail}, atlas=["AML.T0024.000"],
+        owasp=["ML04:2023 Membership Inference Attack"], description=check.detail,
+        recommendation="Train reference models like the target (same architecture, epochs and data size) and "
+                       "use more records (>= 1000 non-members to read TPR at 0.1% FPR).",
+    )
+
+
+@register("probes", "privacy", family="privacy")
+class PrivacyProbe(Probe):
+    """Membership inference (LOSS, LiRA, ...) with TPR at low FPR and per-record risk."""
+
+    family = "privacy"
+    title = "Privacy (membership inference)"
+
+    def usable(self, info: ModelInfo) -> dict[str, dict[str, Any]]:
+        return {n: p for n, p in self.section["attacks"].items() if attack_class(n).requires <= info.access_level}
+
+    def applicable(self, inputs: Inputs, info: ModelInfo) -> str | None:
+        if inputs.train_data is None:
+            return "membership inference needs the training records: pass --train-data"
+        if not self.section["attacks"]:
+            return "the plan lists no membership-inference attack"
+        if not self.usable(info):
+            return f"the model grants {info.access} access; the planned attacks need more"
+        return None
+
+    def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:
+        assert inputs.train_data is not None
+        members = sample_rows(len(inputs.train_data), self.section["n_members"], self.seed, salt=2)
+        nonmembers = sample_rows(len(inputs.data), self.section["n_nonmembers"], self.seed, salt=3)
+        rest = np.setdiff1d(np.arange(len(inputs.data)), nonmembers)
+        data: dict[str, Any] = {"members": ["train", members.tolist()], "nonmembers": ["data", nonmembers.tolist()]}
+        if len(rest) >= 2:
+            data["population"] = ["data", rest.tolist()]
+        jobs = []
+        for name, params in self.usable(info).items():
+            cls = attack_class(name)
+            full = {**params, "seed": self.seed}
+            if inputs.arch and accepts(cls, "arch"):
+                full.setdefault("arch", inputs.arch)
+            construct(cls, dict(full), f"plan: families.privacy.attacks.{name}")
+            jobs.append(self.job(name, name, full, data))
+        return jobs
+
+    def execute(self, inputs: Inputs, job: Job) -> AttackResult:
+        target = inputs.load_target()
+        attack = construct(attack_class(job.name), dict(job.params), f"privacy attack '{job.name}'")
+        datasets = {role: select(inputs, *spec) for role, spec in job.data.items()}
+        result = attack.run(target, None, **datasets)
+        summary = getattr(attack, "summary_", None)
+        if summary is not None:
+            result.metrics["roc_curve"] = roc_on_grid(summary.fpr, summary.tpr, len(datasets["nonmembers"]))
+        return result
+
+    def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
+        results = [r for _, r in done(outcomes)]
+        checks: list[SanityCheck] = []
+        for r in results:
+            m = r.metrics
+            if "reference_train_accuracy" in m and "reference_test_accuracy" in m:
+                gap = m["reference_train_accuracy"] - m["reference_test_accuracy"]
+                checks.append(SanityCheck(
+                    f"{r.attack}-references-fit", gap > 0.0,
+                    f"{r.attack} reference models: {m['reference_train_accuracy']:.1%} on their training records, "
+                    f"{m['reference_test_accuracy']:.1%} on the others" + ("" if gap > 0 else
+                                                                         " (no membership signal to learn from)"),
+                    family="privacy"))
+        if results:
+            n_neg = min(r.metrics.get("n_nonmembers", 0) for r in results)
+            checks.append(SanityCheck(
+                "fpr-resolution", n_neg >= 100,
+                f"{n_neg} non-members: TPR is measurable down to {1 / max(n_neg, 1):.2%} FPR"
+                + ("" if n_neg >= 1000 else " (TPR at 0.1% FPR needs >= 1000 non-members)"), family="privacy"))
+        findings = [f for r in results for f in r.findings]
+        findings += [privacy_sanity_finding(c) for c in checks if not c.passed]
+        headline: dict[str, float] = {}
+        for r in results:
+            if "auc" in r.metrics:
+                headline[f"{r.attack}.auc"] = r.metrics["auc"]
+            for row in r.metrics.get("tpr_at_fpr", []):
+                headline[f"{r.attack}.tpr@{row['fpr']:.2%}fpr"] = row["tpr"]
+        return self.report("assessed", outcomes, findings=findings, sanity=checks, headline=headline,
+                           grade=grade_of(findings))

@@ -1,0 +1,75 @@
+"""Supply-chain probe: can the model file (and any other planned file) run code when it is loaded?
+
+Scanning reads local files, so these jobs always run in the driver process (`local`), also under Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bastion.assess.inputs import Inputs, ModelInfo
+from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, SanityCheck, done
+from bastion.assess.scoring import count_by_severity, grade_of
+from bastion.core.registry import register
+from bastion.core.results import AttackResult, Finding
+
+
+def scan(paths: list[str]) -> AttackResult:
+    """Scan files or folders with Bastion's scanner and package the report as an AttackResult."""
+    from bastion.supplychain import scan_paths
+    from bastion.supplychain.findings import ATLAS, OWASP
+
+    start = time.perf_counter()
+    report = scan_paths(paths)
+    findings = list(report.findings)
+    for error in report.errors:  # a file that cannot be read cannot be proven safe
+        findings.append(Finding(
+            title=f"could not scan: {error}", family="supply-chain", severity="medium", metric="unreadable",
+            evidence={"file": error.split(":", 1)[0], "rule": "unreadable"}, atlas=list(ATLAS), owasp=list(OWASP),
+            description="The file could not be read, so it could not be proven safe.",
+            recommendation="Check the path and permissions, then scan again before loading the file."))
+    files = [{"path": f.path, "format": f.format, "sha256": f.sha256, "size": f.size, "globals": f.globals}
+             for f in report.files]
+    return AttackResult(family="supply_chain", attack="scan", params={"paths": paths},
+                        metrics={"files": files, "errors": list(report.errors),
+                                 "counts": count_by_severity(findings)},
+                        seconds=time.perf_counter() - start, findings=findings)
+
+
+@register("probes", "supply_chain", family="supply_chain")
+class SupplyChainProbe(Probe):
+    """Symbolic scan of the model file and planned extra paths for code that runs on load."""
+
+    family = "supply_chain"
+    title = "Supply chain (model files)"
+
+    def paths(self, inputs: Inputs) -> list[str]:
+        out = [inputs.model] if Path(inputs.model).exists() else []
+        return out + [p for p in self.section["paths"] if p not in out]
+
+    def applicable(self, inputs: Inputs, info: ModelInfo) -> str | None:
+        if not self.paths(inputs):
+            return "the model is a remote endpoint and the plan names no file to scan"
+        return None
+
+    def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:
+        job = self.job("scan", "scan", {}, {"paths": self.paths(inputs)})
+        job.local = True
+        return [job]
+
+    def execute(self, inputs: Inputs, job: Job) -> AttackResult:
+        return scan(list(job.data["paths"]))
+
+    def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
+        results = [r for _, r in done(outcomes)]
+        findings = [f for r in results for f in r.findings]
+        files = [f for r in results for f in r.metrics["files"]]
+        checks = [SanityCheck("every-file-read", all(not r.metrics["errors"] for r in results),
+                              f"{len(files)} file(s) scanned" + "".join(f"; {e}" for r in results
+                                                                         for e in r.metrics["errors"]),
+                              family="supply_chain")] if results else []
+        headline = {f"findings.{sev}": float(n) for sev, n in count_by_severity(findings).items()}
+        headline["files_scanned"] = float(len(files))
+        return self.report("assessed", outcomes, findings=findings, sanity=checks, headline=headline,
+                           grade=grade_of(findings))

@@ -1,0 +1,160 @@
+"""Run an assessment: plan the jobs of every probe, execute them (locally or on Ray), judge, record.
+
+Every finished job is written to the run store at once, so an interrupted assessment keeps its finished jobs and
+`resume` runs only what is missing (jobs that failed are retried).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from rich.console import Console
+
+from bastion.assess.assessment import Assessment, environment
+from bastion.assess.inputs import Inputs, ModelInfo
+from bastion.assess.plan import FAMILIES, Plan
+from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, probe_for
+from bastion.assess.scoring import overall_grade
+from bastion.core.errors import BastionError
+from bastion.core.progress import progress
+from bastion.core.registry import get
+from bastion.store.sqlite import RunStore, new_run_id, now
+
+OnDone = Callable[[JobOutcome], None]
+
+
+def one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def execute_job(inputs: Inputs, job: Job, section: dict[str, Any], seed: int) -> JobOutcome:
+    """Run one job and capture its result or its error (never raises, except on interruption)."""
+    start = time.perf_counter()
+    try:
+        result = probe_for(job.family, section, seed).run_job(inputs, job)
+    except BastionError as exc:
+        return JobOutcome(job.key, job.family, job.name, "error", error=one_line(exc),
+                          seconds=time.perf_counter() - start)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        if os.environ.get("BASTION_DEBUG"):
+            raise
+        return JobOutcome(job.key, job.family, job.name, "error",
+                          error=f"internal error {type(exc).__name__}: {one_line(exc)}",
+                          seconds=time.perf_counter() - start)
+    return JobOutcome(job.key, job.family, job.name, "done", result=result, seconds=time.perf_counter() - start)
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, inputs: Inputs, jobs: list[Job], plan: Plan, on_done: OnDone) -> None: ...
+
+
+class LocalBackend:
+    """Jobs one after another in this process."""
+
+    name = "local"
+
+    def run(self, inputs: Inputs, jobs: list[Job], plan: Plan, on_done: OnDone) -> None:
+        for job in jobs:
+            on_done(execute_job(inputs, job, plan.section(job.family), plan.seed))
+
+
+def make_backend(name: str, address: str | None = None) -> Backend:
+    if name == "local":
+        if address:
+            raise BastionError("--address is only used with --backend ray")
+        return LocalBackend()
+    if name == "ray":
+        from bastion.assess.ray_backend import RayBackend
+
+        return RayBackend(address=address)
+    raise BastionError(f"unknown backend {name!r}: use local or ray")
+
+
+def plan_jobs(inputs: Inputs, info: ModelInfo, plan: Plan) -> tuple[dict[str, Probe], dict[str, str], list[Job]]:
+    """Probes of the enabled families, the reasons families are skipped, and every job (errors come early)."""
+    probes = {fam: probe_for(fam, plan.section(fam), plan.seed) for fam in FAMILIES if plan.enabled(fam)}
+    skipped = {fam: reason for fam, p in probes.items() if (reason := p.applicable(inputs, info))}
+    jobs = [j for fam, p in probes.items() if fam not in skipped for j in p.jobs(inputs, info)]
+    return probes, skipped, jobs
+
+
+def _skipped(fam: str, reason: str) -> FamilyReport:
+    return FamilyReport(family=fam, title=get("probes", fam, fam).title, status="skipped", reason=reason)
+
+
+class Runner:
+    """Plans, executes and records one assessment."""
+
+    def __init__(self, store: RunStore | None = None, backend: Backend | None = None,
+                 console: Console | None = None, show_progress: bool = True):
+        self.store, self.backend = store, backend or LocalBackend()
+        self.console = console or Console(stderr=True, quiet=not show_progress)
+        self.show_progress = show_progress
+
+    def run(self, inputs: Inputs, plan: Plan, run_id: str | None = None, resume: bool = False,
+            info: ModelInfo | None = None) -> Assessment:
+        started = time.perf_counter()
+        info = info or inputs.describe()
+        probes, skipped, jobs = plan_jobs(inputs, info, plan)
+        run_id = run_id or new_run_id()
+        created, previous = now(), {}
+        if self.store is not None:
+            if resume:
+                previous = {k: o for k, o in self.store.outcomes(run_id).items() if o.status == "done"}
+                created = self.store.run(run_id)["created"]
+                self.store.set_status(run_id, "running")
+            else:
+                self.store.create_run(run_id, inputs.summary(), plan.to_dict(), info.sha256, self.backend.name,
+                                      plan.seed)
+        outcomes: dict[str, JobOutcome] = dict(previous)
+        pending = [j for j in jobs if j.key not in previous]
+        if previous:
+            self.console.print(f"resuming run {run_id}: {len(previous)} job(s) already done, {len(pending)} to go")
+        try:
+            with progress(len(pending), f"assessing {info.name}", enabled=self.show_progress) as bar:
+                def on_done(outcome: JobOutcome) -> None:
+                    outcomes[outcome.key] = outcome
+                    if self.store is not None:
+                        self.store.save_job(run_id, outcome)
+                    mark = "done" if outcome.status == "done" else f"error: {outcome.error}"
+                    self.console.print(f"  {outcome.key}  {outcome.seconds:.1f} s  {mark}")
+                    bar.advance()
+
+                self.backend.run(inputs, pending, plan, on_done)
+        except KeyboardInterrupt:
+            if self.store is not None:
+                self.store.set_status(run_id, "interrupted")
+                self.console.print(f"interrupted: {len(outcomes)} job(s) kept; resume with "
+                                   f"`bastion assess --resume {run_id}`")
+            raise
+        families = []
+        for fam in FAMILIES:
+            if fam not in probes:
+                families.append(_skipped(fam, "disabled in the plan"))
+            elif fam in skipped:
+                families.append(_skipped(fam, skipped[fam]))
+            else:
+                mine = [outcomes[j.key] for j in jobs if j.family == fam]
+                families.append(probes[fam].conclude(inputs, info, mine))
+        assessment = Assessment(
+            run_id=run_id, created=created, status="complete", model=vars(info).copy(), inputs=inputs.summary(),
+            plan=plan.to_dict(), environment=environment(self.backend.name), seed=plan.seed,
+            backend=self.backend.name, families=families, grade=overall_grade(f.grade for f in families),
+            finished=now(), seconds=time.perf_counter() - started + sum(o.seconds for o in previous.values()))
+        if self.store is not None:
+            self.store.finish(assessment)
+        return assessment
+
+
+def assess(inputs: Inputs, plan: Plan, store: RunStore | None = None, backend: str = "local",
+           address: str | None = None, show_progress: bool = False) -> Assessment:
+    """One call: run every probe of `plan` on `inputs` and return the Assessment."""
+    return Runner(store, make_backend(backend, address), show_progress=show_progress).run(inputs, plan)

@@ -1,0 +1,90 @@
+"""Grades, finding identity and mitigations: how an assessment's findings become a verdict.
+
+A family's grade follows its worst finding: A (nothing above info), B (low), C (medium), D (high), F (critical).
+A family that could not run is N/A; one with failed jobs keeps the grade of what ran and is marked incomplete.
+The overall grade is the worst family grade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bastion.core.results import SEVERITIES, Finding, severity_rank
+
+GRADES = {"info": "A", "low": "B", "medium": "C", "high": "D", "critical": "F"}
+GRADE_ORDER = ("A", "B", "C", "D", "F")
+GRADE_MEANING = {
+    "A": "no weakness found above informational level",
+    "B": "minor weaknesses",
+    "C": "moderate weaknesses: fix before exposure to untrusted users",
+    "D": "serious weaknesses: an attacker succeeds with modest effort",
+    "F": "critical: the attack succeeds cheaply or the file is unsafe to load",
+    "N/A": "not assessed",
+}
+
+# Family-level mitigations (Bastion commands where they exist), shown when a family has findings above info.
+MITIGATIONS = {
+    "evasion": ["Adversarial training (PGD-AT or TRADES) through `bastion defend`, then re-assess.",
+                "Certify critical decisions with randomized smoothing; never trust an undefended score near a "
+                "decision boundary."],
+    "privacy": ["Train with DP-SGD (Opacus) and report the privacy budget; regularise and stop early.",
+                "Return labels or rounded top-k scores instead of full probability vectors."],
+    "extraction": ["Return labels or rounded top-k scores only; add reverse-sigmoid or prediction poisoning.",
+                   "Rate-limit and monitor query streams (PRADA) per client."],
+    "backdoor": ["Do not deploy a model with a flagged class; repair it with fine-pruning on trusted clean data.",
+                 "Vet training-data provenance and screen it with activation clustering or spectral signatures."],
+    "supply_chain": ["Distribute weights as safetensors or ONNX; never load pickle-based files from untrusted "
+                     "sources (`bastion scan`, `--convert-to-safetensors`).",
+                     "Record file hashes and verify them before loading."],
+}
+
+
+def worst(findings: Iterable[Finding]) -> str | None:
+    """The highest severity among findings, or None."""
+    ranks = [severity_rank(f.severity) for f in findings]
+    return SEVERITIES[max(ranks)] if ranks else None
+
+
+def grade_of(findings: Iterable[Finding]) -> str:
+    """A..F from the worst finding (A when there are none above info)."""
+    return GRADES[worst(findings) or "info"]
+
+
+def overall_grade(grades: Iterable[str]) -> str:
+    """The worst of the family grades that were assessed; N/A when none was."""
+    assessed = [g for g in grades if g in GRADE_ORDER]
+    return max(assessed, key=GRADE_ORDER.index) if assessed else "N/A"
+
+
+def finding_key(family: str, finding: Finding) -> str:
+    """A stable identity of a finding across runs (its title holds numbers that change)."""
+    ev = finding.evidence or {}
+    parts = [family, finding.metric, str(ev.get("attack") or ev.get("rule") or "")]
+    for name in ("norm", "file", "member", "global"):
+        if ev.get(name) not in (None, ""):
+            value = str(ev[name])
+            parts.append(value.rsplit("/", 1)[-1] if name == "file" else value)
+    return "|".join(parts)
+
+
+def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """Most severe first, then by title."""
+    return sorted(findings, key=lambda f: (-severity_rank(f.severity), f.title))
+
+
+def count_by_severity(findings: Iterable[Finding]) -> dict[str, int]:
+    counts = {s: 0 for s in reversed(SEVERITIES)}
+    for f in findings:
+        counts[f.severity] += 1
+    return counts
+
+
+def mitigations(family: str, findings: list[Finding]) -> list[str]:
+    """The recommendations of a family's findings above info, plus the family's standard mitigations."""
+    out: list[str] = []
+    for f in sort_findings(findings):
+        if severity_rank(f.severity) > 0 and f.recommendation and f.recommendation not in out:
+            out.append(f.recommendation)
+    if out:
+        out += [m for m in MITIGATIONS.get(family, []) if m not in out]
+    return out

@@ -1,0 +1,116 @@
+"""Base of membership attacks that train reference models (LiRA, RMIA, shadow models).
+
+The pool design follows Carlini et al. (2022): every pool record is in exactly half of the reference models.
+Online, the pool holds the candidates themselves plus population records, up to twice the member count, so that
+each reference model trains on about as many records as the target did; offline, the pool is drawn from the
+population only and no reference model sees a candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from bastion.core.errors import ParameterError
+from bastion.core.target import Target
+
+from .base import MembershipAttack, MembershipData, check_int
+from .references import ReferenceSpec, balanced_masks, train_references
+
+
+@dataclass
+class ReferenceRun:
+    """Trained reference models, described by their in/out design and their log-probs on evaluated records."""
+
+    masks: np.ndarray  # (n_models, n_pool): pool record j is in model i's training set
+    pool_x: np.ndarray
+    pool_y: np.ndarray
+    pool_source: np.ndarray  # (n_pool,): population index of each pool record, -1 for a candidate
+    log_probs: np.ndarray  # (n_models, n_eval, n_classes)
+
+    def candidates_in(self, n_candidates: int) -> np.ndarray:
+        """(n_models, n_candidates) IN mask of the candidates (all False offline)."""
+        out = np.zeros((len(self.masks), n_candidates), dtype=bool)
+        is_candidate = self.pool_source < 0
+        out[:, : int(is_candidate.sum())] = self.masks[:, is_candidate]
+        return out
+
+    def population_in(self, population_index: np.ndarray) -> np.ndarray:
+        """(n_models, len(population_index)) IN mask of population records (False when outside the pool)."""
+        where = np.full(int(max(self.pool_source.max(initial=-1), population_index.max(initial=-1))) + 1, -1)
+        from_pop = self.pool_source >= 0
+        where[self.pool_source[from_pop]] = np.nonzero(from_pop)[0]
+        pos = where[population_index]
+        out = np.zeros((len(self.masks), len(population_index)), dtype=bool)
+        out[:, pos >= 0] = self.masks[:, pos[pos >= 0]]
+        return out
+
+    @property
+    def train_size(self) -> float:
+        return float(self.masks.sum(axis=1).mean())
+
+
+def reference_fit(log_probs: np.ndarray, y: np.ndarray, in_mask: np.ndarray) -> dict[str, float | None]:
+    """Accuracy of the reference models on records they trained on and on the others (a sanity check)."""
+    correct = log_probs.argmax(-1) == y[None]
+    train = float(correct[in_mask].mean()) if in_mask.any() else None
+    test = float(correct[~in_mask].mean()) if (~in_mask).any() else None
+    return {"reference_train_accuracy": train, "reference_test_accuracy": test}
+
+
+class ReferenceAttack(MembershipAttack):
+    """Shared parameters of attacks that train reference models through the Trainer."""
+
+    def __init__(self, arch: str | Callable[[], nn.Module] | None = None, n_reference: int = 8,
+                 mode: str = "online", epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
+                 optimizer: str = "adam", weight_decay: float = 0.0, n_jobs: int | None = None,
+                 n_bootstrap: int = 200, seed: int = 0):
+        super().__init__(n_bootstrap=n_bootstrap, seed=seed)
+        if mode not in ("online", "offline"):
+            raise ParameterError(f"mode must be online or offline, got {mode!r}")
+        self.arch = arch
+        self.n_reference = check_int(n_reference, "n_reference", 2 if mode == "online" else 1)
+        self.mode = mode
+        self.epochs = check_int(epochs, "epochs", 1)
+        self.batch_size = check_int(batch_size, "batch_size", 1)
+        self.lr = float(lr)
+        self.optimizer = optimizer
+        self.weight_decay = float(weight_decay)
+        self.n_jobs = None if n_jobs is None else check_int(n_jobs, "n_jobs", 1)
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ParameterError("lr must be positive and weight_decay non-negative")
+
+    @property
+    def needs_population(self) -> bool:  # type: ignore[override]
+        return self.mode == "offline"
+
+    def spec(self, target: Target) -> ReferenceSpec:
+        return ReferenceSpec.for_target(target, self.arch, self.epochs, self.batch_size, self.lr, self.optimizer,
+                                        self.weight_decay)
+
+    def reference_pool(self, data: MembershipData, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x, y, population index or -1) of the pool records, sized to twice the member count."""
+        size, pop = 2 * data.n_members, data.population
+        if self.mode == "online":
+            n = len(data.x)
+            extra = 0 if pop is None else max(0, min(len(pop), size - n))
+            idx = rng.permutation(len(pop))[:extra] if extra else np.zeros(0, dtype=np.int64)
+            xs = np.concatenate([data.x, pop.x[idx]]) if extra else data.x
+            ys = np.concatenate([data.y, pop.y[idx]]) if extra else data.y
+            return xs, ys, np.concatenate([np.full(n, -1), idx])
+        idx = rng.permutation(len(pop))[:size]
+        return pop.x[idx], pop.y[idx], idx
+
+    def train_references(self, target: Target, data: MembershipData,
+                         x_eval: np.ndarray | None = None) -> ReferenceRun:
+        """Train the reference models and evaluate them on `x_eval` (default: the pool itself)."""
+        rng = np.random.default_rng(self.seed)
+        pool_x, pool_y, source = self.reference_pool(data, rng)
+        masks = balanced_masks(len(pool_x), max(self.n_reference, 2), rng)[: self.n_reference]
+        x_eval = pool_x if x_eval is None else x_eval
+        log_probs = train_references(self.spec(target), pool_x, pool_y, masks, x_eval, self.seed, self.n_jobs)
+        return ReferenceRun(masks, pool_x, pool_y, source, log_probs)

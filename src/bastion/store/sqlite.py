@@ -1,0 +1,149 @@
+"""Run history in SQLite: one row per assessment, one row per finished job (so an interrupted run can resume).
+
+The database lives at `--store PATH`, else `$BASTION_STORE`, else `~/.local/share/bastion/runs.sqlite`.
+A run is named by its id, any unique prefix of it, or `last`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bastion.assess.assessment import Assessment
+from bastion.assess.probes.base import JobOutcome
+from bastion.core.errors import BastionError, ParameterError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, finished TEXT, status TEXT NOT NULL, model TEXT NOT NULL,
+    model_sha256 TEXT, grade TEXT, worst TEXT, backend TEXT, seed INTEGER, inputs TEXT NOT NULL,
+    plan TEXT NOT NULL, assessment TEXT
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, key TEXT NOT NULL, family TEXT NOT NULL,
+    status TEXT NOT NULL, seconds REAL, outcome TEXT NOT NULL, PRIMARY KEY (run_id, key)
+);
+"""
+
+
+def default_store_path() -> Path:
+    """`$BASTION_STORE`, else `$XDG_DATA_HOME/bastion/runs.sqlite`, else `~/.local/share/bastion/runs.sqlite`."""
+    if os.environ.get("BASTION_STORE"):
+        return Path(os.environ["BASTION_STORE"])
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "bastion" / "runs.sqlite"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique by a random suffix: 20240501-120304-3fa9c1."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+class RunStore:
+    """The SQLite run history."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else default_store_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(self.path), timeout=30)
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise BastionError(f"cannot open the run store {self.path}: {exc}") from None
+        self.conn.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def create_run(self, run_id: str, inputs: dict[str, Any], plan: dict[str, Any], model_sha256: str | None,
+                   backend: str, seed: int) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO runs (id, created, status, model, model_sha256, backend, seed, inputs, plan) "
+                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (run_id, now(), inputs.get("model", ""), model_sha256, backend, seed, json.dumps(inputs),
+                 json.dumps(plan)))
+
+    def save_job(self, run_id: str, outcome: JobOutcome) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO jobs (run_id, key, family, status, seconds, outcome) "
+                              "VALUES (?, ?, ?, ?, ?, ?)",
+                              (run_id, outcome.key, outcome.family, outcome.status, outcome.seconds,
+                               outcome.to_json()))
+
+    def set_status(self, run_id: str, status: str) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+
+    def finish(self, assessment: Assessment) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE runs SET status = ?, finished = ?, grade = ?, worst = ?, assessment = ? "
+                              "WHERE id = ?",
+                              (assessment.status, assessment.finished, assessment.grade,
+                               assessment.worst_severity(), assessment.to_json(), assessment.run_id))
+
+    def delete(self, run_ref: str) -> str:
+        run_id = self.resolve(run_ref)
+        with self.conn:
+            self.conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        return run_id
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def resolve(self, run_ref: str) -> str:
+        """The full id of `last`, an id, or a unique id prefix; a clear error otherwise."""
+        if run_ref == "last":
+            row = self.conn.execute("SELECT id FROM runs ORDER BY created DESC, id DESC LIMIT 1").fetchone()
+            if row is None:
+                raise ParameterError(f"the run store {self.path} holds no runs yet")
+            return row["id"]
+        rows = self.conn.execute("SELECT id FROM runs WHERE id LIKE ? ORDER BY id",
+                                 (run_ref.replace("%", "") + "%",)).fetchall()
+        if not rows:
+            raise ParameterError(f"no run {run_ref!r} in {self.path} (see `bastion report list`)")
+        if len(rows) > 1 and rows[0]["id"] != run_ref:
+            raise ParameterError(f"run {run_ref!r} is ambiguous: {', '.join(r['id'] for r in rows[:5])}")
+        return rows[0]["id"]
+
+    def run(self, run_ref: str) -> dict[str, Any]:
+        """The run's row with inputs and plan decoded."""
+        row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (self.resolve(run_ref),)).fetchone()
+        out = dict(row)
+        out["inputs"], out["plan"] = json.loads(out["inputs"]), json.loads(out["plan"])
+        return out
+
+    def outcomes(self, run_ref: str) -> dict[str, JobOutcome]:
+        """The jobs stored for a run, by key."""
+        rows = self.conn.execute("SELECT outcome FROM jobs WHERE run_id = ?", (self.resolve(run_ref),)).fetchall()
+        return {o.key: o for o in (JobOutcome.from_json(r["outcome"]) for r in rows)}
+
+    def assessment(self, run_ref: str) -> Assessment:
+        """The finished assessment of a run (an interrupted run has none until it is resumed)."""
+        row = self.run(run_ref)
+        if not row["assessment"]:
+            raise ParameterError(f"run {row['id']} is {row['status']} and has no report yet; resume it with "
+                                 f"`bastion assess --resume {row['id']}`")
+        return Assessment.from_json(row["assessment"])
+
+    def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT r.id, r.created, r.finished, r.status, r.model, r.grade, r.worst, r.backend, r.seed, "
+            "(SELECT COUNT(*) FROM jobs j WHERE j.run_id = r.id AND j.status = 'done') AS jobs_done "
+            "FROM runs r ORDER BY r.created DESC, r.id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]

@@ -1,0 +1,109 @@
+"""`scan_path`: scan a file or a folder tree and return a ScanReport."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from bastion.core.errors import ModelLoadError
+from bastion.supplychain.detect import open_buffer
+from bastion.supplychain.findings import Cursor, Sink
+from bastion.supplychain.limits import DEFAULT_LIMITS, Limits
+from bastion.supplychain.report import ScannedFile, ScanReport
+from bastion.supplychain.scanner import scan_buffer
+
+
+def scan_bytes(data: bytes, name: str = "<bytes>", limits: Limits = DEFAULT_LIMITS) -> ScanReport:
+    """Scan an in-memory buffer as if it were a file called `name`."""
+    started = time.monotonic()
+    sink = Sink(name, limits, started)
+    fmt = _guarded_scan(data, Cursor(sink))
+    seconds = time.monotonic() - started
+    scanned = ScannedFile(name, fmt, hashlib.sha256(data).hexdigest(), len(data), seconds, sorted(sink.globals))
+    return ScanReport([scanned], list(sink.findings.values()), [], seconds)
+
+
+def _guarded_scan(data: object, cur: Cursor) -> str:
+    """Run the scanner; anything unexpected becomes a finding (fail closed), never a crash."""
+    try:
+        return scan_buffer(data, cur)
+    except RecursionError:
+        cur.report("limit", "high", "structure nests too deeply for the scanner")
+    except MemoryError:
+        cur.report("limit", "high", "the scanner ran out of memory on this file")
+    except Exception as exc:  # noqa: BLE001 - a scanner bug must fail closed, not crash the caller
+        cur.report("scanner-error", "high", f"unexpected scanner error {type(exc).__name__}: {exc}")
+    return "unknown"
+
+
+def scan_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> ScanReport:
+    """Scan one regular file (memory-mapped: only the parts that matter are read)."""
+    p = Path(path)
+    started = time.monotonic()
+    try:
+        info = os.stat(p)
+    except OSError as exc:
+        return ScanReport(errors=[f"{p}: {exc.strerror or exc}"])
+    if not stat.S_ISREG(info.st_mode):
+        return ScanReport(errors=[f"{p}: not a regular file"])
+    sink = Sink(str(p), limits, started, folder=str(p.parent))
+    cur = Cursor(sink)
+    if info.st_size > limits.max_file_bytes:
+        cur.report("limit", "high", f"file of {info.st_size} bytes is larger than the scanner limit")
+        return ScanReport([ScannedFile(str(p), "unknown", "", info.st_size)], list(sink.findings.values()))
+    try:
+        data, closer = open_buffer(p)
+    except OSError as exc:
+        return ScanReport(errors=[f"{p}: {exc.strerror or exc}"])
+    try:
+        digest = hashlib.sha256(data).hexdigest()
+        fmt = _guarded_scan(data, cur)
+    finally:
+        if closer is not None:
+            closer.close()
+    seconds = time.monotonic() - started
+    scanned = ScannedFile(str(p), fmt, digest, info.st_size, round(seconds, 6), sorted(sink.globals))
+    return ScanReport([scanned], list(sink.findings.values()), [], seconds)
+
+
+def _walk(folder: Path, limits: Limits) -> Iterable[Path]:
+    count = 0
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            count += 1
+            if count > limits.max_files:
+                return
+            yield Path(root) / name
+
+
+def scan_path(path: str | Path, limits: Limits | None = None) -> ScanReport:
+    """Scan a file, or every file under a folder (symbolic links to folders are not followed)."""
+    limits = limits or DEFAULT_LIMITS
+    p = Path(path)
+    try:
+        is_dir = stat.S_ISDIR(os.stat(p).st_mode)
+    except FileNotFoundError:
+        raise ModelLoadError(f"no such file or folder: {p}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {p}: {exc.strerror or exc}") from None
+    if not is_dir:
+        return scan_file(p, limits)
+    started = time.monotonic()
+    report = ScanReport()
+    for file in _walk(p, limits):
+        report.merge(scan_file(file, limits))
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def scan_paths(paths: Iterable[str | Path], limits: Limits | None = None) -> ScanReport:
+    """Scan several files or folders into one report."""
+    report = ScanReport()
+    for p in paths:
+        report.merge(scan_path(p, limits))
+    return report

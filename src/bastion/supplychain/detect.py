@@ -1,0 +1,151 @@
+"""Format detection from bytes, never from file names."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+from bastion.core.errors import ModelLoadError
+from bastion.supplychain.archives import ArchiveError, find_eocd, is_tar, read_tar, read_zip
+from bastion.supplychain.compression import compression_of, head_of
+from bastion.supplychain.config_checks import is_h5
+from bastion.supplychain.findings import Cursor, Sink
+from bastion.supplychain.onnx_check import looks_like_onnx
+from bastion.supplychain.pickle_values import PickleError, PickleTruncated
+from bastion.supplychain.pickle_vm import OPCODE_BYTES, PickleVM
+from bastion.supplychain.tensor_checks import looks_like_safetensors
+
+TORCH_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+PICKLE_FORMATS = frozenset({"pickle", "joblib", "pytorch-zip", "pytorch-legacy", "pytorch-tar"})
+ZIP_FORMATS = frozenset({"pytorch-zip", "torchscript", "torch-export", "keras", "skops", "npz", "zip"})
+COMPRESSED = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "lz4"})
+_PROBE = 1 << 16
+
+
+def scratch(limits: Any = None) -> Cursor:
+    """A cursor whose findings are thrown away (for probing a view of the bytes)."""
+    return Cursor(Sink("<probe>", limits) if limits is not None else Sink("<probe>"))
+
+
+def looks_like_pickle(data: Any, start: int = 0) -> bool:
+    """True when the bytes at `start` run as a pickle to STOP (or for the whole probe window)."""
+    if start >= len(data) or data[start] not in OPCODE_BYTES:
+        return False
+    if data[start] == 0x80 and start + 1 < len(data) and data[start + 1] <= 5:
+        return True
+    end = min(len(data), start + _PROBE)
+    vm = PickleVM(data, scratch(), start, end)
+    try:
+        vm.run()
+        return True
+    except PickleTruncated:
+        return end < len(data) and vm.opcodes >= 8
+    except PickleError:
+        return False
+    except (RecursionError, MemoryError, ValueError, TypeError, OverflowError):
+        return False
+
+
+def classify_zip(names: list[str]) -> str:
+    """Name the kind of ZIP archive from its member names."""
+    base = {n.rsplit("/", 1)[-1] for n in names}
+    if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
+        return "torch-export"
+    if "constants.pkl" in base or any("/code/__torch__" in n or n.startswith("code/__torch__") for n in names):
+        return "torchscript"
+    if "data.pkl" in base:
+        return "pytorch-zip"
+    if "schema.json" in base:
+        return "skops"
+    if "config.json" in base and base & {"model.weights.h5", "metadata.json", "model.weights.npz"}:
+        return "keras"
+    if names and all(n.endswith(".npy") for n in names):
+        return "npz"
+    return "zip"
+
+
+def _zip_kind(data: Any) -> str | None:
+    try:
+        directory = read_zip(data, scratch(), check=False)
+    except (ArchiveError, ValueError, IndexError, OverflowError):
+        return None
+    return classify_zip([m.name for m in directory.members])
+
+
+def detect_bytes(data: Any) -> str:
+    """The format of a buffer: see PICKLE_FORMATS, ZIP_FORMATS, COMPRESSED and the other names below."""
+    if len(data) == 0:
+        return "empty"
+    head = bytes(data[:64])
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return _zip_kind(data) or "zip"
+    if head.startswith(b"\x93NUMPY"):
+        return "numpy"
+    if is_h5(data):
+        return "h5"
+    kind = compression_of(head)
+    if kind is not None:
+        if kind == "lz4":
+            return kind
+        inner = head_of(data, kind, 4096)
+        if inner:
+            if inner[:1] == b"\x80" or looks_like_pickle(inner):
+                return "joblib"
+            return kind
+    if is_tar(data):
+        return _tar_kind(data)
+    if looks_like_safetensors(data):
+        return "safetensors"
+    if head.startswith(b"\x80") and len(head) > 1 and head[1] <= 5:
+        if head[2:14] == TORCH_MAGIC:
+            return "pytorch-legacy"
+        return "joblib" if data.find(b"joblib.numpy_pickle", 0, 1 << 20) >= 0 else "pickle"
+    if looks_like_onnx(data):
+        return "onnx"
+    stripped = head.lstrip()
+    if stripped.startswith(b"{") and data.find(b'"class_name"', 0, 1 << 16) >= 0:
+        return "keras-config"
+    if looks_like_pickle(data):
+        return "pickle"
+    if find_eocd(data) >= 0 and _zip_kind(data) is not None:
+        return _zip_kind(data) or "zip"
+    return "unknown"
+
+
+def _tar_kind(data: Any) -> str:
+    try:
+        names = {m.name for m in read_tar(data, scratch())}
+    except ArchiveError:
+        return "tar"
+    return "pytorch-tar" if {"pickle", "storages", "tensors"} <= names else "tar"
+
+
+def open_buffer(path: str | Path) -> tuple[Any, Any]:
+    """Memory-map a regular file read-only: (buffer, closer). Empty files give b''."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return b"", None
+        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        return mm, mm
+    finally:
+        os.close(fd)
+
+
+def detect_format(path: str | Path) -> str:
+    """Name a file's format from its bytes (e.g. "pytorch-zip", "safetensors", "onnx", "unknown")."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"no such file: {p}")
+    try:
+        data, closer = open_buffer(p)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {p}: {exc.strerror or exc}") from None
+    try:
+        return detect_bytes(data)
+    finally:
+        if closer is not None:
+            closer.close()
