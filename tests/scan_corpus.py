@@ -153,6 +153,24 @@ def onnx_model(external: str | None = None, domain: str = "") -> bytes:
     return pb(1, 8) + pb(2, "bastion-corpus") + opsets + pb(7, graph)
 
 
+def gguf(template: str) -> bytes:
+    """A GGUF v3 file with no tensors and a few metadata keys, including a chat template."""
+    def kv_string(key: str, value: str) -> bytes:
+        k, v = key.encode(), value.encode()
+        return struct.pack("<Q", len(k)) + k + struct.pack("<IQ", 8, len(v)) + v
+
+    ctx = b"llama.context_length"
+    tokens = b"tokenizer.ggml.tokens"
+    body = (kv_string("general.architecture", "llama") + struct.pack("<Q", len(ctx)) + ctx + struct.pack("<II", 4, 2048)
+            + struct.pack("<Q", len(tokens)) + tokens + struct.pack("<IIQ", 9, 8, 2) + struct.pack("<Q", 1) + b"a"
+            + struct.pack("<Q", 1) + b"b" + kv_string("tokenizer.chat_template", template))
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, 4) + body
+
+
+CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
 # ---- malicious corpus ---------------------------------------------------------------------------------------------
 
 def _zip_patch_local_name(data: bytes, old: bytes, new: bytes) -> bytes:
@@ -184,15 +202,16 @@ def _zip_set_method(data: bytes, name: bytes, method: int) -> bytes:
     return bytes(out)
 
 
-def _joblib_wrapper(payload: bytes, aligned: bool) -> bytes:
-    """A joblib NumpyArrayWrapper for a uint8 array whose raw bytes are `payload`."""
+def _joblib_wrapper(payload: bytes, aligned: bool, maker: bytes | None = None) -> bytes:
+    """A joblib NumpyArrayWrapper for a uint8 array whose raw bytes are `payload` (`maker` builds the object)."""
     dtype = call(glob("numpy", "dtype"), text("u1"), b"\x89", b"\x88") + MARK + b"K\x03" + text("|") + b"NNNJ\xff\xff" \
         b"\xff\xffJ\xff\xff\xff\xffK\x00" + TUPLE + BUILD
     state = EMPTY_DICT + MARK + text("subclass") + glob("numpy", "ndarray") + text("shape") + b"M" \
         + struct.pack("<H", len(payload)) + TUPLE1 + text("order") + text("C") + text("dtype") + dtype \
         + text("allow_mmap") + b"\x89" + (text("numpy_array_alignment_bytes") + b"K\x10" if aligned else b"") + b"u"
     padding = b"\x00" if aligned else b""  # a zero padding length: no alignment bytes follow
-    return glob("joblib.numpy_pickle", "NumpyArrayWrapper") + EMPTY_TUPLE + NEWOBJ + state + BUILD + padding + payload
+    maker = maker or glob("joblib.numpy_pickle", "NumpyArrayWrapper") + EMPTY_TUPLE + NEWOBJ
+    return maker + state + BUILD + padding + payload
 
 
 def malicious_cases() -> list[Case]:
@@ -273,6 +292,16 @@ def malicious_cases() -> list[Case]:
              + glob("os", "system") + text("echo pwned") + TUPLE1 + REDUCE + STOP, "critical", "os.system", "joblib"),
         Case("joblib_array_hides_opcodes.joblib", proto(4) + _joblib_wrapper(OS_SYSTEM[2:], False) + STOP,
              "critical", "os.system", "joblib"),
+        Case("joblib_reconstructor_wrapper.joblib", proto(4) + _joblib_wrapper(b"N.", False, call(
+            glob("copyreg", "_reconstructor"), glob("joblib.numpy_pickle", "NumpyArrayWrapper"),
+            glob("builtins", "object"), b"N")) + POP + glob("os", "system") + text("echo pwned") + TUPLE1 + REDUCE
+            + STOP, "critical", "os.system", "joblib"),
+        Case("joblib_factory_wrapper.joblib", proto(4) + _joblib_wrapper(b"N.", False, call(
+            glob("sklearn.metrics._dist_metrics", "newObj"), glob("joblib.numpy_pickle", "NumpyArrayWrapper")))
+            + POP + glob("os", "system") + text("echo pwned") + TUPLE1 + REDUCE + STOP, "high", "malformed",
+            "joblib"),
+        Case("joblib_zfile.pkl", b"ZF" + b"0x1d".ljust(19) + zlib.compress(OS_SYSTEM), "critical", "os.system",
+             "joblib"),
         Case("numpy_object.npy", npy_header("|O", (1,)) + OS_SYSTEM, "critical", "os.system", "numpy"),
         Case("numpy_object.npz", zip_of({"x.npy": npy_header("|O", (1,)) + OS_SYSTEM}), "critical", "os.system",
              "numpy"),
@@ -291,6 +320,10 @@ def malicious_cases() -> list[Case]:
             "class_name": "Lambda", "config": {"name": "l", "function": [base64.b64encode(
                 b"\xe3os\x00system").decode(), None, None], "function_type": "lambda"}}]}}),
             "critical", "keras-lambda", "keras"),
+        Case("ssti_template.gguf", gguf("{{ ().__class__.__base__.__subclasses__()[100].__init__.__globals__"
+             "['os'].popen('echo pwned').read() }}"), "critical", "template-injection", "template"),
+        Case("tokenizer_config.json", json.dumps({"chat_template": "{{ cycler.__init__.__globals__.os.popen("
+             "'echo pwned').read() }}", "bos_token": "<s>"}).encode(), "critical", "template-injection", "template"),
         Case("onnx_traversal.onnx", onnx_model(external="../../../../etc/passwd"), "high", "onnx-external-data",
              "onnx"),
         Case("onnx_absolute.onnx", onnx_model(external="/etc/shadow"), "high", "onnx-external-data", "onnx"),
@@ -424,6 +457,8 @@ def benign_cases() -> tuple[Case, ...]:
     add("model.onnx", onnx_model(), "onnx")
     add("model_external.onnx", onnx_model(external="weights.bin"), "onnx")
     add("dense.keras", keras_zip(dense_config()), "keras")
+    add("chat.gguf", gguf(CHAT_TEMPLATE), "gguf")
+    add("tokenizer_config.json", json.dumps({"chat_template": CHAT_TEMPLATE, "bos_token": "<s>"}).encode(), "gguf")
     add("dense_legacy.h5", fake_h5({"class_name": "Sequential", "config": {"layers": [
         {"class_name": "Dense", "config": {"units": 3, "activation": "relu"}}]}}), "keras")
     add("README.md", b"# model card\n\nA small model.\n", "other")

@@ -53,6 +53,19 @@ def test_equation_solving_random_design_and_refusals():
         EquationSolving(design="grid")
 
 
+def test_equation_solving_under_rounding_retries_and_counts_queries():
+    model, target, data = logistic_victim(load_breast_cancer)
+    attack = EquationSolving(defense="rounding:4", monitor=False, transfer_samples=0, ood_samples=200)
+    result = attack.run(target, data)
+    weights, _ = canonical(model)
+    assert result.queries == 31 + result.metrics["retried_queries"] > 31  # rounded zeros are asked again
+    assert result.queries == target.queries  # evaluation queries are not charged to the attacker
+    assert 1e-6 < np.abs(attack.weights_ - weights).max() < 0.05  # rounding costs precision, not the copy
+    assert result.metrics["fidelity"] > 0.99
+    capped = EquationSolving(budget=31, defense="rounding:4", monitor=False, transfer_samples=0)
+    assert capped.run(target, data).queries == 31
+
+
 def test_budgets_parse_and_validate():
     assert parse_budgets("1000,100") == [100, 1000]
     assert parse_budgets(50) == [50]

@@ -23,6 +23,7 @@ from tests.privacy_fixtures import TRAINING, attack, digits_split, mlp, overfit_
 
 LIRA = {"arch": mlp, "n_reference": 8, **TRAINING}
 RMIA = {"arch": mlp, "n_reference": 2, **TRAINING}
+LIRA4 = {**LIRA, "n_reference": 4}
 
 
 # -- the overfit model leaks ---------------------------------------------------------------------------------
@@ -46,7 +47,7 @@ def test_lira_beats_the_loss_attack_at_low_fpr():
 
 
 def test_offline_lira_leaks_too():
-    offline, _ = attack("lira", mode="offline", **{**LIRA, "n_reference": 4})
+    offline, _ = attack("lira", mode="offline", **LIRA4)
     assert tpr(offline, 0.01)[0] > 0.02
     assert offline.metrics["mode"] == "offline" and offline.metrics["fixed_variance"] is True
     assert offline.metrics["reference_train_accuracy"] is None  # offline: no reference model saw a candidate
@@ -68,9 +69,9 @@ def test_shadow_model_attack_beats_chance():
 def test_label_only_attacks():
     gap, _ = attack("label-only", method="gap")
     assert gap.metrics["member_accuracy"] == 1.0 and gap.metrics["auc"] > 0.5
-    boundary, _ = attack("label-only", n_directions=8, search_steps=8)
+    boundary, _ = attack("label-only", n_directions=8, search_steps=8, iterations=5)
     assert boundary.metrics["auc"] > gap.metrics["auc"]  # distances separate correctly labelled records too
-    assert boundary.queries > 600 * 8
+    assert boundary.queries > 600 * 50
 
 
 def test_most_at_risk_records_are_members_with_top_scores():
@@ -82,7 +83,7 @@ def test_most_at_risk_records_are_members_with_top_scores():
 
 
 # -- nothing leaks where nothing can -------------------------------------------------------------------------
-@pytest.mark.parametrize("name, params", [("loss", {}), ("lira", LIRA), ("rmia", RMIA)])
+@pytest.mark.parametrize("name, params", [("loss", {}), ("lira", LIRA4), ("rmia", RMIA)])
 def test_a_model_that_never_saw_the_members_stays_at_chance(name, params):
     result, _ = attack(name, model="null", **params)
     rate, ci = tpr(result, 0.01)
@@ -91,7 +92,7 @@ def test_a_model_that_never_saw_the_members_stays_at_chance(name, params):
     assert result.findings[0].severity in ("info", "low")
 
 
-@pytest.mark.parametrize("name, params", [("loss", {}), ("lira", LIRA)])
+@pytest.mark.parametrize("name, params", [("loss", {}), ("lira", LIRA4)])
 def test_a_dp_trained_model_stays_near_chance(name, params):
     result, _ = attack(name, model="dp", **params)
     rate, ci = tpr(result, 0.01)

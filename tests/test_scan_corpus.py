@@ -72,7 +72,7 @@ def test_ordinary_model_files_are_clean(benign_folder: Path) -> None:
     ("sk_logreg.joblib.xz", "joblib"), ("sk_svc_p5.pkl", "pickle"), ("floats.npy", "numpy"), ("dataset.npz", "npz"),
     ("weights.safetensors", "safetensors"), ("model.onnx", "onnx"), ("dense.keras", "keras"),
     ("dense_legacy.h5", "h5"), ("sk_logreg.skops", "skops"), ("traced.torchscript.pt", "torchscript"),
-    ("README.md", "unknown"),
+    ("chat.gguf", "gguf"), ("README.md", "unknown"),
 ])
 def test_detect_format_reads_bytes_not_names(benign_folder: Path, tmp_path: Path, name: str, fmt: str) -> None:
     renamed = tmp_path / "model.bin"  # the name says nothing

@@ -13,10 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bastion.core.data import Dataset, validate_for_model
+from bastion.core.errors import ModelLoadError
 from bastion.core.target import Access, Target, TorchTarget
 
 _MATERIALISED: dict[str, str] = {}  # sha256 -> local path of model bytes shipped to this process
+
+
+def one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def file_sha256(path: str | Path) -> str | None:
@@ -85,8 +93,11 @@ class Inputs:
             _MATERIALISED[key] = name
         return _MATERIALISED[key]
 
-    def load_target(self, device: str | None = None, max_queries: int | None = None) -> Target:
-        """A fresh Target for one job, checked against the evaluation data."""
+    def load_target(self, device: str | None = None, max_queries: int | None = None, eager: bool = False) -> Target:
+        """A fresh Target for one job, checked against the evaluation data.
+
+        `eager`: turn a TorchScript model into an ordinary nn.Module (built from --arch, weights copied) for
+        probes that read or modify the model's layers (backdoor scanners)."""
         from bastion.models import load_target
 
         target = load_target(self.model_path(), data=self.data, arch=self.arch, device=device or self.device,
@@ -94,7 +105,23 @@ class Inputs:
         validate_for_model(self.data, target.n_classes, target.input_shape)
         if self.train_data is not None:
             validate_for_model(self.train_data, target.n_classes, target.input_shape)
+        if eager and isinstance(target, TorchTarget) and isinstance(target.model, torch.jit.ScriptModule) \
+                and self.arch:
+            target = self._eager(target)
         return target
+
+    def _eager(self, target: TorchTarget) -> TorchTarget:
+        from bastion.models.factory import build
+
+        model = build(self.arch)
+        try:
+            model.load_state_dict(target.model.state_dict(), strict=True)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{self.model}: its weights do not fit --arch {self.arch} ({one_line(exc)})") \
+                from None
+        eager = TorchTarget(model, target.input_shape, n_classes=target.n_classes, bounds=target.bounds,
+                            device=target.device, max_queries=target.counter.budget, name=target.name)
+        return eager
 
     def describe(self) -> ModelInfo:
         """Load the model once and record what the plan defaults depend on."""

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from bastion.assess.assessment import Assessment, environment
-from bastion.assess.inputs import Inputs, ModelInfo
+from bastion.assess.inputs import Inputs, ModelInfo, one_line
 from bastion.assess.plan import FAMILIES, Plan
 from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, probe_for
 from bastion.assess.scoring import overall_grade
@@ -24,11 +24,6 @@ from bastion.core.registry import get
 from bastion.store.sqlite import RunStore, new_run_id, now
 
 OnDone = Callable[[JobOutcome], None]
-
-
-def one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def execute_job(inputs: Inputs, job: Job, section: dict[str, Any], seed: int) -> JobOutcome:

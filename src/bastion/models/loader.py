@@ -17,7 +17,6 @@ from bastion.core.errors import ModelLoadError
 from bastion.core.target import Access, Target
 from bastion.models.metadata import ModelMetadata
 
-PICKLE_FORMATS = ("pytorch-zip", "pickle")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
@@ -42,7 +41,9 @@ def sniff_format(path: str | Path) -> str:
         return "pickle"
     if head[:1] == b"\x08" and _parses_as_onnx(path):
         return "onnx"
-    return "unknown"
+    from bastion.supplychain import PICKLE_FORMATS, detect_format
+
+    return "pickle" if detect_format(path) in PICKLE_FORMATS else "unknown"
 
 
 def _zip_kind(path: Path) -> str:

@@ -40,8 +40,8 @@ def _guarded_scan(data: object, cur: Cursor) -> str:
     return "unknown"
 
 
-def scan_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> ScanReport:
-    """Scan one regular file (memory-mapped: only the parts that matter are read)."""
+def scan_file(path: str | Path, limits: Limits = DEFAULT_LIMITS, digest: bool = True) -> ScanReport:
+    """Scan one regular file (memory-mapped: only the parts that matter are read); `digest` adds its sha256."""
     p = Path(path)
     started = time.monotonic()
     try:
@@ -60,13 +60,13 @@ def scan_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> ScanReport:
     except OSError as exc:
         return ScanReport(errors=[f"{p}: {exc.strerror or exc}"])
     try:
-        digest = hashlib.sha256(data).hexdigest()
+        sha = hashlib.sha256(data).hexdigest() if digest else ""
         fmt = _guarded_scan(data, cur)
     finally:
         if closer is not None:
             closer.close()
     seconds = time.monotonic() - started
-    scanned = ScannedFile(str(p), fmt, digest, info.st_size, round(seconds, 6), sorted(sink.globals))
+    scanned = ScannedFile(str(p), fmt, sha, info.st_size, round(seconds, 6), sorted(sink.globals))
     return ScanReport([scanned], list(sink.findings.values()), [], seconds)
 
 
@@ -81,8 +81,10 @@ def _walk(folder: Path, limits: Limits) -> Iterable[Path]:
             yield Path(root) / name
 
 
-def scan_path(path: str | Path, limits: Limits | None = None) -> ScanReport:
-    """Scan a file, or every file under a folder (symbolic links to folders are not followed)."""
+def scan_path(path: str | Path, limits: Limits | None = None, digest: bool = True) -> ScanReport:
+    """Scan a file, or every file under a folder (symbolic links to folders are not followed).
+
+    `digest=False` skips the sha256 of each file (the one step that reads every byte)."""
     limits = limits or DEFAULT_LIMITS
     p = Path(path)
     try:
@@ -92,11 +94,11 @@ def scan_path(path: str | Path, limits: Limits | None = None) -> ScanReport:
     except OSError as exc:
         raise ModelLoadError(f"cannot read {p}: {exc.strerror or exc}") from None
     if not is_dir:
-        return scan_file(p, limits)
+        return scan_file(p, limits, digest)
     started = time.monotonic()
     report = ScanReport()
     for file in _walk(p, limits):
-        report.merge(scan_file(file, limits))
+        report.merge(scan_file(file, limits, digest))
     report.seconds = time.monotonic() - started
     return report
 

@@ -19,6 +19,8 @@ def compression_of(head: bytes) -> str | None:
     """The compression format a stream starts with, or None."""
     if head[:2] == b"\x1f\x8b":
         return "gzip"
+    if head[:4] == b"ZF0x":  # joblib <= 0.9.3 "z-file": b"ZF" + 19-character hex length + zlib data
+        return "zfile"
     if head[:3] == b"BZh" and head[3:4] in b"123456789" and len(head) > 3:
         return "bz2"
     if head[:6] == b"\xfd7zXZ\x00":
@@ -49,6 +51,9 @@ def _decompressor(kind: str) -> Any:
 def inflate(data: Any, kind: str, limit: int, start: int = 0, stop: int | None = None) -> bytes:
     """Decompress `data[start:stop]` (all concatenated members for gzip/bz2/xz) into at most `limit` bytes."""
     stop = len(data) if stop is None else stop
+    if kind == "zfile":
+        start += 21 + (data[start + 21:start + 22] == b" ")
+        kind = "zlib"
     out = bytearray()
     pos, feed = start, b""
     dec = _decompressor(kind)
@@ -76,6 +81,8 @@ def inflate(data: Any, kind: str, limit: int, start: int = 0, stop: int | None =
 def head_of(data: Any, kind: str, n: int = 4096, start: int = 0, stop: int | None = None) -> bytes:
     """The first `n` decompressed bytes (for format detection), or b'' if the stream is unreadable."""
     stop = len(data) if stop is None else stop
+    if kind == "zfile":
+        start, kind = start + 21 + (data[start + 21:start + 22] == b" "), "zlib"
     try:
         dec = _decompressor(kind)
         return dec.decompress(bytes(data[start:min(stop, start + 65536)]), n)

@@ -15,12 +15,13 @@ from bastion.supplychain.findings import Cursor, Sink
 from bastion.supplychain.onnx_check import looks_like_onnx
 from bastion.supplychain.pickle_values import PickleError, PickleTruncated
 from bastion.supplychain.pickle_vm import OPCODE_BYTES, PickleVM
+from bastion.supplychain.template_checks import is_gguf
 from bastion.supplychain.tensor_checks import looks_like_safetensors
 
 TORCH_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 PICKLE_FORMATS = frozenset({"pickle", "joblib", "pytorch-zip", "pytorch-legacy", "pytorch-tar"})
 ZIP_FORMATS = frozenset({"pytorch-zip", "torchscript", "torch-export", "keras", "skops", "npz", "zip"})
-COMPRESSED = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "lz4"})
+COMPRESSED = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "lz4", "zfile"})
 _PROBE = 1 << 16
 
 
@@ -102,11 +103,15 @@ def detect_bytes(data: Any) -> str:
         if head[2:14] == TORCH_MAGIC:
             return "pytorch-legacy"
         return "joblib" if data.find(b"joblib.numpy_pickle", 0, 1 << 20) >= 0 else "pickle"
+    if is_gguf(data):
+        return "gguf"
     if looks_like_onnx(data):
         return "onnx"
     stripped = head.lstrip()
     if stripped.startswith(b"{") and data.find(b'"class_name"', 0, 1 << 16) >= 0:
         return "keras-config"
+    if stripped.startswith(b"{") and data.find(b'"chat_template"', 0, 1 << 22) >= 0:
+        return "tokenizer-config"
     if looks_like_pickle(data):
         return "pickle"
     if find_eocd(data) >= 0 and _zip_kind(data) is not None:

@@ -45,6 +45,8 @@ RULES: dict[str, tuple[str, str]] = {
                        "Load only with custom-op libraries you built or trust."),
     "safetensors-header": ("The safetensors header is invalid (sizes, offsets or dtypes do not add up).",
                            "Re-export the tensors; do not load a malformed file."),
+    "template-injection": ("A chat template walks Python internals; runtimes that render it unsandboxed run code.",
+                           "Strip the template or render it only in jinja2's ImmutableSandboxedEnvironment."),
     "trailing-data": ("Bytes follow the end of the serialised data; some readers may interpret them.",
                       "Re-export the file from its source."),
     "scanner-error": ("The scanner hit an unexpected error on this input (fail closed).",

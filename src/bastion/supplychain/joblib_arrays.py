@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bastion.supplychain.pickle_values import Call, PickleError, SymDict
+from bastion.supplychain.pickle_values import Call, Global, PickleError, SymDict
 
 if TYPE_CHECKING:
     from bastion.supplychain.pickle_vm import PickleVM
 
+WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
 _KIND_SIZES = {"b": 1, "?": 1}
 
 
@@ -60,3 +61,27 @@ def skip_array(vm: PickleVM, state: Any, pos: int) -> int:
         if count * itemsize > vm.end:
             raise PickleError("joblib array is larger than the file")
     return vm._take(pos, count * itemsize)
+
+
+_MAKERS = {"copyreg.__newobj__", "copyreg.__newobj_ex__", "copyreg._reconstructor"}
+
+
+def _mentions_wrapper(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, Global):
+        return value.full == WRAPPER
+    if isinstance(value, tuple) and depth < 3:
+        return any(_mentions_wrapper(v, depth + 1) for v in value[:16])
+    if isinstance(value, Call) and depth < 3:
+        return _mentions_wrapper(value.func, depth + 1) or _mentions_wrapper(value.args, depth + 1)
+    return False
+
+
+def wrapper_kind(inst: Call) -> str | None:
+    """"direct" when `inst` is a joblib NumpyArrayWrapper built the ordinary way, "indirect" when it may be one
+    built through another allowed factory (joblib would then read array bytes we cannot place), else None."""
+    func = inst.func
+    args = inst.args if isinstance(inst.args, tuple) else ()
+    if isinstance(func, Global) and (func.full == WRAPPER or (
+            func.full in _MAKERS and args and isinstance(args[0], Global) and args[0].full == WRAPPER)):
+        return "direct"
+    return "indirect" if _mentions_wrapper(func) or _mentions_wrapper(args) else None

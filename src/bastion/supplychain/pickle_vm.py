@@ -14,7 +14,7 @@ from struct import unpack_from
 from typing import Any
 
 from bastion.supplychain.findings import Cursor
-from bastion.supplychain.joblib_arrays import skip_array
+from bastion.supplychain.joblib_arrays import skip_array, wrapper_kind
 from bastion.supplychain.pickle_calls import mutation_target, resolve_call
 from bastion.supplychain.pickle_literals import LiteralOps
 from bastion.supplychain.pickle_values import (
@@ -28,8 +28,6 @@ from bastion.supplychain.pickle_values import (
     const_str,
 )
 from bastion.supplychain.policy import judge
-
-WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
 
 
 class PickleVM(LiteralOps):
@@ -55,7 +53,6 @@ class PickleVM(LiteralOps):
         self.opcodes = 0
         self.arrays = 0
 
-    # ---- driver ---------------------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Execute until STOP; return the offset just after it. Raises PickleError on a malformed stream."""
@@ -73,7 +70,7 @@ class PickleVM(LiteralOps):
                 if op == 0x94:  # MEMOIZE
                     memo[len(memo)] = self.stack[-1]
                     pos += 1
-                elif (op == 0x71 or op == 0x68) and pos + 1 < end:  # BINPUT, BINGET  # noqa: PLR1714
+                elif op in (0x71, 0x68) and pos + 1 < end:  # BINPUT, BINGET
                     if op == 0x71:
                         memo[data[pos + 1]] = self.stack[-1]
                     else:
@@ -97,7 +94,6 @@ class PickleVM(LiteralOps):
             self.opcodes = count
         return self.stop
 
-    # ---- helpers --------------------------------------------------------------------------------------------
 
     def make_global(self, module: Any, name: Any, offset: int, opcode: str) -> Any:
         """Create (and judge) the object the unpickler gets from `find_class(module, name)`."""
@@ -136,7 +132,6 @@ class PickleVM(LiteralOps):
             self.cur.report("object-mutation", "high", f"{opcode} modifies the imported object {name}",
                             offset=self.at, subject=f"mutate:{name}", opcode=opcode)
 
-    # ---- opcodes --------------------------------------------------------------------------------------------
 
     def op_mark(self, pos: int) -> int:
         self.metastack.append(self.stack)
@@ -226,16 +221,25 @@ class PickleVM(LiteralOps):
     def op_build(self, pos: int) -> int:
         state = self.stack.pop()
         inst = self.stack[-1]
-        if type(inst) is Call:
-            inst.state = state
-            if self.mode == "joblib" and inst.is_call_of(WRAPPER):
+        if type(inst) is not Call:
+            self._mutate(inst, "BUILD")
+            return pos
+        if self.mode == "joblib":
+            kind = wrapper_kind(inst)
+            if kind == "indirect":
+                raise PickleError("a NumpyArrayWrapper is built indirectly: the array layout joblib reads "
+                                  "cannot be followed")
+            if kind == "direct":
+                if isinstance(inst.state, SymDict) and isinstance(state, SymDict):
+                    state = SymDict(inst.state.pairs + state.pairs)  # joblib merges repeated BUILDs
+                inst.state = state
                 self.arrays += 1
                 if pos < self.frame_end:
                     self.cur.report("archive-anomaly", "high", "joblib array data starts inside a pickle frame, "
                                     "so pickle and joblib read different opcodes", offset=pos)
+                self.stack[-1] = Opaque("array")  # joblib replaces the wrapper by the array it reads
                 return skip_array(self, state, pos)
-        else:
-            self._mutate(inst, "BUILD")
+        inst.state = state
         return pos
 
     def op_global(self, pos: int) -> int:

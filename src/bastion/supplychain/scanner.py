@@ -15,6 +15,7 @@ from bastion.supplychain.findings import Cursor, Sink
 from bastion.supplychain.onnx_check import check_onnx
 from bastion.supplychain.pickle_values import PickleError
 from bastion.supplychain.pickle_vm import OPCODE_BYTES, PickleVM
+from bastion.supplychain.template_checks import check_gguf, check_json_template
 from bastion.supplychain.tensor_checks import check_npy, check_safetensors
 from bastion.supplychain.torch_formats import scan_legacy, walk_storages, walk_tensors
 
@@ -233,6 +234,8 @@ _HANDLERS = {
     "onnx": _onnx,
     "h5": lambda d, c, f: check_h5(d, c),
     "keras-config": lambda d, c, f: check_keras_json(bytes(d), c),
+    "gguf": lambda d, c, f: check_gguf(d, c),
+    "tokenizer-config": lambda d, c, f: check_json_template(bytes(d[:c.limits.max_header_bytes]), c),
     **{k: _zip for k in ZIP_FORMATS},
     **{k: _compressed for k in COMPRESSED},
 }

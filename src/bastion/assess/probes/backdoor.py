@@ -62,7 +62,7 @@ class BackdoorProbe(Probe):
         return jobs
 
     def execute(self, inputs: Inputs, job: Job) -> AttackResult:
-        target = inputs.load_target()
+        target = inputs.load_target(eager=True)
         scanner = construct(scanner_class(job.name), dict(job.params), f"backdoor scanner '{job.name}'")
         result = scanner.run(target, select(inputs, *job.data["data"]))
         result.family = "backdoor"

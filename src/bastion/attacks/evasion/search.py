@@ -42,7 +42,8 @@ class EpsSearch:
 
     def broken_from(self) -> torch.Tensor:
         """Per sample, the smallest eps index at which it is known broken (k when none)."""
-        return torch.searchsorted(self.eps, self.dist.contiguous())
+        # the same float32 tolerance as `valid_examples`: an example at eps·(1 + 1e-5) counts as within eps
+        return torch.searchsorted(self.eps * (1 + 1e-5) + 1e-7, self.dist.contiguous())
 
     def next_probe(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Indices of the samples still undecided and the eps index to attack each at; None when all are decided."""

@@ -7,8 +7,8 @@ the fraction of z it dominates by a factor gamma. Online, Pr(x) averages models 
 offline (no model trained on x), Pr(x) = ((1 + a) Pr_out(x) + (1 - a)) / 2 corrects for the missing IN models,
 which lets RMIA work with one or two reference models.
 
-With one shared population sample the score is monotone in the ratio of x, so records with equal fractions are
-ordered by their ratio (the limit of an infinite population sample); the fraction itself is the reported score.
+With one shared population sample the score is monotone in the ratio of x, so records with equal counts are
+ordered by their ratio (the limit of an infinite population sample).
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from .reference_attack import ReferenceAttack, reference_fit
 
 
 def rmia_scores(log_ratio_x: np.ndarray, log_ratio_z: np.ndarray, gamma: float) -> np.ndarray:
-    """Fraction of z with ratio_x / ratio_z >= gamma, plus a tie-breaker below one step of 1/|Z|."""
+    """Share of z with ratio_x / ratio_z >= gamma, as (count + t) / (|Z| + 1) in [0, 1), where t in [0, 1) is
+    the rank of x's own ratio among the candidates (it orders records of equal count)."""
     z = np.sort(log_ratio_z)
-    frac = np.searchsorted(z, log_ratio_x - np.log(gamma), side="right") / len(z)
-    rank = np.argsort(np.argsort(log_ratio_x, kind="stable"), kind="stable")
-    return frac + rank / (len(rank) + 1) / (2 * len(z))
+    count = np.searchsorted(z, log_ratio_x - np.log(gamma), side="right")
+    rank = np.argsort(np.argsort(log_ratio_x, kind="stable"), kind="stable") / len(log_ratio_x)
+    return (count + rank) / (len(z) + 1)
 
 
 def marginal(probs: np.ndarray, out_mask: np.ndarray, online: bool, a: float) -> np.ndarray:

@@ -1,0 +1,169 @@
+"""The report's figures, drawn with matplotlib's Agg canvas (no pyplot state) into base64 PNG data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from bastion.assess.probes.base import FamilyReport
+from bastion.assess.scoring import count_by_severity
+
+SEVERITY_COLORS = {"critical": "#7f1d1d", "high": "#dc2626", "medium": "#f59e0b", "low": "#0ea5e9", "info": "#94a3b8"}
+
+
+@dataclass
+class Plot:
+    """One figure: a title, a caption and the PNG as a data URI."""
+
+    id: str
+    title: str
+    caption: str
+    uri: str
+
+
+def _figure(width: float = 6.0, height: float = 3.6) -> tuple[Figure, object]:
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _encode(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def robustness_curve(report: FamilyReport) -> Plot | None:
+    """Robust accuracy against epsilon, one line per attack, clean accuracy dashed."""
+    results = [r for r in report.results if isinstance(r.metrics.get("robust_accuracy"), list)]
+    if not results:
+        return None
+    fig, ax = _figure()
+    clean = results[0].metrics.get("clean_accuracy")
+    norm = results[0].metrics.get("norm", "")
+    for r in results:
+        eps = [p["eps"] for p in r.metrics["robust_accuracy"]]
+        acc = [p["robust_accuracy"] for p in r.metrics["robust_accuracy"]]
+        ax.plot([0.0, *eps], [r.metrics.get("clean_accuracy", clean), *acc], marker="o", label=r.attack)
+    if clean is not None:
+        ax.axhline(clean, linestyle="--", color="#64748b", label="clean accuracy")
+    ax.set_xlabel(f"epsilon ({norm})")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="best", fontsize=8)
+    return Plot("robustness-curve", "Robustness curve",
+                "Accuracy under attack at each perturbation budget (lower is worse).", _encode(fig))
+
+
+def roc_loglog(report: FamilyReport) -> Plot | None:
+    """Membership-inference ROC on log-log axes (the low-FPR regime is what matters)."""
+    results = [r for r in report.results if r.metrics.get("roc_curve")]
+    if not results:
+        return None
+    fig, ax = _figure()
+    low = 1.0
+    for r in results:
+        fpr = np.asarray(r.metrics["roc_curve"]["fpr"], float)
+        tpr = np.asarray(r.metrics["roc_curve"]["tpr"], float)
+        keep = (fpr > 0) & (tpr > 0)
+        if keep.any():
+            low = min(low, float(fpr[keep].min()))
+            ax.plot(fpr[keep], tpr[keep], label=f"{r.attack} (AUC {r.metrics.get('auc', float('nan')):.3f})")
+    grid = np.geomspace(low, 1.0, 50)
+    ax.plot(grid, grid, linestyle="--", color="#64748b", label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right", fontsize=8)
+    return Plot("roc-loglog", "Membership inference ROC (log-log)",
+                "True positives at each false-positive rate; curves above the diagonal at low FPR leak.", _encode(fig))
+
+
+def fidelity_vs_queries(report: FamilyReport) -> Plot | None:
+    """Fidelity (agreement with the model) of stolen copies against the number of queries."""
+    series = []
+    for r in report.results:
+        rows = [row for row in r.metrics.get("curve") or [] if row.get("fidelity") is not None]
+        if rows:
+            series.append((r.attack, rows))
+    if not series:
+        return None
+    fig, ax = _figure()
+    for attack, rows in series:
+        queries = [row.get("queries", row.get("budget")) for row in rows]
+        ax.plot(queries, [row["fidelity"] for row in rows], marker="o", label=f"{attack} fidelity")
+        if all(row.get("accuracy") is not None for row in rows):
+            ax.plot(queries, [row["accuracy"] for row in rows], marker=".", linestyle=":",
+                    label=f"{attack} copy accuracy")
+    ax.set_xscale("log")
+    ax.set_xlabel("queries to the model")
+    ax.set_ylabel("fidelity / accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="best", fontsize=8)
+    return Plot("fidelity-queries", "Fidelity vs queries",
+                "How closely a copy trained on the API's answers agrees with the model.", _encode(fig))
+
+
+def anomaly_index(report: FamilyReport) -> Plot | None:
+    """Neural Cleanse anomaly index per class (small-trigger side), flagged above the threshold."""
+    results = [r for r in report.results if "anomaly_index" in r.metrics]
+    if not results:
+        return None
+    r = results[0]
+    index = np.asarray(r.metrics["anomaly_index"], float)
+    norms = np.asarray(r.metrics.get("mask_l1", []), float)
+    small = norms < np.median(norms) if len(norms) == len(index) else np.ones(len(index), bool)
+    shown = np.where(small, index, 0.0)
+    threshold = float(r.metrics.get("threshold", 2.0))
+    flagged = set(r.metrics.get("flagged_classes", []))
+    fig, ax = _figure()
+    colors = [SEVERITY_COLORS["critical"] if c in flagged else "#3b82f6" for c in range(len(index))]
+    ax.bar(np.arange(len(index)), shown, color=colors)
+    ax.axhline(threshold, linestyle="--", color="#dc2626", label=f"threshold {threshold:g}")
+    ax.set_xticks(np.arange(len(index)))
+    ax.set_xlabel("class")
+    ax.set_ylabel("anomaly index")
+    ax.legend(loc="best", fontsize=8)
+    return Plot("anomaly-index", "Neural Cleanse anomaly index",
+                "Classes whose reverse-engineered trigger is abnormally small (above the line) look backdoored.",
+                _encode(fig))
+
+
+def scan_findings(report: FamilyReport) -> Plot | None:
+    """Supply-chain findings by severity."""
+    if not report.results:
+        return None
+    counts = count_by_severity(report.findings)
+    fig, ax = _figure(5.0, 2.6)
+    names = list(counts)
+    ax.barh(names, [counts[n] for n in names], color=[SEVERITY_COLORS[n] for n in names])
+    ax.set_xlabel("findings")
+    ax.invert_yaxis()
+    files = sum(len(r.metrics.get("files", [])) for r in report.results)
+    return Plot("scan-findings", "Scan findings",
+                f"Findings of the symbolic scan over {files} file(s), by severity.", _encode(fig))
+
+
+PLOTS: dict[str, tuple[Callable[[FamilyReport], Plot | None], ...]] = {
+    "evasion": (robustness_curve,),
+    "privacy": (roc_loglog,),
+    "extraction": (fidelity_vs_queries,),
+    "backdoor": (anomaly_index,),
+    "supply_chain": (scan_findings,),
+}
+
+
+def family_plots(report: FamilyReport) -> list[Plot]:
+    """The figures of one family (none when it was skipped)."""
+    plots = [make(report) for make in PLOTS.get(report.family, ())]
+    return [p for p in plots if p is not None]

@@ -1,0 +1,59 @@
+"""Shared, cached objects of the poisoning and backdoor tests: digits splits, clean models, one BadNets model.
+
+Functions are cached per process, so every test file reuses the same trained models (pytest fixtures defined in
+two modules would train twice).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+from bastion.attacks.poisoning.backdoor import BadNets
+from bastion.core.data import Dataset
+from bastion.core.results import AttackResult
+from bastion.core.target import TorchTarget
+from bastion.core.training import Trainer, seed_everything
+from bastion.demo.models import digits_cnn
+
+ARCH = "bastion.demo.models:digits_cnn"
+EPOCHS = 20
+SHAPE = (1, 8, 8)
+
+
+@cache
+def digits() -> tuple[Dataset, Dataset, Dataset]:
+    """(train 1100, defender's clean set 300, test 397): digits in [0, 1], shape (n, 1, 8, 8)."""
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    return (Dataset(x[:1100], y[:1100], "digits-train"), Dataset(x[1100:1400], y[1100:1400], "digits-clean"),
+            Dataset(x[1400:], y[1400:], "digits-test"))
+
+
+def target_of(model: torch.nn.Module) -> TorchTarget:
+    return TorchTarget(model, SHAPE, n_classes=10, device="cpu")
+
+
+@cache
+def clean_model(seed: int) -> torch.nn.Module:
+    """digits_cnn trained on the clean training set with the same recipe as the poisoning attacks."""
+    train, _, _ = digits()
+    seed_everything(seed)
+    return Trainer(epochs=EPOCHS, seed=seed, device="cpu").fit(digits_cnn(), train.x, train.y)
+
+
+@cache
+def badnets() -> tuple[BadNets, AttackResult, Dataset]:
+    """BadNets at 5% poisoning (target class 0): the attack (model in `.artifact`, data in `.poisoned`), its
+    result, and the triggered test inputs labelled with the target."""
+    train, _, test = digits()
+    attack = BadNets(arch=ARCH, poison_rate=0.05, target_label=0, epochs=EPOCHS, seed=0)
+    result = attack.run(target_of(digits_cnn()), test, train_data=train)
+    x, y = attack.triggered(torch.as_tensor(test.x), torch.as_tensor(test.y))
+    return attack, result, Dataset(x.numpy(), y.numpy(), "triggered")

@@ -1,0 +1,77 @@
+"""DP audit: a valid lower bound on epsilon, tight enough to catch a false DP claim; the log-log ROC plot."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bastion.attacks.inference.dp_audit import DPAudit, epsilon_lower_bound, p_value
+from bastion.attacks.inference.dp_training import dp_epsilon, training_procedure
+from bastion.core.errors import ParameterError
+from bastion.core.training import Trainer
+from bastion.evaluation.metrics import roc_curve
+from bastion.evaluation.privacy_plot import curves_from_scores, roc_loglog_png
+from tests.privacy_fixtures import digits_split, mlp, single_thread
+
+
+def test_epsilon_bound_matches_the_closed_form():
+    # delta = 0 and r of r guesses right: the bound solves sigmoid(eps)^r = significance
+    r, significance = 100, 0.05
+    expected = math.log(significance ** (1 / r) / (1 - significance ** (1 / r)))
+    assert epsilon_lower_bound(200, r, r, 0.0, significance) == pytest.approx(expected, abs=1e-6)
+    assert epsilon_lower_bound(200, r, 50) == 0.0  # a coin flip proves nothing
+    assert epsilon_lower_bound(200, r, 90) < epsilon_lower_bound(200, r, 99)
+    assert epsilon_lower_bound(200, r, 95, delta=1e-3) < epsilon_lower_bound(200, r, 95, delta=0.0)
+
+
+def test_p_value_is_a_valid_tail_for_a_dp_mechanism():
+    """Randomised response is exactly eps-DP: its correct-guess count never beats the bound's tail."""
+    eps, r, m = 1.0, 200, 200
+    rng = np.random.default_rng(0)
+    correct = rng.binomial(r, math.exp(eps) / (1 + math.exp(eps)), size=2000)
+    rejected = np.mean([p_value(m, r, int(c), eps, 0.0) <= 0.05 for c in correct])
+    assert rejected <= 0.06
+
+
+def _audit(noise: float | None, epochs: int, claimed: float | None):
+    members, _, population = digits_split()
+    lr, opt = (0.05, "sgd") if noise else (1e-3, "adam")
+    train = training_procedure(mlp, Trainer(epochs=epochs, batch_size=64, lr=lr, optimizer=opt, device="cpu"),
+                               noise_multiplier=noise, max_grad_norm=1.0)
+    with single_thread():
+        return DPAudit(n_canaries=200, seed=0).run(train, members, population, claimed_epsilon=claimed)
+
+
+def test_audit_catches_a_false_dp_claim():
+    result = _audit(noise=None, epochs=100, claimed=0.5)  # trained without noise, but claimed eps = 0.5
+    assert result.metrics["epsilon_lower_bound"] > 1.0
+    assert result.findings[0].severity == "critical"
+    assert result.metrics["n_included"] > 70
+
+
+def test_audit_of_real_dp_sgd_respects_its_guarantee():
+    claimed = dp_epsilon(2.0, 64, 400, 30, 1e-5)
+    result = _audit(noise=2.0, epochs=30, claimed=claimed)
+    assert result.metrics["epsilon_lower_bound"] <= claimed
+    assert result.metrics["epsilon_lower_bound"] < 1.0
+    assert result.findings[0].severity == "info"
+
+
+def test_dp_accounting_and_parameters():
+    assert dp_epsilon(4.0, 64, 1000, 10, 1e-5) < dp_epsilon(1.0, 64, 1000, 10, 1e-5)
+    with pytest.raises(ParameterError):
+        DPAudit(delta=2.0)
+    with pytest.raises(ParameterError):
+        DPAudit(n_canaries=5, guesses=[10]).audit(np.zeros(5), np.zeros(5, bool))
+
+
+def test_loglog_roc_plot(tmp_path):
+    rng = np.random.default_rng(0)
+    curves = curves_from_scores({"strong": (rng.normal(2, 1, 500), rng.normal(0, 1, 500)),
+                                 "chance": (rng.normal(0, 1, 500), rng.normal(0, 1, 500))})
+    png = roc_loglog_png(curves, tmp_path / "roc.png")
+    assert png.startswith(b"\x89PNG") and (tmp_path / "roc.png").read_bytes() == png
+    fpr, tpr = roc_curve([1.0, 1.0], [0.0, 0.0])  # curves with zero rates still plot on log axes
+    assert roc_loglog_png({"perfect": (fpr, tpr)}).startswith(b"\x89PNG")
