@@ -6,6 +6,8 @@ two modules would train twice).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
@@ -22,6 +24,17 @@ from bastion.demo.models import digits_cnn
 ARCH = "bastion.demo.models:digits_cnn"
 EPOCHS = 20
 SHAPE = (1, 8, 8)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Tiny models train fastest on one thread, and never spin against other work on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @cache

@@ -16,7 +16,13 @@ from bastion.core.errors import ParameterError
 from bastion.core.results import AttackResult
 from bastion.core.target import FunctionTarget
 from bastion.demo.models import digits_cnn
-from tests.poisoning_fixtures import ARCH, EPOCHS, badnets, digits, target_of
+from tests.poisoning_fixtures import ARCH, EPOCHS, badnets, digits, single_thread, target_of
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
 
 
 def test_badnets_at_5_percent_plants_a_backdoor_without_costing_accuracy():

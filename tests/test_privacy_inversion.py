@@ -81,7 +81,7 @@ def test_attribute_inference_exposes_an_overfit_model():
     result = AttributeInference(attribute=6).run(target, members=members, nonmembers=nonmembers,
                                                  population=population)
     assert result.metrics["n_values"] == 4  # a categorical attribute is tried value by value
-    assert result.metrics["advantage"] > 0.15
+    assert result.metrics["advantage"] > 0.15 and result.metrics["advantage_ci"][0] > 0.1
     assert result.metrics["accuracy_members"] > result.metrics["baseline_accuracy"] + 0.2
     assert result.findings[0].severity in ("medium", "high")
     assert result.queries == 600 * 4
@@ -91,7 +91,8 @@ def test_attribute_inference_on_records_the_model_never_saw_has_no_advantage():
     members, nonmembers, population = _sensitive_data()
     target = _tabular_target(population.subset(slice(0, 300)), epochs=300)  # no "member" is a member
     result = AttributeInference(attribute=6).run(target, members=members, nonmembers=nonmembers)
-    assert abs(result.metrics["advantage"]) < 0.08
+    low, high = result.metrics["advantage_ci"]
+    assert low < 0.03 and high - low < 0.2  # consistent with no advantage (sample composition varies)
     assert result.findings[0].severity in ("info", "low")
 
 

@@ -6,7 +6,7 @@
 - privacy: LOSS always (scores), LiRA when reference models can be trained (PyTorch with --arch, scikit-learn),
   the label-only attack for label-only APIs; as many members as non-members;
 - extraction: half of --data is the attacker's pool, budgets at 1/8, 1/4, 1/2 and all of it;
-- backdoor: Neural Cleanse for white-box models with at least 3 classes; training-data screens with --train-data;
+- backdoor: Neural Cleanse for white-box models with at least 3 classes; activation clustering of --train-data;
 - supply chain: the model file.
 A GPU raises the sample counts and iterations.
 """
@@ -110,7 +110,6 @@ def backdoor_section(inputs: Inputs, info: ModelInfo, gpu: bool) -> dict[str, An
     if info.white_box and info.n_classes >= 3:
         scanners["neural-cleanse"] = {"steps": 300 if gpu else 150}
     if info.white_box and inputs.train_data is not None:
-        scanners["spectral"] = {}
         scanners["activation-clustering"] = {}
     return {"enabled": True, "n_samples": min(len(inputs.data), 500 if gpu else 200), "scanners": scanners}
 

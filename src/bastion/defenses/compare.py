@@ -5,11 +5,12 @@ attack (the `auto` ensemble when it is registered, a strong PGD otherwise), and 
 
 - BPDA (Athalye, Carlini & Wagner, ICML 2018) through non-differentiable parts: input transforms and output
   rounding back-propagate as the identity (`preprocess.transforms.straight_through`), forward values unchanged;
-- EOT (Athalye et al., ICML 2018) through randomness: the attack's gradients come from the average prediction
-  over `eot_samples` draws, while every adversarial example is judged on the model itself.
+- EOT (Athalye et al., ICML 2018) through randomness: the attack works on the mean prediction over
+  `eot_samples` draws (`attacks.evasion.wrappers.EOTTarget`).
 
-When adaptivity changes anything, the defended model is also attacked naively, and a defense whose gain vanishes
-under the adaptive attack is reported as gradient masking: a Finding, never a robustness claim.
+A model that needs either is attacked both ways, plain and adaptive, and a sample counts as robust only when no
+way broke it. A defense whose plain-attack robustness vanishes under the adaptive attack is reported as gradient
+masking: a Finding, never a robustness claim.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from bastion.attacks.evasion.base import EvasionAttack
+from bastion.attacks.evasion.wrappers import EOTTarget
 from bastion.core import registry
 from bastion.core.data import Dataset
 from bastion.core.errors import BastionError
-from bastion.core.results import AttackResult, Finding
-from bastion.core.target import Target, TorchTarget
+from bastion.core.results import Finding
+from bastion.core.target import Access, Target, TorchTarget
 from bastion.defenses.preprocess.transforms import has_transforms, straight_through
 from bastion.evaluation.scoring import EVASION_ATLAS, EVASION_OWASP
 
@@ -52,83 +55,97 @@ def make_attack(name: str, eps: float | Sequence[float], norm: str, seed: int,
     return cls(**kwargs)
 
 
-class EOTTarget(TorchTarget):
-    """A randomized white-box model attacked with Expectation over Transformation.
-
-    Differentiable calls return the log of the mean probabilities over `samples` draws (one batched forward
-    pass); evaluation calls (no gradient) see one draw of the model itself, as a deployed model would answer."""
-
-    def __init__(self, base: TorchTarget, samples: int):
-        super().__init__(base.model, base.input_shape, base.n_classes, base.bounds, base.device, base.access,
-                         None, base.batch_size, f"{base.name} (EOT x{samples})")
-        self.counter = base.counter
-        self.samples = int(samples)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return super()._forward(x)
-        k, n = self.samples, len(x)
-        logits = self.model(x.repeat(k, *[1] * (x.dim() - 1)))
-        log_probs = logits.log_softmax(-1).view(k, n, -1)
-        return log_probs.logsumexp(0) - torch.log(torch.tensor(float(k), device=x.device))
-
-
 def is_random(model: nn.Module, x: torch.Tensor) -> bool:
     """True when two forward passes on the same inputs disagree (a randomized defense)."""
     with torch.no_grad():
         return not torch.equal(model(x), model(x))
 
 
+def variants(target: Target, data: Dataset) -> list[str]:
+    """The ways to attack `target`: always as it is ("none"), plus BPDA and/or EOT where its model needs them."""
+    if not isinstance(target, TorchTarget) or target.access < Access.GRADIENTS:
+        return ["none"]
+    bpda = has_transforms(target.model)
+    eot = is_random(target.model, torch.as_tensor(data.x[:8], device=target.device))
+    adaptive = "+".join(name for name, on in (("bpda", bpda), ("eot", eot)) if on)
+    return ["none", adaptive] if adaptive else ["none"]
+
+
+def _robust(attack: Any, target: Target, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: correctly classified (n,) and robust at each eps (n, k). Per-sample answers come from the
+    attack's epsilon search when its `run` is the standard one; otherwise every sample shares the curve."""
+    if isinstance(attack, EvasionAttack) and type(attack).run is EvasionAttack.run:
+        x, y = attack.prepare(target, data)
+        search = attack.search(target, x, y)
+        return search.correct, torch.stack([search.robust_mask(k) for k in range(search.k)], dim=1)
+    result = attack.run(target, data)
+    n = len(data)
+    correct = torch.full((n,), False)
+    correct[: round(float(result.metrics["clean_accuracy"]) * n)] = True
+    robust = torch.stack([torch.arange(n) < round(c["robust_accuracy"] * n)
+                          for c in result.metrics["robust_accuracy"]], dim=1)
+    return correct, robust
+
+
 def evaluate(target: Target, data: Dataset, eps: float | Sequence[float], norm: str = "linf",
-             attack: str = "auto", adaptive: bool = True, eot_samples: int = 8, seed: int = 0,
-             attack_params: dict[str, Any] | None = None) -> tuple[AttackResult, str]:
-    """Attack `target` on `data`; with `adaptive`, through BPDA and EOT where the model needs them.
+             attack: str = "auto", eot_samples: int = 10, seed: int = 0,
+             attack_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Attack `target` on `data` in every variant it needs; a sample counts robust only if no variant broke it.
 
-    Returns the attack's result and the adaptations used ("none", "bpda", "eot" or "bpda+eot")."""
+    Returns `clean_accuracy`, `robust_accuracy` (per eps, the per-sample minimum over variants), `naive` (the
+    curve of the plain attack alone), `adaptive` (the variants), `attack` and `queries`."""
     runner = make_attack(attack, eps, norm, seed, attack_params)
-    model = target.model if isinstance(target, TorchTarget) else None
-    bpda = adaptive and model is not None and has_transforms(model)
-    eot = adaptive and model is not None and is_random(model, torch.as_tensor(data.x[:8], device=target.device))
-    attacked: Target = EOTTarget(target, eot_samples) if eot else target
-    with straight_through(model, enabled=bpda) if model is not None else nullcontext():
-        result = runner.run(attacked, data)
-    used = "+".join(name for name, on in (("bpda", bpda), ("eot", eot)) if on) or "none"
-    return result, used
-
-
-def _curve(result: AttackResult) -> list[dict[str, float]]:
-    return [{"eps": float(c["eps"]), "robust_accuracy": float(c["robust_accuracy"])}
-            for c in result.metrics["robust_accuracy"]]
+    queries = target.queries
+    correct, robust, naive = None, None, None
+    kinds = variants(target, data)
+    for kind in kinds:
+        view: Target = EOTTarget(target, eot_samples) if "eot" in kind else target
+        context = straight_through(target.model, enabled=True) if "bpda" in kind else nullcontext()
+        with context:
+            ok, rob = _robust(runner, view, data)
+        correct = ok if correct is None else correct & ok.to(correct.device)
+        robust = rob if robust is None else robust & rob.to(robust.device)
+        if kind == "none":
+            naive = rob.float().mean(0)
+    eps_list = runner.eps
+    return {
+        "clean_accuracy": float(correct.float().mean()),
+        "robust_accuracy": [{"eps": float(e), "robust_accuracy": float(r)}
+                            for e, r in zip(eps_list, robust.float().mean(0).tolist(), strict=True)],
+        "naive": [{"eps": float(e), "robust_accuracy": float(r)}
+                  for e, r in zip(eps_list, naive.tolist(), strict=True)],
+        "adaptive": kinds[-1],
+        "attack": runner.name,
+        "queries": target.queries - queries,
+    }
 
 
 def compare(before: Target, after: Target, data: Dataset, eps: float | Sequence[float], norm: str = "linf",
-            attack: str = "auto", eot_samples: int = 8, seed: int = 0, what: str = "the defense",
+            attack: str = "auto", eot_samples: int = 10, seed: int = 0, what: str = "the defense",
             attack_params: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Finding]]:
     """Clean accuracy cost and robust accuracy gain of `after` over `before` on `data`, attacked alike.
 
     Returns the metrics (`clean_accuracy_before/after`, `clean_accuracy_cost`, `robust_accuracy_before/after`
-    per eps, `robust_accuracy_gain` per eps, `evaluation`) and findings about the defense."""
-    base, _ = evaluate(before, data, eps, norm, attack, True, eot_samples, seed, attack_params)
-    hard, used = evaluate(after, data, eps, norm, attack, True, eot_samples, seed, attack_params)
-    clean_before, clean_after = float(base.metrics["clean_accuracy"]), float(hard.metrics["clean_accuracy"])
-    curve_before, curve_after = _curve(base), _curve(hard)
+    per eps, `robust_accuracy_gain` per eps, `evaluation`, and `robust_accuracy_after_naive` when the defended
+    model needed an adaptive attack) and findings about the defense."""
+    base = evaluate(before, data, eps, norm, attack, eot_samples, seed, attack_params)
+    hard = evaluate(after, data, eps, norm, attack, eot_samples, seed, attack_params)
     gain = [{"eps": a["eps"], "gain": a["robust_accuracy"] - b["robust_accuracy"]}
-            for a, b in zip(curve_after, curve_before, strict=True)]
+            for a, b in zip(hard["robust_accuracy"], base["robust_accuracy"], strict=True)]
     metrics: dict[str, Any] = {
-        "clean_accuracy_before": clean_before,
-        "clean_accuracy_after": clean_after,
-        "clean_accuracy_cost": clean_before - clean_after,
-        "robust_accuracy_before": curve_before,
-        "robust_accuracy_after": curve_after,
+        "clean_accuracy_before": base["clean_accuracy"],
+        "clean_accuracy_after": hard["clean_accuracy"],
+        "clean_accuracy_cost": base["clean_accuracy"] - hard["clean_accuracy"],
+        "robust_accuracy_before": base["robust_accuracy"],
+        "robust_accuracy_after": hard["robust_accuracy"],
         "robust_accuracy_gain": gain,
-        "evaluation": {"attack": hard.attack, "adaptive": used, "norm": norm, "n_samples": len(data),
-                       "queries": base.queries + hard.queries},
+        "evaluation": {"attack": hard["attack"], "adaptive": hard["adaptive"], "norm": norm,
+                       "n_samples": len(data), "queries": base["queries"] + hard["queries"]},
     }
     findings = [gain_finding(what, metrics, norm)]
-    if used != "none":
-        naive, _ = evaluate(after, data, eps, norm, attack, False, eot_samples, seed, attack_params)
-        metrics["robust_accuracy_after_naive"] = _curve(naive)
-        masking = masking_finding(what, metrics, used)
+    if hard["adaptive"] != "none":
+        metrics["robust_accuracy_after_naive"] = hard["naive"]
+        masking = masking_finding(what, metrics, hard["adaptive"])
         if masking is not None:
             findings.append(masking)
     return metrics, findings

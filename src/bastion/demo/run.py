@@ -1,47 +1,115 @@
-"""The demo run: train or load the demo models, attack them, print a table and write JSON results."""
+"""The demo: the full assessment (every family) of both embedded demo models, sized for 2 CPU cores.
+
+Each model gets its own report folder (`OUT/<model>/report.html` ...); `OUT/index.html` and `OUT/summary.md`
+summarise both. Nothing is fetched from the network: the data ship with scikit-learn and the models are trained
+on first use and cached.
+"""
 
 from __future__ import annotations
 
-import json
+import html
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from torch import nn
 
-from bastion.attacks.evasion.gradient import FGSM, PGD
-from bastion.core.results import AttackResult
-from bastion.demo.cache import DEMO_MODELS, demo_model
-from bastion.models import load_target
+from bastion.assess.assessment import Assessment
+from bastion.assess.defaults import default_plan
+from bastion.assess.inputs import Inputs
+from bastion.assess.runner import Runner
+from bastion.core.errors import BastionError
+from bastion.demo.cache import DEMO_MODELS, DemoModel, demo_model
+from bastion.demo.data import breast_cancer
+from bastion.demo.models import tabular_mlp
+from bastion.report import write_reports
+from bastion.report.markdown import render_markdown
+from bastion.store import RunStore
 
-# Epsilons in each model's input units: pixels in [0, 1]; raw tabular features measured in the L2 norm.
-DEMO_EPS = {"digits-cnn": ("linf", [0.05, 0.1, 0.2, 0.3]), "breast-cancer-mlp": ("l2", [5.0, 20.0, 50.0, 100.0])}
+
+def breast_cancer_mlp() -> nn.Module:
+    """The demo MLP's architecture including its standardisation (as an attacker training look-alikes knows it)."""
+    train, _ = breast_cancer(0)
+    return tabular_mlp(train.x.shape[1], 2, train.x.mean(axis=0), train.x.std(axis=0))
 
 
-def run_demo(out: Path, seed: int = 0, device: str = "auto", console: Console | None = None) -> list[AttackResult]:
-    """Evasion slice of the demo: FGSM and PGD at four epsilons on each demo model."""
+# Per model: the reference models are trained like the demo model was (bastion.demo.cache).
+DEMO_SETTINGS: dict[str, dict[str, Any]] = {
+    "digits-cnn": {
+        "arch": "bastion.demo.models:digits_cnn",
+        "plan": {"families": {
+            "evasion": {"n_samples": 300, "attacks": {"fgsm": {}, "pgd": {"steps": 20}, "apgd-ce": {"steps": 50}}},
+            "privacy": {"attacks": {"loss": {}, "lira": {"n_reference": 4, "epochs": 15, "lr": 2e-3,
+                                                          "batch_size": 64}}},
+            "extraction": {"attacks": {"knockoff": {"epochs": 20, "min_steps": 150, "ood_samples": 300,
+                                                    "transfer_samples": 200}}},
+            "backdoor": {"scanners": {"neural-cleanse": {"steps": 150}}},
+        }},
+    },
+    "breast-cancer-mlp": {
+        "arch": "bastion.demo.run:breast_cancer_mlp",
+        "plan": {"families": {
+            "evasion": {"attacks": {"fgsm": {}, "pgd": {"steps": 20}}},
+            "privacy": {"attacks": {"loss": {}, "lira": {"n_reference": 4, "epochs": 60, "lr": 1e-3,
+                                                          "batch_size": 32}}},
+            "extraction": {"attacks": {"knockoff": {"epochs": 20, "min_steps": 150, "ood_samples": 300,
+                                                    "transfer_samples": 100}}},
+            "backdoor": {"scanners": {"activation-clustering": {}}},
+        }},
+    },
+}
+
+
+def demo_inputs(cached: DemoModel, device: str) -> Inputs:
+    return Inputs(model=str(cached.model_path), data=cached.test, train_data=cached.train,
+                  arch=DEMO_SETTINGS[cached.name]["arch"], device=device, data_path=str(cached.test_path),
+                  train_path=str(cached.train_path))
+
+
+def assess_demo_model(name: str, seed: int = 0, device: str = "auto", store: RunStore | None = None,
+                      show_progress: bool = True) -> Assessment:
+    """The full assessment of one demo model (trained and cached on first use)."""
+    cached = demo_model(name, seed=seed, progress=show_progress)
+    inputs = demo_inputs(cached, device)
+    info = inputs.describe()
+    plan = default_plan(inputs, info, seed=seed, device=device).merged(DEMO_SETTINGS[name]["plan"])
+    plan = plan.merged({"families": {"supply_chain": {"paths": [str(cached.train_path), str(cached.test_path)]}}})
+    return Runner(store, show_progress=show_progress).run(inputs, plan, info=info)
+
+
+def _index(runs: list[tuple[str, Assessment]]) -> str:
+    """A small page linking every model's report, with its grades."""
+    rows = "".join(
+        f"<tr><td><a href=\"{html.escape(name)}/report.html\">{html.escape(name)}</a></td>"
+        f"<td>{html.escape(a.grade)}</td>" + "".join(f"<td>{html.escape(f.grade)}</td>" for f in a.families)
+        + "</tr>" for name, a in runs)
+    heads = "".join(f"<th>{html.escape(f.title.split(' (')[0])}</th>" for f in runs[0][1].families)
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Bastion demo</title>"
+            "<style>body{font:14px system-ui,sans-serif;margin:32px}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 10px}</style></head><body><h1>Bastion demo</h1>"
+            f"<table><tr><th>model</th><th>grade</th>{heads}</tr>{rows}</table></body></html>")
+
+
+def run_demo(out: Path, seed: int = 0, device: str = "auto", console: Console | None = None,
+             store: RunStore | None = None, show_progress: bool = True) -> list[Assessment]:
+    """Assess every demo model, write one report folder each plus an index, print the grades."""
+    from bastion.cli.assess import print_summary
+
     console = console or Console()
+    if store is None:
+        try:
+            store = RunStore()
+        except BastionError as exc:  # the demo still runs without a writable history
+            console.print(f"[yellow]run history disabled[/yellow]: {exc}")
     out.mkdir(parents=True, exist_ok=True)
-    results: list[AttackResult] = []
+    assessments = []
     for name in DEMO_MODELS:
-        cached = demo_model(name, seed=seed)
-        target = load_target(cached.model_path, data=cached.test, device=device)
-        norm, eps = DEMO_EPS[name]
-        for attack in (FGSM(eps=eps, norm=norm, seed=seed), PGD(eps=eps, norm=norm, steps=50, seed=seed)):
-            result = attack.run(target, cached.test)
-            result.params["model"] = name
-            results.append(result)
-    table = Table(title="Bastion demo — evasion (robust accuracy per epsilon)")
-    for col in ("model", "attack", "norm", "clean", "robust accuracy by eps", "queries", "seconds", "severity"):
-        table.add_column(col)
-    for r in results:
-        curve = "  ".join(f"{c['eps']:g}: {c['robust_accuracy']:.1%}" for c in r.metrics["robust_accuracy"])
-        table.add_row(r.params["model"], r.attack, r.metrics["norm"], f"{r.metrics['clean_accuracy']:.1%}", curve,
-                      str(r.queries), f"{r.seconds:.2f}", r.worst_severity() or "-")
-    console.print(table)
-    path = out / "demo-results.json"
-    path.write_text(json.dumps([r.to_dict() for r in results], indent=2))
-    console.print(f"results written to {path}")
-    for name in DEMO_MODELS:
-        cached = demo_model(name, seed=seed, progress=False)
-        console.print(f"{name}: model {cached.model_path}  test data {cached.test_path}")
-    return results
+        console.print(f"[bold]assessing the demo model {name}[/bold]")
+        a = assess_demo_model(name, seed=seed, device=device, store=store, show_progress=show_progress)
+        paths = write_reports(a, out / name)
+        print_summary(a, paths)
+        assessments.append(a)
+    (out / "index.html").write_text(_index(list(zip(DEMO_MODELS, assessments, strict=True))), encoding="utf-8")
+    (out / "summary.md").write_text("\n".join(render_markdown(a) for a in assessments), encoding="utf-8")
+    console.print(f"reports written to {out}/ (open {out / 'index.html'})")
+    return assessments

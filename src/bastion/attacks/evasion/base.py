@@ -58,6 +58,7 @@ class EvasionAttack(Attack):
     family: ClassVar[str] = "evasion"
     requires: ClassVar[Access] = Access.GRADIENTS
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
+    prepass: ClassVar[bool] = True  # run the cheap minimum-norm pass before several epsilons
 
     def __init__(self, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf", seed: int = 0):
         self.eps = parse_eps(eps)
@@ -75,8 +76,10 @@ class EvasionAttack(Attack):
             raise ParameterError(f"eps {max(self.eps):g} ({self.norm}) spans the whole input range ({full:g}): "
                                  "every input is reachable")
 
-    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
-        """Adversarial versions of x within the per-sample `eps` (the best iterate per sample)."""
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
+                init: torch.Tensor | None = None) -> torch.Tensor:
+        """Adversarial versions of x within the per-sample `eps` (the best iterate per sample). `init`, when
+        given, is a starting point inside the ball (attacks that have no use for one ignore it)."""
         raise NotImplementedError  # pragma: no cover
 
     def generator(self, offset: int = 0) -> torch.Generator:
@@ -95,7 +98,12 @@ class EvasionAttack(Attack):
     def search(self, target: Target, x: torch.Tensor, y: torch.Tensor) -> EpsSearch:
         """Run the attack over all epsilons, sharing work between them; return the filled-in search."""
         search = EpsSearch(target, x, y, self.eps, self.norm)
-        while (probe := search.next_probe()) is not None:
+        if search.k > 1 and self.prepass and target.access >= Access.GRADIENTS:
+            search.prepass()
+        for _ in range(search.k):  # each round settles a sample or lowers its eps index: at most k rounds
+            probe = search.next_probe()
+            if probe is None:
+                break
             idx, k = probe
             search.record(idx, k, self.perturb(target, x[idx], y[idx], search.eps[k]))
         return search
@@ -146,7 +154,8 @@ class MinNormAttack(EvasionAttack):
                  stop: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
 
-    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
+                init: torch.Tensor | None = None) -> torch.Tensor:
         """Fixed-epsilon use (e.g. in a cascade): the minimal example, projected into the eps ball if larger."""
         eps = as_eps(eps, x)
         adv = self.minimize(target, x, y, stop=eps)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from bastion.attacks.evasion.norms import lp_norm
+from bastion.attacks.evasion.losses import forward_logits, loss_and_grad
+from bastion.attacks.evasion.norms import ascent_step, lp_norm, project
 from bastion.core.target import Target
 
 
@@ -46,13 +47,46 @@ class EpsSearch:
         return torch.searchsorted(self.eps * (1 + 1e-5) + 1e-7, self.dist.contiguous())
 
     def next_probe(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Indices of the samples still undecided and the eps index to attack each at; None when all are decided."""
+        """The samples still undecided and the eps index to attack each at; None when all are decided."""
         broken = self.broken_from()
         pending = self.correct & (self.robust_upto + 1 < broken)
         idx = pending.nonzero().flatten()
         if len(idx) == 0:
             return None
         return idx, broken[idx] - 1
+
+    def prepass(self, steps: int = 10) -> None:
+        """A cheap minimum-norm pass: gradient ascent from x itself with steps of 2·eps_max/steps, projected onto
+        the largest ball; a sample stops at its first fooling iterate, whose norm (then shrunk onto the grid)
+        bounds its minimal perturbation. Robust samples cost `steps` gradients; weak ones a few."""
+        idx = (self.correct & torch.isinf(self.dist)).nonzero().flatten()
+        if len(idx) == 0:
+            return
+        lo, hi = self.target.bounds
+        top = self.eps[-1].expand(len(idx)).contiguous()
+        step = top * (2.0 / steps)
+        x0, y0, adv = self.x[idx], self.y[idx], self.x[idx].clone()
+        for i in range(steps + 1):
+            if i == steps:
+                logits, grad = forward_logits(self.target, adv), None
+            else:
+                _, grad, logits = loss_and_grad(self.target, adv, y0)
+            hit = logits.argmax(1) != y0
+            if bool(hit.any()):
+                found = hit.nonzero().flatten()
+                ok = valid_examples(x0[found], adv[found], top[found], self.norm, self.target.bounds)
+                found = found[ok]
+                dist = torch.minimum(lp_norm(adv[found] - x0[found], self.norm), top[found])
+                self._accept(idx[found], adv[found], dist)
+                self._shrink(idx[found], torch.full_like(found, self.k - 1))
+                keep = ~hit
+                idx, x0, y0, adv, top, step = idx[keep], x0[keep], y0[keep], adv[keep], top[keep], step[keep]
+                grad = None if grad is None else grad[keep]
+                if len(idx) == 0:
+                    return
+            if grad is None:
+                return
+            adv = (x0 + project(adv + ascent_step(grad, step, self.norm) - x0, top, self.norm)).clamp(lo, hi)
 
     def record(self, idx: torch.Tensor, probe: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """Judge the attack's answers for samples `idx` probed at eps indices `probe`; return the fooled mask."""
@@ -65,7 +99,9 @@ class EpsSearch:
         self.robust_upto[idx[~fooled]] = torch.maximum(self.robust_upto[idx[~fooled]], probe[~fooled])
         hit = fooled.nonzero().flatten()
         if len(hit):
-            self._accept(idx[hit], x_adv[hit].float(), lp_norm(x_adv[hit].float() - x0[hit], self.norm))
+            # an example accepted within eps (up to float32 rounding) counts as at most eps
+            dist = torch.minimum(lp_norm(x_adv[hit].float() - x0[hit], self.norm), eps[hit])
+            self._accept(idx[hit], x_adv[hit].float(), dist)
             self._shrink(idx[hit], probe[hit])
         return fooled
 
@@ -75,22 +111,19 @@ class EpsSearch:
         self.adv[idx[better]] = x_adv[better]
 
     def _shrink(self, idx: torch.Tensor, probe: torch.Tensor) -> None:
-        """Scale each new example's perturbation down onto the smaller grid epsilons; keep the smallest that fools.
-
-        x + t·δ with t in [0, 1] stays inside the bounds (a convex combination) and has norm t·‖δ‖."""
+        """Project each new example's perturbation onto the smaller grid balls (forward passes only); keep the
+        smallest that fools. Projections onto an L∞ or L2 ball keep x + δ inside the bounds (coordinates move
+        towards x); L1 soft-thresholding does too."""
         below = int(probe.max())
         if below <= 0:
             return
         x0, delta = self.x[idx], self.adv[idx] - self.x[idx]
-        norm = lp_norm(delta, self.norm).clamp_min(1e-12)
         grid = self.eps[:below]  # (m,)
-        scale = (grid[None, :] / norm[:, None]).clamp(max=1.0)  # (n, m)
         usable = grid[None, :] < self.dist[idx][:, None]
         rows, cols = usable.nonzero(as_tuple=True)
         if len(rows) == 0:
             return
-        shape = [-1] + [1] * (x0.dim() - 1)
-        cand = x0[rows] + scale[rows, cols].view(shape) * delta[rows]
+        cand = x0[rows] + project(delta[rows], grid[cols], self.norm)
         fooled = self.target.labels(cand) != self.y[idx[rows]]
         valid = valid_examples(x0[rows], cand, grid[cols], self.norm, self.target.bounds)
         ok = fooled & valid
@@ -101,7 +134,8 @@ class EpsSearch:
         first = first.scatter_reduce(0, rows[ok], cols[ok], reduce="amin")
         sel = (ok & (cols == first[rows])).nonzero().flatten()
         order = rows[sel]
-        self._accept(idx[order], cand[sel].float(), lp_norm(cand[sel].float() - x0[order], self.norm))
+        dist = torch.minimum(lp_norm(cand[sel].float() - x0[order], self.norm), grid[cols[sel]])
+        self._accept(idx[order], cand[sel].float(), dist)
 
     def robust_mask(self, k: int) -> torch.Tensor:
         """Samples counted robust at eps index k: correctly classified and no valid example within eps_k."""

@@ -4,7 +4,8 @@ Case Study of Personalized Warfarin Dosing", USENIX Security; advantage as in Ye
 The adversary knows a record's other features and its label, and the marginal distribution of the sensitive
 attribute. For every candidate value v it queries the model and guesses argmax_v p(y | x with v) * prior(v).
 Continuous attributes are cut into quantile bins (a guess is right when it lands in the true bin). Leakage is the
-accuracy on training records compared with non-members (the advantage) and with the prior alone.
+accuracy on training records compared with non-members (the advantage, with a 95% normal-approximation
+interval; findings are graded on its lower end) and with the prior alone.
 """
 
 from __future__ import annotations
@@ -89,16 +90,21 @@ class AttributeInference(Attack):
             truth = np.digitize(d.x[:, self.attribute], edges)
             acc[label] = float((self.guess(target, d, values, prior) == truth).mean())
         baseline = float((np.digitize(members.x[:, self.attribute], edges) == prior.argmax()).mean())
+        advantage = acc["members"] - acc["nonmembers"]
+        se = np.sqrt(acc["members"] * (1 - acc["members"]) / len(members)
+                     + acc["nonmembers"] * (1 - acc["nonmembers"]) / len(nonmembers))
         metrics = {
             "attribute": self.attribute,
             "n_values": len(values),
             "accuracy_members": acc["members"],
             "accuracy_nonmembers": acc["nonmembers"],
             "baseline_accuracy": baseline,
-            "advantage": acc["members"] - acc["nonmembers"],
+            "advantage": advantage,
+            "advantage_ci": [float(advantage - 1.96 * se), float(advantage + 1.96 * se)],
             "gain_over_prior": acc["members"] - baseline,
         }
-        finding = attribute_finding(metrics["advantage"], metrics["gain_over_prior"], f"feature {self.attribute}")
+        finding = attribute_finding(metrics["advantage_ci"][0], metrics["gain_over_prior"],
+                                    f"feature {self.attribute}", advantage)
         return AttackResult(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=target.queries - queries_before, seconds=time.perf_counter() - start,
                             device=str(target.device), findings=[finding])

@@ -95,9 +95,10 @@ def inversion_finding(matching_rate: float, chance: float, similarity: float, n_
     )
 
 
-def attribute_finding(advantage: float, gain: float, attribute: str) -> Finding:
-    """Attribute inference: the accuracy gained on training records over non-members and over the prior."""
-    edge = min(advantage, gain)
+def attribute_finding(advantage_low: float, gain: float, attribute: str, advantage: float) -> Finding:
+    """Attribute inference: the accuracy gained on training records over non-members (graded on the lower end
+    of its interval) and over the prior."""
+    edge = min(advantage_low, gain)
     severity = "high" if edge >= 0.2 else "medium" if edge >= 0.1 else "low" if edge >= 0.03 else "info"
     return Finding(
         title=(f"attribute inference guesses {attribute} of training records {advantage:+.1%} better than of "
@@ -107,7 +108,7 @@ def attribute_finding(advantage: float, gain: float, attribute: str) -> Finding:
         metric="attribute_advantage",
         value=advantage,
         threshold=0.0,
-        evidence={"gain_over_prior": gain},
+        evidence={"gain_over_prior": gain, "advantage_ci_low": advantage_low},
         atlas=MEMBERSHIP_ATLAS,
         owasp=INVERSION_OWASP,
         description="The model's scores reveal a sensitive attribute of the records it was trained on.",

@@ -67,9 +67,9 @@ class LiRA(ReferenceAttack):
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None, n_reference: int = 8,
                  mode: str = "online", fixed_variance: bool | None = None, epochs: int = 20, batch_size: int = 64,
                  lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0, n_jobs: int | None = None,
-                 n_bootstrap: int = 200, seed: int = 0):
+                 train_size: int | None = None, n_bootstrap: int = 200, seed: int = 0):
         super().__init__(arch, n_reference, mode, epochs, batch_size, lr, optimizer, weight_decay, n_jobs,
-                         n_bootstrap, seed)
+                         train_size, n_bootstrap, seed)
         self.fixed_variance = fixed_variance
         if self.n_reference < 2:
             raise ParameterError("LiRA needs at least 2 reference models to estimate a variance")

@@ -1,8 +1,9 @@
 """Base of membership attacks that train reference models (LiRA, RMIA, shadow models).
 
 The pool design follows Carlini et al. (2022): every pool record is in exactly half of the reference models.
-Online, the pool holds the candidates themselves plus population records, up to twice the member count, so that
-each reference model trains on about as many records as the target did; offline, the pool is drawn from the
+Online, the pool holds the candidates themselves plus population records, up to twice the target's training-set
+size (`train_size`, by default the number of members given), so that each reference model trains on about as
+many records as the target did; offline, the pool is drawn from the
 population only and no reference model sees a candidate.
 """
 
@@ -68,7 +69,7 @@ class ReferenceAttack(MembershipAttack):
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None, n_reference: int = 8,
                  mode: str = "online", epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
                  optimizer: str = "adam", weight_decay: float = 0.0, n_jobs: int | None = None,
-                 n_bootstrap: int = 200, seed: int = 0):
+                 train_size: int | None = None, n_bootstrap: int = 200, seed: int = 0):
         super().__init__(n_bootstrap=n_bootstrap, seed=seed)
         if mode not in ("online", "offline"):
             raise ParameterError(f"mode must be online or offline, got {mode!r}")
@@ -81,6 +82,7 @@ class ReferenceAttack(MembershipAttack):
         self.optimizer = optimizer
         self.weight_decay = float(weight_decay)
         self.n_jobs = None if n_jobs is None else check_int(n_jobs, "n_jobs", 1)
+        self.train_size = None if train_size is None else check_int(train_size, "train_size", 1)
         if self.lr <= 0 or self.weight_decay < 0:
             raise ParameterError("lr must be positive and weight_decay non-negative")
 
@@ -102,8 +104,9 @@ class ReferenceAttack(MembershipAttack):
 
     def reference_pool(self, data: MembershipData, rng: np.random.Generator
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(x, y, population index or -1) of the pool records, sized to twice the member count."""
-        size, pop = 2 * data.n_members, data.population
+        """(x, y, population index or -1) of the pool records: twice the target's training-set size (by default
+        the number of members given), so that each reference model trains on as many records as the target."""
+        size, pop = 2 * (self.train_size or data.n_members), data.population
         if self.mode == "online":
             n = len(data.x)
             extra = 0 if pop is None else max(0, min(len(pop), size - n))

@@ -55,9 +55,10 @@ class RMIA(ReferenceAttack):
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None, n_reference: int = 2,
                  mode: str = "offline", offline_a: float = 0.3, gamma: float = 1.0, n_population: int = 5000,
                  epochs: int = 20, batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam",
-                 weight_decay: float = 0.0, n_jobs: int | None = None, n_bootstrap: int = 200, seed: int = 0):
+                 weight_decay: float = 0.0, n_jobs: int | None = None, train_size: int | None = None,
+                 n_bootstrap: int = 200, seed: int = 0):
         super().__init__(arch, n_reference, mode, epochs, batch_size, lr, optimizer, weight_decay, n_jobs,
-                         n_bootstrap, seed)
+                         train_size, n_bootstrap, seed)
         self.offline_a = float(offline_a)
         self.gamma = float(gamma)
         self.n_population = check_int(n_population, "n_population", 1)

@@ -46,9 +46,10 @@ class ShadowModelAttack(ReferenceAttack):
 
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None, n_reference: int = 4, epochs: int = 20,
                  batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
-                 n_jobs: int | None = None, n_bootstrap: int = 200, seed: int = 0):
+                 n_jobs: int | None = None, train_size: int | None = None, n_bootstrap: int = 200,
+                 seed: int = 0):
         super().__init__(arch, n_reference, "offline", epochs, batch_size, lr, optimizer, weight_decay, n_jobs,
-                         n_bootstrap, seed)  # shadow models never train on the candidates
+                         train_size, n_bootstrap, seed)  # shadow models never train on the candidates
 
     def score(self, target: Target, data: MembershipData) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         from sklearn.ensemble import HistGradientBoostingClassifier

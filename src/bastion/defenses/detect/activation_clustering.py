@@ -22,12 +22,14 @@ from bastion.defenses.detect.features import detection_metrics, load_ground_trut
 
 
 def reduce(features: np.ndarray, dims: int, method: str, seed: int) -> np.ndarray:
-    """Project onto `dims` independent (ICA, as in the paper) or principal components."""
-    from sklearn.decomposition import PCA, FastICA
-
+    """Project onto `dims` principal components (exact SVD) or independent components (ICA, as in the paper)."""
     dims = min(dims, features.shape[1], len(features) - 1)
     if method == "pca":
-        return PCA(dims, random_state=seed).fit_transform(features)
+        centred = torch.as_tensor(features - features.mean(0, keepdims=True))
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        return (centred @ vh[:dims].T).numpy()
+    from sklearn.decomposition import FastICA
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FastICA's convergence warnings on near-degenerate classes
         return FastICA(dims, whiten="unit-variance", random_state=seed, max_iter=500).fit_transform(features)

@@ -11,24 +11,17 @@ import torch
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
+from bastion.core.results import Finding
 from bastion.core.target import Access, Target
 from bastion.defenses.base import Defense, require_data, torch_module
-from bastion.defenses.detect.activation_clustering import screening_findings
-from bastion.defenses.detect.features import (
-    anomaly_index,
-    detection_metrics,
-    load_ground_truth,
-    representation,
-)
+from bastion.defenses.detect.features import detection_metrics, load_ground_truth, representation
 
 
-def spectral_scores(features: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Squared projection of each centred representation onto the top right singular vector, shape (n,), and
-    the ratio σ1²/σ2² of the top two singular values (how much one direction dominates the class)."""
+def spectral_scores(features: torch.Tensor) -> torch.Tensor:
+    """Squared projection of each centred representation onto the top right singular vector, shape (n,)."""
     centred = features - features.mean(0, keepdim=True)
-    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-    ratio = float(s[0] ** 2 / s[1].clamp_min(1e-12) ** 2) if len(s) > 1 else 1.0
-    return (centred @ vh[0]) ** 2, ratio
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    return (centred @ vh[0]) ** 2
 
 
 @register("defenses", "spectral", family="detect")
@@ -38,21 +31,20 @@ class SpectralSignatures(Defense):
     For each class, the feature activations (see `features.feature_layer`; `layer` names another) of the
     training data are centred and every sample is scored by its squared correlation with the top singular vector;
     the `removal_factor`·`eps` fraction of the class with the highest scores is flagged for removal, `eps` being
-    an upper bound on the poisoned fraction of any class (the paper's factor is 1.5). Scores keep their raw scale
-    so ROC metrics rank every sample of every class on one scale. Bastion's addition: a class is reported as
-    suspect when its top direction dominates abnormally (σ1²/σ2² with an anomaly index above
-    `anomaly_threshold` among the classes, on the high side). `ground_truth` adds TPR, FPR and AUROC.
+    an upper bound on the poisoned fraction of any class (the paper's factor is 1.5). The method always removes
+    that fraction: it cleans a training set, it does not say whether one is poisoned. Scores keep their raw scale
+    so ROC metrics rank every sample of every class on one scale; `ground_truth` adds TPR, FPR and AUROC.
     """
 
     name = "spectral"
     family = "detect"
     requires = Access.GRADIENTS
 
-    def __init__(self, eps: float = 0.1, removal_factor: float = 1.5, anomaly_threshold: float = 2.0,
-                 layer: str | None = None, ground_truth: str | np.ndarray | None = None):
-        if not 0 < eps < 1 or removal_factor <= 0 or anomaly_threshold <= 0:
-            raise ParameterError("eps must lie in (0, 1), removal_factor and anomaly_threshold be positive")
-        self.eps, self.removal_factor, self.anomaly_threshold = float(eps), float(removal_factor), anomaly_threshold
+    def __init__(self, eps: float = 0.1, removal_factor: float = 1.5, layer: str | None = None,
+                 ground_truth: str | np.ndarray | None = None):
+        if not 0 < eps < 1 or removal_factor <= 0:
+            raise ParameterError("eps must lie in (0, 1) and removal_factor be positive")
+        self.eps, self.removal_factor = float(eps), float(removal_factor)
         self.layer, self.ground_truth = layer, ground_truth
 
     def screen(self, target: Target, data: Dataset) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
@@ -68,16 +60,11 @@ class SpectralSignatures(Defense):
             idx = (y == c).nonzero().flatten()
             if len(idx) < 3:
                 continue
-            s, ratio = spectral_scores(feats[idx])
+            s = spectral_scores(feats[idx])
             k = min(len(idx) - 1, int(np.ceil(self.removal_factor * self.eps * len(idx))))
             flagged[idx[s.topk(k).indices]] = True
             scores[idx] = s
-            classes.append({"class": int(c), "n": len(idx), "n_flagged": k, "spectral_ratio": ratio})
-        ratios = np.array([c["spectral_ratio"] for c in classes])
-        index = anomaly_index(ratios) if len(ratios) > 2 else np.zeros(len(ratios))
-        for info, a, r in zip(classes, index, ratios, strict=True):
-            info["anomaly_index"] = float(a)
-            info["poisoned"] = bool(a > self.anomaly_threshold and r > np.median(ratios))
+            classes.append({"class": int(c), "n": len(idx), "n_flagged": k, "top_score": float(s.max())})
         return flagged.cpu().numpy(), scores.cpu().numpy(), classes
 
     def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
@@ -92,5 +79,18 @@ class SpectralSignatures(Defense):
         self.flagged, self.scores = flagged, scores
         metrics = detection_metrics(flagged, scores, is_poison)
         metrics["classes"] = classes
-        metrics["poisoned_classes"] = [c["class"] for c in classes if c["poisoned"]]
-        return self.result(target, metrics, start, findings=screening_findings(self.name, metrics))
+        return self.result(target, metrics, start, findings=[removal_finding(metrics)])
+
+
+def removal_finding(metrics: dict) -> Finding:
+    """Spectral Signatures always removes a fixed fraction: an informational finding, graded by ground truth."""
+    checked = ""
+    if "tpr" in metrics:
+        checked = f" (TPR {metrics['tpr']:.1%}, FPR {metrics['fpr']:.1%} against the known poison)"
+    return Finding(
+        title=f"spectral marks {metrics['n_flagged']} training samples as the likeliest poison{checked}",
+        family="poisoning", severity="info", metric="n_flagged", value=float(metrics["n_flagged"]),
+        evidence={k: v for k, v in metrics.items() if k != "classes"}, atlas=["AML.T0020"],
+        description="The samples with the strongest spectral signature in each class.",
+        recommendation="Remove the flagged samples and retrain; confirm with activation-clustering.",
+    )

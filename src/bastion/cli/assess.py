@@ -1,0 +1,139 @@
+"""`bastion assess MODEL --data TEST [--train-data TRAIN] [--plan plan.yaml] [--out DIR] [--fail-on SEV]
+[--backend ray [--address ADDR]] [--resume RUN]`: every threat family in one command, with a graded report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from bastion.assess.assessment import Assessment
+from bastion.assess.defaults import default_plan
+from bastion.assess.inputs import Inputs, file_sha256
+from bastion.assess.plan import Plan, read_plan_file
+from bastion.assess.runner import Runner, make_backend
+from bastion.assess.scoring import sort_findings
+from bastion.cli.common import console, fail_on_level, load_data
+from bastion.core.errors import ParameterError
+from bastion.core.results import severity_rank
+from bastion.report import FORMATS, write_reports
+from bastion.store import RunStore
+
+
+def print_summary(a: Assessment, paths: dict[str, Path] | None = None) -> None:
+    """The grade table on stdout."""
+    table = Table(title=f"Bastion assessment of {a.title}: grade {a.grade}  (run {a.run_id})")
+    for col in ("family", "grade", "status", "worst finding"):
+        table.add_column(col, overflow="fold")
+    for f in a.families:
+        ranked = sort_findings(f.findings)
+        worst = f"{ranked[0].severity}: {ranked[0].title}" if ranked and severity_rank(ranked[0].severity) else "-"
+        table.add_row(f.title, f.grade, f.status + (f" ({f.reason})" if f.reason else ""), worst)
+    console.print(table)
+    for fam in a.families:
+        for err in fam.errors:
+            console.print(f"[yellow]job failed[/yellow] {err}")
+    for fmt, path in (paths or {}).items():
+        console.print(f"{fmt:>6}: {path}")
+
+
+def exit_code(a: Assessment, fail_on: str | None) -> int:
+    """1 when a finding reaches `--fail-on`, or when the assessment is incomplete and `--fail-on` is set."""
+    level = fail_on_level(fail_on)
+    if level is None:
+        return 0
+    worst = a.worst_severity()
+    if worst is not None and severity_rank(worst) >= level:
+        return 1
+    return 0 if a.complete else 1
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    chosen = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    bad = [f for f in chosen if f not in FORMATS]
+    if bad or not chosen:
+        raise ParameterError(f"--format takes a comma list of {', '.join(FORMATS)}, got {text!r}")
+    return chosen
+
+
+def resume_inputs(store: RunStore, run_ref: str, device: str | None) -> tuple[str, Inputs, Plan]:
+    """The inputs and plan recorded for a run; refuses a model file that changed since."""
+    row = store.run(run_ref)
+    saved = row["inputs"]
+    data_info, train_info = saved.get("data") or {}, saved.get("train_data") or {}
+    if not data_info.get("path"):
+        raise ParameterError(f"run {row['id']} was not started from data files and cannot be resumed")
+    if row["model_sha256"] and file_sha256(saved["model"]) != row["model_sha256"]:
+        raise ParameterError(f"{saved['model']} changed since run {row['id']} started: start a new assessment")
+    plan = Plan.from_dict(row["plan"])
+    data = load_data(Path(data_info["path"]), saved.get("label"), None, "data")
+    train = load_data(Path(train_info["path"]), saved.get("label"), None, "train") if train_info.get("path") else None
+    inputs = Inputs(model=saved["model"], data=data, train_data=train, arch=saved.get("arch"),
+                    trust=bool(saved.get("trust")), access=saved.get("access"), device=device or plan.device,
+                    data_path=data_info["path"], train_path=train_info.get("path"), label=saved.get("label"))
+    return row["id"], inputs, plan
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(help="Assess a model against every threat family and write a graded report "
+                      "(HTML, JSON, SARIF, Markdown).")
+    def assess(
+        model: str | None = typer.Argument(None, help="model file or http(s) URL"),
+        data: Path | None = typer.Option(None, "--data", help="held-out evaluation data"),
+        train_data: Path | None = typer.Option(None, "--train-data", help="training data (enables privacy)"),
+        label: str | None = typer.Option(None, "--label", help="label column of CSV data"),
+        arch: str | None = typer.Option(None, "--arch", help="module:factory of the model's architecture"),
+        plan_file: Path | None = typer.Option(None, "--plan", help="YAML plan (see docs/plan.md)"),
+        print_plan: bool = typer.Option(False, "--print-plan", help="print the effective plan as YAML and stop"),
+        out: Path = typer.Option(Path("bastion-report"), "--out", help="report folder"),
+        formats: str = typer.Option(",".join(FORMATS), "--format", help="report formats (comma list)"),
+        store_path: Path | None = typer.Option(None, "--store", help="run-history database ($BASTION_STORE)"),
+        no_store: bool = typer.Option(False, "--no-store", help="do not record this run"),
+        resume: str | None = typer.Option(None, "--resume", help="resume an interrupted run (id, prefix or last)"),
+        backend: str = typer.Option("local", "--backend", help="local or ray"),
+        address: str | None = typer.Option(None, "--address", help="Ray cluster address (with --backend ray)"),
+        device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda (default: the plan's)"),
+        seed: int | None = typer.Option(None, "--seed", help="seed (default: the plan's, else 0)"),
+        access: str | None = typer.Option(None, "--access", help="restrict to gradients, scores or labels"),
+        trust: bool = typer.Option(False, "--trust", help="allow pickle-based files that scanned clean"),
+        fail_on: str | None = typer.Option(None, "--fail-on", help="exit 1 at this severity or above"),
+        quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+    ) -> None:
+        fmts = parse_formats(formats)
+        fail_on_level(fail_on)
+        runner_backend = make_backend(backend, address)
+        store = None if no_store else RunStore(store_path)
+        if resume:
+            if no_store:
+                raise ParameterError("--resume needs the run store (drop --no-store)")
+            if plan_file is not None or model is not None:
+                raise ParameterError("--resume takes the model, data and plan from the stored run; pass neither")
+            run_id, inputs, plan = resume_inputs(store, resume, device)
+        else:
+            if model is None or data is None:
+                raise ParameterError("bastion assess needs MODEL and --data (or --resume RUN)")
+            evaluation = load_data(data, label, None, "data")
+            training = load_data(train_data, label, None, "train") if train_data else None
+            inputs = Inputs(model=model, data=evaluation, train_data=training, arch=arch, trust=trust,
+                            access=access, device=device or "auto", data_path=str(data),
+                            train_path=str(train_data) if train_data else None, label=label)
+            run_id = None
+        info = inputs.describe()
+        if not resume:
+            override = read_plan_file(plan_file) if plan_file else {}
+            base_seed = seed if seed is not None else int(override.get("seed", 0) or 0)
+            plan = default_plan(inputs, info, seed=base_seed, device=device or "auto").merged(override)
+            if seed is not None or device is not None:
+                plan = plan.merged({k: v for k, v in (("seed", seed), ("device", device)) if v is not None})
+            inputs.device = plan.device
+        if print_plan:
+            typer.echo(plan.to_yaml(), nl=False)
+            return
+        runner = Runner(store, runner_backend, show_progress=not quiet)
+        result = runner.run(inputs, plan, run_id=run_id, resume=bool(resume), info=info)
+        paths = write_reports(result, out, fmts)
+        print_summary(result, paths)
+        code = exit_code(result, fail_on)
+        if code:
+            raise typer.Exit(code)

@@ -1,0 +1,125 @@
+"""Shared machinery of the training defenses: a trainable copy of the model, the data, the before/after report.
+
+A training defense never changes the model it is given: it trains a copy (fine-tuning by default, or from freshly
+initialised weights with `from_scratch`), leaves it in `artifact` for the CLI's `--out`, and reports the honest
+before/after comparison of `defenses.compare`.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bastion.attacks.evasion.base import parse_eps
+from bastion.attacks.evasion.norms import check_norm
+from bastion.core.data import Dataset
+from bastion.core.errors import ParameterError
+from bastion.core.results import AttackResult, Finding
+from bastion.core.target import Access, Target, TorchTarget
+from bastion.core.training import Trainer
+from bastion.defenses.base import Defense, require_data, torch_module
+from bastion.defenses.compare import compare
+
+
+def trainable_copy(model: nn.Module) -> nn.Module:
+    """An independent copy of `model` whose parameters can be optimised (TorchScript is copied via its bytes)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(model, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer, map_location=next(model.parameters()).device)
+    return copy.deepcopy(model)
+
+
+def reinitialize(model: nn.Module) -> nn.Module:
+    """Fresh weights for every layer (its own `reset_parameters`); an error when a layer cannot be reset."""
+    stuck = []
+    for name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if not own:
+            continue
+        if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
+            module.reset_parameters()
+        else:
+            stuck.append(name or type(module).__name__)
+    if stuck:
+        raise ParameterError(f"cannot re-initialise layer(s) {', '.join(stuck[:3])} (e.g. a TorchScript model): load "
+                             "weights with --arch module:factory or fine-tune with --from-scratch false")
+    return model
+
+
+def hardened_target(target: TorchTarget, model: nn.Module, suffix: str) -> TorchTarget:
+    """A white-box target for the hardened model, with the original's shape, bounds and device."""
+    return TorchTarget(model, target.input_shape, target.n_classes, target.bounds, target.device, Access.GRADIENTS,
+                       None, target.batch_size, f"{target.name} + {suffix}")
+
+
+class TrainingDefense(Defense):
+    """Base: subclasses implement `train(model, data, target) -> (model, metrics, findings)`."""
+
+    family: ClassVar[str] = "training"
+    requires: ClassVar[Access] = Access.GRADIENTS
+    from_scratch_default: ClassVar[bool] = False
+
+    def _training(self, epochs: int, batch_size: int, lr: float, optimizer: str, from_scratch: bool,
+                  eval_eps: float | str | Sequence[float] | None, norm: str, attack: str, seed: int) -> None:
+        """Validate and store the parameters every training defense shares (`eval_eps` None: no robustness
+        evaluation, clean accuracy only)."""
+        self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
+        self.optimizer, self.from_scratch, self.seed = str(optimizer), bool(from_scratch), int(seed)
+        Trainer(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer)
+        self.eval_eps = None if eval_eps is None else parse_eps(eval_eps)
+        self.norm, self.attack = check_norm(norm), str(attack)
+
+    def trainer(self, target: Target, **overrides: Any) -> Trainer:
+        """The shared training loop with this defense's hyper-parameters, on the target's device."""
+        kwargs = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "optimizer": self.optimizer,
+                  "seed": self.seed, "device": str(target.device), "description": self.name, **overrides}
+        return Trainer(**kwargs)
+
+    def train(self, model: nn.Module, data: Dataset, target: TorchTarget) -> tuple[nn.Module, dict[str, Any],
+                                                                                  list[Finding]]:
+        raise NotImplementedError  # pragma: no cover
+
+    def extra_report(self, before: TorchTarget, after: TorchTarget, data: Dataset,
+                     train_data: Dataset) -> tuple[dict[str, Any], list[Finding]]:
+        """More before/after measurements (DP-SGD adds membership inference); none by default."""
+        return {}, []
+
+    def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
+            **_: Any) -> AttackResult:
+        self.check_access(target)
+        module = torch_module(target, f"defense '{self.name}'")
+        train = require_data(train_data, f"defense '{self.name}'", "--train-data")
+        data = require_data(data, f"the before/after evaluation of '{self.name}'")
+        start, queries = time.perf_counter(), target.queries
+        model = trainable_copy(module).to(target.device)
+        if self.from_scratch:
+            reinitialize(model)
+        model, metrics, findings = self.train(model, train, target)
+        after = hardened_target(target, model, self.name)
+        if self.eval_eps is not None:
+            comparison, compare_findings = compare(target, after, data, self.eval_eps, self.norm, self.attack,
+                                                   seed=self.seed, what=self.name)
+        else:
+            comparison, compare_findings = clean_comparison(target, after, data)
+        extra, extra_findings = self.extra_report(target, after, data, train)
+        self.artifact = model.eval()
+        self.hardened_ = after
+        return self.result(target, {**comparison, **metrics, **extra}, start, queries,
+                           compare_findings + findings + extra_findings)
+
+
+def clean_comparison(before: Target, after: Target, data: Dataset) -> tuple[dict[str, Any], list[Finding]]:
+    """Clean accuracy before and after, when no robustness evaluation was asked for (`eps` none)."""
+    y = torch.as_tensor(data.y, device=before.device)
+    acc_before = float((before.labels(data.x) == y).float().mean())
+    acc_after = float((after.labels(data.x) == y).float().mean())
+    return {"clean_accuracy_before": acc_before, "clean_accuracy_after": acc_after,
+            "clean_accuracy_cost": acc_before - acc_after}, []
