@@ -50,7 +50,8 @@ def make_data(n_members: int, seed: int = 0) -> dict[str, Dataset]:
     """members (training set), nonmembers, population; candidates halved into ART-train and evaluation parts."""
     n = 4 * n_members
     x, y = make_classification(n_samples=n, n_features=N_FEATURES, n_informative=20, n_redundant=0,
-                               n_classes=N_CLASSES, n_clusters_per_class=2, flip_y=0.02, class_sep=1.5, random_state=seed)
+                               n_classes=N_CLASSES, n_clusters_per_class=2, flip_y=0.02, class_sep=1.5,
+                               random_state=seed)
     x = ((x - x.min(0)) / (x.max(0) - x.min(0))).astype(np.float32)
     m, h = n_members, n_members // 2
     return {

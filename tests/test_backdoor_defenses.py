@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from bastion.core import registry
 from bastion.core.errors import AccessError, ParameterError
-from bastion.core.target import FunctionTarget
+from bastion.core.target import FunctionTarget, TorchTarget
 from bastion.defenses.base import Defense
 from bastion.defenses.detect.activation_clustering import ActivationClustering
 from bastion.defenses.detect.features import anomaly_index, feature_layer
@@ -179,3 +179,14 @@ def test_defense_contract_and_registry():
         NeuralCleanse().run(target_of(digits_cnn()))
     with pytest.raises(ParameterError):
         STRIP(frr=0.7)
+
+
+def test_neural_cleanse_handles_flat_tabular_inputs():
+    from bastion.core.data import Dataset
+
+    x = np.random.default_rng(0).random((40, 30)).astype(np.float32)
+    target = TorchTarget(tabular_mlp(30, 3), (30,), device="cpu")
+    defense = NeuralCleanse(steps=5, class_batch=2)
+    m = defense.run(target, Dataset(x, np.arange(40) % 3)).metrics
+    assert len(m["anomaly_index"]) == 3 and defense.masks.shape == (3, 30) and defense.patterns.shape == (3, 30)
+    assert ((defense.masks >= 0) & (defense.masks <= 1)).all()

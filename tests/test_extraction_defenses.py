@@ -8,9 +8,10 @@ import torch
 
 from bastion.attacks.extraction import Copycat, JacobianAugmentation, KnockoffNets
 from bastion.attacks.extraction.study import benign_streams, defense_table, detection_table
+from bastion.core.data import Dataset
 from bastion.core.errors import AccessError, ParameterError
 from bastion.core.target import Access, FunctionTarget
-from bastion.defenses.detect.prada import PRADA, QueryLog
+from bastion.defenses.detect.prada import PRADA, PradaMonitor, QueryLog
 from bastion.defenses.postprocess import (
     LabelOnly,
     PredictionPoisoning,
@@ -143,3 +144,21 @@ def test_prada_calibration_and_query_log(digits):
     delta = detector.calibrate(benign_streams(target, demo.train, 3, 300))
     assert 0.5 < delta < 1.0 and detector.delta == delta
     assert not any(detector.detect(x, y).detected for x, y in benign_streams(target, demo.train, 3, 300))
+
+
+def test_prada_monitor_defense_flags_a_logged_jacobian_stream(digits):
+    demo, target = digits
+    attack = JacobianAugmentation(budget=400, n_seed=50, round_epochs=3, epochs=5, min_steps=50, monitor=False,
+                                  transfer_samples=0, ood_samples=0)
+    attack.run(target, demo.test, pool=demo.train)
+    logged = attack.query_log_.inputs.reshape(-1, 1, 8, 8).numpy()
+    stream = Dataset(logged, np.zeros(len(logged), dtype=np.int64))
+    result = PradaMonitor(n_benign=3).run(target, demo.train, queries=stream)
+    assert result.family == "defense" and result.attack == "prada"
+    assert result.metrics["detected"] and result.metrics["benign_false_alarm_rate"] == 0.0
+    assert result.findings[0].severity == "high"
+    natural = Dataset(demo.train.x[:400], demo.train.y[:400])
+    calibrated = PradaMonitor(calibrate=True, n_benign=3).run(target, demo.train, queries=natural)
+    assert not calibrated.metrics["detected"] and calibrated.findings[0].severity == "info"
+    with pytest.raises(ParameterError, match="--queries"):
+        PradaMonitor().run(target, demo.train)

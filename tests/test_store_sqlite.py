@@ -41,6 +41,10 @@ def test_runs_jobs_and_assessments_round_trip(tmp_path):
         rows = store.list_runs()
         assert rows[0]["grade"] == "D" and rows[0]["worst"] == "high" and rows[0]["jobs_done"] == 1
         store.create_run("20240101-000000-bbbbbb", {"model": "m.pt"}, {}, None, "ray", 0)
+        assert store.resolve("last") == "20240101-000000-bbbbbb"
+        assert store.resolve("last~1") == "20240101-000000-aaaaaa"
+        with pytest.raises(ParameterError, match="holds no run 'last~2'"):
+            store.resolve("last~2")
         with pytest.raises(ParameterError, match="ambiguous"):
             store.resolve("20240101")
         with pytest.raises(ParameterError, match="no run 'zzz'"):

@@ -42,7 +42,7 @@ def check_monotone(curves: dict[str, Curve]) -> SanityCheck:
     bad = []
     for attack, c in curves.items():
         values = [p["robust_accuracy"] for p in sorted(c["curve"], key=lambda p: p["eps"])]
-        if any(b > a + 1e-9 for a, b in zip(values, values[1:])):
+        if any(b > a + 1e-9 for a, b in zip(values, values[1:], strict=False)):
             bad.append(attack)
     detail = ("robust accuracy never rises with epsilon" if not bad else
               f"robust accuracy rises with epsilon for {', '.join(bad)}: the attack is not finding examples "

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("show", help="Print a run's report (Markdown by default) or write its files with --out.")
     def show(
-        run: str = typer.Argument("last", help="run id, unique prefix, or last"),
+        run: str = typer.Argument("last", help="run id, unique prefix, last or last~N"),
         fmt: str = typer.Option("md", "--format", help=f"one of {', '.join(FORMATS)}"),
         out: Path | None = typer.Option(None, "--out", help="write every format into this folder instead"),
         store_path: Path | None = typer.Option(None, "--store", help=STORE_HELP),

@@ -1,16 +1,18 @@
 """Before/after evaluation of a defense: clean accuracy cost and robust accuracy gain under adaptive attack.
 
-Every hardening defense calls `compare(before, after, data, eps, ...)`. Both models are attacked with the same
-attack (the `auto` ensemble when it is registered, a strong PGD otherwise), and the defended one adaptively:
+Every hardening defense calls `compare(before, after, data, eps, ...)`. Both models are attacked by the same
+attack (`auto` by default, which checks itself and escalates to EOT for randomness and BPDA for vanishing
+gradients), and the defended one adaptively:
 
-- BPDA (Athalye, Carlini & Wagner, ICML 2018) through non-differentiable parts: input transforms and output
-  rounding back-propagate as the identity (`preprocess.transforms.straight_through`), forward values unchanged;
-- EOT (Athalye et al., ICML 2018) through randomness: the attack works on the mean prediction over
-  `eot_samples` draws (`attacks.evasion.wrappers.EOTTarget`).
+- BPDA (Athalye, Carlini & Wagner, ICML 2018) through the defense's own non-differentiable parts: input
+  transforms, output hardening and smoothing votes switch to their straight-through forms
+  (`preprocess.transforms.straight_through`): the same decisions, a useful gradient;
+- EOT (Athalye et al., ICML 2018) through randomness: `auto` does it itself; any other attack is given the mean
+  prediction over `eot_samples` draws (`attacks.evasion.wrappers.EOTTarget`).
 
-A model that needs either is attacked both ways, plain and adaptive, and a sample counts as robust only when no
-way broke it. A defense whose plain-attack robustness vanishes under the adaptive attack is reported as gradient
-masking: a Finding, never a robustness claim.
+A defended model that needs either is also attacked naively (a plain PGD on the model as it is: what a
+non-adaptive evaluation would report). A sample counts as robust only if no attack broke it, and a defense whose
+naive robustness vanishes under the adaptive attack is reported as gradient masking: a Finding, never a gain.
 """
 
 from __future__ import annotations
@@ -23,36 +25,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from bastion.attacks.evasion.base import EvasionAttack
+from bastion.attacks.evasion.search import EpsSearch
 from bastion.attacks.evasion.wrappers import EOTTarget
 from bastion.core import registry
 from bastion.core.data import Dataset
-from bastion.core.errors import BastionError
 from bastion.core.results import Finding
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.defenses.preprocess.transforms import has_transforms, straight_through
 from bastion.evaluation.scoring import EVASION_ATLAS, EVASION_OWASP
 
-MASKING_TOLERANCE = 0.1  # a naive gain this much above the adaptive gain is gradient masking
-FALLBACK_PGD = {"steps": 50, "restarts": 2}
+MASKING_TOLERANCE = 0.1  # a naive robust accuracy this much above the adaptive one is gradient masking
+NAIVE_PGD = {"steps": 50, "restarts": 1}
+SELF_ADAPTIVE = ("auto",)  # attacks that detect randomness and apply EOT themselves
 
 
 def make_attack(name: str, eps: float | Sequence[float], norm: str, seed: int,
                 params: dict[str, Any] | None = None) -> Any:
-    """The registered evasion attack `name` built with the parameters it accepts; `auto` falls back to a 50-step,
-    2-restart PGD until the ensemble is registered."""
-    params = dict(params or {})
-    try:
-        cls = registry.get("attacks", name, "evasion")
-    except BastionError:
-        if name != "auto":
-            raise
-        cls = registry.get("attacks", "pgd", "evasion")
-        params = {**FALLBACK_PGD, **params}
+    """The registered evasion attack `name`, given the parameters its constructor accepts."""
+    cls = registry.get("attacks", name, "evasion")
     accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in {"eps": list(eps) if isinstance(eps, Sequence) else eps, "norm": norm,
-                                "seed": seed, **params}.items() if k in accepted}
-    return cls(**kwargs)
+    values = {"eps": list(eps) if isinstance(eps, Sequence) else eps, "norm": norm, "seed": seed, **(params or {})}
+    return cls(**{k: v for k, v in values.items() if k in accepted})
 
 
 def is_random(model: nn.Module, x: torch.Tensor) -> bool:
@@ -61,75 +54,77 @@ def is_random(model: nn.Module, x: torch.Tensor) -> bool:
         return not torch.equal(model(x), model(x))
 
 
-def variants(target: Target, data: Dataset) -> list[str]:
-    """The ways to attack `target`: always as it is ("none"), plus BPDA and/or EOT where its model needs them."""
-    if not isinstance(target, TorchTarget) or target.access < Access.GRADIENTS:
-        return ["none"]
-    bpda = has_transforms(target.model)
-    eot = is_random(target.model, torch.as_tensor(data.x[:8], device=target.device))
-    adaptive = "+".join(name for name, on in (("bpda", bpda), ("eot", eot)) if on)
-    return ["none", adaptive] if adaptive else ["none"]
+def per_sample(attack: Any, target: Target, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `attack`; per sample: correctly classified (n,) and robust at each eps (n, k).
 
+    The answers come from the attack's epsilon search (captured when the attack packages its result); for an
+    attack that keeps no search, samples are ranked by the aggregate curve (the minimum over attacks then stays
+    an upper bound of robust accuracy)."""
+    captured: dict[str, EpsSearch] = {}
+    package = attack.result
 
-def _robust(attack: Any, target: Target, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample: correctly classified (n,) and robust at each eps (n, k). Per-sample answers come from the
-    attack's epsilon search when its `run` is the standard one; otherwise every sample shares the curve."""
-    if isinstance(attack, EvasionAttack) and type(attack).run is EvasionAttack.run:
-        x, y = attack.prepare(target, data)
-        search = attack.search(target, x, y)
-        return search.correct, torch.stack([search.robust_mask(k) for k in range(search.k)], dim=1)
-    result = attack.run(target, data)
+    def capture(judge: Target, search: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(search, EpsSearch):
+            captured["search"] = search
+        return package(judge, search, *args, **kwargs)
+
+    attack.result = capture
+    try:
+        result = attack.run(target, data)
+    finally:
+        del attack.result
+    search = captured.get("search")
+    if search is not None:
+        masks = [search.robust_mask(k) for k in range(search.k)]
+        return search.correct.cpu(), torch.stack(masks, dim=1).cpu()
     n = len(data)
-    correct = torch.full((n,), False)
-    correct[: round(float(result.metrics["clean_accuracy"]) * n)] = True
-    robust = torch.stack([torch.arange(n) < round(c["robust_accuracy"] * n)
-                          for c in result.metrics["robust_accuracy"]], dim=1)
-    return correct, robust
+    correct = torch.arange(n) < round(float(result.metrics["clean_accuracy"]) * n)
+    robust = [torch.arange(n) < round(float(c["robust_accuracy"]) * n) for c in result.metrics["robust_accuracy"]]
+    return correct, torch.stack(robust, dim=1)
+
+
+def _curve(eps: Sequence[float], robust: torch.Tensor) -> list[dict[str, float]]:
+    return [{"eps": float(e), "robust_accuracy": float(r)}
+            for e, r in zip(eps, robust.float().mean(0).tolist(), strict=True)]
 
 
 def evaluate(target: Target, data: Dataset, eps: float | Sequence[float], norm: str = "linf",
-             attack: str = "auto", eot_samples: int = 10, seed: int = 0,
+             attack: str = "auto", eot_samples: int = 10, seed: int = 0, naive: bool = True,
              attack_params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Attack `target` on `data` in every variant it needs; a sample counts robust only if no variant broke it.
+    """Attack `target` on `data` adaptively (and naively too, with `naive`, when the model needs adaptivity).
 
-    Returns `clean_accuracy`, `robust_accuracy` (per eps, the per-sample minimum over variants), `naive` (the
-    curve of the plain attack alone), `adaptive` (the variants), `attack` and `queries`."""
+    Returns `clean_accuracy`, `robust_accuracy` (per eps: samples that no attack broke), `naive` (the naive
+    curve or None), `adaptive` ("none", "bpda", "eot" or "bpda+eot"), `attack` and `queries`."""
     runner = make_attack(attack, eps, norm, seed, attack_params)
     queries = target.queries
-    correct, robust, naive = None, None, None
-    kinds = variants(target, data)
-    for kind in kinds:
-        view: Target = EOTTarget(target, eot_samples) if "eot" in kind else target
-        context = straight_through(target.model, enabled=True) if "bpda" in kind else nullcontext()
-        with context:
-            ok, rob = _robust(runner, view, data)
-        correct = ok if correct is None else correct & ok.to(correct.device)
-        robust = rob if robust is None else robust & rob.to(robust.device)
-        if kind == "none":
-            naive = rob.float().mean(0)
-    eps_list = runner.eps
-    return {
-        "clean_accuracy": float(correct.float().mean()),
-        "robust_accuracy": [{"eps": float(e), "robust_accuracy": float(r)}
-                            for e, r in zip(eps_list, robust.float().mean(0).tolist(), strict=True)],
-        "naive": [{"eps": float(e), "robust_accuracy": float(r)}
-                  for e, r in zip(eps_list, naive.tolist(), strict=True)],
-        "adaptive": kinds[-1],
-        "attack": runner.name,
-        "queries": target.queries - queries,
-    }
+    white = isinstance(target, TorchTarget) and target.access >= Access.GRADIENTS
+    bpda = white and has_transforms(target.model)
+    random = white and is_random(target.model, torch.as_tensor(data.x[:8], device=target.device))
+    eot = random and runner.name not in SELF_ADAPTIVE
+    view: Target = EOTTarget(target, eot_samples) if eot else target
+    with straight_through(target.model) if bpda else nullcontext():
+        correct, robust = per_sample(runner, view, data)
+    adaptive = "+".join(name for name, on in (("bpda", bpda), ("eot", random)) if on) or "none"
+    naive_curve = None
+    if naive and adaptive != "none":
+        plain = make_attack("pgd", eps, norm, seed, NAIVE_PGD)
+        ok, rob = per_sample(plain, target, data)
+        naive_curve = _curve(runner.eps, rob)
+        correct, robust = correct & ok, robust & rob
+    return {"clean_accuracy": float(correct.float().mean()), "robust_accuracy": _curve(runner.eps, robust),
+            "naive": naive_curve, "adaptive": adaptive, "attack": runner.name, "queries": target.queries - queries}
 
 
 def compare(before: Target, after: Target, data: Dataset, eps: float | Sequence[float], norm: str = "linf",
             attack: str = "auto", eot_samples: int = 10, seed: int = 0, what: str = "the defense",
-            attack_params: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Finding]]:
+            naive: bool = True, attack_params: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Finding]]:
     """Clean accuracy cost and robust accuracy gain of `after` over `before` on `data`, attacked alike.
 
     Returns the metrics (`clean_accuracy_before/after`, `clean_accuracy_cost`, `robust_accuracy_before/after`
     per eps, `robust_accuracy_gain` per eps, `evaluation`, and `robust_accuracy_after_naive` when the defended
     model needed an adaptive attack) and findings about the defense."""
-    base = evaluate(before, data, eps, norm, attack, eot_samples, seed, attack_params)
-    hard = evaluate(after, data, eps, norm, attack, eot_samples, seed, attack_params)
+    base = evaluate(before, data, eps, norm, attack, eot_samples, seed, naive, attack_params)
+    hard = evaluate(after, data, eps, norm, attack, eot_samples, seed, naive, attack_params)
     gain = [{"eps": a["eps"], "gain": a["robust_accuracy"] - b["robust_accuracy"]}
             for a, b in zip(hard["robust_accuracy"], base["robust_accuracy"], strict=True)]
     metrics: dict[str, Any] = {
@@ -143,7 +138,7 @@ def compare(before: Target, after: Target, data: Dataset, eps: float | Sequence[
                        "n_samples": len(data), "queries": base["queries"] + hard["queries"]},
     }
     findings = [gain_finding(what, metrics, norm)]
-    if hard["adaptive"] != "none":
+    if hard["naive"] is not None:
         metrics["robust_accuracy_after_naive"] = hard["naive"]
         masking = masking_finding(what, metrics, hard["adaptive"])
         if masking is not None:

@@ -69,13 +69,15 @@ TEMPLATE = """<!DOCTYPE html>
     {% for f in families %}<tr>
       <td><a href="#family-{{ f.report.family }}">{{ f.report.title }}</a></td>
       <td><span class="grade grade-{{ f.report.grade|gradeclass }}">{{ f.report.grade }}</span></td>
-      <td>{{ f.report.status }}{% if f.report.reason %} <span class="muted">({{ f.report.reason }})</span>{% endif %}</td>
+      <td>{{ f.report.status }}{% if f.report.reason %}
+        <span class="muted">({{ f.report.reason }})</span>{% endif %}</td>
       <td>{% if f.top %}<span class="sev sev-{{ f.top.severity }}">{{ f.top.severity }}</span> {{ f.top.title }}
           {% else %}<span class="muted">none</span>{% endif %}</td>
     </tr>{% endfor %}
   </table>
   {% if top %}<h3>Most severe findings</h3><ol>
-  {% for fam, x in top %}<li><span class="sev sev-{{ x.severity }}">{{ x.severity }}</span> [{{ fam }}] {{ x.title }}</li>
+  {% for fam, x in top %}<li><span class="sev sev-{{ x.severity }}">{{ x.severity }}</span>
+    [{{ fam }}] {{ x.title }}</li>
   {% endfor %}</ol>{% endif %}
   <p class="muted">Model {{ a.model.get('path') }} ({{ a.model.get('format') }}, {{ a.model.get('access') }} access,
   {{ a.model.get('n_classes') }} classes, input {{ a.model.get('input_shape') }}); evaluation data
@@ -138,8 +140,10 @@ TEMPLATE = """<!DOCTYPE html>
     <tr><th>started / finished</th><td>{{ a.created }} / {{ a.finished }}</td></tr>
     <tr><th>wall time</th><td>{{ '%.1f'|format(a.seconds) }} s</td></tr>
     <tr><th>python</th><td>{{ a.environment.get('python') }} on {{ a.environment.get('platform') }},
-      {{ a.environment.get('cpus') }} CPU(s){% if a.environment.get('gpu') %}, {{ a.environment.get('gpu') }}{% endif %}</td></tr>
-    {% for name, v in a.environment.get('packages', {}).items() %}<tr><th>{{ name }}</th><td>{{ v }}</td></tr>{% endfor %}
+      {{ a.environment.get('cpus') }} CPU(s)
+      {% if a.environment.get('gpu') %}, {{ a.environment.get('gpu') }}{% endif %}</td></tr>
+    {% for name, v in a.environment.get('packages', {}).items() %}
+    <tr><th>{{ name }}</th><td>{{ v }}</td></tr>{% endfor %}
   </table>
   <h3>Plan</h3>
   <pre>{{ plan_yaml }}</pre>

@@ -1,7 +1,7 @@
 """Run history in SQLite: one row per assessment, one row per finished job (so an interrupted run can resume).
 
 The database lives at `--store PATH`, else `$BASTION_STORE`, else `~/.local/share/bastion/runs.sqlite`.
-A run is named by its id, any unique prefix of it, or `last`.
+A run is named by its id, any unique prefix of it, `last`, or `last~N` (the N-th run before the last).
 """
 
 from __future__ import annotations
@@ -107,11 +107,15 @@ class RunStore:
 
     # -- reading ------------------------------------------------------------------------------------------
     def resolve(self, run_ref: str) -> str:
-        """The full id of `last`, an id, or a unique id prefix; a clear error otherwise."""
-        if run_ref == "last":
-            row = self.conn.execute("SELECT id FROM runs ORDER BY created DESC, id DESC LIMIT 1").fetchone()
+        """The full id of `last`, `last~N`, an id, or a unique id prefix; a clear error otherwise."""
+        if run_ref == "last" or run_ref.startswith("last~"):
+            back = run_ref[5:] or "0"
+            if not back.isdigit():
+                raise ParameterError(f"bad run {run_ref!r}: use last, or last~N for the N-th run before it")
+            row = self.conn.execute("SELECT id FROM runs ORDER BY created DESC, id DESC LIMIT 1 OFFSET ?",
+                                    (int(back),)).fetchone()
             if row is None:
-                raise ParameterError(f"the run store {self.path} holds no runs yet")
+                raise ParameterError(f"the run store {self.path} holds no run {run_ref!r}")
             return row["id"]
         rows = self.conn.execute("SELECT id FROM runs WHERE id LIKE ? ORDER BY id",
                                  (run_ref.replace("%", "") + "%",)).fetchall()

@@ -94,7 +94,7 @@ class ExtractionProbe(Probe):
             if last.get("accuracy") is not None:
                 headline[f"{r.attack}.copy_accuracy"] = float(last["accuracy"])
             if len(rows) > 1:
-                drops = [(a["budget"], b["budget"]) for a, b in zip(rows, rows[1:])
+                drops = [(a["budget"], b["budget"]) for a, b in zip(rows, rows[1:], strict=False)
                          if b["fidelity"] < a["fidelity"] - 0.05]
                 checks.append(SanityCheck(
                     f"{r.attack}-fidelity-grows", not drops,

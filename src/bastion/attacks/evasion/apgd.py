@@ -67,8 +67,7 @@ class APGD(EvasionAttack):
         self.steps, self.restarts, self.n_targets = int(steps), int(restarts), int(n_targets)
         self.momentum, self.rho, self.compact_every = float(momentum), float(rho), int(compact_every)
 
-    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
-                init: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         loss = get_loss(self.loss_name, target.n_classes, self.targeted)
         eps = as_eps(eps, x)
         gen = self.generator()
@@ -79,23 +78,21 @@ class APGD(EvasionAttack):
             ranked = forward_logits(target, x).argsort(dim=1, descending=True)
         rounds = range(min(self.n_targets, target.n_classes - 1)) if self.targeted else range(1)
         for j in rounds:
-            for r in range(self.restarts):
+            for _ in range(self.restarts):
                 idx = robust.nonzero().flatten()
                 if len(idx) == 0:
                     return best
                 t = None if ranked is None else _target_class(ranked[idx], y[idx], j)
-                start = init[idx] if (r == 0 and j == 0 and init is not None) else None
-                adv, fooled = self._one_run(target, x[idx], y[idx], t, eps[idx], loss, gen, start)
+                adv, fooled = self._one_run(target, x[idx], y[idx], t, eps[idx], loss, gen)
                 best[idx] = adv
                 robust[idx[fooled]] = False
         return best
 
     def _one_run(self, target: Target, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None,
-                 eps: torch.Tensor, loss, gen: torch.Generator,
-                 start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 eps: torch.Tensor, loss, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         n, dev = len(x), x.device
         view = [-1] + [1] * (x.dim() - 1)
-        adv0 = start if start is not None else clip_to(x + random_start(x, eps, self.norm, gen), target)
+        adv0 = clip_to(x + random_start(x, eps, self.norm, gen), target)
         best = adv0.clone()
         fooled = torch.zeros(n, dtype=torch.bool, device=dev)
         s = _State(x=x, y=y, t=t, eps=eps, step=2.0 * eps, adv=adv0, prev=adv0,

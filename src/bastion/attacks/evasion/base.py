@@ -76,10 +76,8 @@ class EvasionAttack(Attack):
             raise ParameterError(f"eps {max(self.eps):g} ({self.norm}) spans the whole input range ({full:g}): "
                                  "every input is reachable")
 
-    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
-                init: torch.Tensor | None = None) -> torch.Tensor:
-        """Adversarial versions of x within the per-sample `eps` (the best iterate per sample). `init`, when
-        given, is a starting point inside the ball (attacks that have no use for one ignore it)."""
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        """Adversarial versions of x within the per-sample `eps` (the best iterate per sample)."""
         raise NotImplementedError  # pragma: no cover
 
     def generator(self, offset: int = 0) -> torch.Generator:
@@ -100,13 +98,17 @@ class EvasionAttack(Attack):
         search = EpsSearch(target, x, y, self.eps, self.norm)
         if search.k > 1 and self.prepass and target.access >= Access.GRADIENTS:
             search.prepass()
+        self.probe(target, search)
+        return search
+
+    def probe(self, target: Target, search: EpsSearch) -> None:
+        """Attack the undecided samples, each at its next epsilon, until every sample is decided."""
         for _ in range(search.k):  # each round settles a sample or lowers its eps index: at most k rounds
             probe = search.next_probe()
             if probe is None:
                 break
             idx, k = probe
-            search.record(idx, k, self.perturb(target, x[idx], y[idx], search.eps[k]))
-        return search
+            search.record(idx, k, self.perturb(target, search.x[idx], search.y[idx], search.eps[k]))
 
     def run(self, target: Target, data: Dataset, **_: Any) -> AttackResult:
         x, y = self.prepare(target, data)
@@ -154,8 +156,7 @@ class MinNormAttack(EvasionAttack):
                  stop: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
 
-    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
-                init: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         """Fixed-epsilon use (e.g. in a cascade): the minimal example, projected into the eps ball if larger."""
         eps = as_eps(eps, x)
         adv = self.minimize(target, x, y, stop=eps)

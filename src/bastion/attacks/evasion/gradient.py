@@ -28,8 +28,7 @@ class FGSM(EvasionAttack):
 
     name = "fgsm"
 
-    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
-                init: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         eps = as_eps(eps, x)
         _, grad, _ = loss_and_grad(target, x, y)
         return clip_to(x + project(ascent_step(grad, eps, self.norm), eps, self.norm), target).detach()
@@ -41,8 +40,7 @@ class PGD(EvasionAttack):
     Tramèr & Boneh, NeurIPS 2019).
 
     `steps` iterations of size `step_size` (default 2.5·eps/steps), each projected back onto the Lp ball and
-    the input bounds; `restarts` random restarts run only on samples still robust (the first starts from
-    `init` when one is given, e.g. an example found at a larger epsilon). Each sample keeps its best
+    the input bounds; `restarts` random restarts run only on samples still robust. Each sample keeps its best
     iterate (the first that fools the model, else the one of highest loss) and fooled samples leave the active
     batch every `compact_every` steps; the attack stops when none are left.
     """
@@ -60,31 +58,26 @@ class PGD(EvasionAttack):
         self.steps, self.step_size, self.restarts = int(steps), step_size, int(restarts)
         self.random_init, self.compact_every = bool(random_init), int(compact_every)
 
-    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
-                init: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         gen = self.generator()
         eps = as_eps(eps, x)
         best = x.clone()
         robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
-        for r in range(self.restarts):
+        for _ in range(self.restarts):
             idx = robust.nonzero().flatten()
             if len(idx) == 0:
                 break
-            start = init[idx] if (r == 0 and init is not None) else None
-            adv, fooled = self._one_run(target, x[idx], y[idx], eps[idx], gen, start)
+            adv, fooled = self._one_run(target, x[idx], y[idx], eps[idx], gen)
             best[idx] = adv
             robust[idx[fooled]] = False
         return best
 
     def _one_run(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-                 gen: torch.Generator, start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(x)
         step = eps * (2.5 / self.steps) if self.step_size is None else torch.full_like(eps, self.step_size)
-        if start is not None:
-            adv = start
-        else:
-            delta = random_start(x, eps, self.norm, gen) if self.random_init else torch.zeros_like(x)
-            adv = clip_to(x + delta, target)
+        delta = random_start(x, eps, self.norm, gen) if self.random_init else torch.zeros_like(x)
+        adv = clip_to(x + delta, target)
         best, best_loss = adv.clone(), torch.full((n,), -float("inf"), device=x.device)
         fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
         active = torch.arange(n, device=x.device)  # indices into x of the samples still attacked

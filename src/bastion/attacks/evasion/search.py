@@ -55,26 +55,30 @@ class EpsSearch:
             return None
         return idx, broken[idx] - 1
 
-    def prepass(self, steps: int = 10) -> None:
+    def prepass(self, gradients: Target | None = None, steps: int = 10) -> None:
         """A cheap minimum-norm pass: gradient ascent from x itself with steps of 2·eps_max/steps, projected onto
         the largest ball; a sample stops at its first fooling iterate, whose norm (then shrunk onto the grid)
-        bounds its minimal perturbation. Robust samples cost `steps` gradients; weak ones a few."""
+        bounds its minimal perturbation. Robust samples cost `steps` gradients; weak ones a few. `gradients` is
+        the view to differentiate (default: the judged target); hits are re-judged on the target."""
         idx = (self.correct & torch.isinf(self.dist)).nonzero().flatten()
         if len(idx) == 0:
             return
+        grad_target = gradients or self.target
         lo, hi = self.target.bounds
         top = self.eps[-1].expand(len(idx)).contiguous()
         step = top * (2.0 / steps)
         x0, y0, adv = self.x[idx], self.y[idx], self.x[idx].clone()
         for i in range(steps + 1):
             if i == steps:
-                logits, grad = forward_logits(self.target, adv), None
+                logits, grad = forward_logits(grad_target, adv), None
             else:
-                _, grad, logits = loss_and_grad(self.target, adv, y0)
+                _, grad, logits = loss_and_grad(grad_target, adv, y0)
             hit = logits.argmax(1) != y0
             if bool(hit.any()):
                 found = hit.nonzero().flatten()
                 ok = valid_examples(x0[found], adv[found], top[found], self.norm, self.target.bounds)
+                if grad_target is not self.target:
+                    ok &= self.target.labels(adv[found]) != y0[found]
                 found = found[ok]
                 dist = torch.minimum(lp_norm(adv[found] - x0[found], self.norm), top[found])
                 self._accept(idx[found], adv[found], dist)

@@ -81,17 +81,14 @@ class Square(EvasionAttack):
     def _margin(self, target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return margin(forward_logits(target, x), y)
 
-    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
-                init: torch.Tensor | None = None) -> torch.Tensor:
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         gen = self.generator()
         eps = as_eps(eps, x)
         img = as_image(x)
         n, ch, h, w = img.shape
         view = (-1, 1, 1, 1)
         e = eps.view(view)
-        if init is not None:
-            delta = as_image(init) - img
-        elif self.norm == "linf":
+        if self.norm == "linf":
             signs = torch.randint(0, 2, (n, ch, 1, w), generator=gen).to(x.device) * 2.0 - 1
             delta = signs.expand(n, ch, h, w) * e
         else:

@@ -21,7 +21,7 @@ from torch import nn
 from bastion.attacks.base import Attack
 from bastion.attacks.extraction.evaluate import Evaluation
 from bastion.core.data import Dataset, validate_for_model
-from bastion.core.errors import ParameterError
+from bastion.core.errors import ParameterError, QueryBudgetExceeded
 from bastion.core.results import AttackResult, Finding
 from bastion.core.target import Access, Target
 from bastion.defenses.detect.prada import PRADA, QueryLog
@@ -104,12 +104,19 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
                                 seed=self.seed)
         log = self.query_log_ = QueryLog(api)
         before = api.queries
-        rows = []
-        for budget, model in self.extract(log, pool, self.budget):
-            rows.append({"budget": budget, "queries": len(log), **evaluation.score(model)})
-            self.substitute_ = model
+        rows, incomplete = [], None
+        try:
+            for budget, model in self.extract(log, pool, self.budget):
+                rows.append({"budget": budget, "queries": len(log), **evaluation.score(model)})
+                self.substitute_ = model
+        except QueryBudgetExceeded as exc:  # the target's own budget: keep the copies made before it ran out
+            if not rows:
+                raise
+            incomplete = str(exc)
         metrics: dict[str, Any] = {key: per_budget(rows, key)
                                    for key in ("fidelity", "fidelity_ood", "accuracy", "transfer_success")}
+        if incomplete:
+            metrics["incomplete"] = incomplete
         metrics.update(curve=rows, victim_accuracy=evaluation.victim_accuracy, access=log.access.name.lower(),
                        defense=api.name if self.defense else None, evaluation_queries=evaluation.queries,
                        n_samples=len(data))

@@ -41,7 +41,7 @@ class JacobianAugmentation(LearningExtraction):
 
     def __init__(self, budget: int | str | Sequence[int] | None = 1000, n_seed: int | None = None,
                  step: float = 0.1, tau: int = 3, round_epochs: int = 10,
-                 arch: str | Callable[[], nn.Module] | None = None, soft: bool | str | None = None, epochs: int = 30,
+                 arch: str | Callable[[], nn.Module] | None = None, soft: bool | str | None = None, epochs: int = 50,
                  batch_size: int = 64, lr: float = 1e-3, min_steps: int = 300, defense: str | None = None,
                  monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1,
                  transfer_samples: int = 500, seed: int = 0):

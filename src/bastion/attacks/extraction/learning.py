@@ -21,7 +21,7 @@ class LearningExtraction(ExtractionAttack):
     default_soft: ClassVar[bool | str] = "auto"
 
     def __init__(self, budget: int | str | Sequence[int] | None = 1000,
-                 arch: str | Callable[[], nn.Module] | None = None, soft: bool | str | None = None, epochs: int = 30,
+                 arch: str | Callable[[], nn.Module] | None = None, soft: bool | str | None = None, epochs: int = 50,
                  batch_size: int = 64, lr: float = 1e-3, min_steps: int = 300, defense: str | None = None,
                  monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1, transfer_samples: int = 500,
                  seed: int = 0):

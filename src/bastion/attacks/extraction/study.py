@@ -2,7 +2,8 @@
 
 `defense_table` runs every attack against every output defense at the same budgets; `detection_table` runs
 PRADA over several query streams of each attack and over benign streams of natural inputs, and reports the
-detection rate per attack and the false-alarm rate. Both return plain rows (dicts) for reports and benchmarks.
+detection rate per attack and the false-alarm rate (the "benign" rows). Both return plain rows (dicts) for
+reports and benchmarks.
 """
 
 from __future__ import annotations
@@ -61,21 +62,23 @@ def benign_streams(target: Target, natural: Dataset, n_streams: int, length: int
 
 def detection_table(target: Target, data: Dataset, pool: Dataset, attacks: dict[str, ExtractionAttack],
                     seeds: Sequence[int], benign: list[tuple[torch.Tensor, torch.Tensor]],
-                    detector: PRADA | None = None) -> list[dict[str, Any]]:
-    """Detection rate of PRADA per attack (one stream per seed) and its false-alarm rate on benign streams."""
-    detector = detector or PRADA()
-    rows = []
+                    detectors: dict[str, PRADA] | None = None) -> list[dict[str, Any]]:
+    """Detection rate of each PRADA setting per attack (one stream per seed) and its false-alarm rate on the
+    benign streams. Each attack runs once per seed; every detector reads the same query logs."""
+    detectors = detectors or {"prada": PRADA()}
+    logs: dict[str, list] = {}
     for label, attack in attacks.items():
-        flagged, first = 0, []
         for seed in seeds:
             variant = with_params(attack, seed=seed, monitor=False, transfer_samples=0, ood_samples=0)
             variant.run(target, data, pool=pool)
-            verdict = detector.detect_log(variant.query_log_)
-            flagged += verdict.detected
-            first += [verdict.detected_at] if verdict.detected else []
-        rows.append({"stream": label, "streams": len(seeds), "flagged": flagged, "rate": flagged / len(seeds),
-                     "median_detected_at": sorted(first)[len(first) // 2] if first else None})
-    alarms = sum(detector.detect(x, y).detected for x, y in benign)
-    rows.append({"stream": "benign", "streams": len(benign), "flagged": alarms,
-                 "rate": alarms / max(1, len(benign)), "median_detected_at": None})
+            logs.setdefault(label, []).append((variant.query_log_.inputs, variant.query_log_.answers))
+    logs["benign"] = benign
+    rows = []
+    for name, detector in detectors.items():
+        for label, streams in logs.items():
+            verdicts = [detector.detect(x, y) for x, y in streams]
+            first = sorted(v.detected_at for v in verdicts if v.detected)
+            rows.append({"detector": name, "stream": label, "streams": len(streams), "flagged": len(first),
+                         "rate": len(first) / max(1, len(streams)),
+                         "median_detected_at": first[len(first) // 2] if first else None})
     return rows

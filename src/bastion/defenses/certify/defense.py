@@ -123,7 +123,8 @@ class RandomizedSmoothing(Defense):
                                     Access.GRADIENTS, None, max(1, base.batch_size // self.samples),
                                     f"{base.name} + smoothing")
                 comparison, more = compare(target, after, data, self.eval_eps, "l2", self.attack, self.eot_samples,
-                                           self.seed, what=f"smoothing (sigma={self.sigma:g})")
+                                           self.seed, what=f"smoothing (sigma={self.sigma:g})",
+                                           naive=False)
                 comparison.pop("clean_accuracy_cost")
                 metrics.update(comparison)
                 findings += more

@@ -28,6 +28,7 @@ from torch import nn
 
 from bastion.core.errors import ParameterError
 from bastion.core.target import Target
+from bastion.defenses.preprocess.transforms import decided_by
 
 ABSTAIN = -1
 
@@ -115,8 +116,9 @@ class SmoothedModel(nn.Module):
     """The smoothed classifier as one module, for export and for attacks: log vote frequencies over `samples`
     Gaussian draws per input (random on every call).
 
-    With `straight_through`, the votes back-propagate as the mean softmax of the noisy copies (the soft smoothed
-    classifier of Salman et al., NeurIPS 2019), so adaptive attacks (BPDA + EOT) get a useful gradient."""
+    With `straight_through` (BPDA), it returns the log of the mean softmax over the noisy copies (the soft smoothed
+    classifier of Salman et al., NeurIPS 2019) ranked as the votes (`preprocess.transforms.decided_by`): the
+    votes' decisions with a useful gradient for adaptive attacks (BPDA + EOT)."""
 
     def __init__(self, base: nn.Module, sigma: float, n_classes: int, samples: int = 32):
         super().__init__()
@@ -129,8 +131,8 @@ class SmoothedModel(nn.Module):
         k, n = self.samples, x.shape[0]
         copies = x.repeat(k, *[1] * (x.dim() - 1))
         logits = self.base(copies + self.sigma * torch.randn_like(copies)).view(k, n, self.n_classes)
-        votes = F.one_hot(logits.argmax(-1), self.n_classes).to(x.dtype).mean(0)
+        votes = F.one_hot(logits.argmax(-1), self.n_classes).to(x.dtype).mean(0).clamp_min(1e-6).log()
         if self.straight_through:
-            soft = logits.softmax(-1).mean(0)
-            votes = soft + (votes - soft).detach()
-        return votes.clamp_min(1e-6).log()
+            soft = logits.softmax(-1).mean(0).clamp_min(1e-12).log()
+            return decided_by(soft, votes)
+        return votes

@@ -60,45 +60,53 @@ class ActivationClustering(Defense):
 
     For each class, the model's feature activations (see `features.feature_layer`; `layer` names another) on the
     (possibly poisoned) training data are reduced to `dims` dimensions (PCA, or ICA as in the paper) and split by
-    2-means. A class whose smaller cluster holds at most `size_threshold` of it is a candidate (relative size).
-    With `reclassify` (exclusionary reclassification, the paper's most reliable analysis) a fresh copy of the
-    model is trained without every candidate cluster; a cluster is poison when that model assigns its own label
-    to it less often than its most frequent other label (l/p < 1): legitimate but unusual samples keep their
-    label, triggered samples of other classes do not. Without `reclassify`, a candidate needs a silhouette score
-    of at least `silhouette_threshold`. Each sample's score, for ROC metrics, is its class's silhouette times its
-    relative margin toward the smaller cluster. `ground_truth` (an array, or an `.npz` with `is_poison`) adds
-    TPR, FPR and AUROC against the known poison.
+    2-means. With `reclassify` (exclusionary reclassification, the paper's most reliable analysis) the smaller
+    cluster of every class is a candidate, a fresh copy of the model is trained without the candidates, and a
+    cluster is poison when that model gives it its own label l less often than `relabel_threshold` times its most
+    frequent other label p (l/p < T; the paper leaves T to the user, 0.5 here): legitimate but unusual samples
+    mostly keep their label, triggered samples of other classes do not. This also catches poison that is half
+    of its class (10% all-to-one poisoning of 10 classes), which relative size alone misses. Without
+    `reclassify`, the paper's relative-size and silhouette analyses decide: the smaller cluster must hold at most
+    `size_threshold` (default 0.35) of its class and the split have a silhouette score of at least
+    `silhouette_threshold`. Each sample's score, for ROC metrics, is its class's silhouette times its relative
+    margin toward the smaller cluster. `ground_truth` (an array, or an `.npz` with `is_poison`) adds TPR, FPR
+    and AUROC against the known poison.
     """
 
     name = "activation-clustering"
     family = "detect"
     requires = Access.GRADIENTS
 
-    def __init__(self, dims: int = 10, reduction: str = "pca", size_threshold: float = 0.35,
-                 reclassify: bool = True, silhouette_threshold: float = 0.15, epochs: int = 20, lr: float = 1e-3,
+    def __init__(self, dims: int = 10, reduction: str = "pca", size_threshold: float | None = None,
+                 reclassify: bool = True, relabel_threshold: float = 0.5, silhouette_threshold: float = 0.15,
+                 epochs: int = 20, lr: float = 1e-3,
                  batch_size: int = 64, layer: str | None = None, ground_truth: str | np.ndarray | None = None,
                  seed: int = 0):
         if dims < 1 or reduction not in ("ica", "pca"):
             raise ParameterError("dims must be >= 1 and reduction ica or pca")
-        if not 0 < size_threshold < 0.5 or not -1 <= silhouette_threshold <= 1:
-            raise ParameterError("size_threshold must lie in (0, 0.5) and silhouette_threshold in [-1, 1]")
+        if size_threshold is not None and not 0 < size_threshold <= 0.5 or not -1 <= silhouette_threshold <= 1:
+            raise ParameterError("size_threshold must lie in (0, 0.5] and silhouette_threshold in [-1, 1]")
+        if relabel_threshold <= 0:
+            raise ParameterError("relabel_threshold must be positive")
         if epochs < 1 or lr <= 0 or batch_size < 1:
             raise ParameterError("epochs and batch_size must be at least 1 and lr positive")
-        self.dims, self.reduction, self.size_threshold = int(dims), reduction, float(size_threshold)
-        self.reclassify, self.silhouette_threshold = bool(reclassify), float(silhouette_threshold)
+        self.dims, self.reduction, self.size_threshold = int(dims), reduction, size_threshold
+        self.reclassify, self.relabel_threshold = bool(reclassify), float(relabel_threshold)
+        self.silhouette_threshold = float(silhouette_threshold)
         self.epochs, self.lr, self.batch_size, self.layer = int(epochs), float(lr), int(batch_size), layer
         self.ground_truth, self.seed = ground_truth, int(seed)
 
     def cluster(self, feats: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
         """Per class 2-means: mask of candidate (small-cluster) samples, scores, per-class statistics."""
         candidate, scores, classes = np.zeros(len(y), bool), np.zeros(len(y)), []
+        limit = self.size_threshold or (0.5 if self.reclassify else 0.35)
         for c in np.unique(y):
             idx = np.nonzero(y == c)[0]
             if len(idx) < 4:
                 continue
             labels, silhouette, margin = two_means(reduce(feats[idx], self.dims, self.reduction, self.seed), self.seed)
             size = float(labels.mean())
-            small = size <= self.size_threshold and (self.reclassify or silhouette >= self.silhouette_threshold)
+            small = size <= limit and (self.reclassify or silhouette >= self.silhouette_threshold)
             candidate[idx] = small & (labels == 1)
             scores[idx] = silhouette * margin
             classes.append({"class": int(c), "n": len(idx), "small_cluster_fraction": size,
@@ -121,7 +129,7 @@ class ActivationClustering(Defense):
             own = counts[info["class"]]
             counts[info["class"]] = 0
             info["relabel_ratio"] = float(own / max(counts.max(), 1))
-            info["poisoned"] = bool(own < counts.max())
+            info["poisoned"] = bool(own < self.relabel_threshold * counts.max())
             flagged[members] = info["poisoned"]
         return flagged
 

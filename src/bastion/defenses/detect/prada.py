@@ -13,21 +13,28 @@ The paper tests from 100 distances on and tunes δ per model on benign traffic. 
 streams; W over only 100 natural distances varied down to 0.94 there. `calibrate` sets δ from benign streams
 of another model.
 
-`QueryLog` is the API side: a Target wrapper that records every query and the label it answered.
+`QueryLog` is the API side: a Target wrapper that records every query and the label it answered. `PradaMonitor`
+is the registered defense (`bastion defend prada MODEL --queries STREAM [--data BENIGN]`).
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import stats
 
+from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
+from bastion.core.registry import register
+from bastion.core.results import AttackResult, Finding
 from bastion.core.target import Access, Target
+from bastion.defenses.base import Defense
 
 
 class QueryLog(Target):
@@ -180,3 +187,67 @@ class PRADA:
             raise ParameterError("PRADA calibration: the benign streams are too short or degenerate")
         self.delta = lowest - margin
         return self.delta
+
+
+@register("defenses", "prada", family="detect")
+class PradaMonitor(Defense):
+    """PRADA query-stream monitor: is this client's stream of queries a model-extraction attack?
+
+    `--queries STREAM` holds one client's queries in arrival order (its labels are ignored: the model's own
+    answers are used, as the API would have logged them). `--data BENIGN` (optional) is ordinary traffic: with
+    `calibrate=true` δ is set just below the lowest W of `n_benign` random orderings of it, and the false-alarm
+    rate of the chosen δ on those orderings is reported either way.
+    """
+
+    name = "prada"
+    family = "detect"
+    requires = Access.LABELS
+    dataset_params = ("queries",)
+
+    def __init__(self, delta: float = 0.96, min_queries: int = 200, check_every: int = 10,
+                 calibrate: bool = False, n_benign: int = 5, seed: int = 0):
+        PRADA(delta, min_queries, check_every)  # validates the detector's parameters
+        if n_benign < 1:
+            raise ParameterError("n_benign must be at least 1")
+        self.delta, self.min_queries, self.check_every = float(delta), int(min_queries), int(check_every)
+        self.calibrate, self.n_benign, self.seed = bool(calibrate), int(n_benign), int(seed)
+
+    def _benign(self, target: Target, data: Dataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        x = torch.as_tensor(data.x, dtype=torch.float32, device=target.device)
+        labels = target.labels(x)
+        streams = []
+        for i in range(self.n_benign):
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed + i)).to(x.device)
+            streams.append((x[order].reshape(len(x), -1), labels[order]))
+        return streams
+
+    def run(self, target: Target, data: Dataset | None = None, queries: Dataset | None = None,
+            **_: Dataset) -> AttackResult:
+        self.check_access(target)
+        if queries is None:
+            raise ParameterError("prada needs the client's query stream: pass --queries STREAM")
+        if self.calibrate and data is None:
+            raise ParameterError("prada calibration needs benign traffic: pass --data BENIGN")
+        start, before = time.perf_counter(), target.queries
+        detector = PRADA(self.delta, self.min_queries, self.check_every)
+        benign = self._benign(target, data) if data is not None else []
+        if self.calibrate:
+            detector.calibrate(benign)
+        stream = torch.as_tensor(queries.x, dtype=torch.float32, device=target.device)
+        verdict = detector.detect(stream.reshape(len(stream), -1), target.labels(stream))
+        metrics: dict[str, Any] = {**verdict.to_dict(), "delta": detector.delta}
+        if benign:
+            metrics["benign_false_alarm_rate"] = float(np.mean([detector.detect(x, y).detected for x, y in benign]))
+        finding = Finding(
+            title=f"PRADA {'flags' if verdict.detected else 'does not flag'} the query stream "
+                  f"({verdict.n_queries} queries, lowest W {verdict.min_w if verdict.min_w is not None else 'n/a'})",
+            family="extraction", severity="high" if verdict.detected else "info", metric="shapiro_wilk_w",
+            value=verdict.min_w, threshold=detector.delta, evidence=metrics,
+            atlas=["AML.T0024.002"], owasp=["ML05:2023 Model Theft"],
+            description="Minimum distances between a client's queries are far from normally distributed, as when "
+                        "queries are synthesised from earlier ones (Jacobian augmentation)." if verdict.detected
+                        else "The stream's distance profile looks like natural traffic; PRADA does not see "
+                             "extraction from natural inputs (Knockoff Nets, copycat).",
+            recommendation="Throttle or block the client and review its queries." if verdict.detected else "",
+        )
+        return self.result(target, metrics, start, before, [finding])

@@ -104,6 +104,19 @@ class MedianSmooth(InputTransform):
         return f"window={self.window}"
 
 
+def decided_by(scores: torch.Tensor, decision: torch.Tensor) -> torch.Tensor:
+    """BPDA for a layer after the logits: `scores` (differentiable, e.g. the model's log-probabilities) with the
+    class that `decision` (the transformed output) ranks first lifted to the top by a detached constant.
+
+    The attack's loss then sees unsaturated scores, so its gradient is the one of the scores, while every
+    decision is the transformed output's (argmax-equivalent, ties broken alike)."""
+    label = decision.argmax(-1)
+    fixed = scores.detach()
+    gap = fixed.amax(-1) - fixed.gather(-1, label.unsqueeze(-1)).squeeze(-1)
+    lift = torch.where(gap > 0, gap + 1e-3, torch.zeros_like(gap))
+    return scores + nn.functional.one_hot(label, scores.shape[-1]).to(scores.dtype) * lift.unsqueeze(-1)
+
+
 class Transformed(nn.Module):
     """`model(transform(x))`: a defended model built from an input transform and a classifier."""
 
