@@ -48,6 +48,7 @@ def test_evasion_shards_merge_into_one_curve_per_attack(quick_assessment):  # no
         assert all(0.0 <= v <= r.metrics["clean_accuracy"] + 1e-9 for v in accs)
     names = {c.name for c in ev.sanity}
     assert {"constraints", "monotone-in-eps", "converged", "large-eps-reaches-chance"} <= names
+    assert sum(n.startswith("sanity-setup: ") for n in names) == 3  # checks 1-3 on the target itself
     assert any(k.startswith("robust_accuracy@l2=") for k in ev.headline)
 
 

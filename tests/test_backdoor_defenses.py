@@ -78,7 +78,7 @@ def test_neural_cleanse_flags_no_class_of_clean_models(seed):
     m = NeuralCleanse(steps=NC_STEPS, seed=seed).run(target_of(clean_model(seed)), clean).metrics
     assert m["flagged_classes"] == []
     norms, index = np.array(m["mask_l1"]), np.array(m["anomaly_index"])
-    assert (index[norms < np.median(norms)] <= 2).all() and min(m["attack_success"]) >= 0.99
+    assert (index[norms < np.median(norms)] <= 2).all() and min(m["attack_success"]) >= 0.9
 
 
 def test_neural_cleanse_cli_flags_the_backdoor_target(tmp_path):

@@ -12,8 +12,8 @@ from bastion.attacks.inference.dp_training import dp_epsilon, training_procedure
 from bastion.core.errors import ParameterError
 from bastion.core.training import Trainer
 from bastion.evaluation.metrics import roc_curve
-from bastion.evaluation.privacy_plot import curves_from_scores, roc_loglog_png
-from tests.privacy_fixtures import digits_split, mlp, single_thread
+from bastion.evaluation.privacy_plot import curves_from_results, curves_from_scores, roc_loglog_png
+from tests.privacy_fixtures import attack, digits_split, mlp, single_thread
 
 
 def test_epsilon_bound_matches_the_closed_form():
@@ -75,3 +75,14 @@ def test_loglog_roc_plot(tmp_path):
     assert png.startswith(b"\x89PNG") and (tmp_path / "roc.png").read_bytes() == png
     fpr, tpr = roc_curve([1.0, 1.0], [0.0, 0.0])  # curves with zero rates still plot on log axes
     assert roc_loglog_png({"perfect": (fpr, tpr)}).startswith(b"\x89PNG")
+
+
+def test_results_carry_a_small_roc_for_reports():
+    result, _ = attack("loss")
+    roc = result.metrics["roc"]
+    assert len(roc["fpr"]) <= 61 and roc["fpr"][0] == 0.0 and roc["fpr"][-1] == pytest.approx(1.0)
+    assert np.all(np.diff(roc["tpr"]) >= 0) and roc["tpr"][-1] == 1.0
+    one_pct = max(t for f, t in zip(roc["fpr"], roc["tpr"], strict=True) if f <= 0.01)
+    assert one_pct <= result.metrics["tpr_at_fpr"][-1]["tpr"]
+    curves = curves_from_results({"loss": result.to_dict()})
+    assert roc_loglog_png(curves).startswith(b"\x89PNG")

@@ -8,7 +8,7 @@ import torch
 from sklearn.ensemble import RandomForestClassifier
 from torch import nn
 
-from bastion.attacks.inference.base import logit_confidence
+from bastion.attacks.inference.base import logit_confidence, split_dataset
 from bastion.attacks.inference.lira import lira_scores
 from bastion.attacks.inference.references import ReferenceSpec, balanced_masks, train_references
 from bastion.attacks.inference.rmia import rmia_scores
@@ -230,6 +230,16 @@ def test_population_is_split_from_non_members_when_missing():
             overfit_target(), members=members, nonmembers=nonmembers)
     assert result.metrics["population_from_nonmembers"] is True
     assert result.metrics["n_nonmembers"] == 150
+
+
+def test_one_dataset_is_split_three_ways():
+    data = Dataset(np.arange(100, dtype=np.float32)[:, None], np.arange(100) % 2)
+    members, nonmembers, population = split_dataset(data, seed=1)
+    assert (len(members), len(nonmembers), len(population)) == (25, 25, 50)
+    ids = np.concatenate([members.x, nonmembers.x, population.x]).ravel()
+    assert sorted(ids.tolist()) == list(range(100))  # disjoint and complete
+    with pytest.raises(ParameterError):
+        split_dataset(members, 0.6, 0.5)
 
 
 def test_bad_parameters_are_refused():

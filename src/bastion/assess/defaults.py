@@ -2,7 +2,8 @@
 
 - evasion: L∞ for images, L2 for feature vectors; the epsilons are fractions (5%, 10%, 20%, 40%) of the median
   distance from a sample to the nearest sample of another class, so they mean the same thing on every dataset;
-  gradient attacks for white-box models, score- or label-based ones for black boxes;
+  FGSM, PGD and APGD-CE for white-box models (the `auto` ensemble instead of APGD-CE on a GPU), Square for
+  score APIs, HopSkipJump for label APIs;
 - privacy: LOSS always (scores), LiRA when reference models can be trained (PyTorch with --arch, scikit-learn),
   the label-only attack for label-only APIs; as many members as non-members;
 - extraction: half of --data is the attacker's pool, budgets at 1/8, 1/4, 1/2 and all of it;
@@ -76,8 +77,9 @@ def evasion_section(inputs: Inputs, info: ModelInfo, gpu: bool, seed: int) -> di
     attacks: dict[str, dict[str, Any]] = {}
     if info.access_level >= Access.GRADIENTS:
         attacks = {"fgsm": {}, "pgd": {"steps": 50 if gpu else 20}}
-        if registered("attacks", "evasion", "apgd-ce"):
-            attacks["apgd-ce"] = {}
+        strongest = "auto" if gpu and registered("attacks", "evasion", "auto") else "apgd-ce"
+        if registered("attacks", "evasion", strongest):
+            attacks[strongest] = {}
     elif info.access_level >= Access.SCORES and registered("attacks", "evasion", "square"):
         attacks = {"square": {}}
     elif registered("attacks", "evasion", "hopskipjump"):
@@ -108,7 +110,7 @@ def extraction_section(inputs: Inputs, info: ModelInfo) -> dict[str, Any]:
 def backdoor_section(inputs: Inputs, info: ModelInfo, gpu: bool) -> dict[str, Any]:
     scanners: dict[str, dict[str, Any]] = {}
     if info.white_box and info.n_classes >= 3:
-        scanners["neural-cleanse"] = {"steps": 300 if gpu else 150}
+        scanners["neural-cleanse"] = {"steps": 300}
     if info.white_box and inputs.train_data is not None:
         scanners["activation-clustering"] = {}
     return {"enabled": True, "n_samples": min(len(inputs.data), 500 if gpu else 200), "scanners": scanners}

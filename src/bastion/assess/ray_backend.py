@@ -1,4 +1,5 @@
-"""Ray backend: every job is a Ray task (GPU-backed when the cluster has GPUs and the job wants one).
+"""Ray backend: every job is a Ray task (GPU-backed when the cluster has GPUs and the job wants one), and so is
+every reference model of a membership attack (`ray_references`).
 
 Jobs are pure functions of (inputs, job, plan table, seed), so a Ray run gives the same findings as a local one.
 The model file travels through Ray's object store (workers on other machines need not share a file system);
@@ -25,11 +26,14 @@ def _ray() -> Any:
     return ray
 
 
-def _task(inputs: Inputs, job: dict[str, Any], section: dict[str, Any], seed: int) -> dict[str, Any]:
-    """What a Ray worker runs: one job, returned as a plain dictionary."""
+def _task(inputs: Inputs, job: dict[str, Any], section: dict[str, Any], seed: int,
+          gpu_fraction: float) -> dict[str, Any]:
+    """What a Ray worker runs: one job (its reference models as further tasks), returned as a plain dictionary."""
+    from bastion.assess.ray_references import references_on_ray
     from bastion.assess.runner import execute_job
 
-    return execute_job(inputs, Job.from_dict(job), section, seed).to_dict()
+    with references_on_ray(gpu_fraction):
+        return execute_job(inputs, Job.from_dict(job), section, seed).to_dict()
 
 
 class RayBackend:
@@ -69,7 +73,8 @@ class RayBackend:
             for job in (j for j in jobs if not j.local):
                 options = {"num_cpus": 1, "num_gpus": self.gpu_fraction if job.gpu and gpus else 0,
                            "max_retries": 0}
-                ref = remote.options(**options).remote(shared, job.to_dict(), plan.section(job.family), plan.seed)
+                ref = remote.options(**options).remote(shared, job.to_dict(), plan.section(job.family), plan.seed,
+                                                       self.gpu_fraction)
                 pending[ref] = job
             for job in (j for j in jobs if j.local):
                 on_done(execute_job(inputs, job, plan.section(job.family), plan.seed))

@@ -43,7 +43,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
                                                           "batch_size": 64}}},
             "extraction": {"attacks": {"knockoff": {"epochs": 20, "min_steps": 150, "ood_samples": 300,
                                                     "transfer_samples": 200}}},
-            "backdoor": {"scanners": {"neural-cleanse": {"steps": 150}}},
+            "backdoor": {"scanners": {"neural-cleanse": {"steps": 300}}},
         }},
     },
     "breast-cancer-mlp": {
@@ -92,10 +92,23 @@ def _index(runs: list[tuple[str, Assessment]]) -> str:
 
 def run_demo(out: Path, seed: int = 0, device: str = "auto", console: Console | None = None,
              store: RunStore | None = None, show_progress: bool = True) -> list[Assessment]:
-    """Assess every demo model, write one report folder each plus an index, print the grades."""
+    """Assess every demo model, write one report folder each plus an index, print the grades.
+
+    The demo models are tiny: one intra-op thread is fastest and immune to oversubscribed cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_demo(out, seed, device, console or Console(), store, show_progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(out: Path, seed: int, device: str, console: Console, store: RunStore | None,
+              show_progress: bool) -> list[Assessment]:
     from bastion.cli.assess import print_summary
 
-    console = console or Console()
     if store is None:
         try:
             store = RunStore()

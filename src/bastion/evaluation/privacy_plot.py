@@ -46,6 +46,15 @@ def roc_loglog_png(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: st
     return data
 
 
+def curves_from_results(results: Mapping[str, dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{name: AttackResult metrics (or the result's dict)} -> {name: (fpr, tpr)} from their stored `roc`."""
+    out = {}
+    for name, result in results.items():
+        roc = result.get("metrics", result)["roc"]
+        out[name] = (np.asarray(roc["fpr"]), np.asarray(roc["tpr"]))
+    return out
+
+
 def curves_from_scores(scores: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray,
                                                                                               np.ndarray]]:
     """{name: (member scores, non-member scores)} -> {name: (fpr, tpr)}."""

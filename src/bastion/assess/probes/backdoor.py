@@ -40,10 +40,10 @@ class BackdoorProbe(Probe):
         return out
 
     def applicable(self, inputs: Inputs, info: ModelInfo) -> str | None:
-        if not self.section["scanners"]:
-            return "the plan lists no backdoor scanner"
         if not info.white_box:
             return "backdoor scanners need the model's internals (a PyTorch model with gradient access)"
+        if not self.section["scanners"]:
+            return "the plan lists no backdoor scanner"
         if not self.usable(inputs, info):
             return "the planned scanners need --train-data or more access than the model grants"
         return None
@@ -81,13 +81,14 @@ class BackdoorProbe(Probe):
                 small = norms < np.median(norms) if len(norms) == len(index) else np.ones(len(index), bool)
                 headline[f"{r.attack}.max_anomaly_index"] = float(index[small].max()) if small.any() else 0.0
                 headline[f"{r.attack}.flagged_classes"] = float(len(m.get("flagged_classes", [])))
-                threshold = r.params.get("attack_threshold", 0.99)
-                weak = [c for c, s in enumerate(m.get("attack_success", [])) if s < threshold]
+                floor = 0.9 * r.params.get("attack_threshold", 0.99)
+                weak = [c for c, s in enumerate(m.get("attack_success", [])) if s < floor]
                 checks.append(SanityCheck(
                     f"{r.attack}-triggers-found", not weak,
-                    "a working trigger was reverse-engineered for every class" if not weak else
-                    f"no trigger reached {threshold:.0%} success for class(es) {', '.join(map(str, weak))}: "
-                    "their mask sizes are upper bounds (raise steps)", family="backdoor"))
+                    f"a trigger with at least {floor:.0%} success was reverse-engineered for every class" if not weak
+                    else f"no trigger reached {floor:.0%} success for class(es) {', '.join(map(str, weak))}: "
+                    "their mask sizes are upper bounds, so the anomaly index is unreliable (raise steps)",
+                    family="backdoor"))
             if "poisoned_classes" in m:
                 headline[f"{r.attack}.flagged_samples"] = float(m.get("n_flagged", 0))
         return self.report("assessed", outcomes, findings=findings, sanity=checks, headline=headline,

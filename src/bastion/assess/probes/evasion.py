@@ -17,7 +17,8 @@ from bastion.core.results import AttackResult
 from bastion.core.target import Access
 from bastion.evaluation.scoring import evasion_findings
 
-SANITY_DOUBLED, SANITY_LARGE = "sanity-doubled-steps", "sanity-large-eps"
+SANITY_DOUBLED, SANITY_LARGE, SANITY_SETUP = "sanity-doubled-steps", "sanity-large-eps", "sanity-setup"
+SETUP_SAMPLES = 256
 
 
 def full_range(info: ModelInfo, norm: str) -> float:
@@ -66,6 +67,41 @@ def merge_shards(name: str, results: list[AttackResult]) -> AttackResult:
                         device=results[0].device, findings=findings)
 
 
+def setup_checks(inputs: Inputs, rows: list[int]) -> AttackResult:
+    """Checks 1-3 of THREATS.md §1 on the target itself (bounds, eval mode, logits; deterministic forward pass
+    without autograd; no zero input gradients), with `bastion.evaluation.checks`."""
+    import time
+
+    import torch
+
+    from bastion.evaluation import checks
+
+    start = time.perf_counter()
+    target = inputs.load_target()
+    data = select(inputs, "data", rows)
+    x = torch.as_tensor(data.x, dtype=torch.float32, device=target.device)
+    y = torch.as_tensor(data.y, dtype=torch.long, device=target.device)
+    found = [checks.check_setup(target, x), checks.check_forward(target, x), checks.check_gradients(target, x, y)]
+    return AttackResult(family="evasion", attack=SANITY_SETUP, params={"n_samples": len(rows)},
+                        metrics={"sanity_checks": [c.summary() for c in found]}, queries=target.queries,
+                        seconds=time.perf_counter() - start, device=str(target.device),
+                        findings=[f for f in (c.finding() for c in found) if f is not None])
+
+
+def reported_checks(results: list[AttackResult]) -> list[sanity.SanityCheck]:
+    """The sanity checks attacks report themselves (`metrics["sanity_checks"]`, e.g. `auto`), shards merged:
+    a check passes when it passed on every shard."""
+    merged: dict[tuple[str, str], sanity.SanityCheck] = {}
+    for r in results:
+        for c in r.metrics.get("sanity_checks", []):
+            key = (r.attack, str(c.get("check", c.get("id"))))
+            name = f"{r.attack}: {c.get('id', '')} {c.get('check', '')}".strip()
+            old = merged.get(key)
+            if old is None or (old.passed and not c.get("passed", True)):
+                merged[key] = sanity.SanityCheck(name, bool(c.get("passed", True)), str(c.get("detail", "")))
+    return list(merged.values())
+
+
 def as_curve(result: AttackResult) -> sanity.Curve:
     m = result.metrics
     return {"clean": m["clean_accuracy"], "curve": m["robust_accuracy"], "n": m["n_samples"],
@@ -102,6 +138,9 @@ class EvasionProbe(Probe):
             construct(attack_class(name), dict(full), f"plan: families.evasion.attacks.{name}")
             jobs += [self.job(f"{name}/{i}", name, full, {"data": ["data", s.tolist()]}, gpu=True)
                      for i, s in enumerate(shards)]
+        if self.section["sanity"] and "auto" not in self.section["attacks"]:  # auto runs checks 1-3 itself
+            jobs.append(self.job(SANITY_SETUP, SANITY_SETUP, {}, {"data": ["data", shards[0][:SETUP_SAMPLES].tolist()]},
+                                 gpu=True))
         if self.section["sanity"] and info.access_level >= Access.GRADIENTS:
             pgd = dict(self.section["attacks"].get("pgd", {"steps": 20}))
             steps = int(pgd.get("steps", 10))
@@ -116,6 +155,8 @@ class EvasionProbe(Probe):
         return jobs
 
     def execute(self, inputs: Inputs, job: Job) -> AttackResult:
+        if job.name == SANITY_SETUP:
+            return setup_checks(inputs, job.data["data"][1])
         target = inputs.load_target()
         attack = construct(attack_class(job.name), dict(job.params), f"evasion attack '{job.name}'")
         return attack.run(target, select(inputs, *job.data["data"]))
@@ -127,6 +168,7 @@ class EvasionProbe(Probe):
             group = outcome.key.split("/")[1]
             groups[group].append(result)
             names[group] = outcome.name
+        setup = groups.pop(SANITY_SETUP, [])
         merged = {g: merge_shards(names[g], rs) for g, rs in groups.items()}
         main = {g: r for g, r in merged.items() if not g.startswith("sanity-")}
         curves = {g: as_curve(r) for g, r in main.items()}
@@ -143,7 +185,8 @@ class EvasionProbe(Probe):
             sanity.check_unbounded({g: r.metrics for g, r in main.items()}),
         ]
         checks = [c for c in checks if c is not None]
-        findings = [f for r in main.values() for f in r.findings]
+        checks += reported_checks(setup + [r for g, rs in groups.items() if not g.startswith("sanity-") for r in rs])
+        findings = [f for r in main.values() for f in r.findings] + [f for r in setup for f in r.findings]
         findings += [sanity.sanity_finding(c) for c in checks if not c.passed]
         headline: dict[str, float] = {}
         if main:

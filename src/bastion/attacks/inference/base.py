@@ -92,6 +92,27 @@ def prepare_membership_data(target: Target, members: Dataset | None, nonmembers:
     return MembershipData(members, nonmembers, population, split)
 
 
+def split_dataset(data: Dataset, members: float = 0.25, nonmembers: float = 0.25,
+                  seed: int = 0) -> tuple[Dataset, Dataset, Dataset]:
+    """Split one dataset into (members, non-members, population) for a target you then train on `members`."""
+    if members <= 0 or nonmembers <= 0 or members + nonmembers >= 1:
+        raise ParameterError("member and non-member fractions must be positive and leave room for a population")
+    order = np.random.default_rng(seed).permutation(len(data))
+    a, b = int(members * len(data)), int((members + nonmembers) * len(data))
+    if a == 0 or b == a or b == len(data):
+        raise DataError(f"{data.name}: too few records ({len(data)}) to split three ways")
+    return (data.subset(order[:a], "members"), data.subset(order[a:b], "nonmembers"),
+            data.subset(order[b:], "population"))
+
+
+def roc_points(fpr: np.ndarray, tpr: np.ndarray, n_negatives: int, n: int = 60) -> dict[str, list[float]]:
+    """The ROC on a log-spaced FPR grid (from one false positive to 1), small enough for JSON and reports."""
+    grid = np.unique(np.r_[0.0, np.logspace(np.log10(1.0 / n_negatives), 0.0, n)])
+    best = np.maximum.accumulate(tpr)  # fpr is sorted; the best TPR at FPR <= each grid point
+    idx = np.searchsorted(fpr, grid + 1e-12, side="right") - 1
+    return {"fpr": grid.tolist(), "tpr": best[np.clip(idx, 0, None)].tolist()}
+
+
 def most_at_risk(scores_members: np.ndarray, k: int = 10) -> list[dict[str, float]]:
     """The k members with the highest scores: the training records the attack exposes most."""
     order = np.argsort(-scores_members, kind="stable")[:k]
@@ -130,6 +151,7 @@ class MembershipAttack(Attack):
             "n_nonmembers": len(scores_n),
             "fpr_resolution": 1.0 / len(scores_n),
             "most_at_risk": most_at_risk(scores_m),
+            "roc": roc_points(summary.fpr, summary.tpr, len(scores_n)),
             "population_from_nonmembers": mdata.population_from_nonmembers,
             **extra,
         })

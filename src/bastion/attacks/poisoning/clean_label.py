@@ -20,16 +20,17 @@ class CleanLabel(PoisoningAttack):
     """Label-consistent backdoor (Turner, Tsipras & Madry, "Label-Consistent Backdoor Attacks", 2019).
 
     Only samples of `target_label` are poisoned and their labels stay correct, so a human audit of the labels
-    finds nothing. Each is first pushed away from its class by an L∞ PGD perturbation of size `eps` computed on a
-    surrogate model trained on the clean data (so the model cannot classify it from its content and leans on the
-    trigger), then stamped with the patch trigger scaled by `trigger_amplitude`. `poison_rate` is a fraction of
-    the whole training set (capped at the size of the target class); test inputs carry the full-strength patch.
+    finds nothing. Each is first pushed away from its class by an L∞ PGD perturbation of size `eps` (default
+    16/255, the paper's CIFAR-10 budget; tiny images need more) computed on a surrogate model trained on the clean
+    data (so the model cannot classify it from its content and leans on the trigger), then stamped with the patch
+    trigger scaled by `trigger_amplitude`. `poison_rate` is a fraction of the whole training set (capped at the
+    size of the target class); test inputs carry the full-strength patch.
     """
 
     name = "clean-label"
 
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None,
-                 poison_rate: float | str | Sequence[float] = 0.05, target_label: int = 0, eps: float = 0.3,
+                 poison_rate: float | str | Sequence[float] = 0.05, target_label: int = 0, eps: float = 16 / 255,
                  pgd_steps: int = 20, patch_size: int = 3, corner: str = "bottom-right",
                  trigger_amplitude: float = 1.0, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
                  seed: int = 0, save_dir: str | None = None):

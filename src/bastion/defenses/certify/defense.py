@@ -2,10 +2,10 @@
 
 Optionally fine-tunes the base classifier under Gaussian noise first (Cohen et al. train with the noise they
 certify with), then reports the smoothed classifier's accuracy and abstention (PREDICT), or with `certify` its
-certified accuracy per L2 radius (CERTIFY), and the before/after comparison of `defenses.compare` at the L2
-radii `eval_eps`: the adaptive attack (BPDA through the votes, EOT through the noise) gives an upper bound on the
-smoothed model's robust accuracy, the certificate a lower bound (for the exact smoothed classifier, which the
-exported model approximates with `samples` draws per call).
+certified accuracy per L2 radius (CERTIFY). At the L2 radii `eval_eps` the original model is attacked (`auto`)
+and the smoothed one is judged by its certificate (a lower bound on its robust accuracy) or, without one or with
+`attack_smoothed`, by the adaptive attack through the exported model (BPDA through the votes, EOT through the
+noise: an upper bound, for the Monte Carlo model of `samples` draws per call).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from bastion.core.results import AttackResult, Finding
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.core.training import Trainer
 from bastion.defenses.base import Defense, require_data
-from bastion.defenses.certify.smoothing import ABSTAIN, SmoothedClassifier, SmoothedModel
-from bastion.defenses.compare import compare
+from bastion.defenses.certify.smoothing import ABSTAIN, Certificate, SmoothedClassifier, SmoothedModel
+from bastion.defenses.compare import evaluate, gain_finding
 from bastion.defenses.training.base import trainable_copy
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -51,8 +51,8 @@ class RandomizedSmoothing(Defense):
 
     `sigma` is the noise level, `n0` and `n` the selection and estimation draws, `alpha` the error rate; `radii`
     the L2 radii of the certified-accuracy curve. `train_epochs` > 0 fine-tunes the base classifier under noise on
-    `--train-data` first. `eval_eps` (L2, none to skip) are the radii of the adaptive before/after attack, run on
-    a smoothed model of `samples` draws per call (also the exported `artifact`)."""
+    `--train-data` first. `eval_eps` (L2, none to skip) are the radii of the before/after comparison (see the
+    module docstring); the exported `artifact` votes over `samples` draws per call."""
 
     name = "smooth"
     family = "certify"
@@ -61,8 +61,8 @@ class RandomizedSmoothing(Defense):
     def __init__(self, sigma: float = 0.25, n0: int = 100, n: int = 1000, alpha: float = 0.001,
                  certify: bool = False, radii: float | str | Sequence[float] | None = None, batch_size: int = 4096,
                  train_epochs: int = 0, lr: float = 1e-3, samples: int = 32,
-                 eval_eps: float | str | Sequence[float] | None = 0.5, attack: str = "auto", eot_samples: int = 4,
-                 seed: int = 0):
+                 eval_eps: float | str | Sequence[float] | None = 0.5, attack: str = "auto",
+                 attack_smoothed: bool = False, eot_samples: int = 4, seed: int = 0):
         if sigma <= 0 or int(n0) < 1 or int(n) < 1 or not 0 < alpha < 1:
             raise ParameterError("smoothing needs sigma > 0, n0 >= 1, n >= 1 and alpha in (0, 1)")
         if int(train_epochs) < 0 or lr <= 0 or int(samples) < 1 or int(eot_samples) < 1 or int(batch_size) < 1:
@@ -72,7 +72,8 @@ class RandomizedSmoothing(Defense):
         self.radii = list(DEFAULT_RADII) if radii is None else _radii(radii)
         self.train_epochs, self.lr, self.samples = int(train_epochs), float(lr), int(samples)
         self.eval_eps = None if eval_eps is None else parse_eps(eval_eps)
-        self.attack, self.eot_samples, self.seed = str(attack), int(eot_samples), int(seed)
+        self.attack, self.attack_smoothed = str(attack), bool(attack_smoothed)
+        self.eot_samples, self.seed = int(eot_samples), int(seed)
 
     def base_target(self, target: Target, train_data: Dataset | None) -> Target:
         """The base classifier: the target itself, or a copy fine-tuned under noise."""
@@ -95,40 +96,62 @@ class RandomizedSmoothing(Defense):
         base = self.base_target(target, train_data)
         smoothed = SmoothedClassifier(base, self.sigma, self.batch_size, self.seed)
         y = np.asarray(data.y)
-        with torch.no_grad():
-            base_accuracy = float((base.labels(data.x).cpu().numpy() == y).mean())
-        metrics: dict[str, Any] = {"sigma": self.sigma, "base_clean_accuracy": base_accuracy}
+        clean = float((target.labels(data.x).cpu().numpy() == y).mean())
+        metrics: dict[str, Any] = {"sigma": self.sigma, "clean_accuracy_before": clean,
+                                   "base_clean_accuracy": float((base.labels(data.x).cpu().numpy() == y).mean())}
+        cert = None
         if self.certify:
             cert = smoothed.certify(torch.as_tensor(data.x), self.n0, self.n, self.alpha)
-            curve = cert.certified_accuracy(y, self.radii)
             correct = cert.prediction == y
             metrics.update({
-                "certified_accuracy": curve,
-                "smoothed_accuracy": float(correct.mean()),
+                "certified_accuracy": cert.certified_accuracy(y, self.radii),
+                "clean_accuracy_after": float(correct.mean()),
                 "abstain_rate": float((cert.prediction == ABSTAIN).mean()),
                 "mean_certified_radius": float(cert.radius[correct].mean()) if correct.any() else 0.0,
             })
         else:
             prediction = smoothed.predict(torch.as_tensor(data.x), self.n, self.alpha)
-            metrics.update({"smoothed_accuracy": float((prediction == y).mean()),
+            metrics.update({"clean_accuracy_after": float((prediction == y).mean()),
                             "abstain_rate": float((prediction == ABSTAIN).mean())})
-        metrics["clean_accuracy_cost"] = float((target.labels(data.x).cpu().numpy() == y).mean()) \
-            - metrics["smoothed_accuracy"]
+        metrics["clean_accuracy_cost"] = clean - metrics["clean_accuracy_after"]
         findings = [self.headline(metrics)]
+        model = None
         if isinstance(base, TorchTarget):
             model = SmoothedModel(base.model, self.sigma, base.n_classes, self.samples).to(base.device).eval()
             self.artifact = model
-            if self.eval_eps is not None:
-                after = TorchTarget(model, base.input_shape, base.n_classes, base.bounds, base.device,
-                                    Access.GRADIENTS, None, max(1, base.batch_size // self.samples),
-                                    f"{base.name} + smoothing")
-                comparison, more = compare(target, after, data, self.eval_eps, "l2", self.attack, self.eot_samples,
-                                           self.seed, what=f"smoothing (sigma={self.sigma:g})",
-                                           naive=False)
-                comparison.pop("clean_accuracy_cost")
-                metrics.update(comparison)
-                findings += more
+        if self.eval_eps is not None:
+            metrics.update(self.robustness(target, base, model, data, cert))
+            findings.append(gain_finding(f"smoothing (sigma={self.sigma:g})", metrics, "l2"))
         return self.result(target, metrics, start, queries, findings)
+
+    def robustness(self, target: Target, base: Target, model: nn.Module | None, data: Dataset,
+                   cert: Certificate | None) -> dict[str, Any]:
+        """Robust accuracy at the L2 radii `eval_eps`: the original model under `attack`; the smoothed one by its
+        certificate (a lower bound) and/or by the adaptive attack (an upper bound; always without a certificate)."""
+        before = evaluate(target, data, self.eval_eps, "l2", self.attack, self.eot_samples, self.seed, naive=False)
+        out: dict[str, Any] = {"robust_accuracy_before": before["robust_accuracy"]}
+        after = None
+        if cert is not None:
+            rows = cert.certified_accuracy(np.asarray(data.y), self.eval_eps)
+            after = [{"eps": r["radius"], "robust_accuracy": r["certified_accuracy"]} for r in rows]
+            out["robust_accuracy_after_certified"] = after
+        if (cert is None or self.attack_smoothed) and model is not None:
+            view = TorchTarget(model, base.input_shape, base.n_classes, base.bounds, base.device, Access.GRADIENTS,
+                               None, max(1, base.batch_size // self.samples), f"{base.name} + smoothing")
+            attacked = evaluate(view, data, self.eval_eps, "l2", self.attack, self.eot_samples, self.seed,
+                                naive=False)
+            out["robust_accuracy_after_attack"] = attacked["robust_accuracy"]
+            after = after or attacked["robust_accuracy"]
+        if after is None:
+            raise ParameterError("the smoothed model of a black box can only be evaluated by its certificate: "
+                                 "pass --certify")
+        out["robust_accuracy_after"] = after
+        out["robust_accuracy_gain"] = [{"eps": a["eps"], "gain": a["robust_accuracy"] - b["robust_accuracy"]}
+                                       for a, b in zip(after, before["robust_accuracy"], strict=True)]
+        out["evaluation"] = {"attack": before["attack"], "norm": "l2", "n_samples": len(data),
+                             "after": "certificate" if cert is not None else "bpda+eot attack",
+                             "queries": before["queries"]}
+        return out
 
     def headline(self, metrics: dict[str, Any]) -> Finding:
         if "certified_accuracy" in metrics:
@@ -139,10 +162,10 @@ class RandomizedSmoothing(Defense):
             return Finding(title=title, family="evasion", severity="info", metric="certified_accuracy",
                            value=best["certified_accuracy"], evidence={"curve": metrics["certified_accuracy"],
                                                                        "alpha": self.alpha, "n": self.n})
-        return Finding(title=f"smoothing (sigma={self.sigma:g}): accuracy {metrics['smoothed_accuracy']:.1%}, "
+        return Finding(title=f"smoothing (sigma={self.sigma:g}): accuracy {metrics['clean_accuracy_after']:.1%}, "
                              f"abstains on {metrics['abstain_rate']:.1%}",
-                       family="evasion", severity="info", metric="smoothed_accuracy",
-                       value=metrics["smoothed_accuracy"])
+                       family="evasion", severity="info", metric="clean_accuracy_after",
+                       value=metrics["clean_accuracy_after"])
 
 
 def _radii(value: float | str | Sequence[float]) -> list[float]:

@@ -41,20 +41,23 @@ class NeuralCleanse(Defense):
 
     def __init__(self, steps: int = 300, lr: float = 0.2, batch_size: int = 32, init_cost: float = 1e-3,
                  cost_multiplier: float = 1.5, patience: int = 10, attack_threshold: float = 0.99,
-                 anomaly_threshold: float = 2.0, class_batch: int = 16, seed: int = 0):
-        if steps < 1 or batch_size < 1 or patience < 1 or class_batch < 1:
-            raise ParameterError("steps, batch_size, patience and class_batch must be at least 1")
+                 anomaly_threshold: float = 2.0, class_batch: int = 16, eval_samples: int = 256, seed: int = 0):
+        if min(steps, batch_size, patience, class_batch, eval_samples) < 1:
+            raise ParameterError("steps, batch_size, patience, class_batch and eval_samples must be at least 1")
         if lr <= 0 or init_cost <= 0 or cost_multiplier <= 1 or not 0 < attack_threshold <= 1:
             raise ParameterError("lr and init_cost must be positive, cost_multiplier > 1, attack_threshold in (0, 1]")
         if anomaly_threshold <= 0:
             raise ParameterError("anomaly_threshold must be positive")
         self.steps, self.lr, self.batch_size, self.init_cost = int(steps), float(lr), int(batch_size), init_cost
         self.cost_multiplier, self.patience, self.attack_threshold = cost_multiplier, int(patience), attack_threshold
-        self.anomaly_threshold, self.class_batch, self.seed = float(anomaly_threshold), int(class_batch), int(seed)
+        self.anomaly_threshold, self.class_batch, self.eval_samples = float(anomaly_threshold), int(class_batch), \
+            int(eval_samples)
+        self.seed = int(seed)
 
     def reverse(self, model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor,
                 bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Optimise triggers for `classes` at once; return the best masks, patterns and their attack success."""
+        """Optimise triggers for `classes` at once; return the best masks, patterns and their attack success
+        (measured afterwards on the first `eval_samples` clean inputs)."""
         k, shape = len(classes), x.shape[1:]
         mask_shape = (1, *shape[1:]) if len(shape) == 3 else tuple(shape)
         gen = torch.Generator().manual_seed(self.seed)
@@ -67,7 +70,6 @@ class NeuralCleanse(Defense):
         best_norm = torch.full((k,), float("inf"), device=x.device)
         best_mask = torch.zeros(k, *mask_shape, device=x.device)
         best_pattern = torch.zeros(k, *shape, device=x.device)
-        best_success = torch.zeros(k, device=x.device)
         labels = classes.repeat_interleave(min(self.batch_size, len(x)))
         for _ in range(self.steps):
             xb = x[torch.randint(len(x), (min(self.batch_size, len(x)),), generator=gen).to(x.device)]
@@ -85,8 +87,7 @@ class NeuralCleanse(Defense):
                 hit = success >= self.attack_threshold
                 better = hit & (norm < best_norm)
                 best_norm = torch.where(better, norm, best_norm)
-                best_mask[better], best_pattern[better], best_success[better] = mask[better], pattern[better], \
-                    success[better]
+                best_mask[better], best_pattern[better] = mask[better], pattern[better]
                 start = (cost == 0) & hit  # the paper's warm-up: λ switches on once the trigger works
                 up, down = torch.where(hit, up + 1, torch.zeros_like(up)), torch.where(hit, torch.zeros_like(down),
                                                                                        down + 1)
@@ -101,7 +102,15 @@ class NeuralCleanse(Defense):
         with torch.no_grad():
             best_mask[missing] = ((torch.tanh(mask_raw) + 1) / 2)[missing]
             best_pattern[missing] = (lo + (hi - lo) * (torch.tanh(pattern_raw) + 1) / 2)[missing]
-        return best_mask, best_pattern, best_success
+        return best_mask, best_pattern, self.success(model, x[: self.eval_samples], classes, best_mask, best_pattern)
+
+    @torch.no_grad()
+    def success(self, model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor, mask: torch.Tensor,
+                pattern: torch.Tensor) -> torch.Tensor:
+        """Attack success of each class's trigger on a fixed set of clean inputs, shape (k,)."""
+        stamped = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]
+        pred = torch.cat([model(chunk).argmax(-1) for chunk in stamped.reshape(-1, *x.shape[1:]).split(4096)])
+        return (pred.view(len(classes), -1) == classes[:, None]).float().mean(1)
 
     def run(self, target: Target, data: Dataset | None = None, **_: Dataset) -> Any:
         self.check_access(target)

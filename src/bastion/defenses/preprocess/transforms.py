@@ -76,7 +76,7 @@ def bit_depth(bits: int, bounds: tuple[float, float] = (0.0, 1.0)) -> Quantize:
 class MedianSmooth(InputTransform):
     """Median filter over a `window`×`window` neighbourhood of each pixel, per channel (Xu et al. 2018).
 
-    Input (n, C, H, W) or (n, H, W). Borders are padded by reflection; an even window reaches one pixel further after
+    Input (n, C, H, W) or (n, H, W). Borders repeat the edge pixels; an even window reaches one pixel further after
     the centre than before it and takes the lower median. The k² shifted copies are stacked and sorted, which
     exports to TorchScript and ONNX alike."""
 
@@ -92,8 +92,7 @@ class MedianSmooth(InputTransform):
         image = x if x.dim() == 4 else x.unsqueeze(1)
         k = self.window
         before, after = (k - 1) // 2, k // 2
-        mode = "reflect" if min(image.shape[-2:]) > max(before, after) else "replicate"
-        padded = nn.functional.pad(image, (before, after, before, after), mode=mode)
+        padded = nn.functional.pad(image, (before, after, before, after), mode="replicate")
         height, width = image.shape[-2], image.shape[-1]
         shifted = [padded[..., i:i + height, j:j + width] for i in range(k) for j in range(k)]
         stacked = torch.stack(shifted, dim=-1)

@@ -1,10 +1,10 @@
 """Adversarial training through the shared `Trainer`: PGD-AT, TRADES and fast FGSM training with random start.
 
 Each method plugs into `Trainer` as a `batch_hook` (the batch it trains on) and, for TRADES, a `loss_fn`. Training
-runs one epoch at a time; after each epoch the robust accuracy of a fixed monitor batch of training data under a
-10-step PGD is measured, the best weights are kept, and training stops when it falls by more than `overfit_drop`
-below the best: the catastrophic overfitting of single-step training (Wong, Rice & Kolter, ICLR 2020), and the
-robust overfitting of multi-step training (Rice, Wong & Kolter, ICML 2020).
+runs one epoch at a time; with `early_stop`, after each epoch the robust accuracy of a fixed monitor batch of
+training data under a 10-step PGD is measured, the best weights are kept, and training stops when it falls by more
+than `overfit_drop` below the best: the catastrophic overfitting of single-step training (Wong, Rice & Kolter,
+ICLR 2020), and the robust overfitting of multi-step training (Rice, Wong & Kolter, ICML 2020).
 """
 
 from __future__ import annotations
@@ -137,6 +137,8 @@ class AdversarialTraining(TrainingDefense):
         for epoch in range(self.epochs):
             trainer.seed = self.seed + epoch
             trainer.fit(model, x, y, optimizer)
+            if not self.early_stop:
+                continue
             robust = self.monitor_accuracy(model, mx, my, bounds)
             history.append(robust)
             if robust > best:
@@ -144,9 +146,10 @@ class AdversarialTraining(TrainingDefense):
             elif self.early_stop and robust < best - self.overfit_drop:
                 stopped = epoch + 1
                 break
-        if self.early_stop and best_state is not None:
+        if best_state is not None:
             model.load_state_dict(best_state)
-        metrics = {"epochs_run": len(history), "early_stopped_at_epoch": stopped,
+        metrics = {"epochs_run": len(history) if self.early_stop else self.epochs,
+                   "early_stopped_at_epoch": stopped,
                    "best_epoch": history.index(best) + 1 if history else None, "monitor_robust_accuracy": history,
                    "train_loss": trainer.history.loss, "train_accuracy": trainer.history.accuracy}
         findings = [] if stopped is None else [Finding(

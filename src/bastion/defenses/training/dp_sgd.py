@@ -108,8 +108,10 @@ class DPSGD(TrainingDefense):
         steps = self.epochs * steps_per_epoch
         sigma = self.noise_multiplier
         if sigma is None:
-            sigma = get_noise_multiplier(target_epsilon=self.target_epsilon, target_delta=self.delta,
-                                         sample_rate=rate, steps=max(1, steps), accountant=self.accountant)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Opacus' note on the range of RDP orders
+                sigma = get_noise_multiplier(target_epsilon=self.target_epsilon, target_delta=self.delta,
+                                             sample_rate=rate, steps=max(1, steps), accountant=self.accountant)
         x = torch.as_tensor(data.x, dtype=torch.float32, device=device)
         y = torch.as_tensor(data.y, dtype=torch.long, device=device)
         gen = torch.Generator(device=device).manual_seed(self.seed)
