@@ -21,7 +21,7 @@ QUICK_PLAN: dict[str, Any] = {
     "families": {
         "evasion": {"n_samples": 60, "shards": 2, "attacks": {"fgsm": {}, "pgd": {"steps": 5}}},
         "privacy": {"n_members": 60, "n_nonmembers": 60,
-                    "attacks": {"loss": {"n_bootstrap": 20}, "lira": {"n_reference": 2, "epochs": 3,
+                    "attacks": {"loss": {"n_bootstrap": 20}, "lira": {"n_reference": 4, "epochs": 3,
                                                                       "n_bootstrap": 20, "n_jobs": 1}}},
         "extraction": {"budgets": [20, 40], "attacks": {"knockoff": {"epochs": 2, "min_steps": 10, "ood_samples": 40,
                                                                      "transfer_samples": 20}}},

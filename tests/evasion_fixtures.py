@@ -1,55 +1,87 @@
-"""Shared fixtures of the evasion tests: small models trained on scikit-learn's digits (1x8x8 in [0, 1])."""
+"""Shared models of the evasion tests: a small MLP on scikit-learn's digits (1x8x8 in [0, 1]) trained once per
+session, and models that mask their gradients in the ways THREATS.md §1 warns about."""
 
 from __future__ import annotations
 
-import numpy as np
+import functools
+
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from bastion.core.data import Dataset
+from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer
+from bastion.demo.data import digits
 
 
-def digits_split(n_test: int = 300, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """Digits scaled to [0, 1], shape (n, 1, 8, 8); a fixed train/test split."""
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    y = d.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(x))
-    test, train = order[:n_test], order[n_test:]
-    return Dataset(x[train], y[train], "digits-train"), Dataset(x[test], y[test], "digits-test")
+def digits_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
-def digits_cnn() -> nn.Module:
-    """A small CNN for 1x8x8 digits: two convolutions, one hidden layer, 10 logits."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
-    )
+@functools.cache
+def trained() -> tuple[nn.Module, Dataset, Dataset]:
+    """(model, train, test): the undefended digits MLP, about 97% test accuracy."""
+    train, test = digits(0)
+    model = digits_mlp()
+    Trainer(epochs=20, batch_size=64, lr=3e-3, seed=0, device="cpu").fit(model, train.x, train.y)
+    return model.eval(), train, test
 
 
-def train_digits_cnn(train: Dataset, epochs: int = 15, seed: int = 0, batch_hook=None) -> nn.Module:
-    torch.manual_seed(seed)
-    model = digits_cnn()
-    Trainer(epochs=epochs, batch_size=64, lr=3e-3, seed=seed, device="cpu", batch_hook=batch_hook).fit(
-        model, train.x, train.y)
+@functools.cache
+def surrogate() -> nn.Module:
+    """A second MLP trained with another seed: the substitute of transfer attacks."""
+    train, _ = digits(0)
+    torch.manual_seed(1)
+    model = digits_mlp()
+    Trainer(epochs=20, batch_size=64, lr=3e-3, seed=1, device="cpu").fit(model, train.x, train.y)
     return model.eval()
 
 
-def pgd_training_hook(eps: float, steps: int = 5, seed: int = 0):
-    """A Trainer batch hook that replaces each batch by its PGD adversarial version (Madry et al., 2018)."""
-    from bastion.attacks.evasion.gradient import PGD
-    from bastion.core.target import TorchTarget
+def eval_data(n: int = 60) -> Dataset:
+    return trained()[2].head(n)
 
-    attack = PGD(eps=eps, steps=steps, seed=seed)
 
-    def hook(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, epoch: int):
-        model.eval()
-        target = TorchTarget(model, xb.shape[1:], n_classes=10, device=xb.device)
-        with torch.enable_grad():
-            adv = attack.perturb(target, xb, yb, eps)
-        return adv.detach(), yb
+def target(model: nn.Module | None = None, **kwargs) -> TorchTarget:
+    return TorchTarget(model if model is not None else trained()[0], (1, 8, 8), n_classes=10, device="cpu",
+                       **kwargs)
 
-    return hook
+
+class Quantize(nn.Module):
+    """Input quantisation to `levels` grey levels: its gradient is zero almost everywhere."""
+
+    def __init__(self, levels: int = 5):
+        super().__init__()
+        self.levels = levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * (self.levels - 1)) / (self.levels - 1)
+
+
+class Saturate(nn.Module):
+    """A softmax at a huge temperature: outputs are one-hot probabilities whose gradient vanishes."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(z * 1000.0, dim=1)
+
+
+class Noise(nn.Module):
+    """Gaussian input noise that stays on in eval mode: a randomised model."""
+
+    def __init__(self, sigma: float = 0.1):
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.sigma * torch.randn_like(x)).clamp(0, 1)
+
+
+def masked(kind: str) -> nn.Module:
+    """The trained MLP behind a gradient-masking layer: quantize, saturate or noise."""
+    base = trained()[0]
+    if kind == "quantize":
+        return nn.Sequential(Quantize(), base).eval()
+    if kind == "saturate":
+        return nn.Sequential(base, Saturate()).eval()
+    if kind == "noise":
+        return nn.Sequential(Noise(), base).eval()
+    raise ValueError(kind)

@@ -11,7 +11,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from bastion.attacks.inference.dp_training import dp_fit
+from bastion.attacks.inference.dp_training import TrainingProcedure
 from bastion.core.data import Dataset
 from bastion.core.registry import get
 from bastion.core.target import TorchTarget
@@ -69,10 +69,10 @@ def null_model() -> nn.Module:
 def dp_model() -> nn.Module:
     """DP-SGD (noise multiplier 2, clipping 1) on the members."""
     members, _, _ = digits_split()
-    seed_everything(5)
-    trainer = Trainer(epochs=30, batch_size=64, lr=0.05, optimizer="sgd", seed=5, device="cpu")
+    procedure = TrainingProcedure(mlp, Trainer(epochs=30, batch_size=64, lr=0.05, optimizer="sgd", device="cpu"),
+                                  noise_multiplier=2.0, max_grad_norm=1.0)
     with single_thread():
-        return dp_fit(trainer, mlp(), members.x, members.y, noise_multiplier=2.0, max_grad_norm=1.0)
+        return procedure(members.x, members.y, 5)
 
 
 @cache

@@ -33,6 +33,7 @@ def findings(a):
 
 def test_ray_backend_gives_the_local_findings(cancer_inputs, quick_plan):  # noqa: F811
     ray = _ray()
+    plan = quick_plan.merged({"families": {"extraction": False}})  # the slowest family adds nothing here
     from bastion.assess.ray_backend import RayBackend
     from bastion.assess.ray_references import references_on_ray
     from bastion.attacks.inference import reference_attack
@@ -42,7 +43,7 @@ def test_ray_backend_gives_the_local_findings(cancer_inputs, quick_plan):  # noq
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # Ray workers compute with one thread: same floating-point sums
     try:
-        local = Runner(show_progress=False).run(cancer_inputs, quick_plan)
+        local = Runner(show_progress=False).run(cancer_inputs, plan)
         spec = ReferenceSpec(2, Trainer(epochs=2, device="cpu"), factory=lambda: torch.nn.Linear(30, 2))
         x, y = cancer_inputs.data.x[:40], cancer_inputs.data.y[:40]
         masks = balanced_masks(40, 2, np.random.default_rng(0))
@@ -55,7 +56,7 @@ def test_ray_backend_gives_the_local_findings(cancer_inputs, quick_plan):  # noq
             assert active
             routed = reference_attack.train_references(spec, x, y, masks, x[:8], seed=5, n_jobs=1)
         np.testing.assert_array_equal(routed, expected)
-        remote = Runner(backend=RayBackend(), show_progress=False).run(cancer_inputs, quick_plan)
+        remote = Runner(backend=RayBackend(), show_progress=False).run(cancer_inputs, plan)
         assert ray.is_initialized()  # the backend leaves a cluster it did not start running
     finally:
         ray.shutdown()

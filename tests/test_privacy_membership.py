@@ -50,7 +50,7 @@ def test_offline_lira_leaks_too():
     offline, _ = attack("lira", mode="offline", **LIRA4)
     assert tpr(offline, 0.01)[0] > 0.02
     assert offline.metrics["mode"] == "offline" and offline.metrics["fixed_variance"] is True
-    assert offline.metrics["reference_train_accuracy"] is None  # offline: no reference model saw a candidate
+    assert "reference_train_accuracy" not in offline.metrics  # offline: no reference model saw a candidate
 
 
 def test_rmia_with_two_reference_models_finds_the_leak():
@@ -245,8 +245,8 @@ def test_one_dataset_is_split_three_ways():
 def test_bad_parameters_are_refused():
     with pytest.raises(ParameterError):
         get("attacks", "lira", "inference")(mode="sideways")
-    with pytest.raises(ParameterError):
-        get("attacks", "lira", "inference")(n_reference=2, fixed_variance=False)
+    with pytest.raises(ParameterError, match="n_reference"):
+        get("attacks", "lira", "inference")(n_reference=2)
     with pytest.raises(ParameterError):
         get("attacks", "label-only", "inference")(method="telepathy")
 

@@ -39,6 +39,17 @@ def file_sha256(path: str | Path) -> str | None:
     return digest.hexdigest()
 
 
+class _Wrapped(torch.nn.Module):
+    """A TorchScript module inside an ordinary one (whose requires_grad_ and train work parameter by parameter)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
 @dataclass
 class ModelInfo:
     """What the plan defaults are sized from: the model's access, shape, bounds and internals."""
@@ -105,20 +116,24 @@ class Inputs:
         validate_for_model(self.data, target.n_classes, target.input_shape)
         if self.train_data is not None:
             validate_for_model(self.train_data, target.n_classes, target.input_shape)
-        if eager and isinstance(target, TorchTarget) and isinstance(target.model, torch.jit.ScriptModule) \
-                and self.arch:
+        if eager and isinstance(target, TorchTarget) and isinstance(target.model, torch.jit.ScriptModule):
             target = self._eager(target)
         return target
 
     def _eager(self, target: TorchTarget) -> TorchTarget:
+        """The model rebuilt from --arch with the file's weights; without --arch, the TorchScript module inside
+        a plain nn.Module (enough for gradient-based scanners, not for those that read named layers)."""
         from bastion.models.factory import build
 
-        model = build(self.arch)
-        try:
-            model.load_state_dict(target.model.state_dict(), strict=True)
-        except RuntimeError as exc:
-            raise ModelLoadError(f"{self.model}: its weights do not fit --arch {self.arch} ({one_line(exc)})") \
-                from None
+        if self.arch:
+            model = build(self.arch)
+            try:
+                model.load_state_dict(target.model.state_dict(), strict=True)
+            except RuntimeError as exc:
+                raise ModelLoadError(f"{self.model}: its weights do not fit --arch {self.arch} ({one_line(exc)})") \
+                    from None
+        else:
+            model = _Wrapped(target.model)
         eager = TorchTarget(model, target.input_shape, n_classes=target.n_classes, bounds=target.bounds,
                             device=target.device, max_queries=target.counter.budget, name=target.name)
         return eager

@@ -34,8 +34,9 @@ class BackdoorProbe(Probe):
         for name, params in self.section["scanners"].items():
             if scanner_class(name).requires > info.access_level:
                 continue
-            if name in TRAINING_SCREENS and inputs.train_data is None:
-                continue
+            if name in TRAINING_SCREENS and (inputs.train_data is None or
+                                             (info.format == "torchscript" and not inputs.arch)):
+                continue  # screens read named layers: a TorchScript model needs --arch to be rebuilt
             out[name] = params
         return out
 
@@ -45,7 +46,8 @@ class BackdoorProbe(Probe):
         if not self.section["scanners"]:
             return "the plan lists no backdoor scanner"
         if not self.usable(inputs, info):
-            return "the planned scanners need --train-data or more access than the model grants"
+            return ("the planned scanners need --train-data (and --arch for a TorchScript model) or more access "
+                    "than the model grants")
         return None
 
     def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:

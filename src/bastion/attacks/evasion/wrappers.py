@@ -103,7 +103,10 @@ def masking_modules(target: Target, x: torch.Tensor, tol: float = 1e-6, share: f
                     and inp.requires_grad:
                 captured[name] = (inp, output)
 
-        hooks.append(module.register_forward_hook(hook))
+        try:
+            hooks.append(module.register_forward_hook(hook))
+        except RuntimeError:  # TorchScript modules take no hooks: nothing to find there
+            continue
     try:
         with torch.enable_grad():
             target.model(x.detach().clone().requires_grad_(True))

@@ -112,7 +112,8 @@ class DPAudit:
 
     def run(self, train: Callable[[np.ndarray, np.ndarray, int], Any], data: Dataset, canary_source: Dataset,
             claimed_epsilon: float | None = None) -> AttackResult:
-        """Insert canaries into `data`, train once, and bound epsilon from below."""
+        """Insert canaries into `data`, train once, and bound epsilon from below. Without `claimed_epsilon`, the
+        claim is the `epsilon` the procedure reports after training (a `TrainingProcedure` with DP-SGD does)."""
         start = time.perf_counter()
         rng = np.random.default_rng(self.seed)
         n_classes = max(data.n_classes, canary_source.n_classes)
@@ -121,6 +122,8 @@ class DPAudit:
         x = np.concatenate([data.x, canaries.x[included]])
         y = np.concatenate([data.y, canaries.y[included]])
         model = train(x, y, self.seed)
+        if claimed_epsilon is None:
+            claimed_epsilon = getattr(train, "epsilon", None)
         log_probs = _log_probs(model, canaries.x, n_classes)
         scores = log_probs[np.arange(self.n_canaries), canaries.y]
         metrics = {**self.audit(scores, included), "n_canaries": self.n_canaries, "n_included": int(included.sum()),

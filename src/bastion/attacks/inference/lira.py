@@ -71,11 +71,9 @@ class LiRA(ReferenceAttack):
         super().__init__(arch, n_reference, mode, epochs, batch_size, lr, optimizer, weight_decay, n_jobs,
                          train_size, n_bootstrap, seed)
         self.fixed_variance = fixed_variance
-        if self.n_reference < 2:
-            raise ParameterError("LiRA needs at least 2 reference models to estimate a variance")
-        if fixed_variance is False and self.n_reference < (4 if mode == "online" else 2):
-            raise ParameterError("per-record variances need at least 2 IN and 2 OUT models: raise n_reference "
-                                 "or use fixed_variance")
+        if self.n_reference < (4 if mode == "online" else 2):
+            raise ParameterError("LiRA needs at least 2 OUT (and online, 2 IN) reference models per record to "
+                                 "estimate a variance: use n_reference >= 4 online, >= 2 offline")
 
     def score(self, target: Target, data: MembershipData) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         y = torch.as_tensor(data.y)

@@ -55,12 +55,16 @@ class ReferenceRun:
         return float(self.masks.sum(axis=1).mean())
 
 
-def reference_fit(log_probs: np.ndarray, y: np.ndarray, in_mask: np.ndarray) -> dict[str, float | None]:
-    """Accuracy of the reference models on records they trained on and on the others (a sanity check)."""
+def reference_fit(log_probs: np.ndarray, y: np.ndarray, in_mask: np.ndarray) -> dict[str, float]:
+    """Accuracy of the reference models on records they trained on and on the others (a sanity check); a key is
+    left out when no record is in that group (offline, no reference model trains on a candidate)."""
     correct = log_probs.argmax(-1) == y[None]
-    train = float(correct[in_mask].mean()) if in_mask.any() else None
-    test = float(correct[~in_mask].mean()) if (~in_mask).any() else None
-    return {"reference_train_accuracy": train, "reference_test_accuracy": test}
+    out = {}
+    if in_mask.any():
+        out["reference_train_accuracy"] = float(correct[in_mask].mean())
+    if (~in_mask).any():
+        out["reference_test_accuracy"] = float(correct[~in_mask].mean())
+    return out
 
 
 class ReferenceAttack(MembershipAttack):

@@ -68,7 +68,7 @@ class FinePrune(RepairDefense):
     name = "fine-prune"
 
     def __init__(self, max_accuracy_drop: float = 0.05, prune_step: float = 0.05, max_prune: float = 0.95,
-                 epochs: int = 10, lr: float = 1e-2, optimizer: str = "adam", batch_size: int = 64,
+                 epochs: int = 20, lr: float = 1e-2, optimizer: str = "adam", batch_size: int = 64,
                  holdout: float = 0.3, seed: int = 0):
         super().__init__(epochs, lr, optimizer, batch_size, holdout, seed)
         if not 0 <= max_accuracy_drop < 1 or not 0 < prune_step <= 1 or not 0 < max_prune < 1:

@@ -87,6 +87,9 @@ class TrainingDefense(Defense):
                                                                                   list[Finding]]:
         raise NotImplementedError  # pragma: no cover
 
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model this defense cannot train, before any work (none refused by default)."""
+
     def extra_report(self, before: TorchTarget, after: TorchTarget, data: Dataset,
                      train_data: Dataset) -> tuple[dict[str, Any], list[Finding]]:
         """More before/after measurements (DP-SGD adds membership inference); none by default."""
@@ -96,6 +99,7 @@ class TrainingDefense(Defense):
             **_: Any) -> AttackResult:
         self.check_access(target)
         module = torch_module(target, f"defense '{self.name}'")
+        self.check_model(module)
         train = require_data(train_data, f"defense '{self.name}'", "--train-data")
         data = require_data(data, f"the before/after evaluation of '{self.name}'")
         start, queries = time.perf_counter(), target.queries

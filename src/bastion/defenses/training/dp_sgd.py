@@ -36,13 +36,18 @@ from bastion.defenses.training.base import TrainingDefense
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 
 
+def require_eager(model: nn.Module) -> None:
+    """Opacus computes per-sample gradients with module hooks, which TorchScript and exported graphs lack."""
+    if isinstance(model, torch.jit.ScriptModule) or type(model).__name__ == "_ExportedModule":
+        raise ParameterError("DP-SGD needs an eager PyTorch model to compute per-sample gradients: load its weights "
+                             "as .safetensors with --arch module:factory instead of TorchScript or torch.export")
+
+
 def private_layers(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """`model` with the layers Opacus cannot train replaced (BatchNorm -> GroupNorm), and what was replaced."""
     from opacus.validators import ModuleValidator
 
-    if isinstance(model, torch.jit.ScriptModule):
-        raise ParameterError("DP-SGD needs an eager PyTorch model to compute per-sample gradients: load its weights "
-                             "as .safetensors with --arch module:factory instead of TorchScript")
+    require_eager(model)
     replaced = [f"{name or 'model'} ({type(m).__name__})" for name, m in model.named_modules()
                 if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if replaced:
@@ -92,6 +97,9 @@ class DPSGD(TrainingDefense):
         self.delta, self.max_grad_norm, self.accountant = float(delta), float(max_grad_norm), accountant
         self.mia_attack = str(mia_attack)
         self._training(epochs, batch_size, lr, optimizer, from_scratch, eval_eps, norm, attack, seed)
+
+    def check_model(self, model: nn.Module) -> None:
+        require_eager(model)
 
     def train(self, model: nn.Module, data: Dataset, target: TorchTarget) -> tuple[nn.Module, dict[str, Any],
                                                                                   list[Finding]]:
