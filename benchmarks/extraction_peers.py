@@ -148,11 +148,13 @@ def section_curve(budgets: list[int], seeds: list[int]) -> None:
     for kind in ("copycat", "knockoff"):
         for budget in budgets:
             sel = [r for r in rows if r["attack"] == kind and r["budget"] == budget]
-            summary.append({"attack": kind, "budget": budget,
-                            **{k: float(np.mean([r[k] for r in sel])) for k in
-                               ("fidelity", "fidelity_ood", "accuracy", "transfer_success", "art_fidelity")}})
+            row = {"attack": kind, "budget": budget}
+            for key in ("fidelity", "art_fidelity", "fidelity_ood", "accuracy", "transfer_success"):
+                values = np.array([r[key] for r in sel])
+                row[key] = f"{values.mean():.4f} ± {values.std():.4f}" if "fidelity" in key else float(values.mean())
+            summary.append(row)
     print("\n## curve (synthetic 5-class tabular MLP victim, victim accuracy "
-          f"{float((truth == test.y).mean()):.3f})\n")
+          f"{float((truth == test.y).mean()):.3f}; mean ± std over seeds {seeds})\n")
     print(table(summary, list(summary[0])))
 
 
@@ -229,7 +231,7 @@ def main() -> None:
     if "peers" in sections:
         section_peers(budgets, seeds)
     if "curve" in sections:
-        section_curve([int(b) for b in args.curve_budgets.split(",")], seeds[:1])
+        section_curve([int(b) for b in args.curve_budgets.split(",")], seeds[:3])
     if "defenses" in sections:
         section_defenses(500)
     if "detection" in sections:

@@ -42,8 +42,8 @@ def eval_data(n: int = 60) -> Dataset:
 
 
 def target(model: nn.Module | None = None, **kwargs) -> TorchTarget:
-    return TorchTarget(model if model is not None else trained()[0], (1, 8, 8), n_classes=10, device="cpu",
-                       **kwargs)
+    kwargs.setdefault("n_classes", 10)
+    return TorchTarget(model if model is not None else trained()[0], (1, 8, 8), device="cpu", **kwargs)
 
 
 class Quantize(nn.Module):

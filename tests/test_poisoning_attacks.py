@@ -108,6 +108,7 @@ def test_arch_defaults_to_the_target_architecture_and_a_sweep_reports_each_rate(
     small_train = train.subset(slice(0, 400))
     result = BadNets(poison_rate="0.02,0.1", epochs=3).run(target_of(digits_cnn()), test, train_data=small_train)
     curve = result.metrics["curve"]
+    assert BadNets(arch=digits_cnn).get_params()["arch"] == "bastion.demo.models:digits_cnn"
     assert [p["poison_rate"] for p in curve] == [0.02, 0.1] and [p["n_poisoned"] for p in curve] == [8, 40]
     assert len(result.metrics["clean_accuracy_drop"]) == 2
 

@@ -1,1 +1,23 @@
+"""One-command assessment: a plan (YAML, validated, defaults sized to the data and access), one probe per threat
+family, grades, and a runner (local or Ray) that records every job in the run store.
 
+    from bastion.assess import Inputs, assess, default_plan
+    inputs = Inputs(model="model.pt", data=test, train_data=train, arch="pkg.models:build")
+    result = assess(inputs, default_plan(inputs, inputs.describe()))
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"Inputs": "inputs", "Plan": "plan", "read_plan_file": "plan", "default_plan": "defaults",
+            "Runner": "runner", "assess": "runner"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy exports: importing the package (e.g. for the probe registry) pulls in nothing else."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"bastion.assess.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'bastion.assess' has no attribute {name!r}")

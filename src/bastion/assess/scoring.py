@@ -24,18 +24,20 @@ GRADE_MEANING = {
 
 # Family-level mitigations (Bastion commands where they exist), shown when a family has findings above info.
 MITIGATIONS = {
-    "evasion": ["Adversarial training (PGD-AT or TRADES) through `bastion defend`, then re-assess.",
-                "Certify critical decisions with randomized smoothing; never trust an undefended score near a "
-                "decision boundary."],
-    "privacy": ["Train with DP-SGD (Opacus) and report the privacy budget; regularise and stop early.",
-                "Return labels or rounded top-k scores instead of full probability vectors."],
-    "extraction": ["Return labels or rounded top-k scores only; add reverse-sigmoid or prediction poisoning.",
-                   "Rate-limit and monitor query streams (PRADA) per client."],
-    "backdoor": ["Do not deploy a model with a flagged class; repair it with fine-pruning on trusted clean data.",
-                 "Vet training-data provenance and screen it with activation clustering or spectral signatures."],
+    "evasion": ["Adversarial training: `bastion defend adv-train` (PGD-AT) or `bastion defend trades`, then "
+                "re-assess and compare the runs (`bastion report compare`).",
+                "Certify critical decisions with randomized smoothing (`bastion defend smooth`)."],
+    "privacy": ["Train with DP-SGD (`bastion defend dp-sgd`) and report the privacy budget; regularise and "
+                "stop early.",
+                "Return labels or rounded top-k scores (`label-only`, `round`, `top-k` output defenses)."],
+    "extraction": ["Return labels or rounded top-k scores only; add `reverse-sigmoid` output perturbation.",
+                   "Rate-limit and monitor query streams per client (`prada`)."],
+    "backdoor": ["Do not deploy a model with a flagged class; repair it with `bastion defend fine-prune` on "
+                 "trusted clean data.",
+                 "Vet training-data provenance and screen it with `activation-clustering` or `spectral`."],
     "supply_chain": ["Distribute weights as safetensors or ONNX; never load pickle-based files from untrusted "
                      "sources (`bastion scan`, `--convert-to-safetensors`).",
-                     "Record file hashes and verify them before loading."],
+                     "Record file hashes and verify them before loading (`bastion scan --manifest`)."],
 }
 
 

@@ -11,6 +11,7 @@ back-propagating as the identity) shows.
 from __future__ import annotations
 
 import time
+from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -53,7 +54,7 @@ class HardenedModel(nn.Module):
         return decided_by(log_probs, hardened) if self.straight_through else hardened
 
 
-class OutputHardening(Defense):
+class OutputHardening(Defense, metaclass=ABCMeta):
     """Base: subclasses implement `wrap(target) -> OutputDefense`; evaluation parameters are shared."""
 
     family: ClassVar[str] = "postprocess"
@@ -63,8 +64,9 @@ class OutputHardening(Defense):
         self.eps = None if eps is None else parse_eps(eps)
         self.norm, self.attack, self.seed = check_norm(norm), str(attack), int(seed)
 
-    def wrap(self, target: Target) -> OutputDefense:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def wrap(self, target: Target) -> OutputDefense:
+        """The defended API in front of `target`."""
 
     def run(self, target: Target, data: Dataset | None = None, **_: Any) -> AttackResult:
         data = require_data(data, f"defense '{self.name}'")

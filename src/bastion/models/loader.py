@@ -82,6 +82,9 @@ def load_target(
     batch_size: int = 512,
 ) -> Target:
     """Load MODEL as a Target. `data` supplies the input shape and bounds when the file does not carry them."""
+    from bastion.core.device import resolve_device
+
+    resolve_device(device)  # an unknown or absent device is reported as such, not as a corrupt model
     fmt = sniff_format(path)
     if fmt == "unknown":
         raise ModelLoadError(

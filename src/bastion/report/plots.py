@@ -147,6 +147,11 @@ def scan_findings(report: FamilyReport) -> Plot | None:
     fig, ax = _figure(5.0, 2.6)
     names = list(counts)
     ax.barh(names, [counts[n] for n in names], color=[SEVERITY_COLORS[n] for n in names])
+    ax.set_xlim(0, max(1, *counts.values()) * 1.1)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if not any(counts.values()):
+        ax.text(0.5, 0.5, "no findings", transform=ax.transAxes, ha="center", va="center", color="#16a34a",
+                fontsize=12)
     ax.set_xlabel("findings")
     ax.invert_yaxis()
     files = sum(len(r.metrics.get("files", [])) for r in report.results)

@@ -93,6 +93,10 @@ TEMPLATE = """<!DOCTYPE html>
   {% for k, v in r.headline.items() %}<tr><td>{{ k }}</td><td>{{ v|num }}</td></tr>{% endfor %}</table>{% endif %}
   {% for p in f.plots %}<figure id="plot-{{ p.id }}"><img alt="{{ p.title }}" src="{{ p.uri }}">
   <figcaption><b>{{ p.title }}.</b> {{ p.caption }}</figcaption></figure>{% endfor %}
+  {% for x in r.results if x.metrics.get('files') %}<h3>Scanned files</h3><table>
+    <tr><th>file</th><th>format</th><th>size</th><th>sha256</th></tr>
+    {% for f in x.metrics['files'] %}<tr><td>{{ f.path }}</td><td>{{ f.format }}</td><td>{{ f.size }}</td>
+    <td><code>{{ f.sha256[:16] }}</code></td></tr>{% endfor %}</table>{% endfor %}
   {% if r.findings %}<h3>Findings</h3><table>
     <tr><th>severity</th><th>finding</th><th>metric</th><th>MITRE ATLAS</th><th>OWASP ML Top 10</th></tr>
     {% for x in r.findings|sortfindings %}<tr>

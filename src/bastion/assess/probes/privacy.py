@@ -33,9 +33,12 @@ def roc_on_grid(fpr: np.ndarray, tpr: np.ndarray, n_negative: int) -> dict[str, 
 
 
 def privacy_sanity_finding(check: SanityCheck) -> Finding:
+    """A failed check: low when the reference models learnt no membership signal, info when the sample is just
+    too small to resolve low false-positive rates (a measurement limit, not a weakness)."""
     return Finding(
         title=f"sanity check '{check.name}' failed: membership leakage may be underestimated",
-        family="inference", severity="low", metric=f"sanity:{check.name}",
+        family="inference", severity="info" if check.name == "fpr-resolution" else "low",
+        metric=f"sanity:{check.name}",
         evidence={"check": check.name, "detail": check.detail}, atlas=["AML.T0024.000"],
         owasp=["ML04:2023 Membership Inference Attack"], description=check.detail,
         recommendation="Train reference models like the target (same architecture, epochs and data size) and "

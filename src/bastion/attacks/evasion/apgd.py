@@ -17,6 +17,7 @@ import torch
 from bastion.attacks.evasion.base import EvasionAttack, as_eps, clip_to
 from bastion.attacks.evasion.losses import forward_logits, get_loss, loss_and_grad
 from bastion.attacks.evasion.norms import ascent_step, project, random_start
+from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.target import Target
@@ -27,7 +28,7 @@ def checkpoints(n_iter: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * n_iter) for q in p[1:] if q < 1})
+    return sorted({math.ceil(round(q * n_iter, 9)) for q in p[1:] if q < 1})
 
 
 class _State:
@@ -66,6 +67,10 @@ class APGD(EvasionAttack):
             raise ParameterError("momentum must be in [0, 1) and rho in (0, 1]")
         self.steps, self.restarts, self.n_targets = int(steps), int(restarts), int(n_targets)
         self.momentum, self.rho, self.compact_every = float(momentum), float(rho), int(compact_every)
+
+    def prepare(self, target: Target, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        get_loss(self.loss_name, target.n_classes, self.targeted)  # refuses DLR with too few classes, early
+        return super().prepare(target, data)
 
     def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         loss = get_loss(self.loss_name, target.n_classes, self.targeted)

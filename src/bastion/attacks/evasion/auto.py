@@ -208,12 +208,20 @@ class AutoAttack(EvasionAttack):
         d = search.x[0].numel()
         return (hi - lo) * {"linf": 1.0, "l2": d ** 0.5, "l1": float(d)}[self.norm]
 
-    def _try(self, plan: Plan, search: EpsSearch, idx: torch.Tensor, eps: float, steps: int = 20) -> torch.Tensor:
-        """A short attack at `eps` on samples idx, judged on the model; returns the fooled mask."""
-        attack = quick_attack(eps, self.norm, self.seed + 3, plan.judge, plan.gradients, steps)
+    def _try(self, plan: Plan, search: EpsSearch, idx: torch.Tensor, top: float, steps: int = 20) -> torch.Tensor:
+        """Short attacks on samples idx at a ladder of budgets up to `top` (top/16, top/4, top: one huge first
+        step can jump over every adversarial region), judged on the model; returns the fooled mask."""
+        fooled = torch.zeros(len(idx), dtype=torch.bool, device=idx.device)
         view = plan.gradients if plan.gradients is not None else plan.judge
-        adv = attack.perturb(view, search.x[idx], search.y[idx], eps).float()
-        return plan.judge.labels(adv) != search.y[idx]
+        for eps in (top / 16, top / 4, top):
+            left = (~fooled).nonzero().flatten()
+            if len(left) == 0:
+                break
+            attack = quick_attack(eps, self.norm, self.seed + 3, plan.judge, plan.gradients, steps)
+            sub = idx[left]
+            adv = attack.perturb(view, search.x[sub], search.y[sub], eps).float()
+            fooled[left] = plan.judge.labels(adv) != search.y[sub]
+        return fooled
 
     def _large_eps(self, plan: Plan, search: EpsSearch) -> C.Check:
         """Check 6: the curve never rises, and at half the input span accuracy falls to chance."""

@@ -58,7 +58,7 @@ class EvasionAttack(Attack):
     family: ClassVar[str] = "evasion"
     requires: ClassVar[Access] = Access.GRADIENTS
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
-    prepass: ClassVar[bool] = True  # run the cheap minimum-norm pass before several epsilons
+    prepass: ClassVar[bool] = True  # white-box iterative attacks: the cheap minimum-norm pass before several eps
 
     def __init__(self, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf", seed: int = 0):
         self.eps = parse_eps(eps)
@@ -96,7 +96,8 @@ class EvasionAttack(Attack):
     def search(self, target: Target, x: torch.Tensor, y: torch.Tensor) -> EpsSearch:
         """Run the attack over all epsilons, sharing work between them; return the filled-in search."""
         search = EpsSearch(target, x, y, self.eps, self.norm)
-        if search.k > 1 and self.prepass and target.access >= Access.GRADIENTS:
+        white_box = self.requires >= Access.GRADIENTS and target.access >= Access.GRADIENTS
+        if search.k > 1 and self.prepass and white_box:
             search.prepass()
         self.probe(target, search)
         return search
@@ -173,7 +174,7 @@ class MinNormAttack(EvasionAttack):
             valid = valid_examples(x[idx], adv, float("inf"), self.norm, target.bounds)
             search.violations += int((fooled & ~valid).sum())
             hit = (fooled & valid).nonzero().flatten()
-            search._accept(idx[hit], adv[hit], lp_norm(adv[hit] - x[idx[hit]], self.norm))
+            search.accept(idx[hit], adv[hit], lp_norm(adv[hit] - x[idx[hit]], self.norm))
         dist = search.dist[search.correct]
         found = torch.isfinite(dist)
         extra = {

@@ -27,6 +27,7 @@ class FGSM(EvasionAttack):
     """
 
     name = "fgsm"
+    prepass = False  # one step: cheaper than the pass itself
 
     def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         eps = as_eps(eps, x)

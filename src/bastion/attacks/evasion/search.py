@@ -29,6 +29,7 @@ class EpsSearch:
 
     def __init__(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: list[float], norm: str):
         self.target, self.x, self.y, self.norm = target, x, y, norm
+        self.eps_values = [float(e) for e in eps]
         self.eps = torch.tensor(eps, dtype=torch.float32, device=x.device)
         self.correct = target.labels(x) == y
         n = len(x)
@@ -81,7 +82,7 @@ class EpsSearch:
                     ok &= self.target.labels(adv[found]) != y0[found]
                 found = found[ok]
                 dist = torch.minimum(lp_norm(adv[found] - x0[found], self.norm), top[found])
-                self._accept(idx[found], adv[found], dist)
+                self.accept(idx[found], adv[found], dist)
                 self._shrink(idx[found], torch.full_like(found, self.k - 1))
                 keep = ~hit
                 idx, x0, y0, adv, top, step = idx[keep], x0[keep], y0[keep], adv[keep], top[keep], step[keep]
@@ -105,11 +106,11 @@ class EpsSearch:
         if len(hit):
             # an example accepted within eps (up to float32 rounding) counts as at most eps
             dist = torch.minimum(lp_norm(x_adv[hit].float() - x0[hit], self.norm), eps[hit])
-            self._accept(idx[hit], x_adv[hit].float(), dist)
+            self.accept(idx[hit], x_adv[hit].float(), dist)
             self._shrink(idx[hit], probe[hit])
         return fooled
 
-    def _accept(self, idx: torch.Tensor, x_adv: torch.Tensor, dist: torch.Tensor) -> None:
+    def accept(self, idx: torch.Tensor, x_adv: torch.Tensor, dist: torch.Tensor) -> None:
         better = dist < self.dist[idx]
         self.dist[idx[better]] = dist[better]
         self.adv[idx[better]] = x_adv[better]
@@ -139,15 +140,15 @@ class EpsSearch:
         sel = (ok & (cols == first[rows])).nonzero().flatten()
         order = rows[sel]
         dist = torch.minimum(lp_norm(cand[sel].float() - x0[order], self.norm), grid[cols[sel]])
-        self._accept(idx[order], cand[sel].float(), dist)
+        self.accept(idx[order], cand[sel].float(), dist)
 
     def robust_mask(self, k: int) -> torch.Tensor:
         """Samples counted robust at eps index k: correctly classified and no valid example within eps_k."""
         return self.correct & (self.dist > self.eps[k])
 
     def curve(self) -> list[dict]:
-        return [{"eps": float(e), "robust_accuracy": float(self.robust_mask(i).float().mean())}
-                for i, e in enumerate(self.eps.tolist())]
+        return [{"eps": e, "robust_accuracy": float(self.robust_mask(i).float().mean())}
+                for i, e in enumerate(self.eps_values)]
 
 
 def valid_examples(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | float, norm: str,

@@ -33,7 +33,8 @@ class DirtyLabelBackdoor(PoisoningAttack):
         return self.apply_trigger(x[keep]), torch.full_like(y[keep], self.target_label)
 
 
-@register("attacks", "badnets", family="poisoning")
+@register("attacks", "badnets", family="poisoning",
+          summary="patch-trigger backdoor planted through relabelled training samples (Gu 2017)")
 class BadNets(DirtyLabelBackdoor):
     """BadNets patch backdoor (Gu, Dolan-Gavitt & Garg, "BadNets", 2017).
 
@@ -57,7 +58,8 @@ class BadNets(DirtyLabelBackdoor):
         return apply_patch(x, self.patch_size, self.corner, self.bounds)
 
 
-@register("attacks", "blended", family="poisoning")
+@register("attacks", "blended", family="poisoning",
+          summary="blended-noise-trigger backdoor (Chen 2017)")
 class Blended(DirtyLabelBackdoor):
     """Blended-injection backdoor (Chen, Liu, Li, Lu & Song, "Targeted Backdoor Attacks on Deep Learning Systems
     Using Data Poisoning", 2017).

@@ -15,7 +15,8 @@ from bastion.core.registry import register
 from bastion.core.target import TorchTarget
 
 
-@register("attacks", "clean-label", family="poisoning")
+@register("attacks", "clean-label", family="poisoning",
+          summary="label-consistent backdoor: perturbed target-class samples plus a trigger (Turner 2019)")
 class CleanLabel(PoisoningAttack):
     """Label-consistent backdoor (Turner, Tsipras & Madry, "Label-Consistent Backdoor Attacks", 2019).
 

@@ -12,7 +12,8 @@ from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 
 
-@register("attacks", "labelflip", family="poisoning")
+@register("attacks", "labelflip", family="poisoning",
+          summary="random or targeted label flipping of the training set (Biggio 2012)")
 class LabelFlip(PoisoningAttack):
     """Label-flipping poisoning (Biggio, Nelson & Laskov, "Poisoning Attacks against SVMs", ICML 2012, random
     flips as the baseline; Xiao, Xiao & Eckert, "Adversarial Label Flips Attack", ECAI 2012).

@@ -53,7 +53,8 @@ def two_means(points: np.ndarray, seed: int) -> tuple[np.ndarray, float, np.ndar
     return labels, float(silhouette_score(points, labels)), margin
 
 
-@register("defenses", "activation-clustering", family="detect")
+@register("defenses", "activation-clustering", family="detect",
+          summary="find poisoned training samples by clustering activations (Chen 2018)")
 class ActivationClustering(Defense):
     """Activation Clustering (Chen et al., "Detecting Backdoor Attacks on Deep Neural Networks by Activation
     Clustering", AAAI SafeAI 2019).

@@ -18,7 +18,8 @@ from bastion.defenses.base import Defense, require_data, torch_module
 from bastion.defenses.detect.features import anomaly_index
 
 
-@register("defenses", "neural-cleanse", family="detect")
+@register("defenses", "neural-cleanse", family="detect",
+          summary="is this model backdoored? reverse-engineer a trigger per class (Wang 2019)")
 class NeuralCleanse(Defense):
     """Neural Cleanse (Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural
     Networks", IEEE S&P 2019).
@@ -89,15 +90,13 @@ class NeuralCleanse(Defense):
                 best_norm = torch.where(better, norm, best_norm)
                 best_mask[better], best_pattern[better] = mask[better], pattern[better]
                 start = (cost == 0) & hit  # the paper's warm-up: λ switches on once the trigger works
-                up, down = torch.where(hit, up + 1, torch.zeros_like(up)), torch.where(hit, torch.zeros_like(down),
-                                                                                       down + 1)
+                up, down = torch.where(hit, up + 1, 0.0), torch.where(hit, 0.0, down + 1)
                 raise_ = ~start & (cost > 0) & (up >= self.patience)
                 lower = (cost > 0) & (down >= self.patience)
-                cost = torch.where(start, torch.full_like(cost, self.init_cost), cost)
+                cost = torch.where(start, self.init_cost, cost)
                 cost = torch.where(raise_, cost * self.cost_multiplier, cost)
                 cost = torch.where(lower, cost / self.cost_multiplier ** 1.5, cost)
-                up, down = torch.where(raise_, torch.zeros_like(up), up), torch.where(lower, torch.zeros_like(down),
-                                                                                       down)
+                up, down = torch.where(raise_, 0.0, up), torch.where(lower, 0.0, down)
         missing = torch.isinf(best_norm)  # never reached the threshold: keep the last trigger
         with torch.no_grad():
             best_mask[missing] = ((torch.tanh(mask_raw) + 1) / 2)[missing]

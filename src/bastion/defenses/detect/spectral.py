@@ -24,7 +24,8 @@ def spectral_scores(features: torch.Tensor) -> torch.Tensor:
     return (centred @ vh[0]) ** 2
 
 
-@register("defenses", "spectral", family="detect")
+@register("defenses", "spectral", family="detect",
+          summary="remove the training samples with the strongest spectral signature (Tran 2018)")
 class SpectralSignatures(Defense):
     """Spectral Signatures (Tran, Li & Madry, "Spectral Signatures in Backdoor Attacks", NeurIPS 2018).
 

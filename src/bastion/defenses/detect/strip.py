@@ -16,7 +16,8 @@ from bastion.defenses.base import Defense, require_data
 from bastion.evaluation.metrics import auc, roc_curve
 
 
-@register("defenses", "strip", family="detect")
+@register("defenses", "strip", family="detect",
+          summary="flag triggered inputs at inference by their entropy under superimposition (Gao 2019)")
 class STRIP(Defense):
     """STRIP (Gao et al., "STRIP: A Defence Against Trojan Attacks on Deep Neural Networks", ACSAC 2019).
 

@@ -9,6 +9,7 @@ masks gradients is reported as such.
 from __future__ import annotations
 
 import time
+from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -50,7 +51,7 @@ def defend_target(target: Target, transform: InputTransform) -> Target:
     return TransformedTarget(target, transform)
 
 
-class InputTransformDefense(Defense):
+class InputTransformDefense(Defense, metaclass=ABCMeta):
     """Base: subclasses implement `make_transform(bounds)`; evaluation parameters are shared."""
 
     family: ClassVar[str] = "preprocess"
@@ -63,8 +64,9 @@ class InputTransformDefense(Defense):
             raise ParameterError("eot_samples must be at least 1")
         self.eot_samples, self.seed = int(eot_samples), int(seed)
 
-    def make_transform(self, bounds: tuple[float, float]) -> InputTransform:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def make_transform(self, bounds: tuple[float, float]) -> InputTransform:
+        """The transform for inputs within `bounds`."""
 
     def run(self, target: Target, data: Dataset | None = None, **_: Any) -> AttackResult:
         data = require_data(data, f"defense '{self.name}'")

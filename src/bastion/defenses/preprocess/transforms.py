@@ -13,6 +13,7 @@ BPDA approximation of Athalye, Carlini & Wagner ("Obfuscated Gradients Give a Fa
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,7 +23,7 @@ from torch import nn
 from bastion.core.errors import ParameterError
 
 
-class InputTransform(nn.Module):
+class InputTransform(nn.Module, metaclass=ABCMeta):
     """Base class: `transform(x)` maps a batch inside `bounds` to a batch inside `bounds`.
 
     With `straight_through` set, the forward value is unchanged and the gradient is the identity (BPDA)."""
@@ -35,8 +36,9 @@ class InputTransform(nn.Module):
         self.low, self.high = lo, hi
         self.straight_through = False
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The transformed batch, same shape, inside the bounds."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.transform(x)

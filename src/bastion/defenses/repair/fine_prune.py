@@ -54,7 +54,8 @@ def accuracy_with(model: nn.Module, layer: nn.Module, keep: torch.Tensor, x: tor
         hook.remove()
 
 
-@register("defenses", "fine-prune", family="repair")
+@register("defenses", "fine-prune", family="repair",
+          summary="remove a backdoor: prune dormant channels, fine-tune on clean data (Liu 2018)")
 class FinePrune(RepairDefense):
     """Fine-Pruning (Liu, Dolan-Gavitt & Garg, "Fine-Pruning: Defending Against Backdooring Attacks on Deep
     Neural Networks", RAID 2018).

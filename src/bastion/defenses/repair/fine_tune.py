@@ -11,7 +11,8 @@ from bastion.core.registry import register
 from bastion.defenses.repair.base import RepairDefense
 
 
-@register("defenses", "fine-tune", family="repair")
+@register("defenses", "fine-tune", family="repair",
+          summary="remove a backdoor by fine-tuning on clean data")
 class FineTune(RepairDefense):
     """Fine-tuning on trusted clean data (the baseline of Liu, Dolan-Gavitt & Garg, "Fine-Pruning: Defending
     Against Backdooring Attacks on Deep Neural Networks", RAID 2018).

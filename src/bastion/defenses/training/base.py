@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import time
+from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -60,7 +61,7 @@ def hardened_target(target: TorchTarget, model: nn.Module, suffix: str) -> Torch
                        None, target.batch_size, f"{target.name} + {suffix}")
 
 
-class TrainingDefense(Defense):
+class TrainingDefense(Defense, metaclass=ABCMeta):
     """Base: subclasses implement `train(model, data, target) -> (model, metrics, findings)`."""
 
     family: ClassVar[str] = "training"
@@ -83,9 +84,10 @@ class TrainingDefense(Defense):
                   "seed": self.seed, "device": str(target.device), "description": self.name, **overrides}
         return Trainer(**kwargs)
 
+    @abstractmethod
     def train(self, model: nn.Module, data: Dataset, target: TorchTarget) -> tuple[nn.Module, dict[str, Any],
                                                                                   list[Finding]]:
-        raise NotImplementedError  # pragma: no cover
+        """Train `model` in place on `data`; return it with training metrics and findings."""
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse a model this defense cannot train, before any work (none refused by default)."""
