@@ -6,8 +6,9 @@ Run with the peers' environment (the peers are never Bastion dependencies):
 
 Models: the demo digits CNN (1x8x8 in [0, 1], trained like `bastion demo`) and the same architecture
 adversarially trained with PGD (Madry et al.) at L∞ eps 0.1, both cached after the first run. Data: the demo
-digits test split (540 points). Every robust accuracy is judged the same way for every tool: an example counts only
-if it is finite, inside [0, 1] and within eps in float32, and the model misclassifies it.
+digits test split (540 points), one batch for every tool. Every robust accuracy is judged the same way for every
+tool: an example counts only if it is finite, inside [0, 1] and within eps in float32, and the model misclassifies
+it. Times are CPU seconds of the process (one torch thread by default), robust to other jobs on the machine.
 
 Sections:
   pgd   PGD L∞ at equal steps (20) and step size (2.5·eps/20), one random start: robust accuracy and seconds
@@ -119,14 +120,19 @@ def peer_pgd(tool: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     raise ValueError(tool)
 
 
+def whole_batch(model: nn.Module, data: Dataset) -> TorchTarget:
+    """A Bastion target that, like the peers here, sends all points to the model as one batch."""
+    return TorchTarget(model, (1, 8, 8), n_classes=10, device="cpu", batch_size=max(512, len(data)))
+
+
 def bastion_pgd(model: nn.Module, data: Dataset, eps, seed: int = 0) -> tuple[list[float], float]:
-    target = TorchTarget(model, (1, 8, 8), n_classes=10, device="cpu")
+    target = whole_batch(model, data)
     result, secs = timed(lambda: PGD(eps=eps, steps=STEPS, seed=seed).run(target, data))
     return [c["robust_accuracy"] for c in result.metrics["robust_accuracy"]], secs
 
 
 def bastion_auto(model: nn.Module, data: Dataset, eps):
-    target = TorchTarget(model, (1, 8, 8), n_classes=10, device="cpu")
+    target = whole_batch(model, data)
     return timed(lambda: AutoAttack(eps=eps, seed=0).run(target, data))
 
 

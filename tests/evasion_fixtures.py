@@ -75,9 +75,30 @@ class Noise(nn.Module):
         return (x + self.sigma * torch.randn_like(x)).clamp(0, 1)
 
 
+class _NoisyGradient(torch.autograd.Function):
+    """Identity forward; a random vector as its gradient (a shattered gradient that is not zero)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.randn_like(grad)
+
+
+class Shatter(nn.Module):
+    """A layer whose gradient is noise: passes checks 1-3, misleads every gradient attack."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _NoisyGradient.apply(x)
+
+
 def masked(kind: str) -> nn.Module:
-    """The trained MLP behind a gradient-masking layer: quantize, saturate or noise."""
+    """The trained MLP behind a gradient-masking layer: quantize, saturate, noise or shatter."""
     base = trained()[0]
+    if kind == "shatter":
+        return nn.Sequential(Shatter(), base).eval()
     if kind == "quantize":
         return nn.Sequential(Quantize(), base).eval()
     if kind == "saturate":

@@ -127,3 +127,19 @@ def test_cli_runs_attacks_and_refuses_access(digits_demo, capsys):
     result = json.loads(out)
     assert len(result["metrics"]["sanity_checks"]) == 10
     assert result["metrics"]["robust_accuracy"][0]["robust_accuracy"] < 0.1
+
+
+def test_hopskipjump_starts_from_other_samples_when_noise_never_fools():
+    model = trained()[0]
+
+    def fn(x: np.ndarray) -> np.ndarray:  # uniform noise (mean 0.5) always lands in class 0
+        with torch.no_grad():
+            labels = model(torch.as_tensor(x)).argmax(1).numpy()
+        return np.where(x.reshape(len(x), -1).mean(1) > 0.35, 0, labels)
+
+    labels = FunctionTarget(fn, 10, (1, 8, 8), output="labels")
+    data = eval_data(200)
+    mixed = data.subset(np.r_[np.flatnonzero(data.y == 0)[:8], np.flatnonzero(data.y == 3)[:4]])
+    result = HopSkipJump(eps=3.0, steps=4, init_evals=20, init_tries=3).run(labels, mixed)
+    assert result.metrics["clean_accuracy"] == 1.0
+    assert result.metrics["unbounded_success_rate"] == 1.0  # the zeros start from the threes

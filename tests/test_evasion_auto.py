@@ -1,5 +1,6 @@
 """`auto`: its sanity checks pass on an honest model, and models that mask their gradients (input quantisation,
-a saturated softmax, a random layer) are flagged by the checks and still broken by the escalated evaluation."""
+a saturated softmax, a random layer, a gradient replaced by noise) are flagged by the checks and still broken by
+the escalated evaluation."""
 
 from __future__ import annotations
 
@@ -35,16 +36,17 @@ def test_auto_on_an_honest_model_passes_its_checks_and_beats_apgd():
     assert not [f for f in result.findings if f.metric.startswith("sanity_check") and f.severity == "high"]
 
 
-@pytest.mark.parametrize("kind,flagged,escalation", [
-    ("quantize", {3}, "BPDA"),
-    ("saturate", {1, 3}, "BPDA"),
-    ("noise", {2}, "EOT"),
+@pytest.mark.parametrize("kind,eps,flagged,escalation", [
+    ("quantize", EPS, {3}, "BPDA"),
+    ("saturate", EPS, {1, 3}, "BPDA"),
+    ("noise", EPS, {2}, "EOT"),
+    ("shatter", 0.15, {9}, "gradients look masked"),  # noise for a gradient: only the black box sees through
 ])
-def test_masked_model_is_flagged_and_still_broken(kind, flagged, escalation):
+def test_masked_model_is_flagged_and_still_broken(kind, eps, flagged, escalation):
     data = eval_data(40)
     model = masked(kind)
-    naive = APGDCE(eps=EPS, steps=20).run(target(model), data)
-    result = AutoAttack(eps=EPS, seed=0).run(target(model), data)
+    naive = APGDCE(eps=eps, steps=20).run(target(model), data)
+    result = AutoAttack(eps=eps, seed=0).run(target(model), data)
     failed = {i for i, ok in checks(result).items() if not ok}
     assert flagged <= failed, result.metrics["sanity_checks"]
     assert any(escalation in e for e in result.metrics["escalations"]), result.metrics["escalations"]

@@ -63,3 +63,12 @@ def test_refusals(demo):
         PGD(steps=0)
     with pytest.raises(AccessError, match="gradients"):
         PGD(eps=0.1).run(target.restrict("labels"), data)
+
+
+def test_neural_cleanse_does_not_flag_the_clean_demo_cnn(digits_demo):
+    """Regression: the clean demo CNN (TorchScript) once crashed Neural Cleanse and once had class 3 flagged."""
+    from bastion.defenses.detect.neural_cleanse import NeuralCleanse
+
+    target = load_target(digits_demo.model_path, device="cpu")
+    result = NeuralCleanse(steps=150).run(target, digits_demo.test.head(256))
+    assert result.metrics["flagged_classes"] == []

@@ -29,7 +29,7 @@ from bastion.core.target import Access, Target, TorchTarget
 from bastion.defenses.base import Defense, require_data
 from bastion.defenses.compare import compare
 from bastion.defenses.postprocess import LabelOnly, OutputDefense, ReverseSigmoid, Rounding, TopK
-from bastion.defenses.preprocess.transforms import decided_by
+from bastion.defenses.preprocess.transforms import decided_by, exportable
 from bastion.defenses.training.base import clean_comparison
 
 
@@ -77,8 +77,9 @@ class OutputHardening(Defense, metaclass=ABCMeta):
         self.artifact = None
         after: Target = defended
         if isinstance(target, TorchTarget):
-            self.artifact = HardenedModel(target.model, defended, target.n_classes).eval()
-            after = TorchTarget(self.artifact, target.input_shape, target.n_classes, target.bounds, target.device,
+            model = HardenedModel(target.model, defended, target.n_classes).eval()
+            self.artifact = exportable(model, target.model, target.input_shape)
+            after = TorchTarget(model, target.input_shape, target.n_classes, target.bounds, target.device,
                                 target.access, None, target.batch_size, defended.name)
         if self.eps is not None and target.access >= Access.GRADIENTS:
             metrics, findings = compare(target, after, data, self.eps, self.norm, self.attack, seed=self.seed,

@@ -33,18 +33,26 @@ def load_torchscript(path: Path, data: Dataset | None = None, device: str = "aut
         model = torch.jit.load(str(path), map_location=resolve_device(device), _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError or ValueError for corrupt archives
         raise ModelLoadError(f"{path}: corrupt TorchScript file ({type(exc).__name__})") from None
-    return _target(model, ModelMetadata.from_json(extra[METADATA_KEY]), path, data, bounds, device, batch_size)
+    meta = ModelMetadata.from_json(extra[METADATA_KEY])
+    return _target(PlainModule(model), meta, path, data, bounds, device, batch_size)
 
 
-class _ExportedModule(nn.Module):
-    """An exported program's module: exported graphs refuse `.eval()`, so this wrapper absorbs the mode switch."""
+class PlainModule(nn.Module):
+    """A loaded TorchScript or exported module inside an ordinary one.
+
+    Callers can then treat every loaded model alike: `requires_grad_` works parameter by parameter (ScriptModules
+    refuse it), and `.train()`/`.eval()` never fail (exported graphs refuse them; their mode is fixed at export)."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.inner = module
 
-    def train(self, mode: bool = True) -> _ExportedModule:
+    def train(self, mode: bool = True) -> PlainModule:
         self.training = mode
+        try:
+            self.inner.train(mode)
+        except (NotImplementedError, RuntimeError):
+            pass
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +64,7 @@ def load_export(path: Path, data: Dataset | None = None, device: str = "auto",
     extra = {METADATA_KEY: ""}
     try:
         program = torch.export.load(str(path), extra_files=extra)
-        module = _ExportedModule(program.module())
+        module = PlainModule(program.module())
     except Exception as exc:  # corrupt or incompatible archive
         raise ModelLoadError(f"{path}: corrupt torch.export file ({type(exc).__name__}: {exc})") from None
     meta = ModelMetadata.from_json(extra[METADATA_KEY])

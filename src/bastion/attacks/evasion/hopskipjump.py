@@ -83,18 +83,28 @@ class HopSkipJump(MinNormAttack):
 
     def _initial(self, target: Target, x: torch.Tensor, y: torch.Tensor,
                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A uniformly random misclassified input per sample (up to `init_tries` draws)."""
+        """A uniformly random misclassified input per sample (up to `init_tries` draws); where noise never
+        fools the model, another input of the batch that the model puts in a different class."""
         lo, hi = target.bounds
         start = x.clone()
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.init_tries):
             idx = (~found).nonzero().flatten()
             if len(idx) == 0:
-                break
+                return start, found
             noise = lo + (hi - lo) * torch.rand((len(idx), *x.shape[1:]), generator=gen).to(x.device)
             hit = self._adv(target, noise, y[idx])
             start[idx[hit]] = noise[hit]
             found[idx[hit]] = True
+        idx = (~found).nonzero().flatten()
+        if len(idx):
+            predicted = target.labels(x)
+            other = predicted[None, :] != y[idx][:, None]  # (m, n): candidates of another class
+            score = torch.rand(other.shape, generator=gen).to(x.device) * other
+            pick = score.argmax(dim=1)
+            ok = other.gather(1, pick[:, None]).squeeze(1)
+            start[idx[ok]] = x[pick[ok]]
+            found[idx[ok]] = True
         return start, found
 
     def _project(self, x: torch.Tensor, far: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ def check_norm(norm: str) -> str:
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(len(t), -1)
+    return t.flatten(1)
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

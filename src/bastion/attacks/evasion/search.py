@@ -6,9 +6,10 @@ An example within a small ball is inside every larger one, so a sample is broken
 attack at eps_k is taken to mean robust at every eps <= eps_k. The search probes each sample top-down, at the
 largest epsilon it is not yet known to be broken at, until both facts meet:
 
-- round one attacks every sample at the largest epsilon;
-- a success is shrunk along its own ray onto the smaller epsilons of the grid (one forward pass per grid point,
-  no gradient), which settles most weak samples at once;
+- a cheap minimum-norm pass (`prepass`, white-box attacks) first bounds each sample's minimal perturbation;
+- round one attacks every sample at the largest epsilon it is not known broken at;
+- a success is projected onto the smaller balls of the grid (one forward pass per grid point, no gradient),
+  which settles most weak samples at once;
 - a failure settles the sample at every smaller epsilon.
 
 A robust sample therefore costs one full (failed) attack plus cheap successes, whatever the number of epsilons.
@@ -144,7 +145,7 @@ class EpsSearch:
 
     def robust_mask(self, k: int) -> torch.Tensor:
         """Samples counted robust at eps index k: correctly classified and no valid example within eps_k."""
-        return self.correct & (self.dist > self.eps[k])
+        return self.correct & (self.dist > self.eps[k] * (1 + 1e-5) + 1e-7)
 
     def curve(self) -> list[dict]:
         return [{"eps": e, "robust_accuracy": float(self.robust_mask(i).float().mean())}
@@ -157,7 +158,7 @@ def valid_examples(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor | flo
 
     An invalid example never counts as a success: a bug in an attack cannot make a model look weaker."""
     x, x_adv = x.float(), x_adv.float()
-    flat = x_adv.reshape(len(x_adv), -1)
+    flat = x_adv.flatten(1)
     finite = torch.isfinite(flat).all(dim=1)
     inside = (flat >= bounds[0] - 1e-6).all(dim=1) & (flat <= bounds[1] + 1e-6).all(dim=1)
     eps = torch.as_tensor(eps, dtype=torch.float32, device=x.device)

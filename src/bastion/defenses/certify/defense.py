@@ -28,6 +28,7 @@ from bastion.core.training import Trainer
 from bastion.defenses.base import Defense, require_data
 from bastion.defenses.certify.smoothing import ABSTAIN, Certificate, SmoothedClassifier, SmoothedModel
 from bastion.defenses.compare import evaluate, gain_finding
+from bastion.defenses.preprocess.transforms import exportable
 from bastion.defenses.training.base import trainable_copy
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -118,7 +119,7 @@ class RandomizedSmoothing(Defense):
         model = None
         if isinstance(base, TorchTarget):
             model = SmoothedModel(base.model, self.sigma, base.n_classes, self.samples).to(base.device).eval()
-            self.artifact = model
+            self.artifact = exportable(model, base.model, base.input_shape)
         if self.eval_eps is not None:
             metrics.update(self.robustness(target, base, model, data, cert))
             findings.append(gain_finding(f"smoothing (sigma={self.sigma:g})", metrics, "l2"))

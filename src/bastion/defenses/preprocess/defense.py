@@ -24,7 +24,14 @@ from bastion.core.results import AttackResult
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.defenses.base import Defense, require_data
 from bastion.defenses.compare import compare
-from bastion.defenses.preprocess.transforms import InputTransform, MedianSmooth, Quantize, Transformed, bit_depth
+from bastion.defenses.preprocess.transforms import (
+    InputTransform,
+    MedianSmooth,
+    Quantize,
+    Transformed,
+    bit_depth,
+    exportable,
+)
 
 
 class TransformedTarget(Target):
@@ -77,7 +84,9 @@ class InputTransformDefense(Defense, metaclass=ABCMeta):
         metrics, findings = compare(target, defended, data, self.eps, self.norm, self.attack, self.eot_samples,
                                     self.seed, what=f"{self.name} ({transform.extra_repr()})")
         self.defended_ = defended
-        self.artifact = defended.model if isinstance(defended, TorchTarget) else None
+        self.artifact = None
+        if isinstance(defended, TorchTarget) and isinstance(target, TorchTarget):
+            self.artifact = exportable(defended.model, target.model, target.input_shape)
         return self.result(target, metrics, start, queries, findings)
 
 

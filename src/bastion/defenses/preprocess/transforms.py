@@ -130,6 +130,16 @@ class Transformed(nn.Module):
         return self.model(self.transform(x))
 
 
+def exportable(wrapper: nn.Module, inner: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """`wrapper` itself, or, when it wraps a TorchScript model (which ONNX export cannot trace through), the
+    wrapper traced to TorchScript: the same values, saved by `--out` in every format."""
+    if not any(isinstance(m, torch.jit.ScriptModule) for m in inner.modules()):
+        return wrapper
+    device = next(inner.parameters()).device
+    with torch.no_grad():
+        return torch.jit.trace(wrapper.eval(), torch.zeros(2, *input_shape, device=device), check_trace=False)
+
+
 def transforms_in(model: nn.Module) -> list[nn.Module]:
     """The modules of `model` that have a straight-through form (input transforms, smoothed classifiers)."""
     return [m for m in model.modules() if hasattr(m, "straight_through")]

@@ -28,14 +28,29 @@ from bastion.defenses.base import Defense, require_data, torch_module
 from bastion.defenses.compare import compare
 
 
+def compiled_parts(model: nn.Module) -> list[nn.Module]:
+    """The outermost TorchScript modules inside `model` (a loaded `.pt` file is one, wrapped or not)."""
+    found: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, torch.jit.ScriptModule) and not any(module in list(f.modules()) for f in found):
+            found.append(module)
+    return found
+
+
+def _script_copy(module: nn.Module) -> nn.Module:
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer, map_location=next(module.parameters()).device)
+
+
 def trainable_copy(model: nn.Module) -> nn.Module:
-    """An independent copy of `model` whose parameters can be optimised (TorchScript is copied via its bytes)."""
+    """An independent copy of `model` whose parameters can be optimised. TorchScript parts are copied through
+    their bytes (a deep copy of a ScriptModule has parameters that optimisers refuse)."""
     if isinstance(model, torch.jit.ScriptModule):
-        buffer = io.BytesIO()
-        torch.jit.save(model, buffer)
-        buffer.seek(0)
-        return torch.jit.load(buffer, map_location=next(model.parameters()).device)
-    return copy.deepcopy(model)
+        return _script_copy(model)
+    memo = {id(part): _script_copy(part) for part in compiled_parts(model)}
+    return copy.deepcopy(model, memo)
 
 
 def reinitialize(model: nn.Module) -> nn.Module:

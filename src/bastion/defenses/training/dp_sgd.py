@@ -38,7 +38,8 @@ ACCOUNTANTS = ("rdp", "prv", "gdp")
 
 def require_eager(model: nn.Module) -> None:
     """Opacus computes per-sample gradients with module hooks, which TorchScript and exported graphs lack."""
-    if isinstance(model, torch.jit.ScriptModule) or type(model).__name__ == "_ExportedModule":
+    graphs = (torch.jit.ScriptModule, torch.fx.GraphModule)
+    if any(isinstance(m, graphs) for m in model.modules()):
         raise ParameterError("DP-SGD needs an eager PyTorch model to compute per-sample gradients: load its weights "
                              "as .safetensors with --arch module:factory instead of TorchScript or torch.export")
 
