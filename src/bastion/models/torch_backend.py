@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -49,10 +50,8 @@ class PlainModule(nn.Module):
 
     def train(self, mode: bool = True) -> PlainModule:
         self.training = mode
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             self.inner.train(mode)
-        except (NotImplementedError, RuntimeError):
-            pass
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
