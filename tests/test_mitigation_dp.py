@@ -13,6 +13,9 @@ from bastion.core.errors import ParameterError
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer
 from bastion.defenses.training.dp_sgd import DPSGD, private_layers
+from bastion.models import load_target
+from bastion.models.export import save_model
+from bastion.models.metadata import ModelMetadata
 
 from .mitigation_fixtures import digits, mlp_target
 
@@ -57,6 +60,13 @@ def test_batchnorm_is_replaced_with_a_clear_message():
     assert any(isinstance(m, nn.BatchNorm1d) for m in target.model.modules())  # the original is untouched
     with pytest.raises(ParameterError, match="eager PyTorch"):
         private_layers(torch.jit.trace(nn.Linear(3, 2), torch.zeros(1, 3)))
+
+
+def test_dp_sgd_refuses_a_torchscript_model_before_any_work(tmp_path):
+    train, test = digits()
+    path = save_model(mlp_target().model, tmp_path / "mlp.pt", ModelMetadata(n_classes=10, input_shape=[1, 8, 8]))
+    with pytest.raises(ParameterError, match="--arch"):
+        DPSGD(epochs=1).run(load_target(path, device="cpu"), test.head(20), train_data=train.head(64))
 
 
 def test_membership_tpr_at_low_fpr_falls_after_dp_sgd():

@@ -98,3 +98,17 @@ def test_cli_reports_missing_training_data_in_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "bastion", "defend", "trades", str(model), "--data", str(test_path),
                           "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "--train-data" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("name,params", [("squeeze", {"bits": 2}), ("round", {"decimals": 1}),
+                                         ("smooth", {"sigma": 0.1, "n": 20, "samples": 4})])
+def test_wrappers_of_a_loaded_torchscript_model_export_to_onnx(tmp_path, name, params):
+    _, test = digits()
+    source = save_model(mlp_target().model, tmp_path / "mlp.pt", META)
+    defense = get("defenses", name)(**params, **({"eval_eps": None} if name == "smooth" else {"eps": None}))
+    defense.run(load_target(source, device="cpu"), test.head(20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = save_model(defense.artifact, tmp_path / "defended.onnx", META)
+    accuracy = (load_target(path, device="cpu").labels(test.x[:100]).cpu().numpy() == test.y[:100]).mean()
+    assert accuracy >= 0.85

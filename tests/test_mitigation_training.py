@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
 from bastion.core import registry
 from bastion.core.errors import AccessError, ParameterError
-from bastion.core.target import TorchTarget
 from bastion.defenses.training.adversarial import TRADES, FastAdversarialTraining, PGDAdversarialTraining, ascend
 from bastion.defenses.training.base import reinitialize, trainable_copy
+from bastion.models import load_target
+from bastion.models.export import save_model
+from bastion.models.metadata import ModelMetadata
 
 from .mitigation_fixtures import digits, digits_mlp, mlp_target
 
@@ -103,19 +103,18 @@ def test_training_defenses_need_a_pytorch_model_and_training_data():
     assert registry.get("defenses", "fast-at") is FastAdversarialTraining
 
 
-def test_torchscript_models_are_copied_and_cannot_be_reinitialised():
-    scripted = torch.jit.trace(digits_mlp().eval(), torch.zeros(2, 1, 8, 8))
-    buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer)
-    buffer.seek(0)
-    loaded = torch.jit.load(buffer)
-    copy = trainable_copy(loaded)
-    next(copy.parameters()).data.add_(1.0)
-    assert not torch.equal(next(copy.parameters()), next(loaded.parameters()))
-    with pytest.raises(ParameterError, match="re-initialise"):
-        reinitialize(copy)
+def test_torchscript_models_are_copied_and_cannot_be_reinitialised(tmp_path):
+    path = save_model(digits_mlp().eval(), tmp_path / "mlp.pt", ModelMetadata(n_classes=10, input_shape=[1, 8, 8]))
+    loaded = load_target(path, device="cpu").model  # TorchScript, as the CLI loads it
+    for original in (loaded, torch.jit.load(str(path))):
+        copy = trainable_copy(original)
+        optimizer = torch.optim.SGD(copy.parameters(), lr=0.1)  # refuses non-leaf parameters
+        copy(torch.rand(4, 1, 8, 8)).sum().backward()
+        optimizer.step()
+        assert not torch.equal(next(copy.parameters()), next(original.parameters()))
+        with pytest.raises(ParameterError, match="re-initialise"):
+            reinitialize(copy)
     eager = digits_mlp()
     before = eager[1].weight.clone()
     reinitialize(eager)
     assert not torch.equal(before, eager[1].weight)
-    assert isinstance(TorchTarget(copy, (1, 8, 8), device="cpu").model, torch.jit.ScriptModule)

@@ -146,6 +146,15 @@ def compare(before: Target, after: Target, data: Dataset, eps: float | Sequence[
     return metrics, findings
 
 
+def clean_comparison(before: Target, after: Target, data: Dataset) -> tuple[dict[str, Any], list[Finding]]:
+    """Clean accuracy before and after, when no robustness evaluation was asked for (`eps` none)."""
+    y = torch.as_tensor(data.y, device=before.device)
+    acc_before = float((before.labels(data.x) == y).float().mean())
+    acc_after = float((after.labels(data.x) == y).float().mean())
+    return {"clean_accuracy_before": acc_before, "clean_accuracy_after": acc_after,
+            "clean_accuracy_cost": acc_before - acc_after}, []
+
+
 def gain_finding(what: str, metrics: dict[str, Any], norm: str) -> Finding:
     """The headline: robust accuracy gain at the largest epsilon and the clean accuracy it cost."""
     last_gain = metrics["robust_accuracy_gain"][-1]

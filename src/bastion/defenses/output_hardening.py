@@ -27,10 +27,9 @@ from bastion.core.registry import register
 from bastion.core.results import AttackResult
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.defenses.base import Defense, require_data
-from bastion.defenses.compare import compare
+from bastion.defenses.compare import clean_comparison, compare
 from bastion.defenses.postprocess import LabelOnly, OutputDefense, ReverseSigmoid, Rounding, TopK
 from bastion.defenses.preprocess.transforms import decided_by, exportable
-from bastion.defenses.training.base import clean_comparison
 
 
 class HardenedModel(nn.Module):

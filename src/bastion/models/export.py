@@ -22,13 +22,19 @@ def save_model(model: nn.Module, path: str | Path, meta: ModelMetadata, fmt: str
         raise ParameterError(f"{path}: choose a suffix among {', '.join(FORMATS)}")
     if not meta.input_shape:
         raise ParameterError("saving a model needs its input shape in the metadata")
+    from bastion.models.torch_backend import PlainModule
+
+    while isinstance(model, PlainModule):  # save what was loaded, not the wrapper (weight names stay unprefixed)
+        model = model.inner
     model = model.eval().cpu()
     example = torch.zeros(2, *meta.input_shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
-        scripted = torch.jit.trace(model, example) if not isinstance(model, torch.jit.ScriptModule) else model
+        scripted = torch.jit.trace(model, example, check_trace=False) if not isinstance(model, torch.jit.ScriptModule) else model
         torch.jit.save(scripted, str(path), _extra_files={METADATA_KEY: meta.to_json()})
     elif fmt == "torch-export":
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ParameterError("a TorchScript model cannot be re-exported as .pt2: save it as .pt, .onnx or .safetensors")
         batch = torch.export.Dim("batch", min=1, max=1 << 20)
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(path), extra_files={METADATA_KEY: meta.to_json()})

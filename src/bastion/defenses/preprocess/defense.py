@@ -23,7 +23,7 @@ from bastion.core.registry import register
 from bastion.core.results import AttackResult
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.defenses.base import Defense, require_data
-from bastion.defenses.compare import compare
+from bastion.defenses.compare import clean_comparison, compare
 from bastion.defenses.preprocess.transforms import (
     InputTransform,
     MedianSmooth,
@@ -64,9 +64,10 @@ class InputTransformDefense(Defense, metaclass=ABCMeta):
     family: ClassVar[str] = "preprocess"
     requires: ClassVar[Access] = Access.LABELS
 
-    def _evaluation(self, eps: float | str | Sequence[float], norm: str, attack: str, eot_samples: int,
+    def _evaluation(self, eps: float | str | Sequence[float] | None, norm: str, attack: str, eot_samples: int,
                     seed: int) -> None:
-        self.eps, self.norm, self.attack = parse_eps(eps), check_norm(norm), str(attack)
+        self.eps = None if eps is None else parse_eps(eps)
+        self.norm, self.attack = check_norm(norm), str(attack)
         if int(eot_samples) < 1:
             raise ParameterError("eot_samples must be at least 1")
         self.eot_samples, self.seed = int(eot_samples), int(seed)
@@ -81,8 +82,11 @@ class InputTransformDefense(Defense, metaclass=ABCMeta):
         start, queries = time.perf_counter(), target.queries
         transform = self.make_transform(target.bounds)
         defended = defend_target(target, transform)
-        metrics, findings = compare(target, defended, data, self.eps, self.norm, self.attack, self.eot_samples,
-                                    self.seed, what=f"{self.name} ({transform.extra_repr()})")
+        if self.eps is None:
+            metrics, findings = clean_comparison(target, defended, data)
+        else:
+            metrics, findings = compare(target, defended, data, self.eps, self.norm, self.attack, self.eot_samples,
+                                        self.seed, what=f"{self.name} ({transform.extra_repr()})")
         self.defended_ = defended
         self.artifact = None
         if isinstance(defended, TorchTarget) and isinstance(target, TorchTarget):
@@ -96,8 +100,8 @@ class Squeeze(InputTransformDefense):
 
     name = "squeeze"
 
-    def __init__(self, bits: int = 4, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf",
-                 attack: str = "auto", eot_samples: int = 8, seed: int = 0):
+    def __init__(self, bits: int = 4, eps: float | str | Sequence[float] | None = 8 / 255,
+                 norm: str = "linf", attack: str = "auto", eot_samples: int = 8, seed: int = 0):
         self.bits = int(bits)
         bit_depth(self.bits)  # validates the range
         self._evaluation(eps, norm, attack, eot_samples, seed)
@@ -112,8 +116,8 @@ class QuantizeDefense(InputTransformDefense):
 
     name = "quantize"
 
-    def __init__(self, levels: int = 8, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf",
-                 attack: str = "auto", eot_samples: int = 8, seed: int = 0):
+    def __init__(self, levels: int = 8, eps: float | str | Sequence[float] | None = 8 / 255,
+                 norm: str = "linf", attack: str = "auto", eot_samples: int = 8, seed: int = 0):
         self.levels = int(levels)
         Quantize(self.levels)
         self._evaluation(eps, norm, attack, eot_samples, seed)
@@ -128,8 +132,8 @@ class SpatialSmooth(InputTransformDefense):
 
     name = "spatial-smooth"
 
-    def __init__(self, window: int = 2, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf",
-                 attack: str = "auto", eot_samples: int = 8, seed: int = 0):
+    def __init__(self, window: int = 2, eps: float | str | Sequence[float] | None = 8 / 255,
+                 norm: str = "linf", attack: str = "auto", eot_samples: int = 8, seed: int = 0):
         self.window = int(window)
         MedianSmooth(self.window)
         self._evaluation(eps, norm, attack, eot_samples, seed)

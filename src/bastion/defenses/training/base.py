@@ -25,7 +25,8 @@ from bastion.core.results import AttackResult, Finding
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.core.training import Trainer
 from bastion.defenses.base import Defense, require_data, torch_module
-from bastion.defenses.compare import compare
+from bastion.defenses.compare import clean_comparison, compare
+from bastion.defenses.preprocess.transforms import exportable
 
 
 def compiled_parts(model: nn.Module) -> list[nn.Module]:
@@ -131,16 +132,7 @@ class TrainingDefense(Defense, metaclass=ABCMeta):
         else:
             comparison, compare_findings = clean_comparison(target, after, data)
         extra, extra_findings = self.extra_report(target, after, data, train)
-        self.artifact = model.eval()
+        self.artifact = exportable(model.eval(), model, target.input_shape)
         self.hardened_ = after
         return self.result(target, {**comparison, **metrics, **extra}, start, queries,
                            compare_findings + findings + extra_findings)
-
-
-def clean_comparison(before: Target, after: Target, data: Dataset) -> tuple[dict[str, Any], list[Finding]]:
-    """Clean accuracy before and after, when no robustness evaluation was asked for (`eps` none)."""
-    y = torch.as_tensor(data.y, device=before.device)
-    acc_before = float((before.labels(data.x) == y).float().mean())
-    acc_after = float((after.labels(data.x) == y).float().mean())
-    return {"clean_accuracy_before": acc_before, "clean_accuracy_after": acc_after,
-            "clean_accuracy_cost": acc_before - acc_after}, []
