@@ -30,11 +30,14 @@ def save_model(model: nn.Module, path: str | Path, meta: ModelMetadata, fmt: str
     example = torch.zeros(2, *meta.input_shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
-        scripted = torch.jit.trace(model, example, check_trace=False) if not isinstance(model, torch.jit.ScriptModule) else model
+        scripted = model
+        if not isinstance(model, torch.jit.ScriptModule):
+            scripted = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(scripted, str(path), _extra_files={METADATA_KEY: meta.to_json()})
     elif fmt == "torch-export":
         if isinstance(model, torch.jit.ScriptModule):
-            raise ParameterError("a TorchScript model cannot be re-exported as .pt2: save it as .pt, .onnx or .safetensors")
+            raise ParameterError("a TorchScript model cannot be re-exported as .pt2: save it as .pt, .onnx or "
+                                 ".safetensors")
         batch = torch.export.Dim("batch", min=1, max=1 << 20)
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(path), extra_files={METADATA_KEY: meta.to_json()})
