@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean peers-venv
 
 $(BIN)/bastion: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,3 +27,11 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# Peer tools for benchmarks/ only (never project dependencies): torchvision needs this torch.
+peers-venv:
+	test -x .peers-venv/bin/python || $(PYTHON) -m venv .peers-venv
+	.peers-venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	.peers-venv/bin/python -m pip install -q torchattacks foolbox adversarial-robustness-toolbox pyautoattack \
+		modelscan picklescan fickling statsmodels scikit-learn scipy safetensors onnxruntime skops typer rich \
+		jinja2 matplotlib pyyaml pillow

@@ -218,7 +218,7 @@ def main() -> None:
     parser.add_argument("--sections", default="pgd,auto,eps")
     parser.add_argument("--n", type=int, default=540, help="test points (the demo test split has 540)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (timings are CPU seconds)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the PGD comparison")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of the PGD comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, test = digits(0)

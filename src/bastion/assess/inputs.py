@@ -39,15 +39,13 @@ def file_sha256(path: str | Path) -> str | None:
     return digest.hexdigest()
 
 
-class _Wrapped(torch.nn.Module):
-    """A TorchScript module inside an ordinary one (whose requires_grad_ and train work parameter by parameter)."""
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a loader wrapped in PlainModule (TorchScript or exported), else the model itself."""
+    from bastion.models.torch_backend import PlainModule
 
-    def __init__(self, inner: torch.nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
+    while isinstance(model, PlainModule):
+        model = model.inner
+    return model
 
 
 @dataclass
@@ -116,7 +114,7 @@ class Inputs:
         validate_for_model(self.data, target.n_classes, target.input_shape)
         if self.train_data is not None:
             validate_for_model(self.train_data, target.n_classes, target.input_shape)
-        if eager and isinstance(target, TorchTarget) and isinstance(target.model, torch.jit.ScriptModule):
+        if eager and isinstance(target, TorchTarget) and isinstance(_unwrapped(target.model), torch.jit.ScriptModule):
             target = self._eager(target)
         return target
 
@@ -128,12 +126,12 @@ class Inputs:
         if self.arch:
             model = build(self.arch)
             try:
-                model.load_state_dict(target.model.state_dict(), strict=True)
+                model.load_state_dict(_unwrapped(target.model).state_dict(), strict=True)
             except RuntimeError as exc:
                 raise ModelLoadError(f"{self.model}: its weights do not fit --arch {self.arch} ({one_line(exc)})") \
                     from None
         else:
-            model = _Wrapped(target.model)
+            model = target.model  # the loader's PlainModule: gradients work, named layers are not readable
         eager = TorchTarget(model, target.input_shape, n_classes=target.n_classes, bounds=target.bounds,
                             device=target.device, max_queries=target.counter.budget, name=target.name)
         return eager

@@ -159,7 +159,8 @@ def _target_class(ranked: torch.Tensor, y: torch.Tensor, j: int) -> torch.Tensor
     return others[:, j]
 
 
-@register("attacks", "apgd-ce", family="evasion")
+@register("attacks", "apgd-ce", family="evasion",
+          summary="Auto-PGD, cross-entropy loss (Croce & Hein 2020)")
 class APGDCE(APGD):
     """APGD with the cross-entropy loss (Croce & Hein, ICML 2020)."""
 
@@ -167,7 +168,8 @@ class APGDCE(APGD):
     loss_name = "ce"
 
 
-@register("attacks", "apgd-dlr", family="evasion")
+@register("attacks", "apgd-dlr", family="evasion",
+          summary="Auto-PGD, DLR loss, ≥ 3 classes (Croce & Hein 2020)")
 class APGDDLR(APGD):
     """APGD with the Difference of Logits Ratio loss (Croce & Hein, ICML 2020); needs ≥ 3 classes."""
 
@@ -175,7 +177,8 @@ class APGDDLR(APGD):
     loss_name = "dlr"
 
 
-@register("attacks", "apgd-t", family="evasion")
+@register("attacks", "apgd-t", family="evasion",
+          summary="Targeted Auto-PGD, targeted DLR loss, ≥ 4 classes (Croce & Hein 2020)")
 class APGDT(APGD):
     """Targeted APGD with the targeted DLR loss over the top `n_targets` classes (Croce & Hein, ICML 2020);
     needs ≥ 4 classes."""

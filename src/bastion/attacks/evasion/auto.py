@@ -56,7 +56,8 @@ class Plan:
         self.masked = False
 
 
-@register("attacks", "auto", family="evasion")
+@register("attacks", "auto", family="evasion",
+          summary="Self-checking ensemble ≥ AutoAttack standard, with the ten sanity checks")
 class AutoAttack(EvasionAttack):
     """Parameter-free ensemble at least as strong as AutoAttack "standard", with automatic sanity checks and
     escalation (EOT, BPDA, black-box and transfer attacks); see the module docstring. `surrogate` (a model path

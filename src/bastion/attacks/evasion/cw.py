@@ -13,7 +13,8 @@ from bastion.core.registry import register
 from bastion.core.target import Target
 
 
-@register("attacks", "cw", family="evasion")
+@register("attacks", "cw", family="evasion",
+          summary="Carlini & Wagner L2 minimum-norm attack (2017)")
 class CarliniWagnerL2(MinNormAttack):
     """C&W L2: minimise ‖x' − x‖²₂ + c·max(z_y − max_{j≠y} z_j, −κ) over x' = lo + (hi − lo)(tanh(w) + 1)/2.
 

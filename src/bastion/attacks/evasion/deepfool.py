@@ -35,7 +35,8 @@ def class_gradients(target: Target, x: torch.Tensor, y: torch.Tensor,
     return diffs.detach(), torch.stack(grads, dim=1).detach()
 
 
-@register("attacks", "deepfool", family="evasion")
+@register("attacks", "deepfool", family="evasion",
+          summary="DeepFool minimum-norm attack (Moosavi-Dezfooli 2016)")
 class DeepFool(MinNormAttack):
     """DeepFool: repeatedly step to the nearest linearised decision boundary, L2, L∞ or L1.
 

@@ -143,7 +143,8 @@ class FABBase(MinNormAttack):
         return best, dist
 
 
-@register("attacks", "fab", family="evasion")
+@register("attacks", "fab", family="evasion",
+          summary="FAB minimum-norm attack, untargeted (Croce & Hein 2020)")
 class FAB(FABBase):
     """FAB, untargeted (Croce & Hein, ICML 2020): minimum-norm adversarial examples, L∞, L2 or L1.
 
@@ -153,7 +154,8 @@ class FAB(FABBase):
     name = "fab"
 
 
-@register("attacks", "fab-t", family="evasion")
+@register("attacks", "fab-t", family="evasion",
+          summary="FAB-T minimum-norm attack, targeted (Croce & Hein 2020)")
 class FABT(FABBase):
     """FAB-T, targeted FAB over the `n_targets` most likely classes (Croce & Hein, ICML 2020): one backward
     pass per step."""

@@ -18,7 +18,8 @@ def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *[1] * (like.dim() - 1))
 
 
-@register("attacks", "fgsm", family="evasion")
+@register("attacks", "fgsm", family="evasion",
+          summary="FGSM, one gradient-sign step (Goodfellow 2015)")
 class FGSM(EvasionAttack):
     """Fast Gradient Sign Method (Goodfellow, Shlens & Szegedy, ICLR 2015).
 
@@ -35,7 +36,8 @@ class FGSM(EvasionAttack):
         return clip_to(x + project(ascent_step(grad, eps, self.norm), eps, self.norm), target).detach()
 
 
-@register("attacks", "pgd", family="evasion")
+@register("attacks", "pgd", family="evasion",
+          summary="PGD with random start and restarts, L∞/L2/L1 (Madry 2018)")
 class PGD(EvasionAttack):
     """Projected Gradient Descent with random start (Madry et al., ICLR 2018), L∞, L2 or L1 (sparse L1 steps of
     Tramèr & Boneh, NeurIPS 2019).

@@ -18,7 +18,8 @@ def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *[1] * (like.dim() - 1))
 
 
-@register("attacks", "hopskipjump", family="evasion")
+@register("attacks", "hopskipjump", family="evasion",
+          summary="HopSkipJump, labels only, minimum norm (Chen 2020)")
 class HopSkipJump(MinNormAttack):
     """HopSkipJump: walk along the decision boundary using only predicted labels.
 

@@ -56,7 +56,8 @@ def pyramid(size_h: int, size_w: int, device: torch.device) -> torch.Tensor:
     return eta * half
 
 
-@register("attacks", "square", family="evasion")
+@register("attacks", "square", family="evasion",
+          summary="Square Attack, scores only, L∞/L2 (Andriushchenko 2020)")
 class Square(EvasionAttack):
     """Square Attack: random search with square-shaped updates, scores only (L∞, L2).
 

@@ -42,7 +42,8 @@ def surrogate_target(surrogate: Any, target: Target, data: Dataset | None = None
     return sur
 
 
-@register("attacks", "transfer", family="evasion")
+@register("attacks", "transfer", family="evasion",
+          summary="Transfer from a surrogate model (--surrogate PATH), labels only")
 class Transfer(EvasionAttack):
     """Transfer attack (Szegedy et al., ICLR 2014; Papernot, McDaniel & Goodfellow, 2016): run a white-box
     `attack` on a `surrogate` model (e.g. a substitute stolen with an extraction attack) and count the examples

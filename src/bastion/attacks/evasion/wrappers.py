@@ -25,6 +25,7 @@ from bastion.core.errors import AccessError, ParameterError
 from bastion.core.registry import register
 from bastion.core.results import AttackResult
 from bastion.core.target import Access, Target, TorchTarget
+from bastion.evaluation.scoring import evasion_findings
 
 
 class EOTTarget(Target):
@@ -158,10 +159,14 @@ class _Wrapped(EvasionAttack):
         result = self._inner.run(view, data)
         result.attack, result.params = self.name, self.get_params()
         result.metrics.update(extra)
+        m = result.metrics
+        result.findings = evasion_findings(f"{self.name} ({self._inner.name})", self.norm, m["clean_accuracy"],
+                                           m["robust_accuracy"], m["constraint_violations"])
         return result
 
 
-@register("attacks", "eot", family="evasion")
+@register("attacks", "eot", family="evasion",
+          summary="EOT: an attack against the average of a randomised model (Athalye 2018)")
 class EOT(_Wrapped):
     """Expectation over Transformation (Athalye et al., ICML 2018): run `attack` against the average of
     `samples` forward passes of a randomised model; robust accuracy is judged on that average."""
@@ -180,7 +185,8 @@ class EOT(_Wrapped):
         return EOTTarget(target, self.samples), {"eot_samples": self.samples}
 
 
-@register("attacks", "bpda", family="evasion")
+@register("attacks", "bpda", family="evasion",
+          summary="BPDA: an attack through non-differentiable layers (Athalye 2018)")
 class BPDA(_Wrapped):
     """Backward Pass Differentiable Approximation (Athalye, Carlini & Wagner, ICML 2018): run `attack` with the
     named layers (`modules`, comma-separated; found automatically when omitted) back-propagating as the
