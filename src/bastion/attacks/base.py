@@ -8,6 +8,7 @@ returns an `AttackResult`. Each attack declares the access it needs; a target th
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from bastion.core.data import Dataset
@@ -15,7 +16,7 @@ from bastion.core.results import AttackResult
 from bastion.core.target import Access, Target
 
 
-class Attack:
+class Attack(ABC):
     """Base class: subclasses set `family`, `name`, `requires` and implement `run`."""
 
     family: ClassVar[str] = ""
@@ -30,8 +31,9 @@ class Attack:
     def check_access(self, target: Target) -> None:
         target.require(self.requires, f"{self.family} attack '{self.name}'")
 
+    @abstractmethod
     def run(self, target: Target, data: Dataset, **kwargs: Any) -> AttackResult:  # pragma: no cover
-        raise NotImplementedError
+        ...
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

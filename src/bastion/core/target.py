@@ -7,6 +7,7 @@ an optional query budget raises `QueryBudgetExceeded` before the call that would
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -56,7 +57,7 @@ class QueryCounter:
         return None if self.budget is None else self.budget - self.used
 
 
-class Target:
+class Target(ABC):
     """Base class. Subclasses implement `_forward(x) -> Tensor` returning `output_kind` for a batch."""
 
     output_kind: OutputKind = "logits"
@@ -151,8 +152,9 @@ class Target:
             raise AccessError(f"cannot widen {self.access.name.lower()} access to {access.name.lower()}")
         return RestrictedTarget(self, access)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's raw output (`output_kind`) for one batch already on the device."""
 
     def describe(self) -> dict:
         """Plain metadata for reports and JSON output."""

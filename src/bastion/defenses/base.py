@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from torch import nn
@@ -20,7 +21,7 @@ from bastion.core.results import AttackResult, Finding
 from bastion.core.target import Access, Target, TorchTarget
 
 
-class Defense:
+class Defense(ABC):
     """Base class: subclasses set `name`, `family` (e.g. "detect", "repair"), `requires` and implement `run`."""
 
     family: ClassVar[str] = ""
@@ -37,8 +38,9 @@ class Defense:
     def check_access(self, target: Target) -> None:
         target.require(self.requires, f"defense '{self.name}'")
 
+    @abstractmethod
     def run(self, target: Target, data: Dataset | None = None, **datasets: Dataset) -> AttackResult:  # pragma: no cover
-        raise NotImplementedError
+        ...
 
     def result(self, target: Target, metrics: dict[str, Any], start: float, queries_before: int = 0,
                findings: list[Finding] | None = None) -> AttackResult:

@@ -13,6 +13,7 @@ A job is a pure function of the inputs, the plan and the seed, so both backends 
 from __future__ import annotations
 
 import zlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -102,7 +103,7 @@ def sample_rows(n_total: int, n: int, seed: int, salt: int = 0) -> np.ndarray:
     return np.sort(rng.permutation(n_total)[: min(n, n_total)])
 
 
-class Probe:
+class Probe(ABC):
     """Base class: subclasses set `family`, `title` and implement the four methods."""
 
     family: ClassVar[str] = ""
@@ -114,14 +115,17 @@ class Probe:
     def applicable(self, inputs: Inputs, info: ModelInfo) -> str | None:
         return None
 
+    @abstractmethod
     def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:  # pragma: no cover - abstract
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def execute(self, inputs: Inputs, job: Job) -> AttackResult:  # pragma: no cover - abstract
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
     # -- helpers shared by the probes ---------------------------------------------------------------------
     def job(self, key: str, name: str, params: dict[str, Any], data: dict[str, Any], gpu: bool = False) -> Job:

@@ -9,6 +9,7 @@ per sample, from which the robust accuracy at every epsilon follows (each exampl
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -76,9 +77,10 @@ class EvasionAttack(Attack):
             raise ParameterError(f"eps {max(self.eps):g} ({self.norm}) spans the whole input range ({full:g}): "
                                  "every input is reachable")
 
+    @abstractmethod
     def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         """Adversarial versions of x within the per-sample `eps` (the best iterate per sample)."""
-        raise NotImplementedError  # pragma: no cover
+        ...
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from the attack's seed: the same draws on every device."""
@@ -153,9 +155,10 @@ class MinNormAttack(EvasionAttack):
     or once the attack can no longer improve it. `eps` only sets the epsilons the robust accuracy is reported at.
     """
 
+    @abstractmethod
     def minimize(self, target: Target, x: torch.Tensor, y: torch.Tensor,
                  stop: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError  # pragma: no cover
+        ...
 
     def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         """Fixed-epsilon use (e.g. in a cascade): the minimal example, projected into the eps ball if larger."""

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import inspect
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -151,8 +152,14 @@ class _Wrapped(EvasionAttack):
         self.attack, self.steps, self.restarts = attack, steps, restarts
         self._inner = build_attack(attack, self.eps, self.norm, self.seed, steps=steps, restarts=restarts)
 
+    @abstractmethod
     def view(self, target: Target, data: Dataset) -> tuple[Target, dict[str, Any]]:
-        raise NotImplementedError  # pragma: no cover
+        ...
+
+    def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        """The wrapped attack's examples, crafted against the view (EOT average or BPDA surrogate)."""
+        view, _ = self.view(target, Dataset(x.detach().cpu().numpy(), y.detach().cpu().numpy()))
+        return self._inner.perturb(view, x, y, eps)
 
     def run(self, target: Target, data: Dataset, **_: Any) -> AttackResult:
         view, extra = self.view(target, data)

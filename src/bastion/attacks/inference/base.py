@@ -8,6 +8,7 @@ bootstrap intervals (never accuracy alone), the records most at risk, and a grad
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -131,8 +132,9 @@ class MembershipAttack(Attack):
         self.n_bootstrap = check_int(n_bootstrap, "n_bootstrap", 0)
         self.seed = int(seed)
 
+    @abstractmethod
     def score(self, target: Target, data: MembershipData) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        raise NotImplementedError  # pragma: no cover
+        ...
 
     def run(self, target: Target, data: Dataset | None = None, members: Dataset | None = None,
             nonmembers: Dataset | None = None, population: Dataset | None = None, **_: Any) -> AttackResult:

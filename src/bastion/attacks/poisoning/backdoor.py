@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,8 +17,9 @@ from bastion.core.registry import register
 class DirtyLabelBackdoor(PoisoningAttack):
     """Stamp the trigger on `poison_rate`·n training samples of other classes and relabel them as the target."""
 
+    @abstractmethod
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # pragma: no cover
+        ...
 
     def poison(self, x: torch.Tensor, y: torch.Tensor, rate: float, gen: torch.Generator) -> Poisoned:
         idx = choose(y != self.target_label, round(rate * len(y)), gen)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,12 +113,14 @@ class PoisoningAttack(Attack):
         return params
 
     # -- what subclasses implement ------------------------------------------------------------------------------
+    @abstractmethod
     def poison(self, x: torch.Tensor, y: torch.Tensor, rate: float, gen: torch.Generator) -> Poisoned:
-        raise NotImplementedError  # pragma: no cover
+        ...
 
+    @abstractmethod
     def triggered(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Test inputs carrying the trigger and the label the attacker wants (None: no trigger, untargeted)."""
-        raise NotImplementedError  # pragma: no cover
+        ...
 
     def prepare(self, factory: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor) -> None:
         """Work done once before poisoning (e.g. a surrogate model for clean-label poisons)."""

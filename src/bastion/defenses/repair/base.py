@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -46,8 +47,9 @@ class RepairDefense(Defense):
                        seed=int(self.seed),
                        device=str(device), description=f"{self.name} fine-tuning")
 
+    @abstractmethod
     def repair(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        raise NotImplementedError  # pragma: no cover
+        ...
 
     def measure(self, model: nn.Module, test: tuple[torch.Tensor, torch.Tensor],
                 triggered: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
