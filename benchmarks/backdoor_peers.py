@@ -13,7 +13,7 @@ the defender's 300 clean images at 1% false rejection; detection on the triggere
 on the clean test inputs. Section `model` (no peer: ART's Neural Cleanse supports Keras models only): Neural
 Cleanse on the backdoored and on clean models, and the repairs (fine-tune, fine-prune) with CA, ASR and DER.
 
-    PYTHONPATH=src /work/peers-venv/bin/python benchmarks/backdoor_peers.py [--sections screening strip model]
+    PYTHONPATH=src .peers-venv/bin/python benchmarks/backdoor_peers.py [--sections screening strip model]
         [--seeds 0 1 2] [--json]
 """
 

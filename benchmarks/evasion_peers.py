@@ -2,7 +2,7 @@
 
 Run with the peers' environment (the peers are never Bastion dependencies):
 
-    PYTHONPATH=src /work/peers-venv/bin/python benchmarks/evasion_peers.py [--sections pgd,auto,eps] [--n 540]
+    PYTHONPATH=src .peers-venv/bin/python benchmarks/evasion_peers.py [--sections pgd,auto,eps] [--n 540]
 
 Models: the demo digits CNN (1x8x8 in [0, 1], trained like `bastion demo`) and the same architecture
 adversarially trained with PGD (Madry et al.) at L∞ eps 0.1, both cached after the first run. Data: the demo

@@ -2,7 +2,7 @@
 
 Run with the peers' environment (ART is never a Bastion dependency):
 
-    PYTHONPATH=src /work/peers-venv/bin/python benchmarks/extraction_peers.py [--sections peers,curve,...]
+    PYTHONPATH=src .peers-venv/bin/python benchmarks/extraction_peers.py [--sections peers,curve,...]
 
 Sections:
   peers      digits CNN victim; copycat, knockoff random, knockoff adaptive vs ART at each budget (fidelity on

@@ -2,7 +2,7 @@
 
 Run with the peers' environment (the peers are never Bastion dependencies):
 
-    PYTHONPATH=src /work/peers-venv/bin/python benchmarks/mitigation_peers.py [--sections train,certify]
+    PYTHONPATH=src .peers-venv/bin/python benchmarks/mitigation_peers.py [--sections train,certify]
         [--epochs 5] [--n-certify 200] [--threads 1]
 
 Model: the demo digits CNN (1x8x8 in [0, 1]); data: scikit-learn's digits, the demo split. Both tools start from the

@@ -8,7 +8,7 @@ Two targets: an overfit one (no regularisation, 60 epochs) and a well-regularise
 early stopping). TPR at low FPR comes from the same metrics code for every attack; wall times include training
 reference, shadow and attack models.
 
-    PYTHONPATH=src /work/peers-venv/bin/python benchmarks/privacy_peers.py [--quick] [--plot roc.png]
+    PYTHONPATH=src .peers-venv/bin/python benchmarks/privacy_peers.py [--quick] [--plot roc.png]
 """
 
 from __future__ import annotations

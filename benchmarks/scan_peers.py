@@ -1,7 +1,7 @@
 """Supply-chain scanners side by side: Bastion vs modelscan, picklescan and fickling on one corpus.
 
 Run with the peers' environment and Bastion's sources:
-    PYTHONPATH=/work/main/src /work/peers-venv/bin/python benchmarks/scan_peers.py [--repeat 3]
+    PYTHONPATH=src .peers-venv/bin/python benchmarks/scan_peers.py [--repeat 3]
 
 The corpus is tests/scan_corpus.py (malicious files assembled opcode by opcode, never executed, plus ordinary
 files made by torch, scikit-learn, NumPy, safetensors, skops). Prints a detection table (F flagged, . clean,
