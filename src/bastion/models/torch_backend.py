@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -50,7 +49,7 @@ class PlainModule(nn.Module):
 
     def train(self, mode: bool = True) -> PlainModule:
         self.training = mode
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        if isinstance(self.inner, torch.jit.ScriptModule):  # an exported graph's mode is fixed at export
             self.inner.train(mode)
         return self
 

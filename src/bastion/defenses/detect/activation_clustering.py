@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from typing import Any
 
@@ -11,14 +10,15 @@ import torch
 
 from bastion.attacks.poisoning.base import reset_copy
 from bastion.attacks.poisoning.findings import POISON_ATLAS, POISON_OWASP
-from bastion.core.data import Dataset, validate_for_model
+from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.results import Finding
 from bastion.core.target import Access, Target
 from bastion.core.training import Trainer, seed_everything
-from bastion.defenses.base import Defense, require_data, torch_module
-from bastion.defenses.detect.features import detection_metrics, load_ground_truth, representation
+from bastion.defenses.base import torch_module
+from bastion.defenses.detect.features import representation
+from bastion.defenses.detect.screening import TrainingDataScreen
 
 
 def reduce(features: np.ndarray, dims: int, method: str, seed: int) -> np.ndarray:
@@ -55,7 +55,7 @@ def two_means(points: np.ndarray, seed: int) -> tuple[np.ndarray, float, np.ndar
 
 @register("defenses", "activation-clustering", family="detect",
           summary="find poisoned training samples by clustering activations (Chen 2018)")
-class ActivationClustering(Defense):
+class ActivationClustering(TrainingDataScreen):
     """Activation Clustering (Chen et al., "Detecting Backdoor Attacks on Deep Neural Networks by Activation
     Clustering", AAAI SafeAI 2019).
 
@@ -145,20 +145,9 @@ class ActivationClustering(Defense):
             return self.exclusionary_reclassification(model, x, y, candidate, classes), scores, classes
         return candidate, scores, classes
 
-    def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
-            **_: Dataset) -> Any:
-        """Screen `train_data` (or `data` when no training set is given separately)."""
-        self.check_access(target)
-        data = require_data(train_data if train_data is not None else data, self.name, "--train-data FILE")
-        validate_for_model(data, target.n_classes, target.input_shape)
-        start = time.perf_counter()
-        is_poison = load_ground_truth(self.ground_truth, len(data))
-        flagged, scores, classes = self.screen(target, data)
-        self.flagged, self.scores = flagged, scores
-        metrics = detection_metrics(flagged, scores, is_poison)
-        metrics["classes"] = classes
-        metrics["poisoned_classes"] = [c["class"] for c in classes if c["poisoned"]]
-        return self.result(target, metrics, start, findings=screening_findings(self.name, metrics))
+    def findings(self, metrics: dict[str, Any]) -> list[Finding]:
+        metrics["poisoned_classes"] = [c["class"] for c in metrics["classes"] if c["poisoned"]]
+        return screening_findings(self.name, metrics)
 
 
 def screening_findings(defense: str, metrics: dict) -> list[Finding]:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from bastion.core.data import Dataset, validate_for_model
+from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.results import Finding
 from bastion.core.target import Access, Target
-from bastion.defenses.base import Defense, require_data, torch_module
-from bastion.defenses.detect.features import detection_metrics, load_ground_truth, representation
+from bastion.defenses.base import torch_module
+from bastion.defenses.detect.features import representation
+from bastion.defenses.detect.screening import TrainingDataScreen
 
 
 def spectral_scores(features: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,7 @@ def spectral_scores(features: torch.Tensor) -> torch.Tensor:
 
 @register("defenses", "spectral", family="detect",
           summary="remove the training samples with the strongest spectral signature (Tran 2018)")
-class SpectralSignatures(Defense):
+class SpectralSignatures(TrainingDataScreen):
     """Spectral Signatures (Tran, Li & Madry, "Spectral Signatures in Backdoor Attacks", NeurIPS 2018).
 
     For each class, the feature activations (see `features.feature_layer`; `layer` names another) of the
@@ -68,19 +68,8 @@ class SpectralSignatures(Defense):
             classes.append({"class": int(c), "n": len(idx), "n_flagged": k, "top_score": float(s.max())})
         return flagged.cpu().numpy(), scores.cpu().numpy(), classes
 
-    def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
-            **_: Dataset) -> Any:
-        """Screen `train_data` (or `data` when no training set is given separately)."""
-        self.check_access(target)
-        data = require_data(train_data if train_data is not None else data, self.name, "--train-data FILE")
-        validate_for_model(data, target.n_classes, target.input_shape)
-        start = time.perf_counter()
-        is_poison = load_ground_truth(self.ground_truth, len(data))
-        flagged, scores, classes = self.screen(target, data)
-        self.flagged, self.scores = flagged, scores
-        metrics = detection_metrics(flagged, scores, is_poison)
-        metrics["classes"] = classes
-        return self.result(target, metrics, start, findings=[removal_finding(metrics)])
+    def findings(self, metrics: dict[str, Any]) -> list[Finding]:
+        return [removal_finding(metrics)]
 
 
 def removal_finding(metrics: dict) -> Finding:

@@ -1,0 +1,45 @@
+"""Shared `run` of the training-data screens (Activation Clustering, Spectral Signatures)."""
+
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from typing import Any
+
+import numpy as np
+
+from bastion.core.data import Dataset, validate_for_model
+from bastion.core.results import AttackResult, Finding
+from bastion.core.target import Target
+from bastion.defenses.base import Defense, require_data
+from bastion.defenses.detect.features import detection_metrics, load_ground_truth
+
+
+class TrainingDataScreen(Defense):
+    """A defense that flags suspect training samples; subclasses implement `screen` and `findings`.
+
+    `ground_truth` (set by the subclass's `__init__`) adds TPR, FPR and AUROC against the known poison."""
+
+    ground_truth: Any = None
+
+    @abstractmethod
+    def screen(self, target: Target, data: Dataset) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """(flagged mask, suspicion scores, per-class summaries) for every sample of `data`."""
+
+    @abstractmethod
+    def findings(self, metrics: dict[str, Any]) -> list[Finding]:
+        """The judged findings of a screen's metrics."""
+
+    def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
+            **_: Dataset) -> AttackResult:
+        """Screen `train_data` (or `data` when no training set is given separately)."""
+        self.check_access(target)
+        data = require_data(train_data if train_data is not None else data, self.name, "--train-data FILE")
+        validate_for_model(data, target.n_classes, target.input_shape)
+        start = time.perf_counter()
+        is_poison = load_ground_truth(self.ground_truth, len(data))
+        flagged, scores, classes = self.screen(target, data)
+        self.flagged, self.scores = flagged, scores
+        metrics = detection_metrics(flagged, scores, is_poison)
+        metrics["classes"] = classes
+        return self.result(target, metrics, start, findings=self.findings(metrics))
