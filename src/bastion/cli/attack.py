@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from bastion.cli.common import EXTRA_ARGS, accepts, check_fit, construct, emit, load_data, parse_extra
+from bastion.cli.common import EXTRA_ARGS, build_with_datasets, check_fit, emit, load_data
 from bastion.core import registry
 from bastion.core.errors import ParameterError
 from bastion.models import load_target
@@ -33,14 +33,9 @@ def register(app: typer.Typer) -> None:
         fail_on: str | None = typer.Option(None, "--fail-on", help="exit 1 at this severity or above"),
     ) -> None:
         cls = registry.get("attacks", name, family)
-        params = parse_extra(ctx.args)
-        for key, value in (("seed", seed), ("arch", arch)):
-            if value is not None and accepts(cls, key):
-                params.setdefault(key, value)
-        extra_data = {role: params.pop(role) for role in getattr(cls, "dataset_params", ()) if role in params}
-        attack_obj = construct(cls, params, f"{family} attack '{name}'")
+        attack_obj, extra_data = build_with_datasets(cls, ctx.args, {"seed": seed, "arch": arch}, label,
+                                                     f"{family} attack '{name}'")
         evaluation = load_data(data, label, n_samples)
-        extra_data = {role: load_data(Path(str(path)), label, None, role) for role, path in extra_data.items()}
         if evaluation is None and not getattr(cls, "dataset_params", ()):
             raise ParameterError(f"{family} attack '{name}' needs --data")
         target = load_target(model, data=evaluation or next(iter(extra_data.values()), None), arch=arch,

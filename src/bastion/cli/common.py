@@ -74,6 +74,20 @@ def construct(cls: type, params: dict[str, Any], what: str) -> Any:
         raise ParameterError(f"{what}: {exc}") from None
 
 
+def build_with_datasets(cls: type, args: list[str], defaults: dict[str, Any], label: str | None,
+                        what: str) -> tuple[Any, dict[str, Dataset]]:
+    """Build `cls` from `--name value` pairs (plus `defaults` it accepts) and load the paths it names as datasets.
+
+    Names in `cls.dataset_params` are data files handed to `run`; every other pair is an `__init__` parameter."""
+    params = parse_extra(args)
+    for key, value in defaults.items():
+        if value is not None and accepts(cls, key):
+            params.setdefault(key, value)
+    paths = {role: params.pop(role) for role in getattr(cls, "dataset_params", ()) if role in params}
+    obj = construct(cls, params, what)
+    return obj, {role: load_data(Path(str(path)), label, None, role) for role, path in paths.items()}
+
+
 def accepts(cls: type, name: str) -> bool:
     return name in inspect.signature(cls.__init__).parameters
 
@@ -145,4 +159,7 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-__all__ = ["BastionError", "EXTRA_ARGS", "accepts", "check_fit", "construct", "emit", "load_data", "parse_extra"]
+__all__ = [
+    "BastionError", "EXTRA_ARGS", "accepts", "build_with_datasets", "check_fit", "construct", "emit", "load_data",
+    "parse_extra",
+]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from bastion.cli.common import EXTRA_ARGS, accepts, check_fit, construct, emit, load_data, parse_extra
+from bastion.cli.common import EXTRA_ARGS, build_with_datasets, check_fit, emit, load_data
 from bastion.core import registry
 from bastion.core.errors import ParameterError
 from bastion.models import load_target
@@ -33,15 +33,10 @@ def register(app: typer.Typer) -> None:
         fail_on: str | None = typer.Option(None, "--fail-on"),
     ) -> None:
         cls = registry.get("defenses", name)
-        params = parse_extra(ctx.args)
-        for key, value in (("seed", seed), ("arch", arch)):
-            if value is not None and accepts(cls, key):
-                params.setdefault(key, value)
-        extra = {role: params.pop(role) for role in getattr(cls, "dataset_params", ()) if role in params}
-        defense = construct(cls, params, f"defense '{name}'")
+        defense, datasets = build_with_datasets(cls, ctx.args, {"seed": seed, "arch": arch}, label,
+                                                f"defense '{name}'")
         evaluation = load_data(data, label, n_samples)
         training = load_data(train_data, label, None, "train data")
-        datasets = {role: load_data(Path(str(p)), label, None, role) for role, p in extra.items()}
         if training is not None:
             datasets["train_data"] = training
         target = load_target(model, data=evaluation or training, arch=arch, device=device, trust=trust)
