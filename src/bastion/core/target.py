@@ -19,6 +19,7 @@ from torch import nn
 
 from bastion.core.device import resolve_device
 from bastion.core.errors import AccessError, ParameterError, QueryBudgetExceeded
+from bastion.core.layout import apply_memory_format, auto_batch_size
 
 OutputKind = Literal["logits", "probabilities", "labels"]
 
@@ -170,7 +171,9 @@ class Target(ABC):
 
 
 class TorchTarget(Target):
-    """A PyTorch module: white-box (gradient) access. The module must output logits; it is put in eval mode."""
+    """A PyTorch module: white-box (gradient) access. The module must output logits; it is put in eval mode and,
+    with `memory_format="auto"` on CPU, converted in place to channels-last when that verifiably computes the same
+    function; `batch_size=None` picks cache-sized chunks on CPU (see `bastion.core.layout`)."""
 
     def __init__(
         self,
@@ -181,11 +184,15 @@ class TorchTarget(Target):
         device: str | torch.device = "auto",
         access: Access | str = Access.GRADIENTS,
         max_queries: int | None = None,
-        batch_size: int = 512,
+        batch_size: int | None = None,
         name: str = "torch model",
+        memory_format: str = "auto",
     ):
         dev = resolve_device(device)
         self.model = model.to(dev).eval()
+        self.memory_format = apply_memory_format(self.model, input_shape, dev, memory_format)
+        if batch_size is None:
+            batch_size = auto_batch_size(self.model, input_shape, dev)
         if n_classes is None:
             with torch.no_grad():
                 n_classes = int(self.model(torch.zeros(1, *input_shape, device=dev)).shape[-1])

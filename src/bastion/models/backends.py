@@ -15,7 +15,8 @@ from bastion.models.torch_backend import _target, load_export, load_safetensors,
 
 
 def load_pickled_model(path: Path, data: Dataset | None = None, trust: bool = False, device: str = "auto",
-                       bounds: tuple[float, float] | None = None, batch_size: int = 512, arch: str | None = None,
+                       bounds: tuple[float, float] | None = None, batch_size: int | None = None,
+                       arch: str | None = None,
                        **_: object) -> Target:
     """Pickle-based files: scanned first, loaded only when the scan is clean and `trust` is set."""
     from torch import nn

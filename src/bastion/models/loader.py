@@ -79,7 +79,7 @@ def load_target(
     max_queries: int | None = None,
     bounds: tuple[float, float] | None = None,
     access: str | Access | None = None,
-    batch_size: int = 512,
+    batch_size: int | None = None,
 ) -> Target:
     """Load MODEL as a Target. `data` supplies the input shape and bounds when the file does not carry them."""
     from bastion.core.device import resolve_device
@@ -95,7 +95,8 @@ def load_target(
     from bastion.models import backends
 
     loader = backends.LOADERS[fmt]
-    target = loader(path, data=data, arch=arch, device=device, trust=trust, bounds=bounds, batch_size=batch_size)
+    sizing = {} if batch_size is None else {"batch_size": batch_size}  # None: each backend's own default
+    target = loader(path, data=data, arch=arch, device=device, trust=trust, bounds=bounds, **sizing)
     target.counter.budget = max_queries
     target.name = Path(str(path)).name if fmt != "http" else str(path)
     if access is not None:

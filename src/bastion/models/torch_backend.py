@@ -17,7 +17,7 @@ from bastion.models.metadata import METADATA_KEY, ModelMetadata
 
 
 def _target(model: nn.Module, meta: ModelMetadata, path: Path, data: Dataset | None,
-            bounds: tuple[float, float] | None, device: str, batch_size: int) -> TorchTarget:
+            bounds: tuple[float, float] | None, device: str, batch_size: int | None) -> TorchTarget:
     shape, bounds = resolve_shape_and_bounds(meta, data, bounds, path)
     try:
         return TorchTarget(model, shape, n_classes=meta.n_classes, bounds=bounds, device=device,
@@ -27,7 +27,8 @@ def _target(model: nn.Module, meta: ModelMetadata, path: Path, data: Dataset | N
 
 
 def load_torchscript(path: Path, data: Dataset | None = None, device: str = "auto",
-                     bounds: tuple[float, float] | None = None, batch_size: int = 512, **_: object) -> TorchTarget:
+                     bounds: tuple[float, float] | None = None, batch_size: int | None = None,
+                     **_: object) -> TorchTarget:
     extra = {METADATA_KEY: ""}
     try:
         model = torch.jit.load(str(path), map_location=resolve_device(device), _extra_files=extra)
@@ -58,7 +59,8 @@ class PlainModule(nn.Module):
 
 
 def load_export(path: Path, data: Dataset | None = None, device: str = "auto",
-                bounds: tuple[float, float] | None = None, batch_size: int = 512, **_: object) -> TorchTarget:
+                bounds: tuple[float, float] | None = None, batch_size: int | None = None,
+                **_: object) -> TorchTarget:
     extra = {METADATA_KEY: ""}
     try:
         program = torch.export.load(str(path), extra_files=extra)
@@ -75,7 +77,8 @@ def load_export(path: Path, data: Dataset | None = None, device: str = "auto",
 
 
 def load_safetensors(path: Path, arch: str | None = None, data: Dataset | None = None, device: str = "auto",
-                     bounds: tuple[float, float] | None = None, batch_size: int = 512, **_: object) -> TorchTarget:
+                     bounds: tuple[float, float] | None = None, batch_size: int | None = None,
+                     **_: object) -> TorchTarget:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -82,6 +82,13 @@ class EvasionAttack(Attack):
         """Adversarial versions of x within the per-sample `eps` (the best iterate per sample)."""
         ...
 
+    def perturb_judged(self, target: Target, x: torch.Tensor, y: torch.Tensor,
+                       eps: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`perturb`, plus the attack's own verdict per sample (True: fooled) when it judged its answers on this
+        same target, else None. The search then re-judges only the claimed successes: a claimed failure costs
+        no second forward pass, and a claimed success still counts only if the target confirms it."""
+        return self.perturb(target, x, y, eps), None
+
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from the attack's seed: the same draws on every device."""
         return torch.Generator().manual_seed(self.seed + offset)
@@ -111,7 +118,7 @@ class EvasionAttack(Attack):
             if probe is None:
                 break
             idx, k = probe
-            search.record(idx, k, self.perturb(target, search.x[idx], search.y[idx], search.eps[k]))
+            search.record(idx, k, *self.perturb_judged(target, search.x[idx], search.y[idx], search.eps[k]))
 
     def run(self, target: Target, data: Dataset, **_: Any) -> AttackResult:
         x, y = self.prepare(target, data)

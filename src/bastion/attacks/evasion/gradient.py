@@ -62,6 +62,10 @@ class PGD(EvasionAttack):
         self.random_init, self.compact_every = bool(random_init), int(compact_every)
 
     def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        return self.perturb_judged(target, x, y, eps)[0]
+
+    def perturb_judged(self, target: Target, x: torch.Tensor, y: torch.Tensor,
+                       eps: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gen = self.generator()
         eps = as_eps(eps, x)
         best = x.clone()
@@ -73,7 +77,7 @@ class PGD(EvasionAttack):
             adv, fooled = self._one_run(target, x[idx], y[idx], eps[idx], gen)
             best[idx] = adv
             robust[idx[fooled]] = False
-        return best
+        return best, ~robust
 
     def _one_run(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

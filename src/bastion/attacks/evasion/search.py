@@ -94,11 +94,19 @@ class EpsSearch:
                 return
             adv = (x0 + project(adv + ascent_step(grad, step, self.norm) - x0, top, self.norm)).clamp(lo, hi)
 
-    def record(self, idx: torch.Tensor, probe: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
-        """Judge the attack's answers for samples `idx` probed at eps indices `probe`; return the fooled mask."""
+    def record(self, idx: torch.Tensor, probe: torch.Tensor, x_adv: torch.Tensor,
+               claimed: torch.Tensor | None = None) -> torch.Tensor:
+        """Judge the attack's answers for samples `idx` probed at eps indices `probe`; return the fooled mask.
+        `claimed` (optional): the attack's own verdict on this target; only its claimed successes are re-judged."""
         x0, y0 = self.x[idx], self.y[idx]
         eps = self.eps[probe]
-        fooled = self.target.labels(x_adv.float()) != y0
+        if claimed is None:
+            fooled = self.target.labels(x_adv.float()) != y0
+        else:
+            fooled = torch.zeros_like(claimed)
+            sel = claimed.nonzero().flatten()
+            if len(sel):
+                fooled[sel] = self.target.labels(x_adv[sel].float()) != y0[sel]
         valid = valid_examples(x0, x_adv, eps, self.norm, self.target.bounds)
         self.violations += int((fooled & ~valid).sum())
         fooled &= valid
