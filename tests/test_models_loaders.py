@@ -15,9 +15,8 @@ from bastion.core.target import Access
 from bastion.demo.models import digits_cnn
 from bastion.models import load_target, sniff_format
 from bastion.models.export import save_model
+from bastion.models.http_server import serving as serve
 from bastion.models.metadata import ModelMetadata
-
-from .http_model_server import serve
 
 META = ModelMetadata(n_classes=10, input_shape=[1, 8, 8], bounds=[0.0, 1.0], name="cnn")
 ARCH = "bastion.demo.models:digits_cnn"
@@ -156,3 +155,36 @@ def test_http_endpoint_errors():
         load_target(url)
     with pytest.raises(ModelLoadError, match="unreachable"):
         load_target("http://127.0.0.1:9/predict")
+
+
+def test_example_server_serves_a_saved_model(tmp_path: Path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    cnn = digits_cnn().eval()
+    path = tmp_path / "cnn.pt"
+    save_model(cnn, path, META)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    example = Path(__file__).resolve().parents[1] / "examples" / "http_server.py"
+    proc = subprocess.Popen([sys.executable, str(example), str(path), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/predict"
+        for _ in range(100):
+            try:
+                target = load_target(url)
+                break
+            except ModelLoadError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the example server did not start")
+        x = torch.rand(5, 1, 8, 8)
+        assert target.access == Access.SCORES and target.n_classes == 10
+        assert torch.allclose(target.probabilities(x), cnn(x).softmax(-1), atol=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

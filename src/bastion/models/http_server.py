@@ -1,4 +1,8 @@
-"""A tiny prediction server on 127.0.0.1 that speaks Bastion's HTTP protocol (docs/http-protocol.md)."""
+"""The server side of Bastion's HTTP protocol (docs/http-protocol.md), standard library only.
+
+`make_server(predict, info)` answers GET with `info` and POST {"inputs": [...]} with {info["output"]: predict(x)};
+`serving(...)` runs one on a background thread for the length of a `with` block and yields its URL.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+Predict = Callable[[np.ndarray], np.ndarray]
 
-@contextmanager
-def serve(predict: Callable[[np.ndarray], np.ndarray], info: dict) -> Iterator[str]:
-    """Serve `predict` (inputs -> outputs named by info['output']) and yield its URL; stop on exit."""
+
+def make_server(predict: Predict, info: dict, host: str = "127.0.0.1", port: int = 0,
+                quiet: bool = True) -> ThreadingHTTPServer:
+    """An HTTP server (not started) for `predict`, which maps float32 inputs to the outputs info["output"] names."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
-            return
+            if not quiet:
+                super().log_message(*args)  # type: ignore[arg-type]
 
         def _send(self, status: int, payload: object) -> None:
             body = json.dumps(payload).encode()
@@ -34,16 +41,22 @@ def serve(predict: Callable[[np.ndarray], np.ndarray], info: dict) -> Iterator[s
             length = int(self.headers.get("Content-Length", 0))
             try:
                 inputs = np.asarray(json.loads(self.rfile.read(length))["inputs"], dtype=np.float32)
-            except (ValueError, KeyError):
-                self._send(400, {"error": "bad request"})
+            except (ValueError, KeyError, TypeError):
+                self._send(400, {"error": 'expected {"inputs": [...]}'})
                 return
             self._send(200, {info["output"]: np.asarray(predict(inputs)).tolist()})
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+@contextmanager
+def serving(predict: Predict, info: dict, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve `predict` on a background thread and yield its URL; stop on exit."""
+    server = make_server(predict, info, host, port)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/predict"
+        yield f"http://{host}:{server.server_address[1]}/predict"
     finally:
         server.shutdown()
         server.server_close()
