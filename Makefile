@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv clean peers-venv
+.PHONY: demo test lint venv clean peers-venv privacy-meter-venv
 
 $(BIN)/bastion: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,13 @@ peers-venv:
 	.peers-venv/bin/python -m pip install -q torchattacks foolbox adversarial-robustness-toolbox pyautoattack \
 		modelscan picklescan fickling statsmodels scikit-learn scipy safetensors onnxruntime skops typer rich \
 		jinja2 matplotlib pyyaml pillow
+
+# ML Privacy Meter for benchmarks/privacy_meter_peer.py only: its model.py imports tensorflow and opacus at top
+# level. Torch first (the CPU build, as in CI), so that nothing installed after it pulls another torch.
+PM_TORCH_SPEC ?= torch==2.13.0
+privacy-meter-venv:
+	test -x .privacy-meter-venv/bin/python || $(PYTHON) -m venv .privacy-meter-venv
+	.privacy-meter-venv/bin/python -m pip install -q "$(PM_TORCH_SPEC)"
+	.privacy-meter-venv/bin/python -m pip install -q tensorflow-cpu==2.21.0 opacus==1.6.0 Privacy_Meter==1.0.1 \
+		pandas seaborn pillow
+	.privacy-meter-venv/bin/python -m pip install -q -e .

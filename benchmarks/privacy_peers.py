@@ -62,6 +62,13 @@ def make_data(n_members: int, seed: int = 0) -> dict[str, Dataset]:
     }
 
 
+def setup_data(n_members: int) -> dict[str, Dataset]:
+    """make_data, plus the population feature statistics that every model built by mlp() standardises with."""
+    data = make_data(n_members)
+    STATS.update(mean=data["population"].x.mean(0), std=data["population"].x.std(0))
+    return data
+
+
 def train_target(data: dict[str, Dataset], recipe: dict) -> nn.Module:
     seed_everything(1)
     return Trainer(**recipe, seed=1, device="cpu").fit(mlp(), data["members"].x, data["members"].y)
@@ -78,9 +85,10 @@ def timed(fn: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
     return np.asarray(m, float), np.asarray(n, float), time.perf_counter() - start
 
 
-def bastion_attacks(model: nn.Module, data: dict[str, Dataset], recipe: dict, n_reference: int) -> dict:
+def bastion_configs(data: dict[str, Dataset], recipe: dict, n_reference: int) -> dict[str, tuple[str, dict]]:
+    """Label -> (registered attack name, parameters) of every Bastion attack run on a target."""
     refs = {"arch": mlp, **recipe, "train_size": len(data["members"])}
-    configs = {
+    return {
         "bastion loss": ("loss", {}),
         "bastion label-only gap": ("label-only", {"method": "gap"}),
         "bastion shadow": ("shadow", {**refs, "n_reference": 4}),
@@ -89,8 +97,11 @@ def bastion_attacks(model: nn.Module, data: dict[str, Dataset], recipe: dict, n_
                                                                  "mode": "offline"}),
         f"bastion lira online ({n_reference} refs)": ("lira", {**refs, "n_reference": n_reference}),
     }
+
+
+def bastion_attacks(model: nn.Module, data: dict[str, Dataset], recipe: dict, n_reference: int) -> dict:
     out = {}
-    for label, (name, params) in configs.items():
+    for label, (name, params) in bastion_configs(data, recipe, n_reference).items():
         attack = get("attacks", name, "inference")(**params, n_bootstrap=0)
         target = TorchTarget(model, (N_FEATURES,), device="cpu")
 
@@ -180,8 +191,7 @@ def main() -> None:
     if args.quick:
         args.members, args.n_reference = 1000, 8
     torch.set_num_threads(1)  # reference models train in worker processes, one thread each
-    data = make_data(args.members)
-    STATS.update(mean=data["population"].x.mean(0), std=data["population"].x.std(0))
+    data = setup_data(args.members)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.members} members, eval {len(data['eval_members'])}+{len(data['eval_nonmembers'])} records")
     report = {}
