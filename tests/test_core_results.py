@@ -51,3 +51,19 @@ def test_registry_maps_short_names_to_classes():
     assert {"fgsm", "pgd"} <= names
     with pytest.raises(BastionError, match="known: .*pgd"):
         registry.get("attacks", "nonexistent", "evasion")
+
+
+def test_parameters_of_attacks_and_defenses_are_json_values(tmp_path):
+    import json
+    from pathlib import Path
+
+    from bastion.attacks.evasion.transfer import Transfer
+    from bastion.attacks.extraction import Copycat
+    from bastion.defenses.training.adversarial import PGDAdversarialTraining
+    from bastion.demo.models import digits_cnn
+
+    params = Copycat(arch=digits_cnn, budget=[10, 20]).get_params()
+    assert params["arch"] == "bastion.demo.models:digits_cnn" and params["budget"] == [10, 20]
+    assert Transfer(surrogate=digits_cnn()).get_params()["surrogate"] == "<Sequential>"
+    assert Transfer(surrogate=Path(tmp_path / "s.pt")).get_params()["surrogate"] == str(tmp_path / "s.pt")
+    json.dumps(PGDAdversarialTraining().get_params())

@@ -7,11 +7,11 @@ returns an `AttackResult`. Each attack declares the access it needs; a target th
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from bastion.core.data import Dataset
+from bastion.core.params import constructor_params
 from bastion.core.results import AttackResult
 from bastion.core.target import Access, Target
 
@@ -24,9 +24,8 @@ class Attack(ABC):
     requires: ClassVar[Access] = Access.LABELS
 
     def get_params(self) -> dict[str, Any]:
-        """The constructor parameters and their current values (scikit-learn convention)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names if hasattr(self, n)}
+        """The constructor parameters and their current values, as JSON values (scikit-learn convention)."""
+        return constructor_params(self)
 
     def check_access(self, target: Target) -> None:
         target.require(self.requires, f"{self.family} attack '{self.name}'")

@@ -8,7 +8,6 @@ hardening) leaves it in `artifact`, which the CLI saves with `--out`.
 
 from __future__ import annotations
 
-import inspect
 import time
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -17,6 +16,7 @@ from torch import nn
 
 from bastion.core.data import Dataset
 from bastion.core.errors import AccessError, ParameterError
+from bastion.core.params import constructor_params
 from bastion.core.results import AttackResult, Finding
 from bastion.core.target import Access, Target, TorchTarget
 
@@ -31,9 +31,8 @@ class Defense(ABC):
     artifact: nn.Module | None = None
 
     def get_params(self) -> dict[str, Any]:
-        """The constructor parameters and their current values (scikit-learn convention)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names if hasattr(self, n)}
+        """The constructor parameters and their current values, as JSON values (scikit-learn convention)."""
+        return constructor_params(self)
 
     def check_access(self, target: Target) -> None:
         target.require(self.requires, f"defense '{self.name}'")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,14 +70,6 @@ class AutoAttack(EvasionAttack):
         super().__init__(eps, norm, seed)
         self.surrogate, self.checks = surrogate, bool(checks)
         self._cascade: Cascade | None = None
-
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        if isinstance(self.surrogate, nn.Module):
-            params["surrogate"] = f"<{type(self.surrogate).__name__}>"
-        elif isinstance(self.surrogate, Path):
-            params["surrogate"] = str(self.surrogate)
-        return params
 
     def perturb(self, target: Target, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         if self._cascade is None:

@@ -64,14 +64,6 @@ class Transfer(EvasionAttack):
             raise ParameterError(f"transfer needs a white-box attack to run on the surrogate, not {attack!r}")
         self._surrogate: Target | None = None
 
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        if not isinstance(self.surrogate, (str, Path, type(None))):
-            params["surrogate"] = f"<{type(self.surrogate).__name__}>"
-        elif isinstance(self.surrogate, Path):
-            params["surrogate"] = str(self.surrogate)
-        return params
-
     def bind(self, target: Target, data: Dataset | None = None) -> Transfer:
         """Resolve the surrogate against `target` (done by `run`; call it before using `perturb` directly)."""
         self._surrogate = surrogate_target(self.surrogate, target, data, self.surrogate_arch)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from torch import nn
@@ -94,13 +93,6 @@ class ReferenceAttack(MembershipAttack):
     def needs_population(self) -> bool:  # type: ignore[override]
         return self.mode == "offline"
 
-    def get_params(self) -> dict[str, Any]:
-        """Parameters as JSON values: a factory given as a function is named `module:function`."""
-        params = super().get_params()
-        if callable(params.get("arch")):
-            arch = params["arch"]
-            params["arch"] = f"{getattr(arch, '__module__', '?')}:{getattr(arch, '__qualname__', repr(arch))}"
-        return params
 
     def spec(self, target: Target) -> ReferenceSpec:
         return ReferenceSpec.for_target(target, self.arch, self.epochs, self.batch_size, self.lr, self.optimizer,

@@ -104,13 +104,6 @@ class PoisoningAttack(Attack):
         self.artifact: nn.Module | None = None
         self.poisoned: Poisoned | None = None
 
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters; a factory passed as a callable is reported by its name (JSON-safe)."""
-        params = super().get_params()
-        if callable(params.get("arch")):
-            arch = params["arch"]
-            params["arch"] = f"{getattr(arch, '__module__', '?')}:{getattr(arch, '__qualname__', repr(arch))}"
-        return params
 
     # -- what subclasses implement ------------------------------------------------------------------------------
     @abstractmethod
