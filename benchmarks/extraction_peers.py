@@ -2,12 +2,14 @@
 
 Run with the peers' environment (ART is never a Bastion dependency):
 
-    PYTHONPATH=src .peers-venv/bin/python benchmarks/extraction_peers.py [--sections peers,curve,...]
+    PYTHONPATH=src .peers-venv/bin/python benchmarks/extraction_peers.py [--sections peers,curve] [--seeds 0,1,2]
 
 Sections:
-  peers      digits CNN victim; copycat, knockoff random, knockoff adaptive vs ART at each budget (fidelity on
-             the test set, mean over seeds, and CPU seconds per run, extraction only)
-  curve      synthetic 5-class tabular victim; fidelity / OOD fidelity / accuracy from 100 to 10,000 queries
+  peers      digits CNN victim; copycat (active and random sampling), knockoff random, knockoff adaptive vs ART
+             at each budget (fidelity on the test set, mean over seeds, and CPU seconds per run)
+  curve      synthetic 5-class tabular victim; fidelity / OOD fidelity / accuracy from 100 to 10,000 queries for
+             copycat (active, random) and knockoff (random, active) beside ART's CopycatCNN and random KnockoffNets,
+             with CPU seconds of the extraction (Bastion: cumulative over its one nested run; ART: one run per budget)
   defenses   every output defense against every attack at one budget (fidelity, transfer, API accuracy)
   detection  PRADA detection rate per attack and false alarms on benign streams
   equation   Tramèr's equation solving: queries and parameter error, with and without rounding
@@ -46,6 +48,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 def digits_victim() -> tuple[nn.Module, Dataset, Dataset]:
     train, test = digits()
+    torch.manual_seed(0)  # torch's initial seed differs per process: fix the victim's initial weights
     model = digits_cnn()
     Trainer(epochs=15, batch_size=64, lr=2e-3, seed=0, device="cpu").fit(model, train.x, train.y)
     return model.eval(), train, test
@@ -56,6 +59,7 @@ def tabular_victim() -> tuple[nn.Module, Dataset, Dataset]:
                                class_sep=1.5, random_state=0)
     x = x.astype(np.float32)
     victim_train, pool, test = slice(0, 12000), slice(12000, 27000), slice(27000, 30000)
+    torch.manual_seed(0)  # torch's initial seed differs per process: fix the victim's initial weights
     model = tabular_mlp(20, 5, x[victim_train].mean(0), x[victim_train].std(0), hidden=64)
     Trainer(epochs=20, batch_size=128, lr=2e-3, seed=0, device="cpu").fit(model, x[victim_train], y[victim_train])
     return model.eval(), Dataset(x[pool], y[pool], "pool"), Dataset(x[test], y[test], "test")
@@ -76,7 +80,7 @@ def art_extract(kind: str, victim: nn.Module, factory, shape, n_classes, pool: D
                               optimizer=torch.optim.Adam(thief_model.parameters(), lr=LR), input_shape=shape,
                               nb_classes=n_classes, clip_values=bounds, device_type="cpu")
     common = {"batch_size_fit": BATCH, "batch_size_query": BATCH, "nb_epochs": EPOCHS, "nb_stolen": budget}
-    if kind == "copycat":
+    if kind.startswith("copycat"):
         attack = CopycatCNN(api, use_probability=False, **common)
         return attack.extract(pool.x, thieved_classifier=thief)
     if kind == "knockoff":
@@ -92,9 +96,12 @@ def bastion_attack(kind: str, budget, seed: int, **extra):
     common = {"epochs": EPOCHS, "batch_size": BATCH, "lr": LR, "seed": seed, **extra}
     if kind == "copycat":
         return Copycat(budget=budget, **common)
+    if kind == "copycat_random":
+        return Copycat(budget=budget, sampling="random", **common)
     if kind == "jacobian":
         return JacobianAugmentation(budget=budget, **common)
-    return KnockoffNets(budget=budget, sampling="adaptive" if kind == "adaptive" else "random", **common)
+    common.setdefault("sampling", "adaptive" if kind == "adaptive" else "random")
+    return KnockoffNets(budget=budget, **common)
 
 
 def section_peers(budgets: list[int], seeds: list[int]) -> None:
@@ -102,7 +109,8 @@ def section_peers(budgets: list[int], seeds: list[int]) -> None:
     target = TorchTarget(victim, (1, 8, 8), device="cpu")
     truth = target.labels(test.x).numpy()
     rows = []
-    for kind in ("copycat", "knockoff", "adaptive"):
+    art_runs: dict[tuple[str, int, int], tuple[float, float]] = {}
+    for kind in ("copycat", "copycat_random", "knockoff", "adaptive"):
         for budget in budgets:
             runs: dict[str, list[tuple[float, float]]] = {"bastion": [], "bastion_same_arch": [], "art": []}
             for seed in seeds:
@@ -112,10 +120,14 @@ def section_peers(budgets: list[int], seeds: list[int]) -> None:
                     start = time.process_time()
                     result = attack.run(target, test, pool=train)
                     runs[name].append((result.metrics["fidelity"], time.process_time() - start))
-                start = time.process_time()
-                thief = art_extract(kind, victim, digits_cnn, (1, 8, 8), 10, train, budget, seed, (0.0, 1.0))
-                seconds = time.process_time() - start
-                runs["art"].append((float((thief.predict(test.x).argmax(1) == truth).mean()), seconds))
+                art_kind = "copycat" if kind.startswith("copycat") else kind
+                if (art_kind, budget, seed) not in art_runs:  # copycat and copycat_random share ART's runs
+                    start = time.process_time()
+                    thief = art_extract(art_kind, victim, digits_cnn, (1, 8, 8), 10, train, budget, seed, (0.0, 1.0))
+                    seconds = time.process_time() - start
+                    art_runs[art_kind, budget, seed] = (float((thief.predict(test.x).argmax(1) == truth).mean()),
+                                                        seconds)
+                runs["art"].append(art_runs[art_kind, budget, seed])
             row = {"attack": kind, "budget": budget}
             for name, values in runs.items():
                 fid, sec = np.array(values).T
@@ -128,34 +140,74 @@ def section_peers(budgets: list[int], seeds: list[int]) -> None:
     print(table(rows, list(rows[0])))
 
 
+def timed_extract(attack) -> list[float]:
+    """Record the cumulative CPU seconds `attack.extract` spends up to each copy (scoring excluded)."""
+    times: list[float] = []
+    extract = attack.extract
+
+    def wrapped(api, pool, budgets):
+        inner, total = extract(api, pool, budgets), 0.0
+        while True:
+            start = time.process_time()
+            try:
+                item = next(inner)
+            except StopIteration:
+                return
+            total += time.process_time() - start
+            times.append(total)
+            yield item
+
+    attack.extract = wrapped
+    return times
+
+
+CURVE_VARIANTS = {  # name: (kind, extra parameters); ART is run for the kinds with an "art" entry
+    "copycat": ("copycat", {}),
+    "copycat (random)": ("copycat", {"sampling": "random"}),
+    "knockoff (random)": ("knockoff", {}),
+    "knockoff (active)": ("knockoff", {"sampling": "active"}),
+}
+
+
 def section_curve(budgets: list[int], seeds: list[int]) -> None:
     victim, pool, test = tabular_victim()
     target = TorchTarget(victim, (20,), bounds=(float(pool.x.min()), float(pool.x.max())), device="cpu")
     truth = target.labels(test.x).numpy()
     rows = []
-    for kind in ("copycat", "knockoff"):
-        for seed in seeds:
-            start = time.process_time()
-            attack = bastion_attack(kind, budgets, seed, monitor=False, transfer_samples=300)
+    for seed in seeds:
+        for name, (kind, extra) in CURVE_VARIANTS.items():
+            attack = bastion_attack(kind, budgets, seed, monitor=False, transfer_samples=300, **extra)
+            times = timed_extract(attack)
             result = attack.run(target, test, pool=pool)
-            print(kind, seed, f"{time.process_time() - start:.1f} cpu s", flush=True)
-            for point in result.metrics["curve"]:
+            print(name, seed, [round(p["fidelity"], 4) for p in result.metrics["curve"]], f"{times[-1]:.1f} cpu s",
+                  flush=True)
+            for point, seconds in zip(result.metrics["curve"], times, strict=True):
+                rows.append({"attack": name, "seed": seed, **point, "cpu_s": seconds})
+        for kind in ("copycat", "knockoff"):
+            for budget in budgets:
                 factory = lambda: tabular_mlp(20, 5, pool.x.mean(0), pool.x.std(0), hidden=128)  # noqa: E731
-                thief = art_extract(kind, victim, factory, (20,), 5, pool, point["budget"], seed)
-                rows.append({"attack": kind, "seed": seed, **point,
-                             "art_fidelity": float((thief.predict(test.x).argmax(1) == truth).mean())})
+                start = time.process_time()
+                thief = art_extract(kind, victim, factory, (20,), 5, pool, budget, seed)
+                seconds = time.process_time() - start
+                rows.append({"attack": f"ART {kind}", "seed": seed, "budget": budget, "cpu_s": seconds,
+                             "fidelity": float((thief.predict(test.x).argmax(1) == truth).mean())})
+            print(f"ART {kind}", seed, [round(r["fidelity"], 4) for r in rows[-len(budgets):]], flush=True)
     summary = []
-    for kind in ("copycat", "knockoff"):
+    names = [*CURVE_VARIANTS, "ART copycat", "ART knockoff"]
+    for name in names:
         for budget in budgets:
-            sel = [r for r in rows if r["attack"] == kind and r["budget"] == budget]
-            row = {"attack": kind, "budget": budget}
-            for key in ("fidelity", "art_fidelity", "fidelity_ood", "accuracy", "transfer_success"):
+            sel = [r for r in rows if r["attack"] == name and r["budget"] == budget]
+            row = {"attack": name, "budget": budget}
+            for key in ("fidelity", "fidelity_ood", "accuracy", "transfer_success", "cpu_s"):
+                if key not in sel[0]:
+                    continue
                 values = np.array([r[key] for r in sel])
                 row[key] = f"{values.mean():.4f} ± {values.std():.4f}" if "fidelity" in key else float(values.mean())
             summary.append(row)
     print("\n## curve (synthetic 5-class tabular MLP victim, victim accuracy "
-          f"{float((truth == test.y).mean()):.3f}; mean ± std over seeds {seeds})\n")
-    print(table(summary, list(summary[0])))
+          f"{float((truth == test.y).mean()):.3f}; mean ± std over seeds {seeds}; Bastion cpu_s is cumulative "
+          "over the nested curve, ART's is one run per budget)\n")
+    print(table(summary, ["attack", "budget", "fidelity", "cpu_s", "fidelity_ood", "accuracy", "transfer_success"]))
 
 
 def section_defenses(budget: int) -> None:
@@ -231,7 +283,7 @@ def main() -> None:
     if "peers" in sections:
         section_peers(budgets, seeds)
     if "curve" in sections:
-        section_curve([int(b) for b in args.curve_budgets.split(",")], seeds[:3])
+        section_curve([int(b) for b in args.curve_budgets.split(",")], seeds)
     if "defenses" in sections:
         section_defenses(500)
     if "detection" in sections:

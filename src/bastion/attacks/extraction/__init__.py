@@ -1,8 +1,9 @@
 """Model extraction: stealing a model through its prediction API (THREATS.md §3).
 
 Attacks: `equation` (Tramèr 2016), `jacobian` (Papernot 2017), `knockoff` (Orekondy 2019, random and adaptive
-sampling), `copycat` (Correia-Silva 2018). Each reports fidelity (in and out of distribution), accuracy and
-transfer success per query budget, and whether PRADA flags its query stream.
+sampling), `copycat` (Correia-Silva 2018; by default it picks its queries as ActiveThief does, see `selection`).
+Each reports fidelity (in and out of distribution), accuracy and transfer success per query budget, and whether
+PRADA flags its query stream.
 """
 
 from bastion.attacks.extraction.base import ExtractionAttack, parse_budgets

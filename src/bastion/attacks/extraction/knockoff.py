@@ -11,6 +11,10 @@ answers (its scores when available). Two sampling strategies:
   cross-entropy between the answer and the online knockoff's prediction; each standardised with running
   statistics) updates H(z) ← H(z) + α(r − r̄)(1[z] − π). The online knockoff takes one step per batch of
   `query_batch` queries; the copy at each budget is trained afresh on the whole transfer set, as in the paper.
+
+Beyond the paper, `kcenter` (Sener & Savarese's greedy coreset) and `active` (ActiveThief's k-center seed set then
+margin-sampling rounds, Pal et al., AAAI 2020) choose the pool inputs as `bastion.attacks.extraction.selection`
+describes; `random` always means a uniform draw.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from bastion.attacks.extraction.learning import LearningExtraction
+from bastion.attacks.extraction.selection import SAMPLINGS
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
@@ -59,7 +64,7 @@ def rewards(answers: torch.Tensor, predicted: torch.Tensor, recent: torch.Tensor
 
 @register("attacks", "knockoff", family="extraction")
 class KnockoffNets(LearningExtraction):
-    """Knockoff Nets with random or adaptive (gradient-bandit) sampling of the pool."""
+    """Knockoff Nets with random or adaptive (gradient-bandit) sampling of the pool (or kcenter / active)."""
 
     name = "knockoff"
 
@@ -68,11 +73,14 @@ class KnockoffNets(LearningExtraction):
                  arch: str | Callable[[], nn.Module] | None = None, soft: bool | str | None = None, epochs: int = 50,
                  batch_size: int = 64, lr: float = 1e-3, min_steps: int = 300, defense: str | None = None,
                  monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1,
-                 transfer_samples: int = 500, seed: int = 0):
+                 transfer_samples: int = 500, seed: int = 0, seed_size: int | None = None):
         super().__init__(budget, arch, soft, epochs, batch_size, lr, min_steps, defense, monitor, ood_samples,
                          transfer_eps, transfer_samples, seed)
-        if sampling not in ("random", "adaptive"):
-            raise ParameterError(f"sampling must be random or adaptive, got {sampling!r}")
+        if sampling not in ("adaptive", *SAMPLINGS):
+            raise ParameterError(f"sampling must be random, adaptive, kcenter or active; got {sampling!r}")
+        if seed_size is not None and seed_size < 1:
+            raise ParameterError(f"seed_size must be >= 1, got {seed_size}")
+        self.seed_size = seed_size
         if reward != "all" and reward not in REWARDS:
             raise ParameterError(f"reward must be all, {', '.join(REWARDS)}; got {reward!r}")
         if query_batch < 1 or bandit_lr <= 0 or window < 1:
@@ -82,10 +90,10 @@ class KnockoffNets(LearningExtraction):
 
     def extract(self, api: Target, pool: Dataset | None, budgets: list[int]) -> Iterator[tuple[int, nn.Module]]:
         assert pool is not None  # run() refuses a missing pool
-        if self.sampling == "random":
-            yield from self.sample_and_train(api, pool, budgets)
-        else:
+        if self.sampling == "adaptive":
             yield from self.adaptive(api, pool, budgets)
+        else:
+            yield from self.sample_and_train(api, pool, budgets, self.sampling)
 
     def adaptive(self, api: Target, pool: Dataset, budgets: list[int]) -> Iterator[tuple[int, nn.Module]]:
         self.check_pool_size(pool, budgets)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bastion.attacks.extraction.base import ExtractionAttack
+from bastion.attacks.extraction.selection import active_rounds, kcenter_greedy, least_margin, standardised
 from bastion.attacks.extraction.substitute import as_targets, make_trainer, substitute_factory
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
@@ -19,6 +20,7 @@ class LearningExtraction(ExtractionAttack):
     """Base of attacks that train a substitute. `soft`: train on scores ("auto": when the API returns them)."""
 
     default_soft: ClassVar[bool | str] = "auto"
+    seed_size: int | None = None  # k-center seed set of active sampling (None: 20 per class)
 
     def __init__(self, budget: int | str | Sequence[int] | None = 1000,
                  arch: str | Callable[[], nn.Module] | None = None, soft: bool | str | None = None, epochs: int = 50,
@@ -46,7 +48,15 @@ class LearningExtraction(ExtractionAttack):
         return as_targets(api.probabilities(x) if soft else api.labels(x), soft)
 
     def factory(self, api: Target, reference: torch.Tensor | None) -> Callable[[], nn.Module]:
-        return substitute_factory(self.arch, api.input_shape, api.n_classes, reference)
+        """Fresh substitutes whose initial weights depend on the attack's seed only (not on the global RNG)."""
+        make = substitute_factory(self.arch, api.input_shape, api.n_classes, reference)
+
+        def seeded() -> nn.Module:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                return make()
+
+        return seeded
 
     def train(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, soft: bool,
               device: torch.device, optimizer: torch.optim.Optimizer | None = None,
@@ -65,16 +75,41 @@ class LearningExtraction(ExtractionAttack):
             raise ParameterError(f"extraction attack '{self.name}': the pool has {len(pool)} inputs, fewer than the "
                                  f"budget of {budgets[-1]} queries; give a larger --pool or a smaller --budget")
 
-    def sample_and_train(self, api: Target, pool: Dataset, budgets: list[int]) -> Iterator[tuple[int, nn.Module]]:
-        """Random sampling from the pool: query the first b of one random order, train a fresh copy per budget."""
+    def sample_and_train(self, api: Target, pool: Dataset, budgets: list[int],
+                         sampling: str = "random") -> Iterator[tuple[int, nn.Module]]:
+        """Query the pool in a `sampling` order (see `selection`), train a fresh copy per budget."""
         self.check_pool_size(pool, budgets)
         soft = self.use_scores(api)
         x_pool = self.pool_tensor(pool, api.device)
-        order = torch.randperm(len(pool), generator=self.generator())[:budgets[-1]].to(api.device)
-        x = x_pool[order]
         factory = self.factory(api, x_pool)
+        if sampling == "active":
+            yield from self.active(api, x_pool, budgets, soft, factory)
+            return
+        if sampling == "kcenter":
+            order = kcenter_greedy(standardised(x_pool), budgets[-1], generator=self.generator())
+        else:
+            order = torch.randperm(len(pool), generator=self.generator())[:budgets[-1]].to(api.device)
+        x = x_pool[order]
         answers, spent = [], 0
         for budget in budgets:
             answers.append(self.ask(api, x[spent:budget], soft))
             spent = budget
             yield budget, self.train(factory(), x[:budget], torch.cat(answers), soft, api.device)
+
+    def active(self, api: Target, x_pool: torch.Tensor, budgets: list[int], soft: bool,
+               factory: Callable[[], nn.Module]) -> Iterator[tuple[int, nn.Module]]:
+        """ActiveThief rounds: a k-center seed set, then the inputs of least margin under the current copy."""
+        rounds = active_rounds(budgets, api.n_classes, self.seed_size)
+        chosen = kcenter_greedy(standardised(x_pool), rounds[0], generator=self.generator())
+        answers = self.ask(api, x_pool[chosen], soft)
+        self.rounds_ = rounds
+        copy: nn.Module | None = None
+        for size in rounds:
+            if size > len(chosen):
+                assert copy is not None  # the first round is the seed set itself
+                new = least_margin(copy, x_pool, chosen, size - len(chosen))
+                answers = torch.cat([answers, self.ask(api, x_pool[new], soft)])
+                chosen = torch.cat([chosen, new])
+            copy = self.train(factory(), x_pool[chosen], answers, soft, api.device)
+            if size in budgets:
+                yield size, copy
