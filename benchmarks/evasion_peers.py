@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from common import table
 from torch import nn
 
 from bastion.attacks.evasion.auto import AutoAttack
@@ -40,14 +41,6 @@ from bastion.demo.models import digits_cnn
 
 EPS, STEPS = 0.1, 20
 FIVE = [0.05, 0.075, 0.1, 0.125, 0.15]
-
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    def fmt(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def models(train: Dataset) -> dict[str, nn.Module]:

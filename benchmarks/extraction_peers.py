@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+from common import table
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine, make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import MinMaxScaler
@@ -36,14 +37,6 @@ from bastion.demo.data import digits
 from bastion.demo.models import digits_cnn, tabular_mlp
 
 EPOCHS, BATCH, LR = 50, 64, 1e-3
-
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    def fmt(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def digits_victim() -> tuple[nn.Module, Dataset, Dataset]:

@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 import torch
+from common import table
 from torch import nn
 
 from bastion.attacks.evasion.gradient import PGD
@@ -43,14 +44,6 @@ from bastion.demo.models import digits_cnn
 EPS, LR, BATCH, STEPS = 0.15, 2e-3, 128, 5
 SIGMA, N0, N, ALPHA = 0.25, 100, 1000, 0.001
 RADII = [0.0, 0.25, 0.5, 0.75]
-
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    def fmt(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def robust_accuracy(model: nn.Module, test: Dataset) -> float:
