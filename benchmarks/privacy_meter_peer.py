@@ -27,7 +27,6 @@ process plus its children, from getrusage) as well as wall seconds.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import platform
@@ -44,6 +43,7 @@ from privacy_peers import (
     accuracy,
     bastion_configs,
     mlp,
+    parse_args,
     setup_data,
     summarise,
     train_target,
@@ -175,14 +175,7 @@ def bastion_attacks(model: nn.Module, data: dict[str, Dataset], recipe: dict, n_
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--members", type=int, default=2500)
-    parser.add_argument("--n-reference", type=int, default=16)
-    parser.add_argument("--quick", action="store_true", help="1000 members, 8 reference models")
-    parser.add_argument("--json", help="write all rows to this JSON file")
-    args = parser.parse_args()
-    if args.quick:
-        args.members, args.n_reference = 1000, 8
+    args = parse_args(__doc__.splitlines()[0], plot=False)
     torch.set_num_threads(1)
     data = setup_data(args.members)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "

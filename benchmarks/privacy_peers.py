@@ -180,16 +180,23 @@ def summarise(results: dict, seed: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(description: str, plot: bool = True) -> argparse.Namespace:
+    """The options every membership benchmark shares (`--quick`: 1,000 members, 8 reference models)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--members", type=int, default=2500)
     parser.add_argument("--n-reference", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="1000 members, 8 reference models")
-    parser.add_argument("--plot", help="write the log-log ROC of the overfit target to this PNG")
+    if plot:
+        parser.add_argument("--plot", help="write the log-log ROC of the overfit target to this PNG")
     parser.add_argument("--json", help="write all rows to this JSON file")
     args = parser.parse_args()
     if args.quick:
         args.members, args.n_reference = 1000, 8
+    return args
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
     torch.set_num_threads(1)  # reference models train in worker processes, one thread each
     data = setup_data(args.members)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
