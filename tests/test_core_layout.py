@@ -49,6 +49,13 @@ def test_cnn_runs_channels_last_with_the_same_outputs_and_gradients():
     torch.testing.assert_close(_grad(fast, x), _grad(reference, x), rtol=1e-4, atol=1e-6)
 
 
+def test_contiguous_undoes_an_earlier_conversion_of_the_same_module():
+    model = _cnn()
+    assert TorchTarget(model, (1, 8, 8), device="cpu").memory_format == "channels_last"
+    assert TorchTarget(model, (1, 8, 8), device="cpu", memory_format="contiguous").memory_format == "contiguous"
+    assert model[0].weight.is_contiguous() and model[2].weight.is_contiguous()
+
+
 def test_layout_dependent_model_stays_contiguous_and_works():
     target = TorchTarget(ViewAfterConv(), (1, 8, 8), device="cpu", memory_format="channels_last")
     assert target.memory_format == "contiguous"

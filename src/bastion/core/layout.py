@@ -53,6 +53,8 @@ def apply_memory_format(model: nn.Module, input_shape: Sequence[int], device: to
     scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
     wanted = mode == "channels_last" or (mode == "auto" and device.type == "cpu" and not scripted)
     if not wanted or len(input_shape) != 3 or not has_conv2d(model):
+        if mode == "contiguous":  # undo an earlier target's conversion of the same module
+            model.to(memory_format=torch.contiguous_format)
         return "contiguous"
     probe = torch.rand(4, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     try:
