@@ -33,6 +33,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from bastion.attacks.poisoning.backdoor import BadNets, Blended
+from bastion.attacks.poisoning.warping import WaNet
 from bastion.core.data import Dataset
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything
@@ -48,7 +49,8 @@ from bastion.evaluation.metrics import detection_rates
 ARCH = "bastion.demo.models:digits_cnn"
 SCENARIOS = {"badnets-5%": (BadNets, {"poison_rate": 0.05}), "badnets-10%": (BadNets, {"poison_rate": 0.1}),
              "blended-5%": (Blended, {"poison_rate": 0.05, "alpha": 0.2}),
-             "blended-10%": (Blended, {"poison_rate": 0.1, "alpha": 0.2}), "clean": (None, {})}
+             "blended-10%": (Blended, {"poison_rate": 0.1, "alpha": 0.2}),
+             "wanet-10%": (WaNet, {"poison_rate": 0.1, "strength": 2.0, "cross_ratio": 0.5}), "clean": (None, {})}
 
 
 @cache

@@ -1,7 +1,8 @@
 """Model extraction: stealing a model through its prediction API (THREATS.md §3).
 
 Attacks: `equation` (Tramèr 2016), `jacobian` (Papernot 2017), `knockoff` (Orekondy 2019, random and adaptive
-sampling), `copycat` (Correia-Silva 2018; by default it picks its queries as ActiveThief does, see `selection`).
+sampling), `copycat` (Correia-Silva 2018; by default it picks its queries as ActiveThief does, see `selection`),
+`tree` (Tramèr 2016 path finding for decision trees).
 Each reports fidelity (in and out of distribution), accuracy and transfer success per query budget, and whether
 PRADA flags its query stream.
 """
@@ -13,6 +14,7 @@ from bastion.attacks.extraction.jacobian import JacobianAugmentation
 from bastion.attacks.extraction.knockoff import KnockoffNets
 from bastion.attacks.extraction.learning import LearningExtraction
 from bastion.attacks.extraction.substitute import default_substitute
+from bastion.attacks.extraction.tree import TreePathFinding
 
 __all__ = ["Copycat", "EquationSolving", "ExtractionAttack", "JacobianAugmentation", "KnockoffNets",
-           "LearningExtraction", "default_substitute", "parse_budgets"]
+           "LearningExtraction", "TreePathFinding", "default_substitute", "parse_budgets"]
