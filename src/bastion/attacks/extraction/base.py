@@ -56,6 +56,20 @@ def per_budget(rows: list[dict], key: str) -> Any:
     return [{"budget": r["budget"], key: r[key]} for r in rows]
 
 
+def feature_range(api: Target, pool: Dataset | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature low and high ends (float64, CPU) of the attacker's input range: the pool's where a feature
+    varies in it, else the target's bounds."""
+    d = int(np.prod(api.input_shape))
+    lo, hi = api.bounds
+    low, high = torch.full((d,), lo, dtype=torch.float64), torch.full((d,), hi, dtype=torch.float64)
+    if pool is not None:
+        flat = torch.as_tensor(pool.x, dtype=torch.float64).reshape(len(pool), -1)
+        varies = flat.amax(0) > flat.amin(0)
+        low = torch.where(varies, flat.amin(0).clamp(lo, hi), low)
+        high = torch.where(varies, flat.amax(0).clamp(lo, hi), high)
+    return low, high
+
+
 def severity_of(fidelity: float, budget: int) -> str:
     if fidelity >= 0.9:
         return "critical" if budget <= 1000 else "high"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bastion.attacks.extraction.base import ExtractionAttack
+from bastion.attacks.extraction.base import ExtractionAttack, feature_range
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
@@ -61,18 +61,6 @@ class EquationSolving(ExtractionAttack):
     def queries_needed(self, api: Target) -> int:
         return int(np.prod(api.input_shape)) + 1
 
-    def feature_range(self, api: Target, pool: Dataset | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-feature low and high ends: the pool's where it varies, else the input bounds."""
-        d = self.queries_needed(api) - 1
-        lo, hi = api.bounds
-        low, high = torch.full((d,), lo, dtype=torch.float64), torch.full((d,), hi, dtype=torch.float64)
-        if pool is not None:
-            flat = torch.as_tensor(pool.x, dtype=torch.float64).reshape(len(pool), -1)
-            varies = flat.max(0).values > flat.min(0).values
-            low = torch.where(varies, flat.min(0).values.clamp(lo, hi), low)
-            high = torch.where(varies, flat.max(0).values.clamp(lo, hi), high)
-        return low, high
-
     def design_points(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         """The d + 1 query points, flat, float64."""
         d = len(low)
@@ -87,7 +75,7 @@ class EquationSolving(ExtractionAttack):
         if budgets and budgets[0] < need:
             raise ParameterError(f"equation solving needs d + 1 = {need} queries; the budget is {budgets[0]}")
         cap = budgets[0] if budgets else None
-        low, high = self.feature_range(api, pool)
+        low, high = feature_range(api, pool)
         x = self.design_points(low, high)
         shape, device = api.input_shape, api.device
         logp = log_scores(api, x.float().reshape(need, *shape).to(device)).cpu()

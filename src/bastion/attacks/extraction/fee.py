@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bastion.attacks.extraction.base import ExtractionAttack
+from bastion.attacks.extraction.base import ExtractionAttack, feature_range
 from bastion.attacks.extraction.fee_search import Kinks, OutOfQueries, find_kinks, gradient_jumps, line_ends
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
@@ -146,27 +146,12 @@ class FunctionallyEquivalentExtraction(ExtractionAttack):
         self.hidden = None if hidden is None else int(hidden)
         self.lines, self.tol, self.segments = int(lines), float(tol), int(segments)
 
-    def feature_range(self, api: Target, pool: Dataset | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-feature low and high ends of the lines: the pool's where it varies, else the input bounds."""
-        d = 1
-        for size in api.input_shape:
-            d *= size
-        lo, hi = api.bounds
-        low = torch.full((d,), lo, dtype=torch.float64, device=api.device)
-        high = torch.full((d,), hi, dtype=torch.float64, device=api.device)
-        if pool is not None:
-            flat = torch.as_tensor(pool.x, dtype=torch.float64, device=api.device).reshape(len(pool), -1)
-            varies = flat.amax(0) > flat.amin(0)
-            low = torch.where(varies, flat.amin(0).clamp(lo, hi), low)
-            high = torch.where(varies, flat.amax(0).clamp(lo, hi), high)
-        return low, high
-
     def fit_points(self, d: int) -> int:
         """Queries reserved for the output layer: twice the unknowns of the sign fit, plus a margin."""
         return 2 * ((self.hidden or 64) + d + 1) + 16
 
     def extract(self, api: Target, pool: Dataset | None, budgets: list[int]) -> Iterator[tuple[int, nn.Module]]:
-        low, high = self.feature_range(api, pool)
+        low, high = (end.to(api.device) for end in feature_range(api, pool))
         d = len(low)
         self.plane_tol_ = 1e-4 * float((high - low).mean())
         reserve = self.fit_points(d)

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bastion.attacks.extraction.base import ExtractionAttack
+from bastion.attacks.extraction.base import ExtractionAttack, feature_range
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
@@ -177,18 +177,6 @@ class TreePathFinding(ExtractionAttack):
         self.tol, self.decimals, self.starts = float(tol), int(decimals), int(starts)
         self.batch, self.max_boxes = int(batch), int(max_boxes)
 
-    def feature_range(self, api: Target, pool: Dataset | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-feature low and high ends: the pool's where it varies, else the target's bounds."""
-        d = math.prod(api.input_shape)
-        lo, hi = api.bounds
-        low, high = torch.full((d,), lo, dtype=torch.float64), torch.full((d,), hi, dtype=torch.float64)
-        if pool is not None:
-            flat = torch.as_tensor(pool.x, dtype=torch.float64).reshape(len(pool), -1)
-            varies = flat.max(0).values > flat.min(0).values
-            low = torch.where(varies, flat.min(0).values.clamp(lo, hi), low)
-            high = torch.where(varies, flat.max(0).values.clamp(lo, hi), high)
-        return low, high
-
     def start_points(self, pool: Dataset | None, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         """The pool's first points, else the centre of the range followed by uniform random points."""
         if pool is not None:
@@ -199,7 +187,7 @@ class TreePathFinding(ExtractionAttack):
         return low + (high - low) * rand
 
     def extract(self, api: Target, pool: Dataset | None, budgets: list[int]) -> Iterator[tuple[int, nn.Module]]:
-        low, high = self.feature_range(api, pool)
+        low, high = feature_range(api, pool)
         explorer = self.explorer_ = BoxExplorer(api, low, high, self.tol, self.decimals, self.batch,
                                                 self.max_boxes)
         start = self.start_points(pool, low, high)
