@@ -29,7 +29,6 @@ from functools import cache
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from bastion.attacks.poisoning.backdoor import BadNets, Blended
@@ -43,6 +42,7 @@ from bastion.defenses.detect.spectral import SpectralSignatures
 from bastion.defenses.detect.strip import STRIP
 from bastion.defenses.repair.fine_prune import FinePrune
 from bastion.defenses.repair.fine_tune import FineTune
+from bastion.demo.data import digits_with_clean_set
 from bastion.demo.models import digits_cnn
 from bastion.evaluation.metrics import detection_rates
 
@@ -56,13 +56,7 @@ SCENARIOS = {"badnets-5%": (BadNets, {"poison_rate": 0.05}), "badnets-10%": (Bad
 @cache
 def digits() -> tuple[Dataset, Dataset, Dataset]:
     """(train 1100, defender's clean 300, test 397), the split of the tests."""
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    y = d.target.astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order], y[order]
-    return (Dataset(x[:1100], y[:1100], "train"), Dataset(x[1100:1400], y[1100:1400], "clean"),
-            Dataset(x[1400:], y[1400:], "test"))
+    return digits_with_clean_set(0)
 
 
 def art_classifier(model: nn.Module) -> object:

@@ -10,15 +10,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 
-import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 from bastion.attacks.poisoning.backdoor import BadNets
 from bastion.core.data import Dataset
 from bastion.core.results import AttackResult
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything
+from bastion.demo.data import digits_with_clean_set
 from bastion.demo.models import digits_cnn
 
 ARCH = "bastion.demo.models:digits_cnn"
@@ -40,13 +39,7 @@ def single_thread() -> Iterator[None]:
 @cache
 def digits() -> tuple[Dataset, Dataset, Dataset]:
     """(train 1100, defender's clean set 300, test 397): digits in [0, 1], shape (n, 1, 8, 8)."""
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    y = d.target.astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order], y[order]
-    return (Dataset(x[:1100], y[:1100], "digits-train"), Dataset(x[1100:1400], y[1100:1400], "digits-clean"),
-            Dataset(x[1400:], y[1400:], "digits-test"))
+    return digits_with_clean_set(0)
 
 
 def target_of(model: torch.nn.Module) -> TorchTarget:
