@@ -6,8 +6,6 @@ two modules would train twice).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 
 import torch
@@ -19,21 +17,12 @@ from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything
 from bastion.demo.data import digits_with_clean_set
 from bastion.demo.models import digits_cnn
+from tests.threads import single_thread  # noqa: F401  (re-exported to the test modules)
 
 ARCH = "bastion.demo.models:digits_cnn"
 EPOCHS = 20
 SHAPE = (1, 8, 8)
 
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread, and never spin against other work on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @cache

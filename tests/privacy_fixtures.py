@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
-import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -16,6 +13,7 @@ from bastion.core.data import Dataset
 from bastion.core.registry import get
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything
+from tests.threads import single_thread  # noqa: F401  (re-exported to the test modules)
 
 N_MEMBERS = 300
 EPOCHS = 100
@@ -90,13 +88,3 @@ def tpr(result, fpr: float) -> tuple[float, list[float]]:
     row = next(r for r in result.metrics["tpr_at_fpr"] if abs(r["fpr"] - fpr) < 1e-12)
     return row["tpr"], row["ci"]
 
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread (and never spin against other work on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
