@@ -157,8 +157,8 @@ def test_fine_prune_masks_dormant_channels_for_good():
 
 def test_layer_choice_and_anomaly_index():
     cnn, mlp = digits_cnn(), tabular_mlp(30, 2)
-    assert feature_layer(cnn) == (cnn[6], True)  # the CNN's feature vector: input of the first linear layer
-    assert feature_layer(mlp) == (mlp[5], True)  # the MLP's last hidden layer
+    assert feature_layer(cnn) == ("6", True)  # the CNN's feature vector: input of the first linear layer
+    assert feature_layer(mlp) == ("5", True)  # the MLP's last hidden layer
     assert prunable_layer(cnn)[0] == "2" and prunable_layer(mlp)[0] == "3"
     index = anomaly_index(np.array([10.0, 11.0, 9.0, 10.0, 2.0]))
     assert index[4] == pytest.approx(8.0 / 1.4826) and index[0] == 0.0

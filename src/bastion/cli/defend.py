@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="model file or http(s) URL"),
         data: Path | None = typer.Option(None, "--data", help="evaluation / clean data"),
         train_data: Path | None = typer.Option(None, "--train-data", help="training data"),
-        out: Path | None = typer.Option(None, "--out", help="where to save the defended model"),
+        out: Path | None = typer.Option(None, "--out", help="defended model, or screened data (.npz)"),
         label: str | None = typer.Option(None, "--label"),
         arch: str | None = typer.Option(None, "--arch"),
         device: str = typer.Option("auto", "--device"),
@@ -44,7 +44,13 @@ def register(app: typer.Typer) -> None:
             check_fit(dataset, target)
         result = defense.run(target, evaluation, **datasets)
         artifact = getattr(defense, "artifact", None)
-        if out is not None:
+        cleaned = getattr(defense, "cleaned", None)  # a training-data screen's set without its suspects
+        if out is not None and cleaned is not None:
+            from bastion.core.data import save_npz
+
+            save_npz(cleaned, out)
+            result.metrics["saved_to"] = str(out)
+        elif out is not None:
             if artifact is None:
                 raise ParameterError(f"defense '{name}' produces no model to save with --out")
             from bastion.models.export import save_model

@@ -9,47 +9,45 @@ import torch
 from torch import nn
 
 from bastion.core.errors import DataError, ParameterError
+from bastion.defenses.detect.intermediate import layers, reader
 from bastion.evaluation.metrics import auc, detection_rates, roc_curve, tpr_at_fpr
 
+CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
 
-def feature_layer(model: nn.Module, layer: str | None = None) -> tuple[nn.Module, bool]:
-    """The module whose activations represent an input, and whether to read its input (True) or output.
 
-    `layer` names a sub-module (as in `model.named_modules()`; its output is read). By default: the input of the
-    first linear layer after the last convolution (a CNN's feature vector, which the classifier head reads), or the
-    input of the last linear layer for a model without convolutions (an MLP's last hidden layer)."""
+def feature_layer(model: nn.Module, layer: str | None = None) -> tuple[str, bool]:
+    """The layer whose activations represent an input (its name in the model) and whether to read its input.
+
+    `layer` names a layer as the model's own `named_modules()` does (its output is read). By default: the input
+    of the first linear layer after the last convolution (a CNN's penultimate representation, which the
+    classifier head reads), or the input of the last linear layer for a model without convolutions (an MLP's
+    last hidden layer). Works for eager, TorchScript and torch.export models alike."""
+    named = layers(model)
     if layer:
-        modules = dict(model.named_modules())
-        if layer not in modules:
-            raise ParameterError(f"no layer named {layer!r}; layers are {', '.join(n for n in modules if n)}")
-        return modules[layer], False
-    order = list(model.modules())
-    convs = [i for i, m in enumerate(order) if isinstance(m, nn.modules.conv._ConvNd)]
-    linears = [i for i, m in enumerate(order) if isinstance(m, nn.Linear)]
+        if layer not in dict(named):
+            raise ParameterError(f"no layer named {layer!r}; layers are {', '.join(n for n, _ in named)}")
+        return layer, False
+    convs = [i for i, (_, kind) in enumerate(named) if kind in CONV_TYPES]
+    linears = [i for i, (_, kind) in enumerate(named) if kind == "Linear"]
     if not linears:
-        raise ParameterError("reading features needs a model with a nn.Linear layer (or name one with --layer)")
+        raise ParameterError("no linear layer to read features before: name a layer with --layer "
+                             f"(layers are {', '.join(n for n, _ in named)})")
     after = [i for i in linears if convs and i > convs[-1]]
-    return order[after[0] if after else linears[-1]], True
+    return named[after[0] if after else linears[-1]][0], True
 
 
 @torch.no_grad()
 def representation(model: nn.Module, x: torch.Tensor, layer: str | None = None,
                    batch_size: int = 1024) -> torch.Tensor:
     """Activations of the feature layer (see `feature_layer`) for a batch of inputs, shape (n, d)."""
-    module, read_input = feature_layer(model, layer)
-    captured: list[torch.Tensor] = []
-
-    def keep(_m: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        captured.append((inputs[0] if read_input else output).flatten(1))
-
-    hook = module.register_forward_hook(keep)
+    name, read_input = feature_layer(model, layer)
+    read = reader(model, name, read_input)
+    was_training = model.training
     model.eval()
     try:
-        for chunk in x.split(batch_size):
-            model(chunk)
+        return torch.cat([read(chunk).flatten(1) for chunk in x.split(batch_size)])
     finally:
-        hook.remove()
-    return torch.cat(captured)
+        model.train(was_training)
 
 
 def load_ground_truth(source: str | np.ndarray | None, n: int) -> np.ndarray | None:

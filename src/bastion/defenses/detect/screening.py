@@ -15,12 +15,22 @@ from bastion.defenses.base import Defense, require_data
 from bastion.defenses.detect.features import detection_metrics, load_ground_truth
 
 
+def suspects(flagged: np.ndarray, scores: np.ndarray) -> list[dict[str, float]]:
+    """The flagged samples as `{"index", "score"}`, most suspect first (indices into the screened set)."""
+    index = np.nonzero(flagged)[0]
+    order = index[np.argsort(-scores[index], kind="stable")]
+    return [{"index": int(i), "score": float(scores[i])} for i in order]
+
+
 class TrainingDataScreen(Defense):
     """A defense that flags suspect training samples; subclasses implement `screen` and `findings`.
 
-    `ground_truth` (set by the subclass's `__init__`) adds TPR, FPR and AUROC against the known poison."""
+    `ground_truth` (set by the subclass's `__init__`) adds TPR, FPR and AUROC against the known poison. After
+    `run`, `flagged` and `scores` hold the per-sample verdicts and `cleaned` the training set without the suspects
+    (what `bastion defend ... --out clean.npz` writes)."""
 
     ground_truth: Any = None
+    cleaned: Dataset | None = None
 
     @abstractmethod
     def screen(self, target: Target, data: Dataset) -> tuple[np.ndarray, np.ndarray, list[dict]]:
@@ -40,6 +50,8 @@ class TrainingDataScreen(Defense):
         is_poison = load_ground_truth(self.ground_truth, len(data))
         flagged, scores, classes = self.screen(target, data)
         self.flagged, self.scores = flagged, scores
+        self.cleaned = data.subset(np.nonzero(~flagged)[0], f"{data.name} without {int(flagged.sum())} suspects")
         metrics = detection_metrics(flagged, scores, is_poison)
         metrics["classes"] = classes
+        metrics["suspects"] = suspects(flagged, scores)
         return self.result(target, metrics, start, findings=self.findings(metrics))
