@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
-from bastion.cli.common import EXTRA_ARGS, build_with_datasets, check_fit, emit, load_data
+from bastion.cli.common import EXTRA_ARGS, build_with_datasets, emit, load_data
 from bastion.core import registry
 from bastion.core.errors import ParameterError
-from bastion.models import load_target
+from bastion.sandbox import SandboxOptions
+from bastion.sandbox.commands import no_sandbox_option, path_arguments, sandboxed_attack, timeout_option
 
 
 def register(app: typer.Typer) -> None:
@@ -31,6 +32,8 @@ def register(app: typer.Typer) -> None:
         trust: bool = typer.Option(False, "--trust", help="allow pickle-based files that scanned clean"),
         as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
         fail_on: str | None = typer.Option(None, "--fail-on", help="exit 1 at this severity or above"),
+        no_sandbox: bool = no_sandbox_option(),
+        timeout: float | None = timeout_option(),
     ) -> None:
         cls = registry.get("attacks", name, family)
         attack_obj, extra_data = build_with_datasets(cls, ctx.args, {"seed": seed, "arch": arch}, label,
@@ -38,9 +41,8 @@ def register(app: typer.Typer) -> None:
         evaluation = load_data(data, label, n_samples)
         if evaluation is None and not getattr(cls, "dataset_params", ()):
             raise ParameterError(f"{family} attack '{name}' needs --data")
-        target = load_target(model, data=evaluation or next(iter(extra_data.values()), None), arch=arch,
-                             device=device, trust=trust, max_queries=max_queries, access=access)
-        for dataset in (evaluation, *extra_data.values()):
-            check_fit(dataset, target)
-        result = attack_obj.run(target, evaluation, **extra_data)
+        load = {"path": model, "data": evaluation or next(iter(extra_data.values()), None), "arch": arch,
+                "device": device, "trust": trust, "max_queries": max_queries, "access": access}
+        options = SandboxOptions(enabled=not no_sandbox, timeout=timeout, device=device)
+        result = sandboxed_attack(attack_obj, evaluation, extra_data, load, options, path_arguments(ctx.args))
         emit(result, as_json, fail_on)

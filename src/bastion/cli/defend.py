@@ -6,11 +6,10 @@ from pathlib import Path
 
 import typer
 
-from bastion.cli.common import EXTRA_ARGS, build_with_datasets, check_fit, emit, load_data
+from bastion.cli.common import EXTRA_ARGS, build_with_datasets, emit, load_data
 from bastion.core import registry
-from bastion.core.errors import ParameterError
-from bastion.models import load_target
-from bastion.models.metadata import ModelMetadata
+from bastion.sandbox import SandboxOptions
+from bastion.sandbox.commands import no_sandbox_option, path_arguments, sandboxed_defense, timeout_option
 
 
 def register(app: typer.Typer) -> None:
@@ -31,6 +30,8 @@ def register(app: typer.Typer) -> None:
         trust: bool = typer.Option(False, "--trust"),
         as_json: bool = typer.Option(False, "--json"),
         fail_on: str | None = typer.Option(None, "--fail-on"),
+        no_sandbox: bool = no_sandbox_option(),
+        timeout: float | None = timeout_option(),
     ) -> None:
         cls = registry.get("defenses", name)
         defense, datasets = build_with_datasets(cls, ctx.args, {"seed": seed, "arch": arch}, label,
@@ -39,24 +40,7 @@ def register(app: typer.Typer) -> None:
         training = load_data(train_data, label, None, "train data")
         if training is not None:
             datasets["train_data"] = training
-        target = load_target(model, data=evaluation or training, arch=arch, device=device, trust=trust)
-        for dataset in (evaluation, *datasets.values()):
-            check_fit(dataset, target)
-        result = defense.run(target, evaluation, **datasets)
-        artifact = getattr(defense, "artifact", None)
-        cleaned = getattr(defense, "cleaned", None)  # a training-data screen's set without its suspects
-        if out is not None and cleaned is not None:
-            from bastion.core.data import save_npz
-
-            save_npz(cleaned, out)
-            result.metrics["saved_to"] = str(out)
-        elif out is not None:
-            if artifact is None:
-                raise ParameterError(f"defense '{name}' produces no model to save with --out")
-            from bastion.models.export import save_model
-
-            meta = ModelMetadata(n_classes=target.n_classes, input_shape=list(target.input_shape),
-                                 bounds=list(target.bounds), name=f"{target.name} + {name}")
-            save_model(artifact, out, meta)
-            result.metrics["saved_to"] = str(out)
+        load = {"path": model, "data": evaluation or training, "arch": arch, "device": device, "trust": trust}
+        options = SandboxOptions(enabled=not no_sandbox, timeout=timeout, device=device)
+        result = sandboxed_defense(defense, evaluation, datasets, load, options, path_arguments(ctx.args), name, out)
         emit(result, as_json, fail_on)

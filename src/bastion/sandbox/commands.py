@@ -1,0 +1,100 @@
+"""The sandboxed bodies of `bastion attack`, `bastion defend` and `bastion scan --dynamic`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bastion.core.data import Dataset
+from bastion.core.errors import BastionError, ParameterError
+from bastion.core.results import AttackResult, Finding
+from bastion.sandbox.run import SandboxOptions, SandboxRun, open_sandbox, run_job
+
+NO_SANDBOX_HELP = "run the model's code in this process (no isolation, no dynamic analysis)"
+TIMEOUT_HELP = "wall-clock deadline in seconds for the job (and for loading the model); exit 2 past it"
+
+
+def no_sandbox_option() -> Any:
+    return typer.Option(False, "--no-sandbox", help=NO_SANDBOX_HELP)
+
+
+def timeout_option() -> Any:
+    return typer.Option(None, "--timeout", help=TIMEOUT_HELP)
+
+
+def path_arguments(args: list[str]) -> list[str]:
+    """Values of `--param value` pairs that name existing files (the worker gets read-only access to them)."""
+    return [a.partition("=")[2] or a for a in args if Path(a.partition("=")[2] or a).exists()]
+
+
+def checked_result(data: dict[str, Any]) -> AttackResult:
+    """An AttackResult from a worker's JSON, with its types checked (the worker's output is untrusted)."""
+    try:
+        result = AttackResult.from_dict(data)
+        ok = (isinstance(result.family, str) and isinstance(result.attack, str) and isinstance(result.params, dict)
+              and isinstance(result.metrics, dict) and isinstance(result.queries, int)
+              and isinstance(result.seconds, (int, float)) and isinstance(result.findings, list)
+              and all(isinstance(f, Finding) for f in result.findings))
+    except (TypeError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise BastionError("the sandboxed job returned a malformed result")
+    return result
+
+
+def _finish(run: SandboxRun, options: SandboxOptions) -> AttackResult:
+    run.raise_error()
+    result = checked_result(run.result)
+    result.findings += run.findings
+    result.metrics["sandbox"] = {**run.describe(), "no_sandbox": not options.enabled}
+    return result
+
+
+def sandboxed_attack(attack: Any, evaluation: Dataset | None, extra: dict[str, Dataset], load: dict[str, Any],
+                     options: SandboxOptions, paths: list[str]) -> AttackResult:
+    """Load the model and run the attack, both inside one sandboxed worker when the model carries code."""
+    sandbox = open_sandbox(str(load["path"]), load.get("arch"), options, paths)
+    run = run_job(sandbox, "attack", {"attack": attack, "evaluation": evaluation, "extra": extra, "load": load})
+    return _finish(run, options)
+
+
+def sandboxed_defense(defense: Any, evaluation: Dataset | None, datasets: dict[str, Dataset], load: dict[str, Any],
+                      options: SandboxOptions, paths: list[str], name: str, out: Path | None) -> AttackResult:
+    """Load the model and run the defense in one worker; a saved model leaves scratch for `out`."""
+    sandbox = open_sandbox(str(load["path"]), load.get("arch"), options, paths)
+    out = None if out is None else Path(out).absolute()
+    payload = {"defense": defense, "evaluation": evaluation, "datasets": datasets, "load": load,
+               "out_name": None if out is None else out.name, "name": name}
+    run = run_job(sandbox, "defend", payload, out_dir=None if out is None else out.parent)
+    result = _finish(run, options)
+    if out is not None:
+        result.metrics["saved_to"] = str(out)
+    return result
+
+
+def dynamic_scan(model: str, arch: str | None, data: Dataset | None, options: SandboxOptions) -> AttackResult:
+    """`bastion scan --dynamic`: load MODEL in the sandbox, run a forward pass on inputs of its declared shape,
+    and report what its code tried to do."""
+    from bastion.sandbox.policy import carries_code
+
+    if not options.enabled:
+        raise ParameterError("--dynamic observes the model inside the sandbox; it cannot run with --no-sandbox")
+    if not carries_code(model, arch):
+        raise ParameterError(f"{model}: nothing to observe (an HTTP endpoint or an unknown format)")
+    start = time.perf_counter()
+    sandbox = open_sandbox(model, arch, options)
+    assert sandbox is not None
+    load = {"path": model, "arch": arch, "data": data, "device": options.device}
+    run = run_job(sandbox, "probe", {"load": load})
+    if run.error is not None and "deadline" in run.error:
+        run.raise_error()
+    metrics: dict[str, Any] = {"sandbox": run.describe(), "observed": True}
+    if run.error is None:
+        metrics["probe"] = run.result
+    else:
+        metrics["probe_error"] = run.error
+    return AttackResult(family="supply_chain", attack="dynamic", params={"model": model, "arch": arch},
+                        metrics=metrics, seconds=time.perf_counter() - start, findings=run.findings)

@@ -1,0 +1,296 @@
+"""The parent's side of a sandboxed worker: start it, send requests, read data back under deadlines, stop it.
+
+Nothing that comes out of the sandbox is unpickled: messages are JSON lines, checked here, and files the job wrote
+are moved out of scratch only when they are plain files with plain names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import re
+import secrets
+import selectors
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bastion.core.errors import BastionError
+from bastion.sandbox.bwrap import bwrap_command, bwrap_problem, readable_roots
+from bastion.sandbox.launcher import AUDIT_ENV, LAUNCHER
+from bastion.sandbox.observe import Event, Observation, parse_log, strace_command
+from bastion.sandbox.policy import SandboxPolicy
+from bastion.sandbox.seccomp import build_filter
+
+MESSAGE_TYPES = {"ready", "loaded", "result", "outcome", "file", "audit", "end", "error"}
+MAX_MESSAGE = 256 << 20
+ENV_PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+              "PYTHONPATH", "BASTION_DEBUG", "PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")
+_SAID: set[str] = set()
+
+
+class SandboxError(BastionError):
+    """The sandboxed job failed, or the worker broke the protocol."""
+
+
+class SandboxTimeout(SandboxError):
+    """The sandboxed job ran past its deadline and was stopped."""
+
+
+def say_once(line: str) -> None:
+    """One line on stderr, once per process."""
+    if line not in _SAID:
+        _SAID.add(line)
+        print(f"bastion: {line}", file=sys.stderr, flush=True)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = {"SIGXCPU": " (CPU-time limit)", "SIGXFSZ": " (file-size limit)", "SIGKILL": " (killed: memory?)",
+                "SIGSEGV": " (crashed)"}.get(name, "")
+        return f"signal {name}{hint}"
+    return f"exit code {code}"
+
+
+class Sandbox:
+    """One worker process, sandboxed with bubblewrap (or, where namespaces are unavailable, a plain subprocess
+    with resource limits), observed with strace (or Python audit hooks where strace is missing)."""
+
+    def __init__(self, policy: SandboxPolicy | None = None, read_only: list[str] | tuple[str, ...] = (),
+                 import_path: list[str] | tuple[str, ...] = ()):
+        self.policy = policy or SandboxPolicy()
+        self.import_path = list(import_path)
+        self.extra_read_only = [str(Path(p).absolute()) for p in read_only if p and Path(p).exists()]
+        self.process: subprocess.Popen | None = None
+        self.isolation = "none"
+        self.observer = "none"
+        self.loaded = False
+        self.audit_events: list[Event] = []
+        self.started_at: float | None = None
+        self.ready_seconds: float | None = None
+        self._buffer = b""
+        self._selector: selectors.BaseSelector | None = None
+
+    # -- life cycle --------------------------------------------------------------------------------------------
+    def start(self) -> Sandbox:
+        """Start the worker now (it imports PyTorch while the caller prepares the request)."""
+        if self.process is not None:
+            return self
+        self.scratch = Path(tempfile.mkdtemp(prefix="bastion-scratch-"))
+        self.logdir = Path(tempfile.mkdtemp(prefix="bastion-trace-"))
+        self.marker = f"/.bastion-observe-{secrets.token_hex(8)}"
+        read_fd, write_fd = os.pipe()
+        fds = [write_fd]
+        problem = bwrap_problem()
+        strace = strace_command(self.logdir / "trace.log")
+        if strace is None:
+            say_once("strace is not installed: dynamic analysis falls back to Python audit hooks "
+                     "(what native code does is not observed)")
+        env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
+        env.update(HOME=str(self.scratch), TMPDIR=str(self.scratch), PYTHONDONTWRITEBYTECODE="1",
+                   BASTION_SANDBOX_LIMITS=json.dumps(self.policy.rlimits()), BASTION_SANDBOX_MARKER=self.marker,
+                   BASTION_IN_SANDBOX="1")
+        if strace is None:
+            env[AUDIT_ENV] = "1"
+        if self.import_path:
+            env["PYTHONPATH"] = os.pathsep.join([*self.import_path, *filter(None, [env.get("PYTHONPATH")])])
+        worker = [sys.executable, "-c", LAUNCHER, str(write_fd)]
+        if problem is None:
+            program = build_filter()
+            seccomp_fd = None
+            if program is not None:
+                seccomp_fd = os.memfd_create("bastion-seccomp", 0)
+                os.write(seccomp_fd, program)
+                os.lseek(seccomp_fd, 0, os.SEEK_SET)
+                fds.append(seccomp_fd)
+            self._roots = readable_roots(self.extra_read_only)
+            command = bwrap_command(worker, self.scratch, self._roots, seccomp_fd, gpu=self.policy.gpu)
+            self.isolation = "bubblewrap" + (" + seccomp" if seccomp_fd is not None else "")
+        else:
+            say_once(f"no sandbox: {problem}; model code runs in a plain subprocess with resource limits and a "
+                     "deadline, without filesystem or network isolation")
+            self._roots = readable_roots(self.extra_read_only)
+            command = worker
+            self.isolation = "subprocess (fallback)"
+        self.observer = "strace" if strace is not None else "audit-hook"
+        self.started_at = time.perf_counter()
+        try:
+            self.process = subprocess.Popen([*(strace or []), *command], stdin=subprocess.PIPE, stdout=2,
+                                            pass_fds=fds, start_new_session=True, cwd=self.scratch, env=env)
+        except OSError as exc:
+            raise SandboxError(f"cannot start the sandboxed worker ({exc})") from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._results = read_fd
+        os.set_blocking(read_fd, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(read_fd, selectors.EVENT_READ)
+        return self
+
+    def wait_ready(self) -> float:
+        """Block until the worker's interpreter is up and running; the seconds since start."""
+        self.start()
+        if self.ready_seconds is None:
+            self._expect("ready", time.perf_counter() + max(self.policy.load_timeout, 30.0), "start-up")
+        return self.ready_seconds or 0.0
+
+    def close(self) -> Observation:
+        """Stop the worker, remove its scratch folder, and return what the model was seen doing."""
+        observation = Observation(list(self.audit_events), self.observer)
+        if self.process is None:
+            return observation
+        try:
+            if self.process.stdin and not self.process.stdin.closed:
+                self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._kill()
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        os.close(self._results)
+        log = self.logdir / "trace.log"
+        if self.observer == "strace" and log.is_file():
+            text = log.read_text(errors="replace")
+            observation = parse_log(text, self.marker, str(self.scratch), self._roots)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        shutil.rmtree(self.logdir, ignore_errors=True)
+        self.process = None
+        return observation
+
+    def _kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests ----------------------------------------------------------------------------------------------
+    def request(self, kind: str, **payload: Any) -> Iterator[dict[str, Any]]:
+        """Send one job; yield its `loaded`, `result`, `outcome` and `file` messages until it ends."""
+        self.start()
+        blob = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
+        writer = threading.Thread(target=self._write, args=(struct.pack("<Q", len(blob)) + blob,), daemon=True)
+        writer.start()
+        now = time.perf_counter()
+        end = None if self.policy.timeout is None else now + self.policy.timeout
+        load_end = now + self.policy.load_timeout
+        while True:
+            waiting_load = not self.loaded
+            deadline = min(load_end, end) if waiting_load and end is not None else (load_end if waiting_load
+                                                                                  else end)
+            message = self._next(deadline, "loading the model" if waiting_load else "the job")
+            kind_ = message["type"]
+            if kind_ in ("loaded", "outcome", "result"):
+                self.loaded = True
+            if kind_ == "end":
+                return
+            if kind_ == "error":
+                raise SandboxError(str(message.get("message", "the sandboxed job failed")))
+            if kind_ in ("loaded", "ready"):
+                continue
+            yield message
+
+    def _write(self, data: bytes) -> None:
+        try:
+            assert self.process is not None and self.process.stdin is not None
+            self.process.stdin.write(data)
+            self.process.stdin.flush()
+        except (OSError, ValueError):  # the worker died: the reader reports it
+            pass
+
+    def take_file(self, name: str, dest: Path) -> Path:
+        """Move a file the job wrote to scratch/out/NAME out of the sandbox, to `dest`."""
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,200}", name):
+            raise SandboxError(f"the sandboxed job named an invalid output file {name!r}")
+        source = self.scratch / "out" / name
+        if source.is_symlink() or not source.is_file():
+            raise SandboxError(f"the sandboxed job's output {name!r} is not a plain file")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, dest, follow_symlinks=False)
+        source.unlink()
+        return dest
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def _expect(self, kind: str, deadline: float, what: str) -> dict[str, Any]:
+        message = self._next(deadline, what)
+        if message["type"] != kind:
+            raise SandboxError(f"the sandboxed worker sent {message['type']!r} before {kind!r}")
+        return message
+
+    def _next(self, deadline: float | None, what: str) -> dict[str, Any]:
+        """The next message, or SandboxTimeout at `deadline` (the worker is killed), or SandboxError at its end."""
+        while True:
+            line, sep, rest = self._buffer.partition(b"\n")
+            if sep:
+                self._buffer = rest
+                message = _parse(line)
+                if message["type"] == "ready" and self.ready_seconds is None:
+                    self.ready_seconds = time.perf_counter() - (self.started_at or 0.0)
+                if message["type"] == "audit":
+                    self.audit_events.append(_audit_event(message))
+                    continue
+                return message
+            if len(self._buffer) > MAX_MESSAGE:
+                self._kill()
+                raise SandboxError("the sandboxed worker sent an oversized message")
+            timeout = None if deadline is None else deadline - time.perf_counter()
+            if timeout is not None and timeout <= 0:
+                self._kill()
+                limit = self.policy.load_timeout if what == "loading the model" else self.policy.timeout
+                raise SandboxTimeout(f"{what} did not finish within the {limit:g} s deadline (set it with "
+                                     "--timeout); the sandboxed worker was stopped")
+            assert self._selector is not None
+            if not self._selector.select(timeout):
+                continue
+            chunk = os.read(self._results, 1 << 20)
+            if not chunk:
+                assert self.process is not None
+                try:
+                    code = self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._kill()
+                    code = self.process.returncode
+                raise SandboxError(f"the sandboxed worker stopped while {what} ({_describe_exit(code)})")
+            self._buffer += chunk
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        raise SandboxError("the sandboxed worker sent a message that is not JSON") from None
+    if not isinstance(message, dict) or message.get("type") not in MESSAGE_TYPES:
+        raise SandboxError("the sandboxed worker sent a message of an unknown type")
+    if message["type"] in ("result", "outcome") and not isinstance(message.get("data"), dict):
+        raise SandboxError("the sandboxed worker sent a result that is not an object")
+    return message
+
+
+def _audit_event(message: dict[str, Any]) -> Event:
+    kind = str(message.get("kind"))
+    if kind not in ("write", "exec", "spawn", "socket", "connect", "library"):
+        raise SandboxError("the sandboxed worker sent an unknown audit event")
+    return Event(kind, str(message.get("target", ""))[:500], str(message.get("call", "")), False, 0)
