@@ -27,11 +27,18 @@ def _ray() -> Any:
 
 
 def _task(inputs: Inputs, job: dict[str, Any], section: dict[str, Any], seed: int,
-          gpu_fraction: float) -> dict[str, Any]:
-    """What a Ray worker runs: one job (its reference models as further tasks), returned as a plain dictionary."""
+          gpu_fraction: float, sandbox: Any = None) -> dict[str, Any]:
+    """What a Ray worker runs: one job (its reference models as further tasks), returned as a plain dictionary.
+    With `sandbox` (SandboxOptions, enabled) a model that carries code runs inside a sandbox on the worker."""
     from bastion.assess.ray_references import references_on_ray
     from bastion.assess.runner import execute_job
 
+    if sandbox is not None and sandbox.enabled:
+        from bastion.sandbox.assess import run_job_sandboxed
+
+        outcome = run_job_sandboxed(inputs, Job.from_dict(job), section, seed, sandbox)
+        if outcome is not None:
+            return outcome.to_dict()
     with references_on_ray(gpu_fraction):
         return execute_job(inputs, Job.from_dict(job), section, seed).to_dict()
 
@@ -42,8 +49,10 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, gpu_fraction: float = 0.25):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, gpu_fraction: float = 0.25,
+                 sandbox: Any = None):
         self.address, self.num_cpus, self.gpu_fraction = address, num_cpus, float(gpu_fraction)
+        self.options = sandbox  # SandboxOptions: jobs on models that carry code run sandboxed on the workers
 
     def _shipped(self, inputs: Inputs) -> Inputs:
         """Inputs with the model's bytes attached, so that any worker can load it."""
@@ -74,7 +83,7 @@ class RayBackend:
                 options = {"num_cpus": 1, "num_gpus": self.gpu_fraction if job.gpu and gpus else 0,
                            "max_retries": 0}
                 ref = remote.options(**options).remote(shared, job.to_dict(), plan.section(job.family), plan.seed,
-                                                       self.gpu_fraction)
+                                                       self.gpu_fraction, self.options)
                 pending[ref] = job
             for job in (j for j in jobs if j.local):
                 on_done(execute_job(inputs, job, plan.section(job.family), plan.seed))

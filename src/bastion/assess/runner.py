@@ -52,24 +52,29 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """Jobs one after another in this process."""
+    """Jobs one after another in this process (`options`: the SandboxOptions, for the report)."""
 
     name = "local"
+
+    def __init__(self, options: Any = None):
+        self.options = options
 
     def run(self, inputs: Inputs, jobs: list[Job], plan: Plan, on_done: OnDone) -> None:
         for job in jobs:
             on_done(execute_job(inputs, job, plan.section(job.family), plan.seed))
 
 
-def make_backend(name: str, address: str | None = None) -> Backend:
+def make_backend(name: str, address: str | None = None, sandbox: Any = None) -> Backend:
+    """`sandbox`: the SandboxOptions Ray workers run their jobs under (the local backend's sandbox is
+    `bastion.sandbox.assess.SandboxBackend`)."""
     if name == "local":
         if address:
             raise BastionError("--address is only used with --backend ray")
-        return LocalBackend()
+        return LocalBackend(sandbox)
     if name == "ray":
         from bastion.assess.ray_backend import RayBackend
 
-        return RayBackend(address=address)
+        return RayBackend(address=address, sandbox=sandbox)
     raise BastionError(f"unknown backend {name!r}: use local or ray")
 
 
@@ -79,6 +84,16 @@ def plan_jobs(inputs: Inputs, info: ModelInfo, plan: Plan) -> tuple[dict[str, Pr
     skipped = {fam: reason for fam, p in probes.items() if (reason := p.applicable(inputs, info))}
     jobs = [j for fam, p in probes.items() if fam not in skipped for j in p.jobs(inputs, info)]
     return probes, skipped, jobs
+
+
+def sandbox_info(options: Any, inputs: Inputs) -> dict[str, Any]:
+    """How the model's code ran, for the reproducibility section (`--no-sandbox`, the fallback)."""
+    from bastion.sandbox import carries_code
+    from bastion.sandbox.assess import sandbox_info as describe
+
+    local_file = os.path.isfile(inputs.model)
+    return describe(options, bool(options is not None and options.enabled and local_file
+                                  and carries_code(inputs.model, inputs.arch)))
 
 
 def _skipped(fam: str, reason: str) -> FamilyReport:
@@ -141,7 +156,8 @@ class Runner:
                 families.append(probes[fam].conclude(inputs, info, mine))
         assessment = Assessment(
             run_id=run_id, created=created, status="complete", model=vars(info).copy(), inputs=inputs.summary(),
-            plan=plan.to_dict(), environment=environment(self.backend.name), seed=plan.seed,
+            plan=plan.to_dict(), environment={**environment(self.backend.name), "sandbox": sandbox_info(
+                getattr(self.backend, "options", None), inputs)}, seed=plan.seed,
             backend=self.backend.name, families=families, grade=overall_grade(f.grade for f in families),
             finished=now(), seconds=time.perf_counter() - started + sum(o.seconds for o in previous.values()))
         if self.store is not None:

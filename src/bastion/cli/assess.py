@@ -18,6 +18,10 @@ from bastion.cli.common import console, fail_on_level, load_data
 from bastion.core.errors import ParameterError
 from bastion.core.results import severity_rank
 from bastion.report import FORMATS, write_reports
+from bastion.sandbox import SandboxOptions, open_sandbox
+from bastion.sandbox.assess import SandboxBackend
+from bastion.sandbox.assess import describe as describe_in
+from bastion.sandbox.commands import no_sandbox_option, timeout_option
 from bastion.store import RunStore
 
 
@@ -99,10 +103,13 @@ def register(app: typer.Typer) -> None:
         trust: bool = typer.Option(False, "--trust", help="allow pickle-based files that scanned clean"),
         fail_on: str | None = typer.Option(None, "--fail-on", help="exit 1 at this severity or above"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+        no_sandbox: bool = no_sandbox_option(),
+        timeout: float | None = timeout_option(),
     ) -> None:
         fmts = parse_formats(formats)
         fail_on_level(fail_on)
-        runner_backend = make_backend(backend, address)
+        options = SandboxOptions(enabled=not no_sandbox, timeout=timeout, device=device or "auto")
+        runner_backend = make_backend(backend, address, sandbox=options)
         store = None if no_store else RunStore(store_path)
         if resume:
             if no_store:
@@ -119,7 +126,13 @@ def register(app: typer.Typer) -> None:
                             access=access, device=device or "auto", data_path=str(data),
                             train_path=str(train_data) if train_data else None, label=label)
             run_id = None
-        info = inputs.describe()
+        sandbox = open_sandbox(inputs.model, inputs.arch, options)
+        info = describe_in(sandbox, inputs) if sandbox is not None else inputs.describe()
+        if sandbox is not None and backend == "local":
+            runner_backend = SandboxBackend(sandbox, options)
+        elif sandbox is not None:  # Ray workers start their own sandboxes
+            sandbox.close()
+            sandbox = None
         if not resume:
             override = read_plan_file(plan_file) if plan_file else {}
             base_seed = seed if seed is not None else int(override.get("seed", 0) or 0)
@@ -128,6 +141,8 @@ def register(app: typer.Typer) -> None:
                 plan = plan.merged({k: v for k, v in (("seed", seed), ("device", device)) if v is not None})
             inputs.device = plan.device
         if print_plan:
+            if sandbox is not None:
+                sandbox.close()
             typer.echo(plan.to_yaml(), nl=False)
             return
         runner = Runner(store, runner_backend, show_progress=not quiet)

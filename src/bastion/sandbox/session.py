@@ -197,21 +197,28 @@ class Sandbox:
         now = time.perf_counter()
         end = None if self.policy.timeout is None else now + self.policy.timeout
         load_end = now + self.policy.load_timeout
-        while True:
-            waiting_load = not self.loaded
-            deadline = min(load_end, end) if waiting_load and end is not None else (load_end if waiting_load
-                                                                                  else end)
-            message = self._next(deadline, "loading the model" if waiting_load else "the job")
-            kind_ = message["type"]
-            if kind_ in ("loaded", "outcome", "result"):
-                self.loaded = True
-            if kind_ == "end":
-                return
-            if kind_ == "error":
-                raise SandboxError(str(message.get("message", "the sandboxed job failed")))
-            if kind_ in ("loaded", "ready"):
-                continue
-            yield message
+        ended = False
+        try:
+            while True:
+                waiting_load = not self.loaded
+                deadline = load_end if waiting_load else end
+                if waiting_load and end is not None:
+                    deadline = min(load_end, end)
+                message = self._next(deadline, "loading the model" if waiting_load else "the job")
+                kind_ = message["type"]
+                if kind_ in ("loaded", "outcome", "result"):
+                    self.loaded = True
+                if kind_ in ("end", "error"):
+                    ended = True
+                if kind_ == "end":
+                    return
+                if kind_ == "error":
+                    raise SandboxError(str(message.get("message", "the sandboxed job failed")))
+                if kind_ not in ("loaded", "ready"):
+                    yield message
+        finally:
+            if not ended:  # the caller stopped early or the worker failed: the worker cannot take another request
+                self._kill()
 
     def _write(self, data: bytes) -> None:
         try:

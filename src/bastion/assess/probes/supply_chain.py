@@ -54,11 +54,19 @@ class SupplyChainProbe(Probe):
         return None
 
     def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:
+        from bastion.sandbox import carries_code
+
         job = self.job("scan", "scan", {}, {"paths": self.paths(inputs)})
         job.local = True
+        if Path(inputs.model).is_file() and carries_code(inputs.model, inputs.arch):
+            return [job, self.job("dynamic", "dynamic", {}, {})]  # load and run it where the sandbox watches
         return [job]
 
     def execute(self, inputs: Inputs, job: Job) -> AttackResult:
+        if job.name == "dynamic":
+            from bastion.sandbox.assess import forward_probe
+
+            return forward_probe(inputs)
         return scan(list(job.data["paths"]))
 
     def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
@@ -69,6 +77,12 @@ class SupplyChainProbe(Probe):
                               f"{len(files)} file(s) scanned" + "".join(f"; {e}" for r in results
                                                                          for e in r.metrics["errors"]),
                               family="supply_chain")] if results else []
+        dynamic = [r for r in results if r.attack == "dynamic"]
+        if dynamic:
+            watched = all(r.metrics.get("observed") for r in dynamic)
+            checks.append(SanityCheck("model-code-observed", watched, "the model's load and forward passes ran in "
+                                      "the sandbox and were observed" if watched else "the model's code ran "
+                                      "unobserved (--no-sandbox)", family="supply_chain"))
         headline = {f"findings.{sev}": float(n) for sev, n in count_by_severity(findings).items()}
         headline["files_scanned"] = float(len(files))
         return self.report("assessed", outcomes, findings=findings, sanity=checks, headline=headline,
