@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.cli.common import fail_on_level
+from bastion.cli.common import fail_on_level, load_data
 from bastion.core.errors import BastionError
 from bastion.core.results import severity_rank
+from bastion.sandbox.commands import dynamic_scan, timeout_option
 from bastion.supplychain import CONVERTIBLE, ScanReport, convert_to_safetensors, scan_paths, write_manifest, write_sarif
 
 _STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
@@ -54,6 +55,22 @@ def _convert(report: ScanReport, out_dir: Path | None, console: Console) -> list
     return problems
 
 
+def dynamic_findings(paths: list[Path], arch: str | None, data: Path | None, timeout: float | None) -> list:
+    """`--dynamic`: what each model file's code tried to do when loaded and run in the sandbox."""
+    from bastion.sandbox import SandboxOptions, carries_code
+
+    dataset = load_data(data, None, 16)
+    options = SandboxOptions(timeout=timeout if timeout is not None else 120.0, device="cpu")
+    findings = []
+    for path in paths:
+        if path.is_file() and carries_code(str(path), arch):
+            result = dynamic_scan(str(path), arch, dataset, options)
+            for finding in result.findings:
+                finding.evidence["file"] = str(path)
+            findings += result.findings
+    return findings
+
+
 def register(app: typer.Typer) -> None:
     @app.command(help="Scan model files (or folders, recursively) for code that runs when they are loaded.")
     def scan(
@@ -66,9 +83,17 @@ def register(app: typer.Typer) -> None:
         out_dir: Path | None = typer.Option(None, "--out-dir", help="folder for converted files"),
         manifest: Path | None = typer.Option(None, "--manifest",
                                              help="write a sha256 manifest (JSON, or sha256sum lines for .sha256)"),
+        dynamic: bool = typer.Option(False, "--dynamic", help="also load each model in the sandbox, run a forward "
+                                     "pass on inputs of its declared shape, and report what its code tried to do"),
+        arch: str | None = typer.Option(None, "--arch", help="module:factory (with --dynamic, for .safetensors)"),
+        data: Path | None = typer.Option(None, "--data", help="with --dynamic: data giving the input shape when "
+                                         "the model does not declare it"),
+        timeout: float | None = timeout_option(),
     ) -> None:
         level = fail_on_level(fail_on)
         report = scan_paths(paths)
+        if dynamic:
+            report.findings.extend(dynamic_findings(paths, arch, data, timeout))
         console = Console(stderr=as_json)
         if sarif is not None:
             write_sarif(report, sarif)
