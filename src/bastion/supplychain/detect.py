@@ -22,6 +22,10 @@ TORCH_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 PICKLE_FORMATS = frozenset({"pickle", "joblib", "pytorch-zip", "pytorch-legacy", "pytorch-tar"})
 ZIP_FORMATS = frozenset({"pytorch-zip", "torchscript", "torch-export", "keras", "skops", "npz", "zip"})
 COMPRESSED = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "lz4", "zfile"})
+# containers the scanner cannot open: flagged as unverifiable, never passed
+UNOPENABLE = {b"7z\xbc\xaf\x27\x1c": "7z", b"Rar!\x1a\x07": "rar", b"\x28\xb5\x2f\xfd": "zstd", b"MSCF\0\0\0\0": "cab",
+              b"xar!": "xar", b"LZIP": "lzip", b"\x89LZO\x00\r\n\x1a\n": "lzo", b"!<arch>\n": "ar",
+              b"070701": "cpio", b"070702": "cpio", b"070707": "cpio", b"\xed\xab\xee\xdb": "rpm"}
 _PROBE = 1 << 16
 
 
@@ -42,9 +46,9 @@ def looks_like_pickle(data: Any, start: int = 0) -> bool:
         vm.run()
         return True
     except PickleTruncated:
-        return end < len(data) and vm.opcodes >= 8
+        return (end < len(data) and vm.opcodes >= 8) or vm.imports > 0
     except PickleError:
-        return False
+        return vm.imports > 0  # a broken pickle still imports (and calls) what comes before the break
     except (RecursionError, MemoryError, ValueError, TypeError, OverflowError):
         return False
 
@@ -84,6 +88,9 @@ def detect_bytes(data: Any) -> str:
         return _zip_kind(data) or "zip"
     if head.startswith(b"\x93NUMPY"):
         return "numpy"
+    for magic, kind in UNOPENABLE.items():
+        if head.startswith(magic):
+            return kind
     if is_h5(data):
         return "h5"
     kind = compression_of(head)

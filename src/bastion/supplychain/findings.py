@@ -49,6 +49,8 @@ RULES: dict[str, tuple[str, str]] = {
                            "Strip the template or render it only in jinja2's ImmutableSandboxedEnvironment."),
     "trailing-data": ("Bytes follow the end of the serialised data; some readers may interpret them.",
                       "Re-export the file from its source."),
+    "unverifiable": ("The file is an archive or compressed stream the scanner cannot open, so nothing inside it "
+                     "was checked (fail closed).", "Unpack it with a trusted tool and scan what it contains."),
     "scanner-error": ("The scanner hit an unexpected error on this input (fail closed).",
                       "Report this file to the Bastion maintainers; do not load it meanwhile."),
 }

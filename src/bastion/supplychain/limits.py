@@ -17,7 +17,7 @@ class Limits:
     max_opcodes: int = 20_000_000  # opcodes in one pickle stream
     max_stack: int = 2_000_000  # items on the pickle stack plus marks
     max_memo: int = 2_000_000  # memo entries of one pickle
-    max_line: int = 1 << 20  # one text argument of a protocol-0 opcode
+    max_line: int = 1 << 30  # one text argument of a protocol-0 opcode (CPython has no limit)
     max_header_bytes: int = 100 << 20  # safetensors / NumPy headers, JSON configs
     max_json_candidates: int = 64  # Keras config candidates looked at in one HDF5 file
     max_proto_depth: int = 64  # nesting of ONNX sub-graphs

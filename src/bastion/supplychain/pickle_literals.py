@@ -7,6 +7,7 @@ protocol definitions of PEP 307, PEP 3154 and PEP 574.
 from __future__ import annotations
 
 import codecs
+import re
 from struct import unpack_from
 from typing import Any
 
@@ -14,6 +15,69 @@ from bastion.supplychain.pickle_values import Blob, Opaque, PickleError, PickleT
 
 _BIG = 1 << 20  # strings longer than this stay views into the stream
 _LONG_BYTES = 64  # LONG1/LONG4 integers longer than this are not materialised
+_LONG_DIGITS = 4000  # text integers longer than this stay opaque (CPython refuses most of them anyway)
+_C_SPACE = b" \t\n\v\f\r"
+_FLOAT_PREFIX = re.compile(rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:infinity|inf|nan))")
+
+
+def py_long(text: bytes, base: int) -> int | Opaque | None:
+    """CPython's `PyLong_FromString(text, NULL, base)`: the C string ends at the first NUL; None when invalid."""
+    text = text.split(b"\0", 1)[0]
+    if len(text) > _LONG_DIGITS:
+        return Opaque("long")
+    try:
+        return int(text, base)
+    except ValueError:
+        return None
+
+
+def _strtol(text: bytes) -> tuple[int, int] | None:
+    """C `strtol(text, &end, 0)` on a 64-bit long: (value, end index), None on overflow."""
+    i, n = 0, len(text)
+    while i < n and text[i] in _C_SPACE:
+        i += 1
+    sign = -1 if i < n and text[i] == 0x2D else 1
+    i += i < n and text[i] in b"+-"
+    base = 10
+    if text[i:i + 2] in (b"0x", b"0X") and text[i + 2:i + 3] and text[i + 2:i + 3] in b"0123456789abcdefABCDEF":
+        base, i = 16, i + 2
+    elif text[i:i + 1] == b"0":
+        base = 8
+    digits = b"0123456789abcdef"[:base]
+    start = i
+    while i < n and text[i:i + 1].lower() in digits:
+        i += 1
+        if i - start > 64:
+            return None  # far past 64 bits: strtol overflows (ERANGE)
+    if i == start:
+        return 0, 0  # no number: end points at the start of the string
+    value = sign * int(text[start:i], base)
+    return (value, i) if -(1 << 63) <= value < (1 << 63) else None
+
+
+def c_int(line: bytes) -> int | bool | Opaque | None:
+    """The value CPython's `load_int` gives a protocol-0 INT line (without its newline), None when it fails.
+
+    `strtol` in base 0 first (so `017` is octal 15, a NUL ends the number, `00`/`01` are booleans), then
+    `PyLong_FromString` for what strtol cannot take (see Modules/_pickle.c, load_int)."""
+    if not line:
+        return None
+    parsed = _strtol(line)
+    if parsed is not None and (parsed[1] == len(line) or line[parsed[1]] == 0):
+        value = parsed[0]
+        return bool(value) if len(line) == 2 and value in (0, 1) else value
+    return py_long(line, 0)
+
+
+def c_float(line: bytes) -> float | None:
+    """The value CPython's `load_float` gives a FLOAT line: `PyOS_string_to_double` ending at NUL or newline."""
+    match = _FLOAT_PREFIX.match(line)
+    if not line or match is None:
+        return None
+    end = match.end()
+    if end < len(line) and line[end] != 0:
+        return None
+    return float(match.group(0))
 
 
 class LiteralOps:
@@ -64,31 +128,26 @@ class LiteralOps:
 
     def op_float(self, pos: int) -> int:
         line, pos = self._line(pos)
-        try:
-            self.stack.append(float(line))
-        except ValueError:
-            raise PickleError(f"bad FLOAT at offset {self.at}") from None
+        value = c_float(line)
+        if value is None:
+            raise PickleError(f"bad FLOAT at offset {self.at}")
+        self.stack.append(value)
         return pos
 
     def op_int(self, pos: int) -> int:
         line, pos = self._line(pos)
-        if line in (b"00", b"01"):
-            self.stack.append(line == b"01")
-            return pos
-        return self._parse_int(line, pos)
+        value = c_int(line)
+        if value is None:
+            raise PickleError(f"bad INT at offset {self.at}")
+        self.stack.append(value)
+        return pos
 
     def op_long(self, pos: int) -> int:
         line, pos = self._line(pos)
-        return self._parse_int(line[:-1] if line.endswith(b"L") else line, pos)
-
-    def _parse_int(self, line: bytes, pos: int) -> int:
-        if len(line) > 4000:
-            self.stack.append(Opaque("long"))
-            return pos
-        try:
-            self.stack.append(int(line, 0))
-        except ValueError:
-            raise PickleError(f"bad integer at offset {self.at}") from None
+        value = py_long(line[:-1] if line.endswith(b"L") else line, 0)
+        if value is None:
+            raise PickleError(f"bad LONG at offset {self.at}")
+        self.stack.append(value)
         return pos
 
     def op_binint(self, pos: int) -> int:

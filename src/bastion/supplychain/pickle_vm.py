@@ -9,6 +9,7 @@ implementation described in PEP 307 (protocol 2), PEP 3154 (protocol 4) and PEP 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from struct import unpack_from
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from bastion.supplychain.findings import Cursor
 from bastion.supplychain.joblib_arrays import skip_array, wrapper_kind
 from bastion.supplychain.pickle_calls import mutation_target, resolve_call
-from bastion.supplychain.pickle_literals import LiteralOps
+from bastion.supplychain.pickle_literals import LiteralOps, py_long
 from bastion.supplychain.pickle_values import (
     Call,
     Global,
@@ -52,6 +53,7 @@ class PickleVM(LiteralOps):
         self.stop = -1
         self.opcodes = 0
         self.arrays = 0
+        self.imports = 0  # find_class calls with identifier-shaped names (a sign the bytes are meant as a pickle)
 
 
     def run(self) -> int:
@@ -98,6 +100,8 @@ class PickleVM(LiteralOps):
     def make_global(self, module: Any, name: Any, offset: int, opcode: str) -> Any:
         """Create (and judge) the object the unpickler gets from `find_class(module, name)`."""
         mod, nm = const_str(module), const_str(name)
+        if mod is not None and nm is not None and _DOTTED.fullmatch(mod) and _DOTTED.fullmatch(nm):
+            self.imports += 1
         if mod is None or nm is None:
             self.cur.report("dynamic-call", "high", f"{opcode} imports a name that is computed at load time",
                             offset=offset, subject="global:dynamic", opcode=opcode)
@@ -306,10 +310,10 @@ class PickleVM(LiteralOps):
 
     def op_get(self, pos: int) -> int:
         line, pos = self._line(pos)
-        try:
-            self._get(int(line))
-        except ValueError:
-            raise PickleError(f"bad GET index at offset {self.at}") from None
+        key = py_long(line, 10) if line else None
+        if type(key) is not int:
+            raise PickleError(f"bad GET index at offset {self.at}")
+        self._get(key)
         return pos
 
     def op_binget(self, pos: int) -> int:
@@ -329,10 +333,10 @@ class PickleVM(LiteralOps):
 
     def op_put(self, pos: int) -> int:
         line, pos = self._line(pos)
-        try:
-            self._put(int(line))
-        except ValueError:
-            raise PickleError(f"bad PUT index at offset {self.at}") from None
+        key = py_long(line, 10) if line else None
+        if type(key) is not int:
+            raise PickleError(f"bad PUT index at offset {self.at}")
+        self._put(key)
         return pos
 
     def op_binput(self, pos: int) -> int:
@@ -368,6 +372,9 @@ class PickleVM(LiteralOps):
         if not self.stack:
             raise PickleError(f"READONLY_BUFFER with an empty stack at offset {self.at}")
         return pos
+
+
+_DOTTED = re.compile(r"[A-Za-z_][\w.]*")
 
 
 def _utf8(raw: bytes) -> str:

@@ -10,7 +10,14 @@ from typing import Any
 from bastion.supplychain.archives import ArchiveError, find_eocd, member_head, read_member, read_tar, read_zip
 from bastion.supplychain.compression import InflateError, compression_of, inflate
 from bastion.supplychain.config_checks import HDF5_MAGIC, check_h5, check_keras_json, check_skops_schema
-from bastion.supplychain.detect import COMPRESSED, PICKLE_FORMATS, ZIP_FORMATS, classify_zip, detect_bytes
+from bastion.supplychain.detect import (
+    COMPRESSED,
+    PICKLE_FORMATS,
+    UNOPENABLE,
+    ZIP_FORMATS,
+    classify_zip,
+    detect_bytes,
+)
 from bastion.supplychain.findings import Cursor, Sink
 from bastion.supplychain.onnx_check import check_onnx
 from bastion.supplychain.pickle_values import PickleError
@@ -104,11 +111,16 @@ def _inflate(data: Any, cur: Cursor, kind: str) -> bytes | None:
 
 def _compressed(data: Any, cur: Cursor, fmt: str) -> None:
     if fmt == "lz4":
-        cur.report("malformed", "high", "lz4 stream: the scanner cannot decompress it, so it was not checked")
+        _unverifiable(data, cur, fmt)
         return
     raw = _inflate(data, cur, fmt)
     if raw is not None:
         scan_buffer(raw, cur.enter(f"<{fmt}>"))
+
+
+def _unverifiable(data: Any, cur: Cursor, fmt: str) -> None:
+    cur.report("unverifiable", "high", f"{fmt} archive or stream: the scanner cannot open it, so its contents "
+               "were not checked", subject=f"unverifiable:{fmt}")
 
 
 def _legacy(data: Any, cur: Cursor, fmt: str) -> None:
@@ -206,11 +218,15 @@ def _other_views(data: Any, cur: Cursor, fmt: str) -> None:
             _zip(data, cur.enter("<zip view>"), kind)
     if fmt not in PICKLE_FORMATS and data[0] in OPCODE_BYTES and fmt not in COMPRESSED:
         probe = Cursor(Sink(cur.sink.file, cur.limits), cur.enter("<pickle view>").member, cur.depth + 1)
+        vm = PickleVM(data, probe, 0, scan_nested=scan_buffer)
         try:
-            PickleVM(data, probe, 0, scan_nested=scan_buffer).run()
+            vm.run()
+            what = "a complete pickle"
         except PickleError:
-            return
-        cur.report("polyglot", "high", f"the {fmt} file is also a complete pickle: pickle-based loaders run it")
+            if not vm.imports:
+                return
+            what = "a pickle (broken later, but pickle.load imports and calls what precedes the break)"
+        cur.report("polyglot", "high", f"the {fmt} file is also {what}: pickle-based loaders run it")
         for key, f in probe.sink.findings.items():
             cur.sink.findings.setdefault(key, f)
 
@@ -238,4 +254,5 @@ _HANDLERS = {
     "tokenizer-config": lambda d, c, f: check_json_template(bytes(d[:c.limits.max_header_bytes]), c),
     **{k: _zip for k in ZIP_FORMATS},
     **{k: _compressed for k in COMPRESSED},
+    **{k: _unverifiable for k in UNOPENABLE.values()},
 }
