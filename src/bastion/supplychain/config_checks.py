@@ -82,6 +82,49 @@ def _decode_at(data: Any, start: int, decoder: json.JSONDecoder, limit: int) -> 
             window = limit
 
 
+_ALL_TEMPLATES = "\0chat_templates"  # where `parse_json_config` keeps every value of a repeated chat_template key
+
+
+def _keep_repeats(pairs: list[tuple[str, Any]]) -> dict:
+    """JSON object hook: Python keeps the last of repeated keys, other parsers the first; keep all templates."""
+    out: dict = {}
+    for key, value in pairs:
+        if key == "chat_template":
+            out.setdefault(_ALL_TEMPLATES, []).append(value)
+        out[key] = value
+    return out
+
+
+def parse_json_config(data: Any, limit: int) -> Any:
+    """The JSON value of a whole config file (escapes decoded, no byte cut-off up to `limit`), or None."""
+    if len(data) > limit:
+        return None
+    try:
+        return json.loads(bytes(data), object_pairs_hook=_keep_repeats)
+    except (ValueError, RecursionError):
+        return None
+
+
+def is_keras_config(config: Any) -> bool:
+    """A Keras model config: `class_name` naming the model class and its `config` (not just a key name)."""
+    return (isinstance(config, dict) and isinstance(config.get("class_name"), str)
+            and isinstance(config.get("config"), (dict, list)))
+
+
+def chat_templates(config: Any) -> list[tuple[str, str]]:
+    """(name, template) for every chat template a tokenizer config holds (a string or a list of named ones)."""
+    if not isinstance(config, dict):
+        return []
+    out = []
+    for value in config.get(_ALL_TEMPLATES, []):
+        if isinstance(value, str):
+            out.append(("tokenizer config", value))
+        elif isinstance(value, list):
+            out += [(f"tokenizer config {item.get('name', '?')}", item["template"]) for item in value
+                    if isinstance(item, dict) and isinstance(item.get("template"), str)]
+    return out
+
+
 def check_keras_json(raw: bytes, cur: Cursor) -> None:
     """Check a Keras config.json given as bytes (fails closed when it is not JSON)."""
     if len(raw) > cur.limits.max_header_bytes:

@@ -10,8 +10,9 @@ from typing import Any
 from bastion.core.errors import ModelLoadError
 from bastion.supplychain.archives import ArchiveError, find_eocd, is_tar, read_tar, read_zip
 from bastion.supplychain.compression import compression_of, head_of
-from bastion.supplychain.config_checks import is_h5
+from bastion.supplychain.config_checks import chat_templates, is_h5, is_keras_config, parse_json_config
 from bastion.supplychain.findings import Cursor, Sink
+from bastion.supplychain.limits import DEFAULT_LIMITS
 from bastion.supplychain.onnx_check import looks_like_onnx
 from bastion.supplychain.pickle_values import PickleError, PickleTruncated
 from bastion.supplychain.pickle_vm import OPCODE_BYTES, PickleVM
@@ -114,16 +115,26 @@ def detect_bytes(data: Any) -> str:
         return "gguf"
     if looks_like_onnx(data):
         return "onnx"
-    stripped = head.lstrip()
-    if stripped.startswith(b"{") and data.find(b'"class_name"', 0, 1 << 16) >= 0:
-        return "keras-config"
-    if stripped.startswith(b"{") and data.find(b'"chat_template"', 0, 1 << 22) >= 0:
-        return "tokenizer-config"
+    if head.lstrip().startswith(b"{"):
+        kind = _json_kind(data)
+        if kind is not None:
+            return kind
     if looks_like_pickle(data):
         return "pickle"
     if find_eocd(data) >= 0 and _zip_kind(data) is not None:
         return _zip_kind(data) or "zip"
     return "unknown"
+
+
+def _json_kind(data: Any) -> str | None:
+    """"keras-config" or "tokenizer-config" for a JSON file that is one (parsed whole), else None."""
+    limit = DEFAULT_LIMITS.max_header_bytes
+    if len(data) > limit:
+        return "tokenizer-config"  # too large to judge here: its handler reports the limit
+    config = parse_json_config(data, limit)
+    if is_keras_config(config):
+        return "keras-config"
+    return "tokenizer-config" if chat_templates(config) else None
 
 
 def _tar_kind(data: Any) -> str:

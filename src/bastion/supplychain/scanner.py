@@ -161,7 +161,7 @@ def _worth_reading(head: bytes) -> bool:
     """Members whose first bytes show a format that can carry code (others are raw data)."""
     if not head:
         return False
-    if head.startswith(_NESTED_HEADS) or compression_of(head) is not None:
+    if head.startswith(_NESTED_HEADS) or compression_of(head) is not None or head.lstrip()[:1] == b"{":
         return True
     return head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5
 
@@ -249,9 +249,9 @@ _HANDLERS = {
     "safetensors": lambda d, c, f: check_safetensors(d, c),
     "onnx": _onnx,
     "h5": lambda d, c, f: check_h5(d, c),
-    "keras-config": lambda d, c, f: check_keras_json(bytes(d), c),
+    "keras-config": lambda d, c, f: check_json_template(d, c),
     "gguf": lambda d, c, f: check_gguf(d, c),
-    "tokenizer-config": lambda d, c, f: check_json_template(bytes(d[:c.limits.max_header_bytes]), c),
+    "tokenizer-config": lambda d, c, f: check_json_template(d, c),
     **{k: _zip for k in ZIP_FORMATS},
     **{k: _compressed for k in COMPRESSED},
     **{k: _unverifiable for k in UNOPENABLE.values()},

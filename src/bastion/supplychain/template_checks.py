@@ -7,15 +7,13 @@ key/value pairs (strings are u64 length + bytes, arrays are element type + u64 c
 
 from __future__ import annotations
 
-import json
-import re
 import struct
 from typing import Any
 
+from bastion.supplychain.config_checks import chat_templates, check_keras_config, is_keras_config, parse_json_config
 from bastion.supplychain.findings import Cursor
+from bastion.supplychain.template_ast import template_problems
 
-_SSTI = re.compile(r"__(class|mro|base|bases|subclasses|globals|builtins|import|init|getattribute|code|reduce)__"
-                   r"|\b(os|subprocess|sys)\s*\.|\b(popen|system|eval|exec|__import__)\s*\(")
 _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 
 
@@ -28,11 +26,12 @@ def is_gguf(data: Any) -> bool:
 
 
 def check_template(template: str, where: str, cur: Cursor) -> None:
-    """Report a chat template that walks Python internals or names process/eval helpers."""
-    hit = _SSTI.search(template)
-    if hit:
-        cur.report("template-injection", "critical", f"{where} chat template reaches Python internals "
-                   f"({hit.group(0).strip()!r}): rendering it outside a sandbox runs code", subject=where)
+    """Report what a chat template reaches beyond its data, judged on its Jinja2 syntax tree."""
+    for problem in template_problems(template):
+        rule = "malformed" if problem.severity == "medium" else "template-injection"
+        cur.report(rule, problem.severity, f"{where} chat template {problem.what}: rendering it outside a "
+                   "sandbox can run code" if rule != "malformed" else f"{where} chat template {problem.what}",
+                   subject=f"{where}: {problem.what}")
 
 
 def check_gguf(data: Any, cur: Cursor) -> None:
@@ -80,16 +79,13 @@ def _value(data: Any, pos: int, vtype: int, cur: Cursor, depth: int) -> tuple[An
     raise _GGUFError(f"unknown metadata type {vtype}")
 
 
-def check_json_template(raw: bytes, cur: Cursor) -> None:
-    """tokenizer_config.json-style files: check their chat_template (a string or a list of named templates)."""
-    try:
-        config = json.loads(raw)
-    except (ValueError, RecursionError):
+def check_json_template(data: Any, cur: Cursor) -> None:
+    """JSON configs (tokenizer_config.json, chat_template.json, Keras configs): check every chat template."""
+    if len(data) > cur.limits.max_header_bytes:
+        cur.report("limit", "high", "JSON config larger than the scanner limit was not checked")
         return
-    template = config.get("chat_template") if isinstance(config, dict) else None
-    if isinstance(template, str):
-        check_template(template, "tokenizer config", cur)
-    elif isinstance(template, list):
-        for item in template:
-            if isinstance(item, dict) and isinstance(item.get("template"), str):
-                check_template(item["template"], f"tokenizer config {item.get('name', '?')}", cur)
+    config = parse_json_config(data, cur.limits.max_header_bytes)
+    if is_keras_config(config):
+        check_keras_config(config, cur)
+    for where, template in chat_templates(config):
+        check_template(template, where, cur)
