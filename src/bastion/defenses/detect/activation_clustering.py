@@ -141,9 +141,10 @@ class ActivationClustering(TrainingDataScreen):
         y = torch.as_tensor(data.y, dtype=torch.long, device=target.device)
         feats = representation(model, x, self.layer).cpu().numpy().astype(np.float64)
         candidate, scores, classes = self.cluster(feats, data.y)
+        flagged = candidate
         if self.reclassify and candidate.any():
-            return self.exclusionary_reclassification(model, x, y, candidate, classes), scores, classes
-        return candidate, scores, classes
+            flagged = self.exclusionary_reclassification(model, x, y, candidate, classes)
+        return flagged, scores + 2.0 * flagged, classes  # flagged samples rank first, then by their margin
 
     def findings(self, metrics: dict[str, Any]) -> list[Finding]:
         metrics["poisoned_classes"] = [c["class"] for c in metrics["classes"] if c["poisoned"]]

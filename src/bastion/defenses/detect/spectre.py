@@ -53,20 +53,19 @@ def que_scores(whitened: np.ndarray, alpha: float) -> np.ndarray:
     return ((whitened @ vectors) ** 2 @ weights) / weights.sum()
 
 
-def empirical_p(scores: np.ndarray, null_sorted: np.ndarray) -> np.ndarray:
-    """P(null ≥ score) with the (+1)-corrected empirical distribution of `null_sorted` (ascending)."""
-    above = len(null_sorted) - np.searchsorted(null_sorted, scores, side="left")
-    return (above + 1) / (len(null_sorted) + 1)
+def robust_z(scores: np.ndarray) -> np.ndarray:
+    """(s − median) / (1.4826 · MAD): a class's scores on a scale its clean majority sets."""
+    median = np.median(scores)
+    return (scores - median) / max(1.4826 * np.median(np.abs(scores - median)), 1e-12)
 
 
-def benjamini_hochberg(p_values: np.ndarray, fdr: float) -> np.ndarray:
-    """Which hypotheses the Benjamini–Hochberg step-up procedure rejects at false-discovery rate `fdr`."""
-    order = np.argsort(p_values)
-    passed = p_values[order] <= fdr * np.arange(1, len(p_values) + 1) / len(p_values)
-    rejected = np.zeros(len(p_values), bool)
-    if passed.any():
-        rejected[order[: np.nonzero(passed)[0].max() + 1]] = True
-    return rejected
+def excess_tail(z: np.ndarray, null: np.ndarray, tail: float) -> tuple[np.ndarray, float]:
+    """Samples above the null's (1 − tail) quantile, and the one-sided binomial p-value of their count: a clean
+    class has about `tail` of its samples there, a poisoned one has its poison there as well."""
+    from scipy.stats import binom
+
+    above = z > np.quantile(null, 1.0 - tail)
+    return above, float(binom.sf(int(above.sum()) - 1, len(z), tail))
 
 
 @register("defenses", "spectre", family="detect",
@@ -79,12 +78,14 @@ class Spectre(TrainingDataScreen):
     onto their top `dims` principal components, centred and whitened with a robust covariance estimate (here the
     Minimum Covariance Determinant, which tolerates up to half of the class being poison), and every sample gets
     the QUE score with parameter `alpha` (the paper's 4). Whitening by the clean majority's covariance turns even
-    a weak poison direction into the dominant one. A sample's score is log τ; τ is normalised by tr Q, so scores
-    of all classes share one scale. Flags come from an empirical null, not from a threshold tuned on a
-    benchmark: each class's scores are compared with the pooled scores of the other classes, and the
-    Benjamini–Hochberg procedure at false-discovery rate `significance` flags the samples that stand out (their
-    count is the class's contamination estimate). This assumes most classes are clean, as in all-to-one
-    backdoors; a class that is mostly poison breaks the robust estimate (its breakdown point is one half).
+    a weak poison direction into the dominant one. A sample's score is log τ (τ is normalised by tr Q, so
+    scores of all classes share one scale, which the ROC metrics use). Flags come from an empirical null, not
+    from a threshold tuned on a benchmark: each class's scores are put on a robust scale (median, MAD), the
+    pooled scores of the other classes give the level only a fraction `tail` of clean samples exceed, and a
+    class is poisoned when more of its samples exceed it than a Binomial(n, tail) count allows at
+    `significance` (Bonferroni over classes); its samples above the level are flagged. This assumes most
+    classes are clean, as in all-to-one backdoors; a class that is mostly poison breaks the robust estimate (the
+    breakdown point is one half).
     When `eps` (an upper bound on the poisoned fraction of a class) is given, the paper's
     rule is used instead: the 1.5·eps fraction of each class with the highest scores is removed.
     """
@@ -94,14 +95,16 @@ class Spectre(TrainingDataScreen):
     requires = Access.GRADIENTS
 
     def __init__(self, dims: int = 32, alpha: float = 4.0, significance: float = 0.05, eps: float | None = None,
-                 shrinkage: float = 0.1, layer: str | None = None, ground_truth: str | np.ndarray | None = None,
-                 seed: int = 0):
-        if dims < 1 or alpha <= 0 or not 0 < significance < 1 or shrinkage < 0:
-            raise ParameterError("dims must be >= 1, alpha positive, significance in (0, 1), shrinkage >= 0")
+                 shrinkage: float = 0.1, tail: float = 0.05, layer: str | None = None,
+                 ground_truth: str | np.ndarray | None = None, seed: int = 0):
+        if dims < 1 or alpha <= 0 or not 0 < significance < 1 or shrinkage < 0 or not 0 < tail < 0.5:
+            raise ParameterError("dims must be >= 1, alpha positive, significance in (0, 1), shrinkage >= 0 and "
+                                 "tail in (0, 0.5)")
         if eps is not None and not 0 < eps < 1:
             raise ParameterError("eps must lie in (0, 1)")
         self.dims, self.alpha, self.significance, self.eps = int(dims), float(alpha), float(significance), eps
-        self.shrinkage, self.layer, self.ground_truth, self.seed = float(shrinkage), layer, ground_truth, int(seed)
+        self.shrinkage, self.tail, self.layer = float(shrinkage), float(tail), layer
+        self.ground_truth, self.seed = ground_truth, int(seed)
 
     def screen(self, target: Target, data: Dataset) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
         """Flags, scores (log QUE score) and per-class statistics for a training set."""
@@ -116,17 +119,23 @@ class Spectre(TrainingDataScreen):
                 tau = que_scores(robust_whiten(points, self.shrinkage, self.seed), self.alpha)
                 scores[idx], screened[idx] = np.log(np.maximum(tau, 1e-300)), True
         flagged, classes = np.zeros(len(data), bool), []
-        for c in np.unique(data.y[screened]):
+        labels = np.unique(data.y[screened])
+        z = np.zeros(len(data))
+        for c in labels:
+            z[data.y == c] = scores[data.y == c]
+        for c in labels:
             idx = np.nonzero(data.y == c)[0]
+            info: dict[str, Any] = {"class": int(c), "n": len(idx)}
             if self.eps is not None:
                 k = min(len(idx) - 1, int(np.ceil(1.5 * self.eps * len(idx))))
                 flagged[idx[np.argsort(-scores[idx])[:k]]] = True
             else:
-                others = np.sort(scores[screened & (data.y != c)])
-                flagged[idx] = benjamini_hochberg(empirical_p(scores[idx], others), self.significance)
-            n_flagged = int(flagged[idx].sum())
-            classes.append({"class": int(c), "n": len(idx), "n_flagged": n_flagged,
-                            "estimated_poison_fraction": n_flagged / len(idx), "poisoned": n_flagged > 0})
+                above, p_value = excess_tail(z[idx], z[screened & (data.y != c)], self.tail)
+                flagged[idx] = above & (p_value < self.significance / len(labels))
+                info["p_value"] = p_value
+            info["n_flagged"] = int(flagged[idx].sum())
+            info["poisoned"] = info["n_flagged"] > 0
+            classes.append(info)
         return flagged, scores, classes
 
     def findings(self, metrics: dict[str, Any]) -> list[Finding]:
