@@ -71,10 +71,8 @@ def _read_zip(data: Any, cur: Cursor, check: bool) -> ZipDirectory:
     prefix = cd_start - cd_offset
     if cd_start < 0 or prefix < 0:
         raise ArchiveError("central directory lies outside the file")
-    if total > cur.limits.max_members:
-        raise ArchiveError(f"{total} members (limit {cur.limits.max_members})")
-    members, pos = [], cd_start
-    for _ in range(total):
+    members, pos, cd_stop = [], cd_start, cd_start + cd_size
+    while pos + 46 <= cd_stop:  # by size, as Python's zipfile reads it (miniz counts entries instead)
         if data[pos:pos + 4] != _CDH:
             raise ArchiveError(f"bad central directory entry at offset {pos}")
         (flags, method, crc, csize, usize, name_len, extra_len, comment, offset) = _cd_fields(data, pos)
@@ -84,6 +82,12 @@ def _read_zip(data: Any, cur: Cursor, check: bool) -> ZipDirectory:
         name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
         members.append(ZipMember(name, method, flags, csize, usize, crc, prefix + offset))
         pos += 46 + name_len + extra_len + comment
+        if len(members) > cur.limits.max_members:
+            raise ArchiveError(f"more than {cur.limits.max_members} members")
+    if len(members) != total:
+        cur.report("archive-anomaly", "high", f"the end record counts {total} members but the central directory "
+                   f"holds {len(members)}: zipfile and PyTorch's reader see different members (all were scanned)",
+                   subject="member-count")
     if check:
         for m in members:
             _check_local(data, m, cur)
@@ -143,12 +147,18 @@ def _check_local(data: Any, m: ZipMember, cur: Cursor) -> None:
 
 def _check_names(members: list[ZipMember], cur: Cursor) -> None:
     seen: set[str] = set()
+    folded: set[str] = set()
     for m in members:
         n = m.name
         if n in seen:
             cur.report("archive-anomaly", "medium", f"member name {n!r} appears more than once: loaders "
                        "disagree on which copy they read (all copies were scanned)", subject=f"dup:{n}")
+        elif n.lower() in folded:
+            cur.report("archive-anomaly", "medium", f"member names differ only in case ({n!r}): PyTorch's reader "
+                       "matches names case-insensitively, zipfile does not (all copies were scanned)",
+                       subject=f"case:{n.lower()}")
         seen.add(n)
+        folded.add(n.lower())
         parts = n.replace("\\", "/").split("/")
         if n.startswith(("/", "\\")) or ".." in parts or "\x00" in n or (len(n) > 1 and n[1] == ":"):
             cur.report("archive-anomaly", "medium", f"member name {n!r} escapes the archive folder when "
@@ -199,26 +209,37 @@ class TarMember:
     kind: str  # "file", "link", "other"
 
 
+_TAR_REGULAR = (b"0", b"\x00", b"7", b"S")  # tarfile.REGULAR_TYPES
+_TAR_LINKS = (b"1", b"2")
+# tarfile.SUPPORTED_TYPES that are neither files nor links; any other typeflag is read as a regular file
+_TAR_SPECIAL = (b"3", b"4", b"5", b"6", b"L", b"K", b"x", b"g", b"X")
+
+
 def is_tar(data: Any) -> bool:
-    """True when the first 512 bytes form a tar header with a valid checksum."""
+    """True when the first 512 bytes form a header tarfile accepts (its checksum, signed or unsigned)."""
     if len(data) < 512:
         return False
     block = bytes(data[:512])
-    return _checksum_ok(block) and (block[257:262] == b"ustar" or block[156:157] in b"0\x0012345")
+    return block.count(0) != 512 and _checksum_ok(block)
 
 
 def _checksum_ok(block: bytes) -> bool:
+    """tarfile accepts the sum of the header bytes taken unsigned or signed (old tars summed signed chars)."""
     try:
-        stored = int(block[148:156].replace(b"\x00", b" ").strip() or b"-1", 8)
-    except ValueError:
+        stored = _octal(block[148:156])
+    except ArchiveError:
         return False
-    return stored == sum(block[:148]) + 8 * 32 + sum(block[156:])
+    unsigned = 256 + sum(block[:148]) + sum(block[156:])
+    signed = 256 + sum(struct.unpack_from("148b8x356b", block))
+    return stored in (unsigned, signed)
 
 
 def _octal(field: bytes) -> int:
-    if field[:1] == b"\x80":
-        return int.from_bytes(field[1:], "big")
-    text = field.replace(b"\x00", b" ").strip()
+    """tarfile's `nti`: base-256 when the first byte is 0o200 or 0o377, else octal text up to the first NUL."""
+    if field[:1] in (b"\x80", b"\xff"):
+        value = int.from_bytes(field[1:], "big")
+        return value - (256 ** (len(field) - 1)) if field[:1] == b"\xff" else value
+    text = field.split(b"\x00", 1)[0].strip()
     try:
         return int(text, 8) if text else 0
     except ValueError:
@@ -226,7 +247,7 @@ def _octal(field: bytes) -> int:
 
 
 def read_tar(data: Any, cur: Cursor) -> list[TarMember]:
-    """Walk tar headers (ustar, pax 'x', GNU 'L' long names); raise ArchiveError on a broken header."""
+    """Walk tar headers as tarfile does (ustar, pax 'x', GNU 'L'/'K'); raise ArchiveError on a broken header."""
     try:
         return _read_tar(data, cur)
     except (struct.error, ValueError, OverflowError) as exc:
@@ -235,28 +256,37 @@ def read_tar(data: Any, cur: Cursor) -> list[TarMember]:
 
 def _read_tar(data: Any, cur: Cursor) -> list[TarMember]:
     members: list[TarMember] = []
-    pos, long_name = 0, None
+    pos, long_name, pax = 0, None, {}
     while pos + 512 <= len(data):
         block = bytes(data[pos:pos + 512])
-        if block == b"\x00" * 512:
+        if block.count(0) == 512:
             break
         if not _checksum_ok(block):
             raise ArchiveError(f"bad tar header checksum at offset {pos}")
         size = _octal(block[124:136])
         kind = block[156:157]
         name = block[:100].split(b"\x00")[0]
-        if block[257:262] == b"ustar" and block[345:500].strip(b"\x00"):
-            name = block[345:500].split(b"\x00")[0] + b"/" + name
+        prefix = block[345:500].split(b"\x00")[0]
+        if prefix and kind not in (b"L", b"K", b"S"):
+            name = prefix + b"/" + name
+        if kind not in _TAR_SPECIAL and b"size" in pax:
+            size = int(pax[b"size"]) if pax[b"size"].isdigit() else size
+        if size < 0:
+            raise ArchiveError(f"negative member size at offset {pos}")
         body = pos + 512
         if body + size > len(data):
             raise ArchiveError(f"tar member at offset {pos} runs past the end of the file")
-        if kind in (b"L", b"x"):
-            text = bytes(data[body:body + min(size, 1 << 16)])
-            long_name = text.split(b"\x00")[0] if kind == b"L" else _pax_path(text)
-        elif kind != b"g":
-            final = (long_name or name).decode("utf-8", "replace")
-            long_name = None
-            tkind = "file" if kind in (b"0", b"\x00", b"7") else "link" if kind in (b"1", b"2") else "other"
+        if kind == b"L":
+            long_name = bytes(data[body:body + min(size, 1 << 16)]).split(b"\x00")[0]
+        elif kind in (b"x", b"X"):
+            pax = _pax_records(bytes(data[body:body + min(size, 1 << 20)]))
+        elif kind not in (b"g", b"K"):
+            final = (pax.get(b"path") or long_name or name).decode("utf-8", "replace")
+            long_name, pax = None, {}
+            tkind = "link" if kind in _TAR_LINKS else "other" if kind in _TAR_SPECIAL else "file"
+            if tkind == "file" and kind not in _TAR_REGULAR:
+                cur.report("archive-anomaly", "medium", f"tar member {final!r} has the unknown type {kind!r}, "
+                           "which tarfile reads as a regular file", subject=f"tartype:{final}")
             members.append(TarMember(final, body, size, tkind))
             if len(members) > cur.limits.max_members:
                 raise ArchiveError(f"more than {cur.limits.max_members} tar members")
@@ -264,10 +294,15 @@ def _read_tar(data: Any, cur: Cursor) -> list[TarMember]:
     return members
 
 
-def _pax_path(text: bytes) -> bytes | None:
-    for record in text.split(b"\n"):
-        _, _, kv = record.partition(b" ")
-        key, _, value = kv.partition(b"=")
-        if key == b"path":
-            return value
-    return None
+def _pax_records(text: bytes) -> dict[bytes, bytes]:
+    """pax extended header records, `<length> <key>=<value>\\n` (POSIX.1-2001)."""
+    records, pos = {}, 0
+    while pos < len(text):
+        length, _, _ = text[pos:pos + 32].partition(b" ")
+        if not length.isdigit() or int(length) <= 0:
+            break
+        record = text[pos:pos + int(length)]
+        key, _, value = record.partition(b" ")[2].partition(b"=")
+        records[key] = value[:-1] if value.endswith(b"\n") else value
+        pos += int(length)
+    return records

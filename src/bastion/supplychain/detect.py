@@ -55,7 +55,8 @@ def looks_like_pickle(data: Any, start: int = 0) -> bool:
 
 
 def classify_zip(names: list[str]) -> str:
-    """Name the kind of ZIP archive from its member names."""
+    """Name the kind of ZIP archive from its member names (PyTorch's miniz reader ignores case)."""
+    names = [n.lower() for n in names]
     base = {n.rsplit("/", 1)[-1] for n in names}
     if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
         return "torch-export"

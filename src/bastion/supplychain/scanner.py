@@ -137,12 +137,12 @@ def _zip(data: Any, cur: Cursor, fmt: str) -> None:
         _prefix(data, directory.prefix, cur)
     context = "torchscript" if fmt == "torchscript" else "pickle"
     for m in directory.members:
-        if m.data < 0 or m.name.endswith("/") or (fmt in _TORCH_KINDS and _STORAGE.search(m.name)):
+        if m.data < 0 or m.name.endswith("/") or (fmt in _TORCH_KINDS and _STORAGE.search(m.name.lower())):
             continue
         if cur.sink.out_of_time():
             cur.report("limit", "high", "scan time limit reached before every member was checked")
             return
-        base = m.name.rsplit("/", 1)[-1]
+        base = m.name.rsplit("/", 1)[-1].lower()  # PyTorch finds DATA.PKL as data.pkl
         child = cur.enter(m.name)
         try:
             if base.endswith((".pkl", ".debug_pkl")):
@@ -151,7 +151,7 @@ def _zip(data: Any, cur: Cursor, fmt: str) -> None:
                 check_keras_json(read_member(data, m, cur), child)
             elif fmt == "skops" and base == "schema.json":
                 check_skops_schema(read_member(data, m, cur), child)
-            elif _worth_reading(member_head(data, m, cur)):
+            elif _worth_reading(member_head(data, m, cur)) or base.endswith(".json"):
                 scan_buffer(read_member(data, m, cur), child)
         except ArchiveError as exc:
             child.report("malformed", "high", f"archive member cannot be read: {exc}")

@@ -115,8 +115,8 @@ def check_npy(data: Any, cur: Cursor, scan_pickle: Callable[[Any, Cursor, int], 
 
 
 def _descr_has_object(descr: Any) -> bool:
-    if isinstance(descr, str) and len(descr) < 64 and "O" not in descr and "V" not in descr:
-        return False  # plain scalar type string such as '<f4'
+    """Read `descr` with NumPy's own `descr_to_dtype`, as np.load does, so every spelling of object
+    ('O', '|O', 'object', 'O8', a field of a structured dtype, ...) is seen."""
     from numpy.lib.format import descr_to_dtype
 
     try:
