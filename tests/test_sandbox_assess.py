@@ -31,7 +31,7 @@ def assess(tmp_path: Path, model: Path, *extra: str) -> dict:
     plan.write_text(ONLY_SUPPLY_CHAIN)
     out = tmp_path / "report"
     done = subprocess.run([sys.executable, "-m", "bastion", "assess", str(model), "--data", str(data_file(tmp_path)),
-                           "--plan", str(plan), "--out", str(out), "--format", "json", "--no-store", "--quiet",
+                           "--plan", str(plan), "--out", str(out), "--format", "json,html,md", "--no-store", "--quiet",
                            *extra], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads((out / "report.json").read_text())
@@ -64,6 +64,9 @@ def test_assess_of_a_clean_model_is_observed_and_graded_a(tmp_path: Path) -> Non
 def test_no_sandbox_is_recorded_in_the_report(tmp_path: Path) -> None:
     report = assess(tmp_path, scripted(Plain(), tmp_path / "plain.pt"), "--no-sandbox")
     assert report["environment"]["sandbox"] == {"sandboxed": False, "no_sandbox": True, "reason": "--no-sandbox"}
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "not sandboxed (--no-sandbox)" in html and "--seed 0 --no-sandbox" in html
+    assert "model code not sandboxed (--no-sandbox)" in (tmp_path / "report" / "summary.md").read_text()
     assert {c["name"]: c["passed"] for c in supply_chain(report)["sanity"]}["model-code-observed"] is False
 
 

@@ -54,6 +54,11 @@ def reproduce_command(a: Assessment, plan_file: str = "plan.yaml") -> str:
     parts += ["--plan", plan_file, "--seed", str(a.seed)]
     if a.backend != "local":
         parts += ["--backend", a.backend]
+    sandbox = a.environment.get("sandbox") or {}
+    if sandbox.get("no_sandbox"):
+        parts.append("--no-sandbox")
+    if sandbox.get("timeout"):
+        parts += ["--timeout", f"{sandbox['timeout']:g}"]
     return " ".join(shlex.quote(p) for p in parts)
 
 

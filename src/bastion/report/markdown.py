@@ -38,6 +38,8 @@ def render_markdown(a: Assessment, max_findings: int = 15) -> str:
     failed = [c for c in checks if not c.passed]
     lines += ["", f"### Sanity checks: {len(checks) - len(failed)}/{len(checks)} passed", ""]
     lines += [f"- failed `{c.family}/{c.name}`: {_cell(c.detail)}" for c in failed]
-    lines += ["", f"<sub>run `{a.run_id}` · seed {a.seed} · {a.backend} backend · {a.seconds:.0f} s · "
+    sandbox = a.environment.get("sandbox") or {}
+    code = "" if not sandbox or sandbox.get("sandboxed") else f"model code not sandboxed ({sandbox.get('reason')}) · "
+    lines += ["", f"<sub>run `{a.run_id}` · seed {a.seed} · {a.backend} backend · {a.seconds:.0f} s · {code}"
               "full report: report.html</sub>", ""]
     return "\n".join(lines)

@@ -143,6 +143,10 @@ TEMPLATE = """<!DOCTYPE html>
     <tr><th>model sha256</th><td><code>{{ a.model.get('sha256') }}</code></td></tr>
     <tr><th>started / finished</th><td>{{ a.created }} / {{ a.finished }}</td></tr>
     <tr><th>wall time</th><td>{{ '%.1f'|format(a.seconds) }} s</td></tr>
+    {% set sb = a.environment.get('sandbox') %}{% if sb %}
+    <tr><th>model code</th><td>{% if sb.sandboxed %}sandboxed: {{ sb.isolation }}{% if sb.fallback %}
+      (namespaces unavailable: {{ sb.reason }}){% endif %}{% else %}not sandboxed ({{ sb.reason }}){% endif %}</td></tr>
+    {% endif %}
     <tr><th>python</th><td>{{ a.environment.get('python') }} on {{ a.environment.get('platform') }},
       {{ a.environment.get('cpus') }} CPU(s)
       {% if a.environment.get('gpu') %}, {{ a.environment.get('gpu') }}{% endif %}</td></tr>
