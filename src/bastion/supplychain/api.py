@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from bastion.core.errors import ModelLoadError
-from bastion.supplychain.detect import open_buffer
+from bastion.supplychain.detect import FileChanged, read_buffer
 from bastion.supplychain.findings import Cursor, Sink
 from bastion.supplychain.limits import DEFAULT_LIMITS, Limits
 from bastion.supplychain.report import ScannedFile, ScanReport
@@ -41,7 +42,11 @@ def _guarded_scan(data: object, cur: Cursor) -> str:
 
 
 def scan_file(path: str | Path, limits: Limits = DEFAULT_LIMITS, digest: bool = True) -> ScanReport:
-    """Scan one regular file (memory-mapped: only the parts that matter are read); `digest` adds its sha256."""
+    """Scan one regular file; `digest` adds its sha256.
+
+    Files up to `limits.max_read_bytes` are read into memory and checked for changes while they were read;
+    larger ones are memory-mapped in a child process, so a file truncated under the scan (SIGBUS) turns into an
+    error for that file instead of killing the caller."""
     p = Path(path)
     started = time.monotonic()
     try:
@@ -50,24 +55,62 @@ def scan_file(path: str | Path, limits: Limits = DEFAULT_LIMITS, digest: bool = 
         return ScanReport(errors=[f"{p}: {exc.strerror or exc}"])
     if not stat.S_ISREG(info.st_mode):
         return ScanReport(errors=[f"{p}: not a regular file"])
-    sink = Sink(str(p), limits, started, folder=str(p.parent))
-    cur = Cursor(sink)
     if info.st_size > limits.max_file_bytes:
-        cur.report("limit", "high", f"file of {info.st_size} bytes is larger than the scanner limit")
+        sink = Sink(str(p), limits, started)
+        Cursor(sink).report("limit", "high", f"file of {info.st_size} bytes is larger than the scanner limit")
         return ScanReport([ScannedFile(str(p), "unknown", "", info.st_size)], list(sink.findings.values()))
+    if info.st_size > limits.max_read_bytes and hasattr(os, "fork"):
+        return _in_child(p, limits, digest)
+    return _scan_opened(p, limits, digest, started)
+
+
+def _scan_opened(p: Path, limits: Limits, digest: bool, started: float) -> ScanReport:
     try:
-        data, closer = open_buffer(p)
+        data, closer = read_buffer(p, limits.max_read_bytes)
+    except FileChanged as exc:
+        return ScanReport(errors=[f"{p}: {exc}"])
     except OSError as exc:
         return ScanReport(errors=[f"{p}: {exc.strerror or exc}"])
+    sink = Sink(str(p), limits, started, folder=str(p.parent))
+    size = len(data)
     try:
         sha = hashlib.sha256(data).hexdigest() if digest else ""
-        fmt = _guarded_scan(data, cur)
+        fmt = _guarded_scan(data, Cursor(sink))
     finally:
         if closer is not None:
             closer.close()
     seconds = time.monotonic() - started
-    scanned = ScannedFile(str(p), fmt, sha, info.st_size, round(seconds, 6), sorted(sink.globals))
+    scanned = ScannedFile(str(p), fmt, sha, size, round(seconds, 6), sorted(sink.globals))
     return ScanReport([scanned], list(sink.findings.values()), [], seconds)
+
+
+def _in_child(p: Path, limits: Limits, digest: bool) -> ScanReport:
+    """Scan a memory-mapped file in a forked child; the report comes back as JSON over a pipe."""
+    started = time.monotonic()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: scan, write the report, exit without running the parent's cleanup handlers
+        status = 1
+        try:
+            os.close(read_end)
+            payload = _scan_opened(p, limits, digest, started).to_json().encode()
+            with os.fdopen(write_end, "wb") as out:
+                out.write(payload)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        raw = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        why = "the file shrank while it was scanned (SIGBUS)" if sig == signal.SIGBUS else \
+            f"the scan was stopped by signal {sig}"
+        return ScanReport(errors=[f"{p}: {why}; scan it again once it is complete"])
+    if os.WEXITSTATUS(status) != 0 or not raw:
+        return ScanReport(errors=[f"{p}: the scan of this file failed"])
+    return ScanReport.from_json(raw.decode())
 
 
 def _walk(folder: Path, limits: Limits) -> Iterable[Path]:

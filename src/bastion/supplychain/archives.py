@@ -92,6 +92,7 @@ def _read_zip(data: Any, cur: Cursor, check: bool) -> ZipDirectory:
         for m in members:
             _check_local(data, m, cur)
         _check_names(members, cur)
+        _check_overlap(members, cur)
     return ZipDirectory(members, prefix, eocd + 22 + comment_len)
 
 
@@ -145,6 +146,16 @@ def _check_local(data: Any, m: ZipMember, cur: Cursor) -> None:
                    "the flag while zipfile-based scanners skip the member", subject=f"flags:{m.name}")
 
 
+def _check_overlap(members: list[ZipMember], cur: Cursor) -> None:
+    """Members sharing compressed bytes: the overlapping-file zip bomb, and a way to show readers different data."""
+    spans = sorted((m.data, m.data + m.csize, m.name) for m in members if m.data >= 0 and m.csize > 0)
+    for (_, end, name), (start, _, other) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            cur.report("archive-anomaly", "high", f"members {name!r} and {other!r} share compressed bytes "
+                       "(an overlapping-member zip bomb or a disguised member)", subject="overlap")
+            return
+
+
 def _check_names(members: list[ZipMember], cur: Cursor) -> None:
     seen: set[str] = set()
     folded: set[str] = set()
@@ -176,7 +187,8 @@ def read_member(data: Any, m: ZipMember, cur: Cursor, limit: int | None = None) 
         out = bytes(data[m.data:m.data + m.csize])
     elif m.method in (8, 12):
         try:
-            out = inflate(data, "deflate" if m.method == 8 else "bz2", limit, m.data, m.data + m.csize)
+            out = inflate(data, "deflate" if m.method == 8 else "bz2", limit, m.data, m.data + m.csize,
+                          max_ratio=cur.limits.max_ratio, ratio_floor=cur.limits.ratio_floor)
         except InflateError as exc:
             raise ArchiveError(f"member {m.name!r}: {exc}") from None
         cur.sink.inflated += len(out)

@@ -48,8 +48,12 @@ def _decompressor(kind: str) -> Any:
     raise InflateError(f"{kind} streams cannot be decompressed by the scanner")
 
 
-def inflate(data: Any, kind: str, limit: int, start: int = 0, stop: int | None = None) -> bytes:
-    """Decompress `data[start:stop]` (all concatenated members for gzip/bz2/xz) into at most `limit` bytes."""
+def inflate(data: Any, kind: str, limit: int, start: int = 0, stop: int | None = None, *,
+            max_ratio: int = 0, ratio_floor: int = 64 << 20) -> bytes:
+    """Decompress `data[start:stop]` (all concatenated members for gzip/bz2/xz) into at most `limit` bytes.
+
+    With `max_ratio`, a stream that has produced more than `ratio_floor` bytes at more than `max_ratio` bytes
+    out per byte in is stopped there (a decompression bomb), long before it reaches gigabytes."""
     stop = len(data) if stop is None else stop
     if kind == "zfile":
         start += 21 + (data[start + 21:start + 22] == b" ")
@@ -66,6 +70,9 @@ def inflate(data: Any, kind: str, limit: int, start: int = 0, stop: int | None =
             feed = getattr(dec, "unconsumed_tail", b"")
             if len(out) > limit:
                 raise InflateError(f"decompresses to more than {limit} bytes")
+            if max_ratio and len(out) > ratio_floor and len(out) > max_ratio * (pos - start):
+                raise InflateError(f"decompresses at more than {max_ratio}:1 (a decompression bomb); stopped "
+                                   f"after {len(out)} bytes")
             if dec.eof:
                 feed = dec.unused_data
                 rest_is_padding = not feed.strip(b"\x00") and (pos >= stop or not bytes(data[pos:stop]).strip(b"\x00"))

@@ -146,6 +146,35 @@ def _tar_kind(data: Any) -> str:
     return "pytorch-tar" if {"pickle", "storages", "tensors"} <= names else "tar"
 
 
+class FileChanged(OSError):
+    """The file changed size while it was read."""
+
+
+def read_buffer(path: str | Path, max_read: int) -> tuple[Any, Any]:
+    """The file's bytes: (buffer, closer). Up to `max_read` bytes are read into memory, where nothing can change
+    under the scanner; larger files are memory-mapped (callers keep those away from their own process)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size > max_read:
+            mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+            return mm, mm
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 24, max_read + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_read:
+                break
+        if total != size or os.fstat(fd).st_size != size:
+            raise FileChanged(f"the file changed size while it was read ({size} -> {total} bytes)")
+        return b"".join(chunks), None
+    finally:
+        os.close(fd)
+
+
 def open_buffer(path: str | Path) -> tuple[Any, Any]:
     """Memory-map a regular file read-only: (buffer, closer). Empty files give b''."""
     fd = os.open(path, os.O_RDONLY)

@@ -69,10 +69,24 @@ class Sink:
         self.findings: dict[tuple, Finding] = {}
         self.globals: set[str] = set()
         self.inflated = 0
+        self.opcodes = 0  # pickle opcodes run so far, every nested payload included
+        self.nested = 0  # nested payloads entered so far
+        self.seen_payloads: set = set()  # nested payloads already scanned (fan-out through the memo)
+        self.keepalive: dict[int, Any] = {}  # buffers whose id() is part of a seen_payloads key
         self.started = self.started or time.monotonic()
 
     def out_of_time(self) -> bool:
         return time.monotonic() - self.started > self.limits.max_seconds
+
+    def exhausted(self) -> str | None:
+        """Which part of the file's one work budget is spent (None while some is left)."""
+        if self.out_of_time():
+            return f"the {self.limits.max_seconds:g} s scan time limit"
+        if self.opcodes > self.limits.max_opcodes:
+            return f"the budget of {self.limits.max_opcodes} pickle opcodes"
+        if self.nested > self.limits.max_nested:
+            return f"the budget of {self.limits.max_nested} nested payloads"
+        return None
 
 
 class Cursor:
@@ -106,6 +120,12 @@ class Cursor:
         if found is not None:
             found.evidence["count"] = found.evidence.get("count", 1) + 1
             return
+        if len(self.sink.findings) >= self.limits.max_findings:
+            if rule != "limit" or subject != "max-findings":
+                Cursor(self.sink).report("limit", "high", f"more than {self.limits.max_findings} findings; the "
+                                         "rest were not recorded", subject="max-findings")
+                return
+            self.sink.findings.pop(next(iter(self.sink.findings)))  # make room for the one limit finding
         where = self.sink.file + (f" [{self.member}]" if self.member else "")
         at = f" at offset {offset}" if offset is not None else ""
         description, recommendation = RULES[rule]

@@ -1,4 +1,6 @@
-"""Bounds on everything the scanner reads: past any of them it stops and reports, it never hangs."""
+"""Bounds on everything the scanner reads: past any of them it stops and reports, it never hangs.
+
+One work budget (time, opcodes, nested payloads, findings) covers a whole file, however its payloads nest."""
 
 from __future__ import annotations
 
@@ -9,12 +11,18 @@ from dataclasses import dataclass
 class Limits:
     """Hard limits for one scan; each exceeded limit becomes a finding (fail closed), never a silent skip."""
 
-    max_file_bytes: int = 64 << 30  # files are memory-mapped: only what is needed is read
+    max_file_bytes: int = 64 << 30  # larger files are reported, not read
+    max_read_bytes: int = 2 << 30  # files up to this size are read into memory; larger ones are memory-mapped
+    # in a child process, so a file truncated while it is scanned (SIGBUS) loses only its own result
     max_member_bytes: int = 1 << 30  # one decompressed stream or archive member held in memory
     max_total_inflated: int = 8 << 30  # all decompressed bytes of one file together
     max_members: int = 200_000  # entries in one archive
     max_depth: int = 6  # nesting of archives, compressed streams and nested pickles
-    max_opcodes: int = 20_000_000  # opcodes in one pickle stream
+    max_opcodes: int = 50_000_000  # pickle opcodes of one file, nested payloads included
+    max_nested: int = 2_000  # nested payloads (pickle.loads, torch.load bytes, ...) of one file
+    max_findings: int = 5_000  # distinct findings of one file
+    max_ratio: int = 1_000  # decompressed / compressed size, checked once `ratio_floor` bytes are out
+    ratio_floor: int = 64 << 20
     max_stack: int = 2_000_000  # items on the pickle stack plus marks
     max_memo: int = 2_000_000  # memo entries of one pickle
     max_line: int = 1 << 30  # one text argument of a protocol-0 opcode (CPython has no limit)
@@ -22,7 +30,7 @@ class Limits:
     max_json_candidates: int = 64  # Keras config candidates looked at in one HDF5 file
     max_proto_depth: int = 64  # nesting of ONNX sub-graphs
     max_files: int = 1_000_000  # files in one folder walk
-    max_seconds: float = 600.0  # wall time for one file
+    max_seconds: float = 600.0  # wall time for one file, nested payloads included
 
 
 DEFAULT_LIMITS = Limits()

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import bz2
-import lzma
-import zlib
 from typing import TYPE_CHECKING, Any
 
+from bastion.supplychain.compression import InflateError, inflate
 from bastion.supplychain.pickle_values import Blob, Call, Global, Module, Opaque, SymDict, const_bytes, const_str
 from bastion.supplychain.policy import judge_module
 
@@ -133,6 +131,13 @@ def _getattr(vm: PickleVM, obj: Any, name: Any, offset: int, kind: str) -> Any:
 
 
 def _nested(vm: PickleVM, func: Global, argv: tuple, offset: int, kind: str) -> Any:
+    source = argv[0] if argv else None
+    key = None
+    if isinstance(source, Blob):  # a view into a buffer: judged before its bytes are copied
+        key = ("blob", id(source.data), source.start, source.stop)
+        vm.cur.sink.keepalive[id(source.data)] = source.data  # the id stays this buffer's while the key is kept
+        if not vm.nested_allowed(key):
+            return Call(func, tuple(argv), kind)
     payload = const_bytes(argv[0]) if argv else None
     if payload is None and argv and isinstance(argv[0], Call) and argv[0].is_call_of("_io.BytesIO", "io.BytesIO"):
         inner = _args(argv[0].args)
@@ -147,7 +152,8 @@ def _nested(vm: PickleVM, func: Global, argv: tuple, offset: int, kind: str) -> 
         vm.cur.report("nested-payload", severity, f"{func.full} deserialises an embedded {len(payload)}-byte "
                       "payload (scanned as a nested member)", offset=offset, subject=f"nested:{func.full}",
                       opcode=kind)
-        vm.scan_nested(payload, f"<{func.full}@{offset}>")
+        if key is not None or vm.nested_allowed((len(payload), hash(payload))):
+            vm.scan_nested(payload, f"<{func.full}@{offset}>")
     return Call(func, tuple(argv), kind)
 
 
@@ -157,17 +163,17 @@ def _decode(vm: PickleVM, full: str, argv: tuple) -> Any:
         data = argv[0].encode("latin-1", "replace")
     if data is None:
         return Opaque(f"result of {full}")
-    limit = vm.cur.limits.max_member_bytes
+    limits = vm.cur.limits
     try:
         if full in _DECODERS:
-            return _DECODERS[full](data)[:limit]
-        kind = _INFLATERS[full]
-        if kind == "bz2":
-            return bz2.BZ2Decompressor().decompress(data, limit)
-        if kind == "lzma":
-            return lzma.LZMADecompressor().decompress(data, limit)
-        return zlib.decompressobj(47 if kind == "gzip" else 15).decompress(data, limit)
-    except (ValueError, TypeError, OSError, EOFError, lzma.LZMAError, zlib.error):
+            return _DECODERS[full](data)[:limits.max_member_bytes]
+        return inflate(data, _INFLATERS[full], limits.max_member_bytes, max_ratio=limits.max_ratio,
+                       ratio_floor=limits.ratio_floor)
+    except InflateError as exc:
+        if "more than" in str(exc):
+            vm.cur.report("limit", "high", f"{full} result not followed: {exc}", subject=f"inflate:{full}")
+        return Opaque(f"result of {full}")
+    except (ValueError, TypeError):
         return Opaque(f"result of {full}")
 
 

@@ -9,6 +9,10 @@ class PickleError(Exception):
     """The stream cannot be followed (the real unpickler would stop too, or behave in a way we cannot model)."""
 
 
+class BudgetSpent(PickleError):
+    """The file's work budget (time, opcodes) ran out before the stream ended."""
+
+
 class PickleTruncated(PickleError):
     """The stream ends (or the scanned window ends) in the middle of an opcode or before STOP."""
 

@@ -19,6 +19,7 @@ from bastion.supplychain.joblib_arrays import skip_array, wrapper_kind
 from bastion.supplychain.pickle_calls import mutation_target, resolve_call
 from bastion.supplychain.pickle_literals import LiteralOps, py_long
 from bastion.supplychain.pickle_values import (
+    BudgetSpent,
     Call,
     Global,
     Opaque,
@@ -60,7 +61,7 @@ class PickleVM(LiteralOps):
         """Execute until STOP; return the offset just after it. Raises PickleError on a malformed stream."""
         table, data, limits, memo, end = _TABLE, self.data, self.cur.limits, self.memo, self.end
         max_ops, max_stack = limits.max_opcodes, limits.max_stack
-        pos, count = self.pos, 0
+        pos, count, charged, sink = self.pos, 0, 0, self.cur.sink
         try:
             while pos >= 0:
                 if pos >= end:
@@ -84,16 +85,19 @@ class PickleVM(LiteralOps):
                         raise PickleError(f"invalid opcode 0x{op:02x}")
                     pos = handler(self, pos + 1)
                 if count & 0xFFFF == 0:
-                    if count > max_ops:
-                        raise PickleError(f"more than {max_ops} opcodes")
+                    sink.opcodes += count - charged
+                    charged = count
+                    if sink.opcodes > max_ops:
+                        raise BudgetSpent(f"more than {max_ops} opcodes in the file")
                     if len(self.stack) + len(self.metastack) > max_stack or len(self.memo) > limits.max_memo:
                         raise PickleError("stack or memo larger than the scanner limit")
-                    if self.cur.sink.out_of_time():
-                        raise PickleError("scan time limit reached")
+                    if sink.out_of_time():
+                        raise BudgetSpent("scan time limit reached")
         except (IndexError, KeyError) as exc:
             raise PickleError(f"stack or memo underflow near offset {self.at} ({type(exc).__name__})") from None
         finally:
             self.opcodes = count
+            sink.opcodes += count - charged
         return self.stop
 
 
@@ -120,6 +124,21 @@ class PickleVM(LiteralOps):
         if found is not None:
             for k, v in evidence.items():
                 found.evidence.setdefault(k, v)
+
+    def nested_allowed(self, key: object) -> bool:
+        """Charge one nested payload to the file's budget; False (and reported) when it must not be scanned:
+        the budget is spent, or the same payload was already scanned (fan-out through the memo)."""
+        sink = self.cur.sink
+        if key in sink.seen_payloads:
+            return False
+        sink.nested += 1
+        spent = sink.exhausted()
+        if spent is not None:
+            self.cur.report("limit", "high", f"nested payloads past {spent} were not scanned",
+                            subject="nested-budget")
+            return False
+        sink.seen_payloads.add(key)
+        return True
 
     def scan_nested(self, payload: bytes, label: str) -> None:
         if self._scan_nested is not None:

@@ -20,7 +20,7 @@ from bastion.supplychain.detect import (
 )
 from bastion.supplychain.findings import Cursor, Sink
 from bastion.supplychain.onnx_check import check_onnx
-from bastion.supplychain.pickle_values import PickleError
+from bastion.supplychain.pickle_values import BudgetSpent, PickleError
 from bastion.supplychain.pickle_vm import OPCODE_BYTES, PickleVM
 from bastion.supplychain.template_checks import check_gguf, check_json_template
 from bastion.supplychain.tensor_checks import check_npy, check_safetensors
@@ -59,6 +59,9 @@ def scan_streams(data: Any, cur: Cursor, start: int = 0, *, mode: str = "pickle"
     while pos < len(data):
         try:
             pos, _ = run_stream(data, cur, pos, mode=mode, context=context)
+        except BudgetSpent as exc:
+            cur.report("limit", "high", f"pickle not followed to its end: {exc}", offset=pos)
+            return
         except PickleError as exc:
             if first:
                 cur.report("malformed", "high", f"pickle cannot be followed: {exc}", offset=pos)
@@ -97,7 +100,8 @@ def _joblib(data: Any, cur: Cursor, fmt: str) -> None:
 
 def _inflate(data: Any, cur: Cursor, kind: str) -> bytes | None:
     try:
-        raw = inflate(data, kind, cur.limits.max_member_bytes)
+        raw = inflate(data, kind, cur.limits.max_member_bytes, max_ratio=cur.limits.max_ratio,
+                      ratio_floor=cur.limits.ratio_floor)
     except InflateError as exc:
         rule = "limit" if "more than" in str(exc) else "malformed"
         cur.report(rule, "high", f"{kind} stream cannot be scanned: {exc}")
