@@ -46,6 +46,10 @@ ALLOWED: frozenset[str] = frozenset(
     + [f"collections.{n}" for n in ("OrderedDict", "defaultdict", "deque", "Counter")]
     + [f"datetime.{n}" for n in ("datetime", "date", "time", "timedelta", "timezone")]
     + ["decimal.Decimal", "fractions.Fraction", "uuid.UUID"]
+    # common contents of training checkpoints: parsed command-line arguments and paths (data only, no I/O)
+    + ["argparse.Namespace"]
+    + [f"{m}.{n}" for m in ("pathlib", "pathlib._local") for n in ("Path", "PosixPath", "WindowsPath", "PurePath",
+                                                                   "PurePosixPath", "PureWindowsPath")]
     # PyTorch tensors, storages, dtypes and layouts (what torch.load(weights_only=True) accepts by default)
     + [f"torch.{n}" for n in _TORCH_DTYPES]
     + [f"torch.{t}Storage" for t in _TORCH_TYPES] + [f"torch.{q}" for q in _TORCH_QSTORAGES]
@@ -61,6 +65,7 @@ ALLOWED: frozenset[str] = frozenset(
     # NumPy arrays, dtypes, scalars and random generators
     + [f"{c}.multiarray.{n}" for c in _NUMPY_CORE for n in ("_reconstruct", "scalar")]
     + [f"{c}.numeric._frombuffer" for c in _NUMPY_CORE] + [f"{c}._ufunc_reconstruct" for c in _NUMPY_CORE]
+    + [f"{c}._internal._convert_to_stringdtype_kwargs" for c in _NUMPY_CORE]  # NumPy 2 StringDType
     + ["numpy.ndarray", "numpy.dtype", "numpy.ma.core.MaskedArray", "numpy.ma.core._mareconstruct"]
     + [f"numpy.{n}" for n in _NUMPY_SCALARS]
     + [f"numpy.random._pickle.{n}" for n in ("__randomstate_ctor", "__generator_ctor", "__bit_generator_ctor")]
