@@ -191,7 +191,11 @@ class Sandbox:
     def request(self, kind: str, **payload: Any) -> Iterator[dict[str, Any]]:
         """Send one job; yield its `loaded`, `result`, `outcome` and `file` messages until it ends."""
         self.start()
-        blob = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            blob = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError, RuntimeError) as exc:
+            raise SandboxError(f"cannot send the job to the sandboxed worker ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
         writer = threading.Thread(target=self._write, args=(struct.pack("<Q", len(blob)) + blob,), daemon=True)
         writer.start()
         now = time.perf_counter()
