@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
+import math
+import os
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +19,9 @@ import numpy as np
 from bastion.core.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
-MAX_IDX_BYTES = 2 * 1024**3
+MAX_DATA_BYTES = 2 * 1024**3  # the largest array a data file may declare (npz member, IDX payload, image folder)
+MAX_IDX_BYTES = MAX_DATA_BYTES
+MAX_IMAGE_PIXELS = 50_000_000  # per image: larger ones are refused before they are decoded (decompression bombs)
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -121,7 +127,7 @@ def _read_head(path: Path, n: int = 8) -> bytes:
         try:
             with gzip.open(path, "rb") as g:
                 return g.read(n)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: corrupt gzip file ({exc})") from None
     return head
 
@@ -129,6 +135,7 @@ def _read_head(path: Path, n: int = 8) -> bytes:
 def load_npz(path: Path, name: str | None = None) -> Dataset:
     """`.npz` with arrays `x` and `y` (optional `class_names`). Object arrays are refused: they need pickle."""
     name = name or path.name
+    check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
@@ -142,11 +149,41 @@ def load_npz(path: Path, name: str | None = None) -> Dataset:
         if "pickle" in str(exc).lower() or "object" in str(exc).lower():
             raise DataError(f"{path}: object arrays are refused (loading them would unpickle)") from None
         raise DataError(f"{path}: corrupt .npz file ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error, NotImplementedError) as exc:
         raise DataError(f"{path}: corrupt .npz file ({exc})") from None
     if x.dtype.kind not in "fiub":
         raise DataError(f"{path}: 'x' must be numeric, got dtype {x.dtype}")
     return Dataset(x, y, name, classes)
+
+
+def check_npz_sizes(path: Path, limit: int = MAX_DATA_BYTES) -> None:
+    """Read only the `.npy` headers of an `.npz` and refuse arrays that declare more bytes than `limit`, or more
+    than the member holds, before NumPy allocates anything."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if not member.filename.endswith(".npy"):
+                    continue
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    elif version in ((2, 0), (3, 0)):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:
+                        raise DataError(f"{path}: {member.filename} has unknown .npy version {version}")
+                    header = f.tell()
+                declared = math.prod(shape) * dtype.itemsize
+                if declared > limit:
+                    raise DataError(f"{path}: {member.filename} declares an array of shape {shape} "
+                                    f"({declared / 2**30:.1f} GiB), above the {limit / 2**30:.0f} GiB limit")
+                if not dtype.hasobject and declared > member.file_size - header:
+                    raise DataError(f"{path}: {member.filename} declares {declared} bytes of data but holds "
+                                    f"{member.file_size - header}")
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+        raise DataError(f"{path}: corrupt .npz file ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
 
 
 def load_csv(path: Path, label: str | None = None, name: str | None = None) -> Dataset:
@@ -173,12 +210,16 @@ def load_csv(path: Path, label: str | None = None, name: str | None = None) -> D
     except ValueError as exc:
         raise DataError(f"{path}: non-numeric feature value ({exc})") from None
     try:
-        y = np.array([int(v) for v in raw_labels], dtype=np.int64)
+        labels = [int(v) for v in raw_labels]
         classes: list[str] = []
     except ValueError:
+        labels = []
         classes = sorted(set(raw_labels))
-        y = np.array([classes.index(v) for v in raw_labels], dtype=np.int64)
-    return Dataset(features, y, name, classes)
+        index = {c: i for i, c in enumerate(classes)}
+        labels = [index[v] for v in raw_labels]
+    if labels and not all(0 <= v < 2**31 for v in labels):
+        raise DataError(f"{path}: labels must be whole numbers in [0, 2^31), found {min(labels)}..{max(labels)}")
+    return Dataset(features, np.array(labels, dtype=np.int64), name, classes)
 
 
 def load_image_folder(path: Path, name: str | None = None) -> Dataset:
@@ -189,18 +230,33 @@ def load_image_folder(path: Path, name: str | None = None) -> Dataset:
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{path}: an image folder needs one sub-folder per class")
-    xs, ys, shape = [], [], None
+    xs, ys, shape, total = [], [], None, 0
     for label, cls in enumerate(classes):
         for file in sorted((path / cls).iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
+            if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
                 continue
             try:
                 with Image.open(file) as img:
+                    width, height = img.size
+                    if width * height > MAX_IMAGE_PIXELS:
+                        raise DataError(f"{file}: image of {width}x{height} pixels is above the "
+                                        f"{MAX_IMAGE_PIXELS} pixel limit (a decompression bomb?)")
+                    total += width * height * 3 * 4
+                    if total > MAX_DATA_BYTES:
+                        raise DataError(f"{path}: the images add up to more than {MAX_DATA_BYTES / 2**30:.0f} GiB "
+                                        "as float32")
                     img.load()
                     mode = "L" if img.mode in ("L", "1", "I", "I;16", "F") else "RGB"
                     arr = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
+            except DataError:
+                raise
+            except Image.DecompressionBombError:
+                raise DataError(f"{file}: image above the {MAX_IMAGE_PIXELS} pixel limit (a decompression bomb?)"
+                                ) from None
+            except UnidentifiedImageError as exc:
                 raise DataError(f"{file}: unreadable image ({exc})") from None
+            except Exception as exc:  # noqa: BLE001 - image decoders raise many kinds of error on hostile files
+                raise DataError(f"{file}: unreadable image ({type(exc).__name__}: {exc})") from None
             arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
             if shape is None:
                 shape = arr.shape
@@ -228,11 +284,11 @@ def read_idx(path: Path) -> np.ndarray:
             ndim = header[3]
             dims = struct.unpack(f">{ndim}I", f.read(4 * ndim))
             dtype = np.dtype(_IDX_DTYPES[header[2]])
-            size = int(np.prod(dims)) * dtype.itemsize
+            size = math.prod(dims) * dtype.itemsize  # Python integers: dimensions cannot overflow
             if size > MAX_IDX_BYTES:
                 raise DataError(f"{path}: IDX header declares {size} bytes, above the {MAX_IDX_BYTES} limit")
             payload = f.read(size)
-    except (OSError, EOFError, struct.error) as exc:
+    except (OSError, EOFError, struct.error, zlib.error) as exc:
         raise DataError(f"{path}: corrupt IDX file ({exc})") from None
     if len(payload) != size:
         raise DataError(f"{path}: truncated IDX file ({len(payload)} of {size} bytes)")
@@ -274,6 +330,25 @@ def load_idx(images: Path, labels: Path | None = None, name: str | None = None) 
         raise DataError(f"{images}: {len(x)} images but {len(y)} labels")
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     return Dataset(x.astype(np.float32) / scale, y.astype(np.int64), name)
+
+
+def data_fingerprint(path: str | Path) -> str:
+    """sha256 of a data file; for a folder, sha256 over each file's relative name and sha256, in sorted order."""
+    path = Path(path)
+
+    def file_sha256(file: Path) -> str:
+        digest = hashlib.sha256()
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(os.fsencode(file.relative_to(path)) + b"\0" + file_sha256(file).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def save_npz(data: Dataset, path: str | Path) -> None:
