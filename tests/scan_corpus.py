@@ -75,6 +75,161 @@ def stack_global(module: str, name: str) -> bytes:
 OS_SYSTEM = proto(2) + call(glob("os", "system"), b"S'echo pwned'\n") + STOP
 
 
+# ---- a recording unpickler: CPython's own parser, safe on hostile bytes ---------------------------------------
+
+class _Stub:
+    """Whatever the recording unpickler hands out: accepts every call, item, attribute and state, does nothing."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __call__(self, *args: object, **kwargs: object) -> _Stub:
+        return _Stub()
+
+    def __getattr__(self, name: str) -> _Stub:
+        return _Stub()
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+
+class RecordingUnpickler(pickle.Unpickler):
+    """CPython's C unpickler whose `find_class` records (module, name) and returns a stub: nothing is imported or
+    run, so it can parse hostile bytes and show which callables a real `pickle.load` would reach."""
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self.reached: list[tuple[str, str]] = []
+
+    def find_class(self, module: str, name: str) -> type:
+        self.reached.append((module, name))
+        return _Stub
+
+
+def cpython_reads(data: bytes) -> tuple[list[tuple[str, str]], bool]:
+    """(the callables pickle.load reaches, whether it parses the stream to STOP without an error)."""
+    unpickler = RecordingUnpickler(data)
+    try:
+        unpickler.load()
+    except Exception:  # noqa: BLE001 - any parse failure of hostile bytes is an answer here
+        return unpickler.reached, False
+    return unpickler.reached, True
+
+
+def tar_of(name: str, body: bytes, typeflag: bytes = b"0", signed: bool = False) -> bytes:
+    """A one-member tar with a chosen typeflag, its checksum summed unsigned or (old tars) signed."""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = len(body)
+    header = bytearray(info.tobuf(format=tarfile.USTAR_FORMAT))
+    header[156:157] = typeflag
+    header[148:156] = b" " * 8
+    total = 256 + (sum(struct.unpack_from("148b8x356b", header)) if signed else sum(header[:148]) + sum(header[156:]))
+    header[148:156] = b"%06o\x00 " % total
+    return bytes(header) + body + bytes(-len(body) % 512) + bytes(1024)
+
+
+def _zip_lower_count(data: bytes, count: int) -> bytes:
+    out = bytearray(data)
+    eocd = out.rfind(b"PK\x05\x06")
+    struct.pack_into("<HH", out, eocd + 8, count, count)
+    return bytes(out)
+
+
+def _deflate_bomb(name: str, size: int) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr(name, b"\x80\x02" + bytes(size))
+    return buf.getvalue()
+
+
+def _fanout(inner: bytes, fan: int, depth: int) -> bytes:
+    """pickle.loads of the same memoised payload `fan` times per level, `depth` levels deep (fan**depth scans)."""
+    payload = inner
+    for _ in range(depth):
+        body = proto(4) + blob(payload) + put(0) + POP
+        body += (glob("pickle", "loads") + get(0) + TUPLE1 + REDUCE + POP) * fan
+        payload = body + b"N" + STOP
+    return payload
+
+
+SSTI = "{{ ().__class__.__base__.__subclasses__()[100].__init__.__globals__['os'].popen('echo pwned').read() }}"
+
+
+def bypass_cases() -> list[Case]:
+    """The inputs of issue 14 that once passed as clean: parser quirks, archive-reader disagreements, template
+    spellings, unbounded work and unopenable archives."""
+    call_system = b"cos\nsystem\n(S'echo pwned'\ntR"
+    struct_descr = "{'descr': [('a', '<f4'), ('b', 'object')], 'fortran_order': False, 'shape': (1,), }"
+    struct_descr += " " * (-(len(struct_descr) + 11) % 64) + "\n"
+    upper = io.BytesIO()
+    with zipfile.ZipFile(upper, "w") as z:
+        z.writestr("archive/DATA.PKL", OS_SYSTEM)
+        z.writestr("archive/data/0", bytes(16))
+        z.writestr("archive/version", b"3\n")
+
+    def template(t: str, **extra: object) -> bytes:
+        return json.dumps({"chat_template": t, **extra}).encode()
+
+    return [
+        Case("p0_int_octal.pkl", b"I017\n0" + call_system + b".", "critical", "os.system", "parity"),
+        Case("p0_int_bool.pkl", b"I01\n0" + call_system + b".", "critical", "os.system", "parity"),
+        Case("p0_int_nul.pkl", b"I1\x002\n0" + call_system + b".", "critical", "os.system", "parity"),
+        Case("p0_float_nul.pkl", b"F1.5\x00x\n0" + call_system + b".", "critical", "os.system", "parity"),
+        Case("p0_long_nul.pkl", b"L12\x00zz\n0" + call_system + b".", "critical", "os.system", "parity"),
+        Case("p0_long_line.pkl", b"S'" + b"a" * ((1 << 20) + 64) + b"'\n0" + call_system + b".", "critical",
+             "os.system", "parity"),
+        Case("p0_get_leading_zero.pkl", b"cos\nsystem\np007\n0g07\n(S'echo pwned'\ntR.", "critical", "os.system",
+             "parity"),
+        Case("broken_after_call.pkl", call_system + b"\xff\xfe garbage", "critical", "os.system", "parity"),
+        Case("broken_after_call_p2.pkl", proto(2) + call(glob("os", "system"), text("echo pwned")) + b"\xff",
+             "critical", "os.system", "parity"),
+        Case("truncated_after_call.pkl", proto(2) + call(glob("os", "system"), text("echo pwned")), "critical",
+             "os.system", "parity"),
+        Case("zip_upper_data_pkl.pt", upper.getvalue(), "critical", "os.system", "archive"),
+        Case("zip_eocd_count.pt", _zip_lower_count(torch_zip(pickle.dumps({}, 2), {"archive/extra.pkl": OS_SYSTEM}),
+             4), "critical", "os.system", "archive"),
+        Case("tar_unknown_type.tar", tar_of("evil.pkl", OS_SYSTEM, b"Z"), "critical", "os.system", "archive"),
+        Case("tar_signed_checksum.tar", tar_of("\xe9vil.pkl", OS_SYSTEM, signed=True), "critical", "os.system",
+             "archive"),
+        Case("npy_descr_object.npy", npy_header("object", (1,)) + OS_SYSTEM, "critical", "os.system", "archive"),
+        Case("npy_descr_O8.npy", npy_header("O8", (1,)) + OS_SYSTEM, "critical", "os.system", "archive"),
+        Case("npy_struct_object.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(struct_descr))
+             + struct_descr.encode() + OS_SYSTEM, "critical", "os.system", "archive"),
+        Case("archive.7z", b"7z\xbc\xaf\x27\x1c\x00\x04" + bytes(40), "high", "unverifiable", "archive"),
+        Case("archive.rar", b"Rar!\x1a\x07\x01\x00" + bytes(40), "high", "unverifiable", "archive"),
+        Case("tpl_concat.json", template("{{ ()['__cla'~'ss__']['__ba'~'se__']['__subcl'~'asses__']() }}"),
+             "critical", "template-injection", "template"),
+        Case("tpl_hex_escape.json", template("{{ x['\\x5f\\x5fclass\\x5f\\x5f'] }}"), "critical",
+             "template-injection", "template"),
+        Case("tpl_attr_filter.json", template("{{ x|attr('__init__')|attr('__globals__') }}"), "critical",
+             "template-injection", "template"),
+        Case("tpl_map_attribute.json", template("{{ xs|map(attribute='__class__')|list }}"), "critical",
+             "template-injection", "template"),
+        Case("tpl_set_concat.json", template("{% set a = '__gl' %}{% set b = a ~ 'obals__' %}{{ f[b] }}"),
+             "high", "template-injection", "template"),
+        Case("tpl_key_from_config.json", template("{{ cycler.__init__[bos_token] }}", bos_token="__globals__"),
+             "high", "template-injection", "template"),
+        Case("tpl_escaped_key.json", b'{"chat\\u005ftemplate": ' + json.dumps(SSTI).encode() + b"}", "critical",
+             "template-injection", "template"),
+        Case("tpl_after_4mib.json", json.dumps({"added_tokens": "x" * (5 << 20), "chat_template": SSTI}).encode(),
+             "critical", "template-injection", "template"),
+        Case("tpl_repeated_key.json", b'{"chat_template": ' + json.dumps(SSTI).encode()
+             + b', "chat_template": "{{ m.content }}"}', "critical", "template-injection", "template"),
+        Case("tpl_class_name_key.json", template(SSTI, class_name="PreTrainedTokenizerFast"), "critical",
+             "template-injection", "template"),
+        Case("tpl_concat.gguf", gguf("{{ x['__in'~'it__']['__glo'~'bals__'] }}"), "critical", "template-injection",
+             "template"),
+        Case("nested_fanout.pkl", _fanout(OS_SYSTEM, 40, 5), "critical", "os.system", "bounds"),
+        Case("zip_bomb.pt", _deflate_bomb("archive/data.pkl", 80 << 20), "high", "limit", "bounds"),
+        Case("gzip_bomb.pkl.gz", gzip.compress(b"\x80\x02" + bytes(80 << 20), 9), "high", "limit", "bounds"),
+    ]
+
+
 # ---- containers ------------------------------------------------------------------------------------------------
 
 def torch_zip(data_pkl: bytes, extra: dict[str, bytes] | None = None) -> bytes:
@@ -167,6 +322,24 @@ def gguf(template: str) -> bytes:
     return b"GGUF" + struct.pack("<IQQ", 3, 0, 4) + body
 
 
+CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+                   "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                   "{% endif %}")
+LLAMA3_TEMPLATE = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+                   "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+                   "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+                   "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant"
+                   "<|end_header_id|>\\n\\n' }}{% endif %}")
+MISTRAL_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
+                    "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+                    "user/assistant/user/assistant/...') }}"
+                    "{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+                    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}"
+                    "{% endfor %}")
+TOOLS_TEMPLATE = ("{% set ns = namespace(system=none) %}{% for m in messages %}{% if m.role == 'system' %}"
+                  "{% set ns.system = m.content %}{% endif %}{% endfor %}{% if tools %}{% for t in tools %}"
+                  "{{ t | tojson(indent=2) }}{% endfor %}{% endif %}{% for m in messages[1:] %}{% generation %}"
+                  "{{ m['content'] }}{% endgeneration %}{% endfor %}Note: use os.path and subprocess.run() in prose.")
 CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
@@ -461,6 +634,60 @@ def benign_cases() -> tuple[Case, ...]:
     add("tokenizer_config.json", json.dumps({"chat_template": CHAT_TEMPLATE, "bos_token": "<s>"}).encode(), "gguf")
     add("dense_legacy.h5", fake_h5({"class_name": "Sequential", "config": {"layers": [
         {"class_name": "Dense", "config": {"units": 3, "activation": "relu"}}]}}), "keras")
+    for name, tpl in (("chatml", CHATML_TEMPLATE), ("llama3", LLAMA3_TEMPLATE), ("mistral", MISTRAL_TEMPLATE),
+                      ("tools", TOOLS_TEMPLATE)):
+        add(f"{name}_tokenizer_config.json", json.dumps({"chat_template": tpl, "bos_token": "<s>",
+                                                          "eos_token": "</s>", "model_max_length": 8192}).encode(),
+            "templates")
+    named = [{"name": "default", "template": LLAMA3_TEMPLATE}, {"name": "tool_use", "template": TOOLS_TEMPLATE}]
+    add("chat_template.json", json.dumps({"chat_template": named}).encode(), "templates")
+    add("llama3.gguf", gguf(LLAMA3_TEMPLATE), "templates")
+    cases += _checkpoint_cases()
     add("README.md", b"# model card\n\nA small model.\n", "other")
     add("config.json", json.dumps({"hidden_size": 8, "architectures": ["Net"]}).encode(), "other")
     return tuple(cases)
+
+
+def _checkpoint_cases() -> list[Case]:
+    """Training checkpoints as people save them: optimizer and scheduler state, run arguments, paths, quantized,
+    sparse and low-precision tensors, NumPy 2 string arrays."""
+    import argparse
+    import pathlib
+    import warnings
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    adam = torch.optim.Adam(net.parameters())
+    net(torch.randn(3, 4)).sum().backward()
+    adam.step()
+    sched = torch.optim.lr_scheduler.StepLR(adam, 2)
+    args = argparse.Namespace(lr=1e-3, epochs=3, data=pathlib.Path("data/train"), out=pathlib.PurePosixPath("runs/1"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = {"q": torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8),
+                     "qc": torch.quantize_per_channel(torch.randn(3, 4), torch.tensor([0.1, 0.2, 0.3]),
+                                                      torch.tensor([0, 0, 0]), 0, torch.quint8)}
+        sparse = {"coo": torch.randn(3, 3).to_sparse(), "csr": torch.randn(3, 3).to_sparse_csr()}
+        qlinear = torch.ao.nn.quantized.Linear(4, 2).state_dict()
+    objects = {
+        "ckpt_adam.pt": {"model": net.state_dict(), "optimizer": adam.state_dict(), "scheduler": sched.state_dict(),
+                         "epoch": 3, "args": args, "rng": torch.get_rng_state()},
+        "ckpt_sgd.pt": torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9).state_dict(),
+        "quantized.pt": quantized, "quantized_linear.pt": qlinear, "sparse.pt": sparse,
+        "low_precision.pt": {"bf16": torch.ones(3, dtype=torch.bfloat16), "i8": torch.ones(3, dtype=torch.int8),
+                             "f16": torch.ones(2, dtype=torch.float16)},
+    }
+    cases = []
+    for name, obj in objects.items():
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        cases.append(Case(name, buf.getvalue(), "low", None, "checkpoints"))
+    cases.append(Case("args_paths.pkl", pickle.dumps({"args": args, "cwd": pathlib.PurePosixPath("/srv/run")}, 4),
+                      "low", None, "checkpoints"))
+    if hasattr(np, "dtypes") and hasattr(np.dtypes, "StringDType"):
+        strings = np.array(["a", "longer text"], dtype=np.dtypes.StringDType())
+        cases.append(Case("numpy_strings.pkl", pickle.dumps(strings, 5), "low", None, "checkpoints"))
+    return cases

@@ -9,9 +9,9 @@ import pytest
 from bastion.core.results import severity_rank
 from bastion.supplychain import detect_format, scan_path
 
-from .scan_corpus import benign_cases, malicious_cases, write_cases
+from .scan_corpus import benign_cases, bypass_cases, malicious_cases, write_cases
 
-MALICIOUS = malicious_cases()
+MALICIOUS = malicious_cases() + bypass_cases()
 GROUPS = sorted({c.group for c in MALICIOUS})
 
 
@@ -63,8 +63,14 @@ def test_ordinary_model_files_are_clean(benign_folder: Path) -> None:
     flagged = [f.title for f in report.findings if severity_rank(f.severity) >= severity_rank("low")]
     assert flagged == []
     assert report.is_clean() and not report.errors
-    assert len(report.files) == len(benign_cases())
+    assert len(report.files) == len(benign_cases()) >= 40
     assert all(len(s.sha256) == 64 for s in report.files)
+
+
+def test_bypass_corpus_covers_every_class_of_issue_14() -> None:
+    assert {"parity", "archive", "template", "bounds"} <= set(GROUPS)
+    assert {"chatml_tokenizer_config.json", "llama3_tokenizer_config.json", "ckpt_adam.pt", "quantized.pt",
+            "sparse.pt", "args_paths.pkl", "sk_forest.joblib"} <= {c.name for c in benign_cases()}
 
 
 @pytest.mark.parametrize(("name", "fmt"), [

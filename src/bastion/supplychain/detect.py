@@ -41,17 +41,22 @@ def looks_like_pickle(data: Any, start: int = 0) -> bool:
         return False
     if data[start] == 0x80 and start + 1 < len(data) and data[start + 1] <= 5:
         return True
-    end = min(len(data), start + _PROBE)
-    vm = PickleVM(data, scratch(), start, end)
-    try:
-        vm.run()
-        return True
-    except PickleTruncated:
-        return (end < len(data) and vm.opcodes >= 8) or vm.imports > 0
-    except PickleError:
-        return vm.imports > 0  # a broken pickle still imports (and calls) what comes before the break
-    except (RecursionError, MemoryError, ValueError, TypeError, OverflowError):
-        return False
+    window = _PROBE
+    while True:
+        end = min(len(data), start + window)
+        vm = PickleVM(data, scratch(), start, end)
+        try:
+            vm.run()
+            return True
+        except PickleTruncated:
+            if end < len(data) and vm.opcodes < 8 and vm.at == start:
+                window *= 16  # one long protocol-0 text argument (CPython reads lines of any length)
+                continue
+            return (end < len(data) and vm.opcodes >= 8) or vm.imports > 0
+        except PickleError:
+            return vm.imports > 0  # a broken pickle still imports (and calls) what comes before the break
+        except (RecursionError, MemoryError, ValueError, TypeError, OverflowError):
+            return False
 
 
 def classify_zip(names: list[str]) -> str:

@@ -158,7 +158,8 @@ def _zip(data: Any, cur: Cursor, fmt: str) -> None:
             elif _worth_reading(member_head(data, m, cur)) or base.endswith(".json"):
                 scan_buffer(read_member(data, m, cur), child)
         except ArchiveError as exc:
-            child.report("malformed", "high", f"archive member cannot be read: {exc}")
+            rule = "limit" if "more than" in str(exc) else "malformed"
+            child.report(rule, "high", f"archive member cannot be read: {exc}")
 
 
 def _worth_reading(head: bytes) -> bool:
