@@ -78,7 +78,7 @@ class ActivationClustering(TrainingDataScreen):
     family = "detect"
     requires = Access.GRADIENTS
 
-    def __init__(self, dims: int = 10, reduction: str = "pca", size_threshold: float | None = None,
+    def __init__(self, dims: int = 10, reduction: str = "ica", size_threshold: float | None = None,
                  reclassify: bool = True, relabel_threshold: float = 0.5, silhouette_threshold: float = 0.15,
                  epochs: int = 20, lr: float = 1e-3,
                  batch_size: int = 64, layer: str | None = None, ground_truth: str | np.ndarray | None = None,

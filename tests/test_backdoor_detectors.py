@@ -1,0 +1,111 @@
+"""SPECTRE, Confusion Training and MM-BD on a planted BadNets set and on clean ones; usable screen output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bastion.core import registry
+from bastion.core.errors import ParameterError
+from bastion.defenses.detect.confusion import ConfusionTraining
+from bastion.defenses.detect.mm_bd import MMBD, order_statistic_p_value
+from bastion.defenses.detect.spectre import Spectre
+from tests.poisoning_fixtures import badnets, clean_model, digits, single_thread, target_of
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def planted():
+    attack, _, _ = badnets()  # 5% BadNets, target class 0, 55 poisoned of 1,100
+    return target_of(attack.artifact), attack.poisoned.to_dataset(), attack.poisoned.is_poison.numpy()
+
+
+def test_spectre_finds_the_planted_poison():
+    target, data, is_poison = planted()
+    result = Spectre(ground_truth=is_poison).run(target, train_data=data)
+    m = result.metrics
+    assert m["tpr"] >= 0.9 and m["fpr"] <= 0.02 and m["auroc"] >= 0.98
+    assert m["poisoned_classes"] == [0] and result.findings[0].severity == "high"
+
+
+def test_spectre_with_an_eps_bound_removes_the_papers_fraction():
+    target, data, is_poison = planted()
+    m = Spectre(eps=0.35, ground_truth=is_poison).run(target, data).metrics  # eps bounds a class's poison share
+    assert m["n_flagged"] == sum(int(np.ceil(1.5 * 0.35 * n)) for n in np.bincount(data.y))
+    assert m["tpr"] >= 0.9
+
+
+def test_confusion_training_finds_the_planted_poison():
+    target, data, is_poison = planted()
+    _, clean, _ = digits()
+    m = ConfusionTraining(ground_truth=is_poison).run(target, clean, train_data=data).metrics
+    assert m["tpr"] >= 0.9 and m["fpr"] <= 0.02 and m["poisoned_classes"] == [0]
+    with pytest.raises(ParameterError, match="--data"):
+        ConfusionTraining().run(target, None, train_data=data)
+
+
+@pytest.mark.parametrize("screen", [Spectre(), ConfusionTraining()], ids=["spectre", "confusion-training"])
+def test_screens_flag_almost_nothing_on_a_clean_training_set(screen):
+    train, clean, _ = digits()
+    screen.ground_truth = np.zeros(len(train), bool)
+    m = screen.run(target_of(clean_model(0)), clean, train_data=train).metrics
+    assert m["fpr"] <= 0.02 and m["tpr"] == 0.0
+
+
+def test_mm_bd_flags_the_backdoor_target_and_no_clean_model():
+    attack, _, _ = badnets()
+    m = MMBD().run(target_of(attack.artifact)).metrics
+    assert m["flagged_classes"] == [0] and m["p_value"] < 0.05
+    for seed in (0, 1, 2):
+        clean = MMBD(seed=seed).run(target_of(clean_model(seed))).metrics
+        assert clean["flagged_classes"] == [] and clean["p_value"] >= 0.05
+        assert len(clean["max_margin"]) == 10
+
+
+def test_mm_bd_null_gives_small_p_only_to_an_outlier():
+    assert order_statistic_p_value(np.array([10.0, 11, 9, 10.5, 9.5, 10, 11, 9, 10, 40]))[1] < 0.01
+    top, p_value = order_statistic_p_value(np.array([10.0, 11, 9, 10.5, 9.5, 10, 11, 9, 10, 11.5]))
+    assert top == 9 and p_value > 0.05
+
+
+def test_screen_cli_lists_suspects_and_writes_the_cleaned_set(tmp_path):
+    from bastion.cli.main import app
+    from bastion.core.data import load_npz, save_npz
+    from bastion.models.export import save_model
+    from bastion.models.metadata import ModelMetadata
+
+    attack, _, _ = badnets()
+    _, data, is_poison = planted()
+    save_model(attack.artifact, tmp_path / "model.pt", ModelMetadata(n_classes=10, input_shape=[1, 8, 8]))
+    save_npz(data, tmp_path / "train.npz")
+    np.savez(tmp_path / "truth.npz", is_poison=is_poison)
+    out = CliRunner().invoke(app, ["defend", "spectre", str(tmp_path / "model.pt"), "--train-data",
+                                   str(tmp_path / "train.npz"), "--ground-truth", str(tmp_path / "truth.npz"),
+                                   "--out", str(tmp_path / "clean.npz"), "--device", "cpu", "--json"],
+                             catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    m = json.loads(out.stdout)["metrics"]
+    suspects = m["suspects"]
+    assert len(suspects) == m["n_flagged"] > 0 and {"index", "score"} <= set(suspects[0])
+    assert [s["score"] for s in suspects] == sorted((s["score"] for s in suspects), reverse=True)
+    assert is_poison[[s["index"] for s in suspects]].mean() >= 0.9 and "auroc" in m
+    cleaned = load_npz(tmp_path / "clean.npz")
+    assert len(cleaned) == len(data) - m["n_flagged"] and m["saved_to"].endswith("clean.npz")
+    kept = np.setdiff1d(np.arange(len(data)), [s["index"] for s in suspects])
+    assert np.array_equal(cleaned.x, data.x[kept]) and np.array_equal(cleaned.y, data.y[kept])
+
+
+def test_new_detectors_are_registered():
+    for name, cls in (("spectre", Spectre), ("confusion-training", ConfusionTraining), ("mm-bd", MMBD)):
+        assert registry.get("defenses", name) is cls
+    with pytest.raises(ParameterError):
+        Spectre(tail=0.7)
+    with pytest.raises(ParameterError):
+        MMBD(starts=0)
