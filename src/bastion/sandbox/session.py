@@ -81,6 +81,7 @@ class Sandbox:
         self.audit_events: list[Event] = []
         self.started_at: float | None = None
         self.ready_seconds: float | None = None
+        self.worker_cpu = 0.0  # CPU seconds the worker reported (for benchmarks; not trusted for anything else)
         self._buffer = b""
         self._selector: selectors.BaseSelector | None = None
 
@@ -215,6 +216,8 @@ class Sandbox:
                 if kind_ in ("end", "error"):
                     ended = True
                 if kind_ == "end":
+                    cpu = message.get("cpu_seconds")
+                    self.worker_cpu = float(cpu) if isinstance(cpu, (int, float)) else self.worker_cpu
                     return
                 if kind_ == "error":
                     raise SandboxError(str(message.get("message", "the sandboxed job failed")))

@@ -15,6 +15,7 @@ import os
 import pickle
 import struct
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -54,7 +55,7 @@ def serve(channel: Channel, handlers: dict[str, Callable[..., Iterator[dict[str,
         try:
             for message in handlers[kind](**payload):
                 channel.send(message)
-            channel.send({"type": "end"})
+            channel.send({"type": "end", "cpu_seconds": time.process_time()})
         except BastionError as exc:
             channel.send({"type": "error", "message": _one_line(exc)})
         except Exception as exc:  # noqa: BLE001 - a bug or a hostile model: one line back to the parent
