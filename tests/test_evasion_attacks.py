@@ -134,7 +134,9 @@ def test_invalid_examples_never_count():
     result = _Cheat(eps=0.05).run(target(), data)
     assert result.metrics["robust_accuracy"][0]["robust_accuracy"] == result.metrics["clean_accuracy"]
     assert result.metrics["constraint_violations"] > 0
-    assert any(f.metric == "constraint_violations" and f.severity == "high" for f in result.findings)
+    # Bastion's own invalid examples are a note about the evaluation, never a finding against the model
+    assert any(f.metric == "constraint_violations" and f.severity == "info" and f.evidence["about"] == "evaluation"
+               for f in result.findings)
 
 
 def test_result_round_trips_through_json():

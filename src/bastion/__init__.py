@@ -1,20 +1,31 @@
-"""Bastion: find, measure and mitigate security threats to machine-learning models."""
+"""Bastion: find, measure and mitigate security threats to machine-learning models.
 
-from bastion.core.data import Dataset, load_dataset
-from bastion.core.errors import BastionError
-from bastion.core.results import AttackResult, Finding
-from bastion.core.target import Access, Target, TorchTarget
+The public names below are imported on first use (PEP 562), so that `import bastion` (and with it the command
+line's `--help`, `--version` and `list`) does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Access",
-    "AttackResult",
-    "BastionError",
-    "Dataset",
-    "Finding",
-    "Target",
-    "TorchTarget",
-    "load_dataset",
-    "__version__",
-]
+_PUBLIC = {
+    "Access": "bastion.core.target",
+    "AttackResult": "bastion.core.results",
+    "BastionError": "bastion.core.errors",
+    "Dataset": "bastion.core.data",
+    "Finding": "bastion.core.results",
+    "Target": "bastion.core.target",
+    "TorchTarget": "bastion.core.target",
+    "load_dataset": "bastion.core.data",
+}
+
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'bastion' has no attribute {name!r}")

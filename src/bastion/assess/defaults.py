@@ -71,8 +71,13 @@ def default_eps(inputs: Inputs, info: ModelInfo, norm: str, seed: int) -> list[f
     return [e for e in eps if e > 0] or [_round2(0.01 * full)]
 
 
+def default_norm(input_shape: tuple[int, ...] | list[int]) -> str:
+    """L∞ for images (two or more input dimensions), L2 for feature vectors: `assess` and `attack` agree."""
+    return "linf" if len(input_shape) >= 2 else "l2"
+
+
 def evasion_section(inputs: Inputs, info: ModelInfo, gpu: bool, seed: int) -> dict[str, Any]:
-    norm = "linf" if len(info.input_shape) >= 2 else "l2"
+    norm = default_norm(info.input_shape)
     n = min(len(inputs.data), 1000 if gpu else 500)
     attacks: dict[str, dict[str, Any]] = {}
     if info.access_level >= Access.GRADIENTS:

@@ -1,8 +1,9 @@
 """Grades, finding identity and mitigations: how an assessment's findings become a verdict.
 
 A family's grade follows its worst finding: A (nothing above info), B (low), C (medium), D (high), F (critical).
-A family that could not run is N/A; one with failed jobs keeps the grade of what ran and is marked incomplete.
-The overall grade is the worst family grade.
+A family that could not run is N/A. A family with a failed job is graded "incomplete", never a letter: what ran
+may look better than the whole would (no false comfort); the overall grade is then "incomplete" too. Otherwise the
+overall grade is the worst family grade. A grade measured through black-box access only is an upper bound.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from bastion.core.results import SEVERITIES, Finding, severity_rank
 
 GRADES = {"info": "A", "low": "B", "medium": "C", "high": "D", "critical": "F"}
 GRADE_ORDER = ("A", "B", "C", "D", "F")
+INCOMPLETE = "incomplete"
+BLACK_BOX_NOTE = "upper bound: weaker evaluation than white-box"
 GRADE_MEANING = {
     "A": "no weakness found above informational level",
     "B": "minor weaknesses",
@@ -20,6 +23,7 @@ GRADE_MEANING = {
     "D": "serious weaknesses: an attacker succeeds with modest effort",
     "F": "critical: the attack succeeds cheaply or the file is unsafe to load",
     "N/A": "not assessed",
+    INCOMPLETE: "not graded: a job failed, and what ran alone could understate the risk",
 }
 
 # Family-level mitigations (Bastion commands where they exist), shown when a family has findings above info.
@@ -52,10 +56,25 @@ def grade_of(findings: Iterable[Finding]) -> str:
     return GRADES[worst(findings) or "info"]
 
 
+def family_grade(findings: Iterable[Finding], status: str) -> str:
+    """A..F from the worst finding when every job ran; "incomplete" when one failed."""
+    return INCOMPLETE if status in ("partial", "failed") else grade_of(findings)
+
+
 def overall_grade(grades: Iterable[str]) -> str:
-    """The worst of the family grades that were assessed; N/A when none was."""
+    """"incomplete" when a family is; else the worst assessed family grade; N/A when none was assessed."""
+    grades = list(grades)
+    if INCOMPLETE in grades:
+        return INCOMPLETE
     assessed = [g for g in grades if g in GRADE_ORDER]
     return max(assessed, key=GRADE_ORDER.index) if assessed else "N/A"
+
+
+def black_box_reason(white_box: bool, reason: str = "") -> str:
+    """A family reason that says when its grade comes from a black-box (scores or labels) evaluation."""
+    if white_box:
+        return reason
+    return f"{BLACK_BOX_NOTE}; {reason}" if reason else BLACK_BOX_NOTE
 
 
 def finding_key(family: str, finding: Finding) -> str:

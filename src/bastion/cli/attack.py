@@ -36,9 +36,13 @@ def register(app: typer.Typer) -> None:
         timeout: float | None = timeout_option(),
     ) -> None:
         cls = registry.get("attacks", name, family)
-        attack_obj, extra_data = build_with_datasets(cls, ctx.args, {"seed": seed, "arch": arch}, label,
-                                                     f"{family} attack '{name}'")
         evaluation = load_data(data, label, n_samples)
+        defaults = {"seed": seed, "arch": arch}
+        if family == "evasion" and evaluation is not None:  # the norm `assess` would choose for this data
+            from bastion.assess.defaults import default_norm
+
+            defaults["norm"] = default_norm(evaluation.x.shape[1:])
+        attack_obj, extra_data = build_with_datasets(cls, ctx.args, defaults, label, f"{family} attack '{name}'")
         if evaluation is None and not getattr(cls, "dataset_params", ()):
             raise ParameterError(f"{family} attack '{name}' needs --data")
         load = {"path": model, "data": evaluation or next(iter(extra_data.values()), None), "arch": arch,

@@ -162,6 +162,8 @@ def gain_finding(what: str, metrics: dict[str, Any], norm: str) -> Finding:
     cost = metrics["clean_accuracy_cost"]
     robust = last_gain["gain"] >= 0.05
     severity = "info" if robust and cost < 0.05 else "low" if robust else "medium"
+    if (metrics.get("evaluation") or {}).get("after") == "certificate":
+        return _certified_gain_finding(what, metrics, norm, robust, cost)
     return Finding(
         title=(f"{what}: robust accuracy {before['robust_accuracy']:.1%} -> {after['robust_accuracy']:.1%} at "
                f"{norm} eps={last_gain['eps']:g}, clean accuracy cost {cost:+.1%}"),
@@ -177,6 +179,28 @@ def gain_finding(what: str, metrics: dict[str, Any], norm: str) -> Finding:
         description=("Measured by attacking the model before and after the defense with the same adaptive attack."
                      if robust else "The defense gives no meaningful robustness under adaptive attack."),
         recommendation="" if robust else "Use adversarial training or randomized smoothing for robustness.",
+    )
+
+
+def _certified_gain_finding(what: str, metrics: dict[str, Any], norm: str, robust: bool, cost: float) -> Finding:
+    """The gain when the defended model is judged by its certificate: the certified accuracy is a lower bound and
+    the attack on the original an upper bound, so their difference bounds the gain from below and is never read
+    as a loss."""
+    gain = metrics["robust_accuracy_gain"][-1]
+    before, after = metrics["robust_accuracy_before"][-1], metrics["robust_accuracy_after"][-1]
+    title = (f"{what}: certified robust accuracy (a lower bound) {after['robust_accuracy']:.1%} at {norm} "
+             f"eps={gain['eps']:g}, against at most {before['robust_accuracy']:.1%} before (an attack's upper "
+             f"bound): gain at least {gain['gain']:+.1%}, clean accuracy cost {cost:+.1%}")
+    return Finding(
+        title=title, family="evasion", severity="info" if robust and cost < 0.05 else "low",
+        metric="robust_accuracy_gain_lower_bound", value=gain["gain"], threshold=0.05,
+        evidence={k: metrics[k] for k in ("clean_accuracy_before", "clean_accuracy_after", "robust_accuracy_before",
+                                          "robust_accuracy_after", "evaluation")},
+        atlas=EVASION_ATLAS, owasp=EVASION_OWASP,
+        description=("A certified lower bound compared with an attack's upper bound: the true gain is at least "
+                     "this much." if robust else "A certified lower bound compared with an attack's upper bound: "
+                     "inconclusive (not a measured loss); attack the smoothed model (attack_smoothed) for a "
+                     "like-for-like figure."),
     )
 
 

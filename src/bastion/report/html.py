@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -88,4 +89,10 @@ def render_html(a: Assessment) -> str:
         n_findings=sum(n for sev, n in counts.items() if sev != "info"),
         sanity=[c for f in a.families for c in f.sanity], command=reproduce_command(a),
         plan_yaml=yaml.safe_dump(a.plan, sort_keys=False, default_flow_style=None),
-        data_name=f"{data.get('name', '?')} ({data.get('n', '?')} records)")
+        data_name=f"{data_label(data)} ({data.get('n', '?')} records)")
+
+
+def data_label(data: dict) -> str:
+    """The evaluation data's file name (its dataset name reads 'data (FILE)', hence 'evaluation data data')."""
+    path = data.get("path")
+    return Path(str(path)).name if path else str(data.get("name", "?"))

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bastion.assess.inputs import Inputs, ModelInfo
+from bastion.assess.scoring import family_grade
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import get
@@ -148,6 +149,10 @@ class Probe(ABC):
         errors = [f"{o.key}: {o.error}" for o in outcomes if o.status != "done"]
         if errors and status == "assessed":
             status = "partial" if results else "failed"
+        if status in ("partial", "failed"):  # never a letter for half a family (assess/scoring.py)
+            kwargs["grade"] = family_grade([], status)
+            failed = f"{len(errors)} job(s) failed, first {errors[0]}" if errors else "a job failed"
+            reason = f"{reason}; {failed}" if reason else failed
         return FamilyReport(family=self.family, title=self.title, status=status, reason=reason, results=results,
                             errors=errors, seconds=sum(o.seconds for o in outcomes), **kwargs)
 

@@ -10,7 +10,7 @@ import numpy as np
 from bastion.assess import sanity
 from bastion.assess.inputs import Inputs, ModelInfo
 from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, done, sample_rows, select
-from bastion.assess.scoring import grade_of
+from bastion.assess.scoring import black_box_reason, grade_of
 from bastion.cli.common import construct
 from bastion.core.registry import get, register
 from bastion.core.results import AttackResult
@@ -195,5 +195,5 @@ class EvasionProbe(Probe):
                 for p in r.metrics["robust_accuracy"]:
                     key = f"robust_accuracy@{r.metrics['norm']}={p['eps']:g}"
                     headline[key] = min(headline.get(key, 1.0), p["robust_accuracy"])
-        return self.report("assessed", outcomes, findings=findings, sanity=checks, headline=headline,
-                           grade=grade_of(findings), results=list(main.values()))
+        return self.report("assessed", outcomes, reason=black_box_reason(info.white_box), findings=findings,
+                           sanity=checks, headline=headline, grade=grade_of(findings), results=list(main.values()))

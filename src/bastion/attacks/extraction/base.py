@@ -78,8 +78,25 @@ def severity_of(fidelity: float, budget: int) -> str:
     return "low" if fidelity >= 0.5 else "info"
 
 
+def agreement_words(fidelity: float) -> str:
+    """How much of the model a copy of this fidelity reproduces, in words that follow the number."""
+    if fidelity >= 0.9:
+        return f"agrees with the model on almost every input ({fidelity:.1%})"
+    if fidelity >= 0.75:
+        return f"agrees with the model on most inputs ({fidelity:.1%})"
+    if fidelity >= 0.5:
+        return f"agrees with the model on only {fidelity:.1%} of inputs: a partial copy"
+    return f"agrees with the model on only {fidelity:.1%} of inputs: extraction failed at this budget"
+
+
 class ExtractionAttack(Attack, metaclass=ABCMeta):
-    """Base class: subclasses implement `extract(api, pool, budgets)` yielding (budget, copy) pairs."""
+    """Base class: subclasses implement `extract(api, pool, budgets)` yielding (budget, copy) pairs.
+
+    `budget` is the attacker's query budget (a comma list builds one copy per budget, from nested queries).
+    `defense` puts an output defense in front of the API (e.g. `rounding:2`, `top1`). `monitor` runs the PRADA
+    detector over the attacker's query stream. `ood_samples` uniform inputs measure fidelity off the data.
+    `transfer_samples` adversarial examples of size `transfer_eps` (L∞), crafted on the copy, measure transfer.
+    """
 
     family: ClassVar[str] = "extraction"
     requires: ClassVar[Access] = Access.LABELS
@@ -170,9 +187,9 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
                       "defense": metrics.get("defense"), "prada_detected": detected},
             atlas=EXTRACTION_ATLAS,
             owasp=EXTRACTION_OWASP,
-            description="A copy trained on the prediction API's answers agrees with the model on most inputs; "
-                        "adversarial examples crafted on the copy transfer to the model "
-                        f"({last['transfer_success']:.1%} at the largest budget).",
+            description=f"A copy made from the prediction API's answers {agreement_words(last['fidelity'])}; "
+                        f"{last['transfer_success']:.1%} of adversarial examples crafted on the copy transfer "
+                        "to the model at the largest budget.",
             recommendation="Return labels or rounded top-k scores only, rate-limit and monitor query streams "
                            "(PRADA), and consider prediction poisoning; re-assess with the defense in place.",
         )]

@@ -35,9 +35,14 @@ def membership_severity(metrics: dict[str, Any]) -> str:
         return "high"
     if low1 >= 0.03:
         return "medium"
-    if low1 > 0.01 or metrics.get("auc_ci", [0.5])[0] > 0.55:
+    if low1 > 0.01 or auc_excludes_chance(metrics):
         return "low"
     return "info"
+
+
+def auc_excludes_chance(metrics: dict[str, Any]) -> bool:
+    """True when the AUC's confidence interval lies wholly above 0.5: the attack beats chance."""
+    return float(metrics.get("auc_ci", [0.5])[0]) > 0.5
 
 
 def membership_findings(attack: str, metrics: dict[str, Any]) -> list[Finding]:
@@ -58,11 +63,21 @@ def membership_findings(attack: str, metrics: dict[str, Any]) -> list[Finding]:
                                           "fpr_resolution", "most_at_risk") if k in metrics},
         atlas=MEMBERSHIP_ATLAS,
         owasp=MEMBERSHIP_OWASP,
-        description=("The model's outputs reveal whether a record was in its training set."
-                     if leaks else "No membership leakage above chance was measured with this attack."),
+        description=leakage_words(metrics, leaks),
         recommendation=("Train with DP-SGD (bastion defend dp-sgd), add regularisation and early stopping, or "
                         "return labels only; re-assess with LiRA." if leaks else ""),
     )]
+
+
+def leakage_words(metrics: dict[str, Any], leaks: bool) -> str:
+    """The verdict in words that follow the AUC interval (never "no leakage" when it excludes 0.5)."""
+    low, high = (float(v) for v in metrics.get("auc_ci", [0.5, 0.5])[:2])
+    interval = f"AUC {float(metrics.get('auc', 0.5)):.3f}, 95% CI [{low:.3f}, {high:.3f}]"
+    if auc_excludes_chance(metrics):
+        return f"Membership leaks: the attack beats chance ({interval} excludes 0.5)."
+    if leaks:
+        return f"The model's outputs reveal whether some records were in its training set ({interval})."
+    return f"No membership leakage above chance was measured with this attack ({interval} includes 0.5)."
 
 
 def inversion_finding(matching_rate: float, chance: float, similarity: float, n_classes: int) -> Finding:
