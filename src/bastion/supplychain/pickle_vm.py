@@ -104,8 +104,8 @@ class PickleVM(LiteralOps):
     def make_global(self, module: Any, name: Any, offset: int, opcode: str) -> Any:
         """Create (and judge) the object the unpickler gets from `find_class(module, name)`."""
         mod, nm = const_str(module), const_str(name)
-        if mod is not None and nm is not None and _DOTTED.fullmatch(mod) and _DOTTED.fullmatch(nm):
-            self.imports += 1
+        if mod is not None and nm and _DOTTED.fullmatch(mod):
+            self.imports += 1  # a module path import can resolve: CPython imports it before the stream breaks
         if mod is None or nm is None:
             self.cur.report("dynamic-call", "high", f"{opcode} imports a name that is computed at load time",
                             offset=offset, subject="global:dynamic", opcode=opcode)
@@ -393,7 +393,7 @@ class PickleVM(LiteralOps):
         return pos
 
 
-_DOTTED = re.compile(r"[A-Za-z_][\w.]*")
+_DOTTED = re.compile(r"[^\W\d]\w*(\.[^\W\d]\w*)*")  # dotted identifiers
 
 
 def _utf8(raw: bytes) -> str:
