@@ -54,6 +54,17 @@ def say_once(line: str) -> None:
         print(f"bastion: {line}", file=sys.stderr, flush=True)
 
 
+def _die_with_parent() -> Any:
+    """A preexec function that makes the child get SIGKILL when Bastion's process dies (Linux prctl), or None."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -128,9 +139,12 @@ class Sandbox:
             self.isolation = "subprocess (fallback)"
         self.observer = "strace" if strace is not None else "audit-hook"
         self.started_at = time.perf_counter()
+        if strace is not None and shutil.which("setpriv"):  # strace's child dies with strace, bwrap's with bwrap
+            command = [shutil.which("setpriv") or "setpriv", "--pdeathsig", "KILL", "--", *command]
         try:
             self.process = subprocess.Popen([*(strace or []), *command], stdin=subprocess.PIPE, stdout=2,
-                                            pass_fds=fds, start_new_session=True, cwd=self.scratch, env=env)
+                                            pass_fds=fds, start_new_session=True, cwd=self.scratch, env=env,
+                                            preexec_fn=_die_with_parent())
         except OSError as exc:
             raise SandboxError(f"cannot start the sandboxed worker ({exc})") from None
         finally:
