@@ -85,7 +85,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 TOP_KEYS = {
     "version": Key("int", f"plan format version (currently {PLAN_VERSION})", minimum=1, maximum=PLAN_VERSION),
-    "seed": Key("int", "seed of every random choice: the same seed gives the same findings", minimum=0),
+    "seed": Key("int", "seed of every random choice: the same seed gives the same findings", minimum=0,
+                maximum=2**32 - 1),
     "device": Key("str", "auto, cpu, cuda or cuda:N"),
     "families": Key("table", "one table per threat family"),
 }

@@ -14,10 +14,11 @@ from bastion.assess.inputs import Inputs, file_sha256
 from bastion.assess.plan import Plan, read_plan_file
 from bastion.assess.runner import Runner, make_backend
 from bastion.assess.scoring import sort_findings
-from bastion.cli.common import console, fail_on_level, load_data
+from bastion.cli.common import check_seed, console, fail_on_level, load_data
+from bastion.cli.outputs import check_report_files, prepare_output_dir
 from bastion.core.errors import ParameterError
 from bastion.core.results import severity_rank
-from bastion.report import FORMATS, write_reports
+from bastion.report import FILE_NAMES, FORMATS, write_reports
 from bastion.sandbox import SandboxOptions, open_sandbox
 from bastion.sandbox.assess import SandboxBackend
 from bastion.sandbox.assess import describe as describe_in
@@ -70,6 +71,7 @@ def resume_inputs(store: RunStore, run_ref: str, device: str | None) -> tuple[st
         raise ParameterError(f"run {row['id']} was not started from data files and cannot be resumed")
     if row["model_sha256"] and file_sha256(saved["model"]) != row["model_sha256"]:
         raise ParameterError(f"{saved['model']} changed since run {row['id']} started: start a new assessment")
+    store.check_data_unchanged(row)
     plan = Plan.from_dict(row["plan"])
     data = load_data(Path(data_info["path"]), saved.get("label"), None, "data")
     train = load_data(Path(train_info["path"]), saved.get("label"), None, "train") if train_info.get("path") else None
@@ -108,6 +110,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         fmts = parse_formats(formats)
         fail_on_level(fail_on)
+        if seed is not None:
+            check_seed(seed)
         options = SandboxOptions(enabled=not no_sandbox, timeout=timeout, device=device or "auto")
         runner_backend = make_backend(backend, address, sandbox=options)
         store = None if no_store else RunStore(store_path)
@@ -126,6 +130,10 @@ def register(app: typer.Typer) -> None:
                             access=access, device=device or "auto", data_path=str(data),
                             train_path=str(train_data) if train_data else None, label=label)
             run_id = None
+        if not print_plan:  # an unusable report folder is found now, not after the run
+            sources = [inputs.model, inputs.data_path, inputs.train_path, plan_file, store and store.path]
+            prepare_output_dir(out, sources)
+            check_report_files(out, [FILE_NAMES[f] for f in fmts] + ["plan.yaml"], sources)
         sandbox = open_sandbox(inputs.model, inputs.arch, options)
         info = describe_in(sandbox, inputs) if sandbox is not None else inputs.describe()
         if sandbox is not None and backend == "local":

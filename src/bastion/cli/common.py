@@ -83,9 +83,21 @@ def build_with_datasets(cls: type, args: list[str], defaults: dict[str, Any], la
     for key, value in defaults.items():
         if value is not None and accepts(cls, key):
             params.setdefault(key, value)
+    if "seed" in params:
+        check_seed(params["seed"])
     paths = {role: params.pop(role) for role in getattr(cls, "dataset_params", ()) if role in params}
     obj = construct(cls, params, what)
     return obj, {role: load_data(Path(str(path)), label, None, role) for role, path in paths.items()}
+
+
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(seed: Any, option: str = "--seed") -> int:
+    """A seed every random generator accepts (NumPy, torch, Python): a whole number in [0, 2^32 - 1]."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+        raise ParameterError(f"{option} must be a whole number in [0, {SEED_MAX}], got {str(seed)[:40]}")
+    return seed
 
 
 def accepts(cls: type, name: str) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from bastion.cli.common import EXTRA_ARGS, build_with_datasets, emit, load_data
+from bastion.cli.outputs import check_output_file
 from bastion.core import registry
 from bastion.sandbox import SandboxOptions
 from bastion.sandbox.commands import no_sandbox_option, path_arguments, sandboxed_defense, timeout_option
@@ -34,6 +35,8 @@ def register(app: typer.Typer) -> None:
         timeout: float | None = timeout_option(),
     ) -> None:
         cls = registry.get("defenses", name)
+        if out is not None:
+            check_output_file(out, [model, data, train_data, *path_arguments(ctx.args)], "--out")
         defense, datasets = build_with_datasets(cls, ctx.args, {"seed": seed, "arch": arch}, label,
                                                 f"defense '{name}'")
         evaluation = load_data(data, label, n_samples)

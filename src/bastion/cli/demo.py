@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from bastion.cli.common import check_seed
+from bastion.cli.outputs import prepare_output_dir
 from bastion.demo.run import run_demo
 
 
@@ -16,4 +18,6 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         device: str = typer.Option("auto", "--device"),
     ) -> None:
+        check_seed(seed)
+        prepare_output_dir(out, [])
         run_demo(out=out, seed=seed, device=device)

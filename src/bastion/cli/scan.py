@@ -1,4 +1,7 @@
-"""`bastion scan PATH ... [--json | --sarif FILE] [--fail-on high] [--convert-to-safetensors] [--manifest FILE]`."""
+"""`bastion scan PATH ... [--json | --sarif FILE] [--fail-on high] [--convert-to-safetensors] [--manifest FILE]`.
+
+Exit codes: 0 clean, 1 a finding at or above --fail-on, 2 bad input or a file that could not be scanned,
+3 nothing to scan (no files under the paths given)."""
 
 from __future__ import annotations
 
@@ -11,10 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from bastion.cli.common import fail_on_level, load_data
-from bastion.core.errors import BastionError
+from bastion.cli.outputs import check_output_file, prepare_output_dir, same_file
+from bastion.core.errors import BastionError, ParameterError
 from bastion.core.results import severity_rank
 from bastion.sandbox.commands import dynamic_scan, timeout_option
 from bastion.supplychain import CONVERTIBLE, ScanReport, convert_to_safetensors, scan_paths, write_manifest, write_sarif
+from bastion.supplychain.convert import is_conversion_of, safetensors_destination
+from bastion.supplychain.report import ScannedFile
+
+NOTHING_TO_SCAN = 3
 
 _STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
@@ -36,14 +44,39 @@ def _print(report: ScanReport, console: Console) -> None:
                   + (f", worst {worst}" if worst else "") + ".")
 
 
-def _convert(report: ScanReport, out_dir: Path | None, console: Console) -> list[str]:
-    """Convert every clean tensor file; return messages for files that could not be converted."""
+def plan_conversions(report: ScanReport, out_dir: Path | None, outputs: list[Path]) -> list[ScannedFile]:
+    """The clean tensor files to convert, refused as a whole when two would be written to the same file, or one
+    would overwrite a scanned file (other than its own earlier conversion) or another output."""
     dirty = {f.evidence.get("file") for f in report.at_or_above("low")}
+    chosen: list[ScannedFile] = []
+    taken: dict[Path, str] = {}
+    for scanned in report.files:
+        if scanned.format not in CONVERTIBLE or scanned.path in dirty:
+            continue
+        dest = safetensors_destination(scanned, out_dir)
+        key = dest.absolute().resolve()
+        if key in taken:
+            raise ParameterError(f"--convert-to-safetensors: {taken[key]} and {scanned.path} would both be written "
+                                 f"to {dest}; convert them with separate --out-dir folders")
+        for other in report.files:
+            if same_file(dest, other.path) and not is_conversion_of(dest, scanned):
+                raise ParameterError(f"--convert-to-safetensors: converting {scanned.path} would overwrite the "
+                                     f"scanned file {other.path}; pass --out-dir")
+        if any(same_file(dest, out) for out in outputs):
+            raise ParameterError(f"--convert-to-safetensors: converting {scanned.path} would overwrite {dest}, "
+                                 "an output of this command")
+        taken[key] = scanned.path
+        chosen.append(scanned)
+    return chosen
+
+
+def _convert(report: ScanReport, chosen: list[ScannedFile], out_dir: Path | None, console: Console) -> list[str]:
+    """Convert the planned clean tensor files; return messages for files that could not be converted."""
     problems = []
     for scanned in report.files:
         if scanned.format not in CONVERTIBLE:
             continue
-        if scanned.path in dirty:
+        if scanned not in chosen:
             console.print(f"not converted: {scanned.path} (its scan has findings)")
             continue
         try:
@@ -91,7 +124,17 @@ def register(app: typer.Typer) -> None:
         timeout: float | None = timeout_option(),
     ) -> None:
         level = fail_on_level(fail_on)
+        outputs = {option: out for option, out in (("--sarif", sarif), ("--manifest", manifest)) if out is not None}
+        for option, out in outputs.items():
+            check_output_file(out, paths, option)
+        if sarif is not None and manifest is not None and same_file(sarif, manifest):
+            raise ParameterError("--sarif and --manifest name the same file")
+        if convert and out_dir is not None:
+            prepare_output_dir(out_dir, [], "--out-dir")
         report = scan_paths(paths)
+        for option, out in outputs.items():  # nor any model file found inside the folders scanned
+            check_output_file(out, [f.path for f in report.files if f.format != "unknown"], option)
+        chosen = plan_conversions(report, out_dir, list(outputs.values())) if convert else []
         if dynamic:
             report.findings.extend(dynamic_findings(paths, arch, data, timeout))
         console = Console(stderr=as_json)
@@ -99,7 +142,7 @@ def register(app: typer.Typer) -> None:
             write_sarif(report, sarif)
         if manifest is not None:
             write_manifest(report, manifest)
-        problems = _convert(report, out_dir, console) if convert else []
+        problems = _convert(report, chosen, out_dir, console) if convert else []
         if as_json:
             sys.stdout.write(json.dumps(report.to_dict()) + "\n")
         else:
@@ -108,6 +151,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {line}", err=True)
         if report.errors or problems:
             raise typer.Exit(2)
+        if not report.files:
+            typer.echo(f"error: nothing to scan: no files under {', '.join(map(str, paths))} "
+                       f"(exit code {NOTHING_TO_SCAN})", err=True)
+            raise typer.Exit(NOTHING_TO_SCAN)
         worst = report.worst_severity()
         if level is not None and worst is not None and severity_rank(worst) >= level:
             raise typer.Exit(1)

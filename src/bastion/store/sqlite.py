@@ -16,6 +16,7 @@ from typing import Any
 
 from bastion.assess.assessment import Assessment
 from bastion.assess.probes.base import JobOutcome
+from bastion.core.data import data_fingerprint
 from bastion.core.errors import BastionError, ParameterError
 
 SCHEMA = """
@@ -29,6 +30,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL, seconds REAL, outcome TEXT NOT NULL, PRIMARY KEY (run_id, key)
 );
 """
+COLUMNS = {"runs": {"id", "created", "finished", "status", "model", "model_sha256", "grade", "worst", "backend",
+                    "seed", "inputs", "plan", "assessment"},
+           "jobs": {"run_id", "key", "family", "status", "seconds", "outcome"}}
 
 
 def default_store_path() -> Path:
@@ -58,8 +62,15 @@ class RunStore:
             self.conn = sqlite3.connect(str(self.path), timeout=30)
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.conn.executescript(SCHEMA)
+            missing = {table: columns - {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+                       for table, columns in COLUMNS.items()}
         except (OSError, sqlite3.Error) as exc:
             raise BastionError(f"cannot open the run store {self.path}: {exc}") from None
+        for table, columns in missing.items():
+            if columns:
+                self.conn.close()
+                raise BastionError(f"{self.path} is not a Bastion run store (its table {table!r} lacks "
+                                   f"{', '.join(sorted(columns))}); pass another --store")
         self.conn.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -74,6 +85,12 @@ class RunStore:
     # -- writing ------------------------------------------------------------------------------------------
     def create_run(self, run_id: str, inputs: dict[str, Any], plan: dict[str, Any], model_sha256: str | None,
                    backend: str, seed: int) -> None:
+        """Record a new run; the data files' fingerprints are stored with their paths so `--resume` can check them."""
+        inputs = json.loads(json.dumps(inputs))
+        for role in ("data", "train_data"):
+            entry = inputs.get(role)
+            if isinstance(entry, dict) and entry.get("path") and Path(entry["path"]).exists():
+                entry["sha256"] = data_fingerprint(entry["path"])
         with self.conn:
             self.conn.execute(
                 "INSERT INTO runs (id, created, status, model, model_sha256, backend, seed, inputs, plan) "
@@ -129,13 +146,18 @@ class RunStore:
         """The run's row with inputs and plan decoded."""
         row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (self.resolve(run_ref),)).fetchone()
         out = dict(row)
-        out["inputs"], out["plan"] = json.loads(out["inputs"]), json.loads(out["plan"])
+        out["inputs"] = self._decoded(out["id"], "inputs", lambda: json.loads(out["inputs"]))
+        out["plan"] = self._decoded(out["id"], "plan", lambda: json.loads(out["plan"]))
+        if not isinstance(out["inputs"], dict) or not isinstance(out["plan"], dict):
+            raise BastionError(f"run {out['id']} in {self.path} is corrupt (inputs or plan is not an object)")
         return out
 
     def outcomes(self, run_ref: str) -> dict[str, JobOutcome]:
         """The jobs stored for a run, by key."""
-        rows = self.conn.execute("SELECT outcome FROM jobs WHERE run_id = ?", (self.resolve(run_ref),)).fetchall()
-        return {o.key: o for o in (JobOutcome.from_json(r["outcome"]) for r in rows)}
+        run_id = self.resolve(run_ref)
+        rows = self.conn.execute("SELECT outcome FROM jobs WHERE run_id = ?", (run_id,)).fetchall()
+        return self._decoded(run_id, "jobs", lambda: {o.key: o for o in (JobOutcome.from_json(r["outcome"])
+                                                                          for r in rows)})
 
     def assessment(self, run_ref: str) -> Assessment:
         """The finished assessment of a run (an interrupted run has none until it is resumed)."""
@@ -143,7 +165,29 @@ class RunStore:
         if not row["assessment"]:
             raise ParameterError(f"run {row['id']} is {row['status']} and has no report yet; resume it with "
                                  f"`bastion assess --resume {row['id']}`")
-        return Assessment.from_json(row["assessment"])
+        return self._decoded(row["id"], "assessment", lambda: Assessment.from_json(row["assessment"]))
+
+    def check_data_unchanged(self, row: dict[str, Any]) -> None:
+        """Refuse to resume a run whose data files changed (or vanished) since it started."""
+        for role in ("data", "train_data"):
+            entry = row["inputs"].get(role)
+            if not isinstance(entry, dict) or not entry.get("sha256"):
+                continue
+            path = Path(str(entry.get("path")))
+            if not path.exists():
+                raise ParameterError(f"{path} ({role}) no longer exists; run {row['id']} cannot be resumed")
+            if data_fingerprint(path) != entry["sha256"]:
+                raise ParameterError(f"{path} ({role}) changed since run {row['id']} started (sha256 differs): "
+                                     "start a new assessment")
+
+    def _decoded(self, run_id: str, what: str, decode: Any) -> Any:
+        """`decode()`, with any failure on stored text reported as a corrupt run (the file may be foreign)."""
+        try:
+            return decode()
+        except BastionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - stored text is untrusted: any decoding failure means corruption
+            raise BastionError(f"run {run_id} in {self.path} is corrupt ({what}: {type(exc).__name__})") from None
 
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self.conn.execute(

@@ -42,15 +42,32 @@ def _torch_tensors(path: Path, globals_: list[str]) -> dict[str, Any]:
     return tensors
 
 
+def safetensors_destination(scanned: ScannedFile, out_dir: str | Path | None = None) -> Path:
+    """Where `convert_to_safetensors` writes a file: `<out_dir or its folder>/<stem>.safetensors`."""
+    src = Path(scanned.path)
+    return (Path(out_dir) if out_dir is not None else src.parent) / (src.stem + ".safetensors")
+
+
+def is_conversion_of(dest: Path, scanned: ScannedFile) -> bool:
+    """True when `dest` is a safetensors file that `bastion scan` converted from these very bytes."""
+    from bastion.models.loader import read_json_header
+
+    try:
+        meta = read_json_header(dest).get("__metadata__")
+    except Exception:  # noqa: BLE001 - any unreadable header means "not our conversion"
+        return False
+    return (isinstance(meta, dict) and meta.get("converted_by") == "bastion scan"
+            and meta.get("source_sha256") == scanned.sha256)
+
+
 def convert_to_safetensors(scanned: ScannedFile, out_dir: str | Path | None = None) -> Path:
     """Write `<name>.safetensors` for a scanned tensor file (only call this for files whose scan is clean)."""
     src = Path(scanned.path)
     if scanned.format not in CONVERTIBLE:
         raise ModelLoadError(f"{src.name} is a {scanned.format} file: only PyTorch tensor files and NumPy "
                              "arrays can be converted to safetensors")
-    folder = Path(out_dir) if out_dir is not None else src.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / (src.stem + ".safetensors")
+    dest = safetensors_destination(scanned, out_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.resolve() == src.resolve():
         raise ModelLoadError(f"refusing to overwrite {src} with its own conversion")
     metadata = {"source": src.name, "source_sha256": scanned.sha256, "converted_by": "bastion scan"}
