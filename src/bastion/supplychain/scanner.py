@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from bastion.supplychain.archives import ArchiveError, find_eocd, member_head, read_member, read_tar, read_zip
+from bastion.supplychain.code_formats import check_code_archive
 from bastion.supplychain.compression import InflateError, compression_of, inflate
 from bastion.supplychain.config_checks import HDF5_MAGIC, check_h5, check_keras_json, check_skops_schema
 from bastion.supplychain.detect import (
@@ -140,8 +141,10 @@ def _zip(data: Any, cur: Cursor, fmt: str) -> None:
     if directory.prefix:
         _prefix(data, directory.prefix, cur)
     context = "torchscript" if fmt == "torchscript" else "pickle"
+    read = check_code_archive(fmt, data, directory, cur, scan_buffer, scan_streams)  # .pt2 and TorchScript
     for m in directory.members:
-        if m.data < 0 or m.name.endswith("/") or (fmt in _TORCH_KINDS and _STORAGE.search(m.name.lower())):
+        if m.data < 0 or m.name.endswith("/") or m.name in read or (
+                fmt in _TORCH_KINDS and _STORAGE.search(m.name.lower())):
             continue
         if cur.sink.out_of_time():
             cur.report("limit", "high", "scan time limit reached before every member was checked")
