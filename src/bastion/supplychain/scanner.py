@@ -18,6 +18,7 @@ from bastion.supplychain.detect import (
     ZIP_FORMATS,
     classify_zip,
     detect_bytes,
+    looks_like_pickle,
 )
 from bastion.supplychain.findings import Cursor, Sink
 from bastion.supplychain.onnx_check import check_onnx
@@ -158,7 +159,7 @@ def _zip(data: Any, cur: Cursor, fmt: str) -> None:
                 check_keras_json(read_member(data, m, cur), child)
             elif fmt == "skops" and base == "schema.json":
                 check_skops_schema(read_member(data, m, cur), child)
-            elif _worth_reading(member_head(data, m, cur)) or base.endswith(".json"):
+            elif _worth_reading(member_head(data, m, cur, 4096)) or base.endswith(".json"):
                 scan_buffer(read_member(data, m, cur), child)
         except ArchiveError as exc:
             rule = "limit" if "more than" in str(exc) else "malformed"
@@ -166,12 +167,17 @@ def _zip(data: Any, cur: Cursor, fmt: str) -> None:
 
 
 def _worth_reading(head: bytes) -> bool:
-    """Members whose first bytes show a format that can carry code (others are raw data)."""
+    """Members whose first bytes show a format that can carry code, or that the scanner cannot open (others are
+    raw data). A protocol-0 pickle without a PROTO opcode shows itself by importing a name in its first bytes."""
     if not head:
         return False
     if head.startswith(_NESTED_HEADS) or compression_of(head) is not None or head.lstrip()[:1] == b"{":
         return True
-    return head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5
+    if any(head.startswith(magic) for magic in UNOPENABLE):
+        return True
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        return True
+    return looks_like_pickle(head)
 
 
 def _prefix(data: Any, size: int, cur: Cursor) -> None:
@@ -206,7 +212,7 @@ def _tar(data: Any, cur: Cursor, fmt: str) -> None:
             (walk_storages if m.name == "storages" else walk_tensors)(body, child, run_stream)
         elif fmt == "pytorch-tar" and m.name in ("pickle", "sys_info"):
             scan_streams(body, child)
-        elif _worth_reading(body[:64]) or m.name.endswith((".pkl", ".pt", ".pth", ".bin", ".joblib")):
+        elif _worth_reading(body[:4096]) or m.name.endswith((".pkl", ".pt", ".pth", ".bin", ".joblib")):
             scan_buffer(body, child)
 
 
