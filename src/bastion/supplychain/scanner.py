@@ -25,7 +25,7 @@ from bastion.supplychain.onnx_check import check_onnx
 from bastion.supplychain.pickle_values import BudgetSpent, PickleError
 from bastion.supplychain.pickle_vm import OPCODE_BYTES, PickleVM
 from bastion.supplychain.template_checks import check_gguf, check_json_template
-from bastion.supplychain.tensor_checks import check_npy, check_safetensors
+from bastion.supplychain.tensor_checks import check_npy, check_safetensors, descr_has_object, npy_header
 from bastion.supplychain.torch_formats import scan_legacy, walk_storages, walk_tensors
 
 _STORAGE = re.compile(r"(^|/)data/(\d+|weights/[^/]+)$")
@@ -159,11 +159,24 @@ def _zip(data: Any, cur: Cursor, fmt: str) -> None:
                 check_keras_json(read_member(data, m, cur), child)
             elif fmt == "skops" and base == "schema.json":
                 check_skops_schema(read_member(data, m, cur), child)
-            elif _worth_reading(member_head(data, m, cur, 4096)) or base.endswith(".json"):
+            elif _numeric_npy(head := member_head(data, m, cur, 4096), cur):
+                continue  # np.load reads plain numbers from it: no need to inflate the array data
+            elif _worth_reading(head) or base.endswith(".json"):
                 scan_buffer(read_member(data, m, cur), child)
         except ArchiveError as exc:
             rule = "limit" if "more than" in str(exc) else "malformed"
             child.report(rule, "high", f"archive member cannot be read: {exc}")
+
+
+def _numeric_npy(head: bytes, cur: Cursor) -> bool:
+    """True when the first bytes hold a complete .npy header whose dtype has no Python objects."""
+    if not head.startswith(b"\x93NUMPY"):
+        return False
+    try:
+        header, _ = npy_header(head, cur.limits.max_header_bytes)
+        return not descr_has_object(header["descr"])
+    except (ValueError, TypeError):
+        return False
 
 
 def _worth_reading(head: bytes) -> bool:

@@ -104,7 +104,7 @@ def check_npy(data: Any, cur: Cursor, scan_pickle: Callable[[Any, Cursor, int], 
     """Object arrays are pickles after the header: report them and scan that pickle."""
     try:
         header, start = npy_header(data, cur.limits.max_header_bytes)
-        has_object = _descr_has_object(header["descr"])
+        has_object = descr_has_object(header["descr"])
     except (ValueError, TypeError) as exc:
         cur.report("malformed", "medium", f"NumPy header cannot be read: {exc}", offset=0)
         return
@@ -114,7 +114,7 @@ def check_npy(data: Any, cur: Cursor, scan_pickle: Callable[[Any, Cursor, int], 
         scan_pickle(data, cur, start)
 
 
-def _descr_has_object(descr: Any) -> bool:
+def descr_has_object(descr: Any) -> bool:
     """Read `descr` with NumPy's own `descr_to_dtype`, as np.load does, so every spelling of object
     ('O', '|O', 'object', 'O8', a field of a structured dtype, ...) is seen."""
     from numpy.lib.format import descr_to_dtype
