@@ -12,8 +12,9 @@ class Limits:
     """Hard limits for one scan; each exceeded limit becomes a finding (fail closed), never a silent skip."""
 
     max_file_bytes: int = 64 << 30  # larger files are reported, not read
-    max_read_bytes: int = 2 << 30  # files up to this size are read into memory; larger ones are memory-mapped
-    # in a child process, so a file truncated while it is scanned (SIGBUS) loses only its own result
+    max_read_bytes: int = 16 << 20  # files up to this size are read into memory; larger ones are memory-mapped
+    # in a forked child (lazy reads, ~50 ms to start), so a file truncated under the scan (SIGBUS) loses only
+    # its own result
     max_member_bytes: int = 1 << 30  # one decompressed stream or archive member held in memory
     max_total_inflated: int = 8 << 30  # all decompressed bytes of one file together
     max_members: int = 200_000  # entries in one archive
