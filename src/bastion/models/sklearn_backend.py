@@ -11,23 +11,21 @@ from bastion.core.errors import ModelLoadError
 from bastion.core.target import FunctionTarget
 from bastion.models.loader import resolve_shape_and_bounds
 from bastion.models.metadata import ModelMetadata
-
-# Types from these libraries are rebuilt by skops without running arbitrary code; others need --trust.
-TRUSTED_ROOTS = ("sklearn", "numpy", "scipy")
+from bastion.supplychain.code_formats import refuse_unless_trusted
 
 
 def load_skops(path: Path, data: Dataset | None = None, bounds: tuple[float, float] | None = None,
                trust: bool = False, batch_size: int = 4096, **_: object) -> FunctionTarget:
+    """Trust comes from Bastion's scan of the schema: every type and function skops would import is judged by the
+    scanner's allow-list (a package prefix proves nothing: numpy.load and numpy.savetxt are NumPy too). Any
+    finding of medium severity or above refuses the load unless `trust`."""
     import skops.io as sio
 
+    refuse_unless_trusted(path, "skops", trust, min_severity="medium")
     try:
         untrusted = sio.get_untrusted_types(file=str(path))
     except Exception as exc:  # skops raises zip, JSON and key errors for corrupt files
         raise ModelLoadError(f"{path}: corrupt .skops file ({type(exc).__name__})") from None
-    foreign = [t for t in untrusted if t.split(".")[0] not in TRUSTED_ROOTS]
-    if foreign and not trust:
-        raise ModelLoadError(f"{path}: holds types outside scikit-learn/NumPy/SciPy ({', '.join(foreign)}); "
-                             "review them and pass --trust to load")
     try:
         estimator = sio.load(str(path), trusted=untrusted)
     except Exception as exc:  # noqa: BLE001 - any failure to rebuild is a bad file

@@ -14,6 +14,7 @@ from bastion.core.target import TorchTarget
 from bastion.models.factory import build
 from bastion.models.loader import read_json_header, resolve_shape_and_bounds
 from bastion.models.metadata import METADATA_KEY, ModelMetadata
+from bastion.supplychain.code_formats import refuse_unless_trusted
 
 
 def _target(model: nn.Module, meta: ModelMetadata, path: Path, data: Dataset | None,
@@ -27,8 +28,11 @@ def _target(model: nn.Module, meta: ModelMetadata, path: Path, data: Dataset | N
 
 
 def load_torchscript(path: Path, data: Dataset | None = None, device: str = "auto",
-                     bounds: tuple[float, float] | None = None, batch_size: int | None = None,
+                     bounds: tuple[float, float] | None = None, batch_size: int | None = None, trust: bool = False,
                      **_: object) -> TorchTarget:
+    """TorchScript runs its own code (forward, a scripted __setstate__ at load): scanned first, refused on a high
+    or critical finding unless `trust`."""
+    refuse_unless_trusted(path, "torchscript", trust)
     extra = {METADATA_KEY: ""}
     try:
         model = torch.jit.load(str(path), map_location=resolve_device(device), _extra_files=extra)
@@ -59,8 +63,11 @@ class PlainModule(nn.Module):
 
 
 def load_export(path: Path, data: Dataset | None = None, device: str = "auto",
-                bounds: tuple[float, float] | None = None, batch_size: int | None = None,
+                bounds: tuple[float, float] | None = None, batch_size: int | None = None, trust: bool = False,
                 **_: object) -> TorchTarget:
+    """torch.export.load unpickles use_pickle payloads, opaque constants and (on fallback) sample inputs: the
+    archive is scanned first, refused on a high or critical finding unless `trust`."""
+    refuse_unless_trusted(path, "torch-export", trust)
     extra = {METADATA_KEY: ""}
     try:
         program = torch.export.load(str(path), extra_files=extra)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from bastion.core.errors import ModelLoadError
 from bastion.supplychain.archives import ArchiveError, ZipDirectory, ZipMember, member_head, read_member
 from bastion.supplychain.findings import RULES, Cursor
 from bastion.supplychain.torchscript_source import Use, judge_target, read_torchscript
@@ -49,11 +51,12 @@ def check_code_archive(fmt: str, data: Any, directory: ZipDirectory, cur: Cursor
                        scan_streams: ScanStreams) -> set[str]:
     """Run the checks of `fmt` ("torch-export" or "torchscript"); return the members read here, which the
     scanner's generic member loop then skips."""
+    if fmt not in ("torch-export", "torchscript"):
+        return set()
+    read = _check_torchscript(data, directory, cur)  # a .pt2 may carry code/ too, for a loader that reads it
     if fmt == "torch-export":
-        return _Pt2(data, directory, cur, scan_buffer, scan_streams).check()
-    if fmt == "torchscript":
-        return _check_torchscript(data, directory, cur)
-    return set()
+        read |= _Pt2(data, directory, cur, scan_buffer, scan_streams, skip=read).check()
+    return read
 
 
 def _relative(name: str) -> str:
@@ -111,14 +114,15 @@ class _Pt2:
     """One .pt2 archive: payload configs first, then every member by the role its loader gives it."""
 
     def __init__(self, data: Any, directory: ZipDirectory, cur: Cursor, scan_buffer: ScanBuffer,
-                 scan_streams: ScanStreams):
-        self.data, self.directory, self.cur = data, directory, cur
+                 scan_streams: ScanStreams, skip: set[str]):
+        self.data, self.directory, self.cur, self.skip = data, directory, cur, skip
         self.scan_buffer, self.scan_streams = scan_buffer, scan_streams
         self.pickled: dict[str, str] = {}  # relative member name -> why its loader unpickles it
         self.raw: set[str] = set()  # relative member names read as raw tensor bytes
 
     def check(self) -> set[str]:
-        members = [m for m in self.directory.members if m.data >= 0 and not m.name.endswith("/")]
+        members = [m for m in self.directory.members
+                   if m.data >= 0 and not m.name.endswith("/") and m.name not in self.skip]
         for m in members:
             rel = _relative(m.name)
             if rel.endswith(("_weights_config.json", "_constants_config.json")):
@@ -212,3 +216,28 @@ class _Pt2:
                     if use is not None:
                         _report_use(cur, use)
                 stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+
+
+# ---- the loaders' gate -------------------------------------------------------------------------------------------
+
+def refuse_unless_trusted(path: Path, expected: str, trust: bool, min_severity: str = "high") -> None:
+    """Scan a model file before its loader runs. Without `trust`, refuse (one line) when the scanner reads the
+    bytes as another format than the loader will, or when a finding reaches `min_severity`."""
+    from bastion.supplychain.api import scan_path
+
+    if trust:
+        return
+    report = scan_path(path, digest=False)
+    if report.errors:
+        raise ModelLoadError(f"cannot scan {path.name} before loading it: {report.errors[0]}")
+    fmt = report.files[0].format if report.files else "unknown"
+    if fmt != expected:
+        raise ModelLoadError(f"refusing to load {path.name}: its loader reads it as {expected}, but its bytes scan "
+                             f"as {fmt}; pass --trust to load it anyway")
+    blocking = report.at_or_above(min_severity)
+    if blocking:
+        worst = blocking[0]
+        where, title = worst.evidence.get("member") or path.name, worst.title.rsplit(" (", 1)[0]
+        raise ModelLoadError(f"refusing to load {path.name}: {worst.severity} finding '{title}' in {where}"
+                             f" ({len(blocking)} at {min_severity} or above, see `bastion scan`); "
+                             "pass --trust to load it anyway")
