@@ -88,6 +88,8 @@ class ModelMetadata:
     def from_json(cls, text: str | bytes | None) -> ModelMetadata:
         if not text:
             return cls()
+        if not isinstance(text, (str, bytes)):
+            raise ModelLoadError(f"corrupt {METADATA_KEY} in the model file (not a JSON string)")
         if len(text) > MAX_METADATA_BYTES:
             raise ModelLoadError(f"corrupt {METADATA_KEY} in the model file (larger than {MAX_METADATA_BYTES} bytes)")
         try:

@@ -90,7 +90,10 @@ def load_safetensors(path: Path, arch: str | None = None, data: Dataset | None =
     from safetensors.torch import load_file
 
     header = read_json_header(path)
-    meta = ModelMetadata.from_json((header.get("__metadata__") or {}).get(METADATA_KEY))
+    strings = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(header, dict) or not isinstance(strings or {}, dict):
+        raise ModelLoadError(f"{path}: corrupt safetensors header (not a JSON object of tensors and __metadata__)")
+    meta = ModelMetadata.from_json((strings or {}).get(METADATA_KEY))
     model = build(arch)
     try:
         state = load_file(str(path))

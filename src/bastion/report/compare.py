@@ -74,16 +74,18 @@ def _fmt(value: float | None) -> str:
 
 def render_comparison_markdown(c: Comparison) -> str:
     """The comparison as Markdown (for a pull request or a terminal)."""
-    lines = [f"## Bastion: run {c.before} -> {c.after}", "", "| family | before | after |", "|---|---|---|"]
-    lines += [f"| {g['family']} | {g['before']} | {g['after']} |" for g in c.grades]
+    from bastion.report.markdown import md_escape as e
+
+    lines = [f"## Bastion: run {e(c.before)} -> {e(c.after)}", "", "| family | before | after |", "|---|---|---|"]
+    lines += [f"| {e(g['family'])} | {e(g['before'])} | {e(g['after'])} |" for g in c.grades]
     lines += ["", "| family | metric | before | after | change |", "|---|---|---|---|---|"]
     for m in c.metrics:
         change = "" if m["delta"] is None else f"{m['delta']:+.4g}"
-        lines.append(f"| {m['family']} | {m['metric']} | {_fmt(m['before'])} | {_fmt(m['after'])} | {change} |")
+        lines.append(f"| {e(m['family'])} | {e(m['metric'])} | {_fmt(m['before'])} | {_fmt(m['after'])} | {change} |")
     for title, rows in (("New findings", c.new), ("Resolved findings", c.resolved)):
         lines += ["", f"### {title} ({len(rows)})", ""]
-        lines += [f"- **{r['severity']}** [{r['family']}] {r['title']}" for r in rows] or ["None."]
+        lines += [f"- **{e(r['severity'])}** \\[{e(r['family'])}\\] {e(r['title'])}" for r in rows] or ["None."]
     lines += ["", f"### Severity changes ({len(c.changed)})", ""]
-    lines += [f"- [{r['family']}] {r['metric']}: {r['before']} -> {r['after']} ({r['title']})"
+    lines += [f"- \\[{e(r['family'])}\\] {e(r['metric'])}: {e(r['before'])} -> {e(r['after'])} ({e(r['title'])})"
               for r in c.changed] or ["None."]
     return "\n".join(lines) + "\n"

@@ -1,37 +1,62 @@
-"""The Markdown summary for pull requests: grades, the findings that matter, failed sanity checks."""
+"""The Markdown summary for pull requests: grades, the findings that matter, failed sanity checks.
+
+Every piece of text that can come from a file (model names, archive member names, finding details) is escaped
+for both Markdown and HTML, so a hostile name cannot add links, images, mentions, tables or HTML to a CI step
+summary."""
 
 from __future__ import annotations
+
+import re
 
 from bastion.assess.assessment import Assessment
 from bastion.assess.scoring import GRADE_MEANING, sort_findings
 from bastion.core.results import severity_rank
 
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
+_MARKDOWN = set("\\`*_{}[]#!|~@$")  # links, images, emphasis, code, tables, mentions, math
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+
+def md_escape(text: object) -> str:
+    """`text` on one line as literal Markdown text: HTML's special characters become entities and the punctuation
+    that starts Markdown constructs is backslash-escaped (CommonMark lets any ASCII punctuation be escaped)."""
+    flat = _CONTROL.sub(" ", str(text))
+    return "".join(_HTML.get(c) or (f"\\{c}" if c in _MARKDOWN else c) for c in flat)
+
+
+def md_code(text: object) -> str:
+    """`text` on one line as a Markdown code span, which shows it literally: the fence is one backtick longer than
+    the longest run of backticks inside, so the text cannot close it."""
+    flat = _CONTROL.sub(" ", str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", flat)), default=0) + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
+
+
+_cell = md_escape
 
 
 def render_markdown(a: Assessment, max_findings: int = 15) -> str:
     """A short Markdown summary (GitHub-flavoured) of an assessment."""
-    lines = [f"## Bastion assessment of `{a.title}`: grade **{a.grade}**", "",
+    lines = [f"## Bastion assessment of {md_code(a.title)}: grade **{_cell(a.grade)}**", "",
              f"{GRADE_MEANING.get(a.grade, '')}."]
     if not a.complete:
         lines += ["", "> **Incomplete:** some jobs failed or the run was interrupted; grades cover what ran."]
     lines += ["", "| family | grade | status | worst finding |", "|---|---|---|---|"]
     for f in a.families:
         ranked = sort_findings(f.findings)
-        worst = (f"{ranked[0].severity}: {_cell(ranked[0].title)}"
+        worst = (f"{_cell(ranked[0].severity)}: {_cell(ranked[0].title)}"
                  if ranked and severity_rank(ranked[0].severity) > 0 else "none")
-        status = f.status + (f" ({_cell(f.reason)})" if f.reason else "")
-        lines.append(f"| {_cell(f.title)} | {f.grade} | {status} | {worst} |")
+        status = _cell(f.status) + (f" ({_cell(f.reason)})" if f.reason else "")
+        lines.append(f"| {_cell(f.title)} | {_cell(f.grade)} | {status} | {worst} |")
     serious = [(f.family, x) for f in a.families for x in sort_findings(f.findings) if severity_rank(x.severity) > 0]
     serious.sort(key=lambda p: -severity_rank(p[1].severity))
     lines += ["", f"### Findings above info ({len(serious)})", ""]
     if not serious:
         lines.append("None.")
     for family, x in serious[:max_findings]:
-        ids = ", ".join(x.atlas + x.owasp)
-        lines.append(f"- **{x.severity}** [{family}] {_cell(x.title)}" + (f" ({ids})" if ids else ""))
+        ids = ", ".join(_cell(i) for i in x.atlas + x.owasp)
+        lines.append(f"- **{_cell(x.severity)}** \\[{_cell(family)}\\] {_cell(x.title)}" + (f" ({ids})" if ids else ""))
     if len(serious) > max_findings:
         lines.append(f"- ... and {len(serious) - max_findings} more (see the HTML report)")
     checks = [c for f in a.families for c in f.sanity]

@@ -15,6 +15,7 @@ from typing import Any
 from bastion.assess.assessment import Assessment
 from bastion.assess.scoring import finding_key
 from bastion.core.results import Finding, severity_rank
+from bastion.report.markdown import md_escape
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note", "info": "none"}
@@ -47,7 +48,7 @@ def _rule(rid: str, family: str, findings: list[Finding]) -> dict[str, Any]:
         "name": "".join(w.capitalize() for w in rid.replace("/", "_").replace("-", "_").replace(":", "_").split("_")),
         "shortDescription": {"text": first.description or rid},
         "fullDescription": {"text": f"{family}: {first.description or first.metric}"},
-        "help": {"text": help_text, "markdown": help_text},
+        "help": {"text": help_text, "markdown": md_escape(help_text)},
         "defaultConfiguration": {"level": LEVEL[worst.severity] if worst.severity != "info" else "note"},
         "properties": {"tags": tags, "security-severity": SECURITY_SEVERITY[worst.severity]},
     }
