@@ -186,6 +186,10 @@ def read_member(data: Any, m: ZipMember, cur: Cursor, limit: int | None = None) 
             raise ArchiveError(f"member {m.name!r} is larger than {limit} bytes")
         out = bytes(data[m.data:m.data + m.csize])
     elif m.method in (8, 12):
+        ratio, floor = cur.limits.max_ratio, cur.limits.ratio_floor
+        if m.usize > floor and m.usize > ratio * max(m.csize, 1):
+            raise ArchiveError(f"member {m.name!r} declares {m.usize} bytes from {m.csize}, more than {ratio}:1 "
+                               "(a decompression bomb); not inflated")
         try:
             out = inflate(data, "deflate" if m.method == 8 else "bz2", limit, m.data, m.data + m.csize,
                           max_ratio=cur.limits.max_ratio, ratio_floor=cur.limits.ratio_floor)

@@ -8,7 +8,8 @@ import lzma
 import zlib
 from typing import Any
 
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16  # compressed bytes fed at a time
+_STEP = 1 << 22  # decompressed bytes produced at a time (the bounds are checked between steps)
 
 
 class InflateError(Exception):
@@ -49,7 +50,7 @@ def _decompressor(kind: str) -> Any:
 
 
 def inflate(data: Any, kind: str, limit: int, start: int = 0, stop: int | None = None, *,
-            max_ratio: int = 0, ratio_floor: int = 64 << 20) -> bytes:
+            max_ratio: int = 0, ratio_floor: int = 16 << 20) -> bytes:
     """Decompress `data[start:stop]` (all concatenated members for gzip/bz2/xz) into at most `limit` bytes.
 
     With `max_ratio`, a stream that has produced more than `ratio_floor` bytes at more than `max_ratio` bytes
@@ -63,14 +64,15 @@ def inflate(data: Any, kind: str, limit: int, start: int = 0, stop: int | None =
     dec = _decompressor(kind)
     try:
         while True:
-            if not feed and pos < stop:
+            if not feed and pos < stop and getattr(dec, "needs_input", True):
                 feed = bytes(data[pos:min(stop, pos + _CHUNK)])
                 pos += len(feed)
-            out += dec.decompress(feed, limit - len(out) + 1)
+            out += dec.decompress(feed, min(limit - len(out) + 1, _STEP))
             feed = getattr(dec, "unconsumed_tail", b"")
             if len(out) > limit:
                 raise InflateError(f"decompresses to more than {limit} bytes")
-            if max_ratio and len(out) > ratio_floor and len(out) > max_ratio * (pos - start):
+            consumed = pos - start - len(feed)
+            if max_ratio and len(out) > ratio_floor and len(out) > max_ratio * consumed:
                 raise InflateError(f"decompresses at more than {max_ratio}:1 (a decompression bomb); stopped "
                                    f"after {len(out)} bytes")
             if dec.eof:
@@ -79,8 +81,11 @@ def inflate(data: Any, kind: str, limit: int, start: int = 0, stop: int | None =
                 if kind not in ("gzip", "bz2", "xz") or rest_is_padding:
                     return bytes(out)
                 dec = _decompressor(kind)
-            elif not feed and pos >= stop:
-                raise InflateError("compressed stream is truncated")
+            elif not feed and pos >= stop and getattr(dec, "needs_input", True):
+                more = dec.decompress(b"", min(limit - len(out) + 1, _STEP))  # output held back at a step boundary
+                if not more:
+                    raise InflateError("compressed stream is truncated")
+                out += more
     except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as exc:
         raise InflateError(f"corrupt {kind} stream ({exc})") from None
 

@@ -23,7 +23,7 @@ class Limits:
     max_nested: int = 2_000  # nested payloads (pickle.loads, torch.load bytes, ...) of one file
     max_findings: int = 5_000  # distinct findings of one file
     max_ratio: int = 1_000  # decompressed / compressed size, checked once `ratio_floor` bytes are out
-    ratio_floor: int = 64 << 20
+    ratio_floor: int = 16 << 20
     max_stack: int = 2_000_000  # items on the pickle stack plus marks
     max_memo: int = 2_000_000  # memo entries of one pickle
     max_line: int = 1 << 30  # one text argument of a protocol-0 opcode (CPython has no limit)
