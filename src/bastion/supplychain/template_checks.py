@@ -82,7 +82,8 @@ def _value(data: Any, pos: int, vtype: int, cur: Cursor, depth: int) -> tuple[An
 def check_json_template(data: Any, cur: Cursor) -> None:
     """JSON configs (tokenizer_config.json, chat_template.json, Keras configs): check every chat template."""
     if len(data) > cur.limits.max_header_bytes:
-        cur.report("limit", "high", "JSON config larger than the scanner limit was not checked")
+        cur.report("limit", "medium", "JSON file larger than the scanner limit was not checked for chat templates "
+                   "or Keras configs")
         return
     config = parse_json_config(data, cur.limits.max_header_bytes)
     if is_keras_config(config):
