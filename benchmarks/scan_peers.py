@@ -3,9 +3,10 @@
 Run with the peers' environment and Bastion's sources:
     PYTHONPATH=src .peers-venv/bin/python benchmarks/scan_peers.py [--repeat 3]
 
-The corpus is tests/scan_corpus.py (malicious files assembled opcode by opcode, never executed, plus ordinary
-files made by torch, scikit-learn, NumPy, safetensors, skops). Prints a detection table (F flagged, . clean,
-E error without a verdict), detection and false-alarm counts, and wall time per tool with its ratio to Bastion.
+The corpus is tests/scan_corpus.py (malicious files assembled opcode by opcode, never executed, including the
+bypasses of issue 14, plus ordinary files made by torch, scikit-learn, NumPy, safetensors, skops). Prints a
+detection table (F flagged, . clean, E error without a verdict), detection and false-alarm counts, flagged counts
+per group, and wall time per tool with its ratio to Bastion.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from tests.scan_corpus import Case, benign_cases, malicious_cases, write_cases  # noqa: E402
+from tests.scan_corpus import Case, benign_cases, bypass_cases, malicious_cases, write_cases  # noqa: E402
 
 
 def bastion_scan(path: Path) -> str:
@@ -120,7 +121,7 @@ def main() -> None:
     logging.disable(logging.CRITICAL)
     warnings.simplefilter("ignore")
     folder = Path(tempfile.mkdtemp(prefix="scan-peers-"))
-    malicious: list[Case] = malicious_cases()
+    malicious: list[Case] = malicious_cases() + bypass_cases()
     benign: list[Case] = list(benign_cases())
     mal_paths = write_cases(malicious, folder / "malicious")
     ben_paths = write_cases(benign, folder / "benign")
@@ -146,6 +147,12 @@ def main() -> None:
         print(f"| {name} | {mal.count('F')}/{n_mal} | {mal.count('.')} | {mal.count('E')} | "
               f"{ben.count('F')}/{len(ben)} | {ben.count('E')} | {seconds[name]:.3f} | "
               f"{seconds[name] / seconds['bastion']:.2f} |")
+    print("\n| malicious group | files | " + " | ".join(TOOLS) + " |")
+    print("|---|---|" + "---|" * len(TOOLS))
+    for group in dict.fromkeys(c.group for c in malicious):
+        index = [i for i, c in enumerate(malicious) if c.group == group]
+        print(f"| {group} | {len(index)} | " + " | ".join(
+            str(sum(verdicts[t][i] == "F" for i in index)) for t in TOOLS) + " |")
     (folder / "big").mkdir()
     big = big_files(folder / "big")
     print("\n| tool | " + " | ".join(p.name for p in big) + " | verdicts |")
