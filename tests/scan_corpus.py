@@ -133,6 +133,12 @@ def tar_of(name: str, body: bytes, typeflag: bytes = b"0", signed: bool = False)
     return bytes(header) + body + bytes(-len(body) % 512) + bytes(1024)
 
 
+def _npy_raw(header: str) -> bytes:
+    """A version 1.0 .npy header holding exactly `header` (NumPy reads Python-2 headers such as `(1L,)` too)."""
+    header += " " * (-(len(header) + 11) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin-1")
+
+
 def _zip_lower_count(data: bytes, count: int) -> bytes:
     out = bytearray(data)
     eocd = out.rfind(b"PK\x05\x06")
@@ -200,6 +206,8 @@ def bypass_cases() -> list[Case]:
         Case("npy_descr_O8.npy", npy_header("O8", (1,)) + OS_SYSTEM, "critical", "os.system", "archive"),
         Case("npy_struct_object.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(struct_descr))
              + struct_descr.encode() + OS_SYSTEM, "critical", "os.system", "archive"),
+        Case("npy_python2_header.npy", _npy_raw("{'descr': '|O', 'fortran_order': False, 'shape': (1L,), }")
+             + OS_SYSTEM, "critical", "os.system", "archive"),
         Case("archive.7z", b"7z\xbc\xaf\x27\x1c\x00\x04" + bytes(40), "high", "unverifiable", "archive"),
         Case("archive.rar", b"Rar!\x1a\x07\x01\x00" + bytes(40), "high", "unverifiable", "archive"),
         Case("tpl_concat.json", template("{{ ()['__cla'~'ss__']['__ba'~'se__']['__subcl'~'asses__']() }}"),

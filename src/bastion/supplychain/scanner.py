@@ -25,7 +25,7 @@ from bastion.supplychain.onnx_check import check_onnx
 from bastion.supplychain.pickle_values import BudgetSpent, PickleError
 from bastion.supplychain.pickle_vm import OPCODE_BYTES, PickleVM
 from bastion.supplychain.template_checks import check_gguf, check_json_template
-from bastion.supplychain.tensor_checks import check_npy, check_safetensors, descr_has_object, npy_header
+from bastion.supplychain.tensor_checks import check_npy, check_safetensors, npy_dtype
 from bastion.supplychain.torch_formats import scan_legacy, walk_storages, walk_tensors
 
 _STORAGE = re.compile(r"(^|/)data/(\d+|weights/[^/]+)$")
@@ -173,8 +173,8 @@ def _numeric_npy(head: bytes, cur: Cursor) -> bool:
     if not head.startswith(b"\x93NUMPY"):
         return False
     try:
-        header, _ = npy_header(head, cur.limits.max_header_bytes)
-        return not descr_has_object(header["descr"])
+        dtype, _ = npy_dtype(head, cur.limits.max_header_bytes)
+        return not dtype.hasobject
     except (ValueError, TypeError):
         return False
 

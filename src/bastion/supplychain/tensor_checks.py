@@ -5,8 +5,10 @@ dtype/shape/data_offsets, contiguous data)."""
 from __future__ import annotations
 
 import ast
+import io
 import json
 import struct
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -73,8 +75,11 @@ def _safetensors_problem(data: Any, max_header: int) -> str | None:
     return None
 
 
-def npy_header(data: Any, max_header: int) -> tuple[dict, int]:
-    """Parse a .npy header: (header dict, offset of the array data). ValueError when malformed."""
+def npy_dtype(data: Any, max_header: int) -> tuple[Any, int]:
+    """The dtype of a .npy file and the offset of its array data, read by NumPy's own header readers (so every
+    header np.load accepts, Python-2 headers included, is read the same way). ValueError when malformed."""
+    import numpy.lib.format as npy_format
+
     if bytes(data[:6]) != b"\x93NUMPY" or len(data) < 10:
         raise ValueError("missing NumPy magic")
     major = data[6]
@@ -88,7 +93,22 @@ def npy_header(data: Any, max_header: int) -> tuple[dict, int]:
         raise ValueError(f"unknown .npy version {major}")
     if n > max_header or start + n > len(data):
         raise ValueError("header length is out of bounds")
-    text = bytes(data[start:start + n]).decode("utf-8" if major == 3 else "latin-1", "replace")
+    if major == 3:  # utf-8 header, read without NumPy's Python-2 fallback (as NumPy does)
+        header = _literal_header(bytes(data[start:start + n]).decode("utf-8", "replace"))
+        return npy_format.descr_to_dtype(header["descr"]), start + n
+    fp = io.BytesIO(bytes(data[:start + n]))
+    fp.seek(8)
+    reader = npy_format.read_array_header_1_0 if major == 1 else npy_format.read_array_header_2_0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NumPy warns when it falls back to parsing a Python-2 header
+            _, _, dtype = reader(fp, max_header_size=max_header)
+    except (SyntaxError, TypeError, KeyError, IndexError, AttributeError, RecursionError, MemoryError) as exc:
+        raise ValueError(f"header cannot be read ({type(exc).__name__})") from None
+    return dtype, start + n
+
+
+def _literal_header(text: str) -> dict:
     if text.count("(") + text.count("[") > 256:
         raise ValueError("header nests too deeply")
     try:
@@ -97,29 +117,17 @@ def npy_header(data: Any, max_header: int) -> tuple[dict, int]:
         raise ValueError("header is not a Python literal") from None
     if not isinstance(header, dict) or {"descr", "fortran_order", "shape"} - set(header):
         raise ValueError("header lacks descr, fortran_order or shape")
-    return header, start + n
+    return header
 
 
 def check_npy(data: Any, cur: Cursor, scan_pickle: Callable[[Any, Cursor, int], None]) -> None:
     """Object arrays are pickles after the header: report them and scan that pickle."""
     try:
-        header, start = npy_header(data, cur.limits.max_header_bytes)
-        has_object = descr_has_object(header["descr"])
+        dtype, start = npy_dtype(data, cur.limits.max_header_bytes)
     except (ValueError, TypeError) as exc:
         cur.report("malformed", "medium", f"NumPy header cannot be read: {exc}", offset=0)
         return
-    if has_object:
+    if dtype.hasobject:
         cur.report("numpy-object-array", "low", "NumPy array of Python objects: np.load(allow_pickle=True) "
                    "unpickles it", offset=start)
         scan_pickle(data, cur, start)
-
-
-def descr_has_object(descr: Any) -> bool:
-    """Read `descr` with NumPy's own `descr_to_dtype`, as np.load does, so every spelling of object
-    ('O', '|O', 'object', 'O8', a field of a structured dtype, ...) is seen."""
-    from numpy.lib.format import descr_to_dtype
-
-    try:
-        return bool(descr_to_dtype(descr).hasobject)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        raise ValueError("descr is not a valid dtype") from None
