@@ -47,6 +47,30 @@ def canary(tmp_path: Path) -> Path:
     return tmp_path / "canary.txt"
 
 
+# ---- the hostile models are real -------------------------------------------------------------------------------
+
+NAIVE = {
+    "pt2-use_pickle": ("pt2", lambda d, c: H.pt2_use_pickle(d, c)),
+    "pt2-opaque": ("pt2", lambda d, c: H.pt2_opaque_constant(d, c)),
+    "pt2-pickled-constant": ("pt2", lambda d, c: H.pt2_pickled_constant(d, c)),
+    "torchscript-setstate": ("torchscript", lambda d, c: H.torchscript_from_file(d, c, "setstate")),
+    "torchscript-forward": ("torchscript-forward", lambda d, c: H.torchscript_from_file(d, c, "forward")),
+    "skops-savetxt": ("skops", lambda d, c: H.skops_numpy_savetxt(d, c)),
+    "arch": ("arch", lambda d, c: H.arch_factory(d, c, spawn=False)),
+}
+
+
+@pytest.mark.parametrize("name", list(NAIVE))
+def test_each_hostile_model_writes_its_canary_when_loaded_naively(tmp_path: Path, canary: Path, name: str) -> None:
+    """Without Bastion (torch.export.load, torch.jit.load, skops.io.load, importing the factory) the harm happens,
+    so the tests that find these files flagged and contained prove something."""
+    kind, build = NAIVE[name]
+    if kind == "skops":
+        pytest.importorskip("skops")
+    H.harms(kind, build(tmp_path, canary))
+    assert canary.exists()
+
+
 # ---- .pt2 ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("module", [H.Plain, H.Bare], ids=["constants-and-buffers", "weights-only"])
@@ -163,8 +187,9 @@ def test_torchscript_from_file_is_flagged_with_op_and_member(tmp_path: Path, can
     ("torch.from_file(", "torch.\\\n  from_file(", "code-file-access"),
     ("torch.from_file(", "ops.aten.from_file(", "code-file-access"),
     ("torch.from_file(", "torch.ops.aten.from_file(", "code-file-access"),
+    ("touched = torch.from_file(", "t = torch\n    touched = t.from_file(", "code-file-access"),
     ("touched = torch.from_file(", "t = torch\n    touched = t.from_file(", "code-obfuscation"),
-    ("touched = torch.from_file(", "o = ops.aten\n    touched = o.from_file(", "code-obfuscation"),
+    ("touched = torch.from_file(", "o = ops.aten\n    touched = o.from_file(", "code-file-access"),
     ("touched = torch.from_file(", "touched = getattr(torch, \"from_file\")(", "code-file-access"),
     ("torch.from_file(path, True, 16, dtype=0)", "ops.evil.run(path)", "code-native-op"),
     ("def forward(", "def forward((", "malformed"),
@@ -173,6 +198,14 @@ def test_spelling_tricks_do_not_hide_an_op(tmp_path: Path, canary: Path, old: st
     path = H.patch_torchscript_code(H.torchscript_from_file(tmp_path, canary), old, new)
     found = severities(path)
     assert found.get(rule) in ("high", "critical"), found
+
+
+def test_an_aliased_from_file_really_writes_when_loaded_naively(tmp_path: Path, canary: Path) -> None:
+    """The spelling tricks above are not hypothetical: TorchScript compiles `t = torch; t.from_file(...)`."""
+    path = H.patch_torchscript_code(H.torchscript_from_file(tmp_path, canary), "touched = torch.from_file(",
+                                    "t = torch\n    touched = t.from_file(")
+    H.harms("torchscript-forward", path)
+    assert canary.exists()
 
 
 def test_comments_and_strings_are_not_calls() -> None:

@@ -87,6 +87,11 @@ class _Reader(ast.NodeVisitor):
     def __init__(self) -> None:
         self.uses: list[Use] = []
         self.function = "<module>"
+        self.aliases: dict[str, list[str]] = {}  # `t = torch` -> {"t": ["torch"]}, so `t.from_file` is judged
+
+    def resolve(self, parts: list[str]) -> list[str]:
+        alias = self.aliases.get(parts[0])
+        return [*alias, *parts[1:]] if alias else parts
 
     def where(self) -> str:
         if self.function == "__setstate__":
@@ -103,7 +108,7 @@ class _Reader(ast.NodeVisitor):
         if parts is None:
             self.generic_visit(node)  # e.g. torch.from_file(...).sum: the inner chain is judged on its own
             return
-        self.uses.extend(_judge_chain(parts, self.where()))
+        self.uses.extend(_judge_chain(self.resolve(parts), self.where()))
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
@@ -111,21 +116,29 @@ class _Reader(ast.NodeVisitor):
             name = node.args[1]
             base = _chain(node.args[0])
             if isinstance(name, ast.Constant) and isinstance(name.value, str) and base is not None:
-                self.uses.extend(_judge_chain([*base, name.value], self.where()))
+                self.uses.extend(_judge_chain(self.resolve([*base, name.value]), self.where()))
         self.generic_visit(node)
 
-    def _alias(self, value: ast.AST | None) -> None:
-        parts = _chain(value) if value is not None else None
-        if parts and (parts in (["torch"], ["ops"]) or parts[0] == "ops" or parts[:2] == ["torch", "ops"]):
-            self.uses.append(Use("code-obfuscation", "high", ".".join(parts), self.where(),
-                                 f"binds {'.'.join(parts)} to a name, hiding which operators it calls"))
+    def _alias(self, targets: list[ast.AST], value: ast.AST | None) -> None:
+        """Report (and remember) a name bound to `torch`, `ops` or an operator namespace."""
+        values = value.elts if isinstance(value, (ast.Tuple, ast.List)) else [value]
+        for item in values:
+            parts = _chain(item) if item is not None else None
+            if parts is None:
+                continue
+            parts = self.resolve(parts)
+            if parts[0] in ("torch", "ops") and (len(parts) == 1 or "ops" in parts):
+                self.uses.append(Use("code-obfuscation", "high", ".".join(parts), self.where(),
+                                     f"binds {'.'.join(parts)} to a name, hiding which operators it calls"))
+                if len(targets) == 1 and isinstance(targets[0], ast.Name) and len(values) == 1:
+                    self.aliases[targets[0].id] = parts
 
     def visit_Assign(self, node: ast.Assign) -> None:
-        self._alias(node.value)
+        self._alias(node.targets, node.value)
         self.generic_visit(node)
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
-        self._alias(node.value)
+        self._alias([node.target], node.value)
         self.generic_visit(node)
 
 
