@@ -107,6 +107,8 @@ def accepts(cls: type, name: str) -> bool:
 def load_data(path: Path | None, label: str | None, n_samples: int | None, role: str = "data") -> Dataset | None:
     if path is None:
         return None
+    if n_samples is not None and n_samples < 1:
+        raise ParameterError(f"--n-samples must be at least 1, got {n_samples}")
     data = load_dataset(path, label=label, name=f"{role} ({Path(path).name})")
     return data.head(n_samples)
 

@@ -105,6 +105,8 @@ def load_dataset(path: str | Path, label: str | None = None, name: str | None = 
     path = Path(path)
     if not path.exists():
         raise DataError(f"data not found: {path}")
+    if not path.is_dir() and not path.is_file():
+        raise DataError(f"{path}: not a regular file or folder (a device, pipe or socket)")
     name = name or path.name
     if path.is_dir():
         if _idx_pair_in(path):
