@@ -136,6 +136,14 @@ def test_native_members_of_a_pt2_are_flagged(tmp_path: Path) -> None:
     assert native.severity == "high" and native.evidence["member"].endswith("model.so")
 
 
+def test_a_pt2_the_scanner_reads_as_another_format_is_refused(tmp_path: Path) -> None:
+    """The loader picks torch.export from models/model.json; without archive_format the scanner does not: refuse."""
+    path = H.export_pt2(tmp_path / "model.pt2", H.Bare())
+    H._rewrite(path, {"archive_format": None})
+    with pytest.raises(ModelLoadError, match="its loader reads it as torch-export, but its bytes scan as"):
+        load_target(path)
+
+
 def test_unreadable_payload_config_fails_closed(tmp_path: Path) -> None:
     path = H.export_pt2(tmp_path / "model.pt2")
     H._rewrite(path, {"data/weights/model_weights_config.json": b"{not json"})
