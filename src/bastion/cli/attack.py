@@ -8,6 +8,7 @@ import typer
 
 from bastion.cli.common import EXTRA_ARGS, build_with_datasets, emit, load_data
 from bastion.core import registry
+from bastion.core.data import apply_classes
 from bastion.core.errors import ParameterError
 from bastion.sandbox import SandboxOptions
 from bastion.sandbox.commands import no_sandbox_option, path_arguments, sandboxed_attack, timeout_option
@@ -23,6 +24,8 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="model file or http(s) URL"),
         data: Path | None = typer.Option(None, "--data", help="evaluation data (.npz, .csv, image folder, IDX)"),
         label: str | None = typer.Option(None, "--label", help="label column of CSV data"),
+        classes: str | None = typer.Option(None, "--classes", help="class names in the model's order, comma "
+                                           "separated (image folders otherwise follow the model's metadata)"),
         arch: str | None = typer.Option(None, "--arch", help="module:factory for .safetensors weights"),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
         seed: int = typer.Option(0, "--seed"),
@@ -43,6 +46,10 @@ def register(app: typer.Typer) -> None:
 
             defaults["norm"] = default_norm(evaluation.x.shape[1:])
         attack_obj, extra_data = build_with_datasets(cls, ctx.args, defaults, label, f"{family} attack '{name}'")
+        if classes:
+            for dataset in (evaluation, *extra_data.values()):
+                if dataset is not None:
+                    apply_classes(dataset, [c.strip() for c in classes.split(",") if c.strip()])
         if evaluation is None and not getattr(cls, "dataset_params", ()):
             raise ParameterError(f"{family} attack '{name}' needs --data")
         load = {"path": model, "data": evaluation or next(iter(extra_data.values()), None), "arch": arch,

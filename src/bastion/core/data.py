@@ -92,17 +92,72 @@ def validate_for_model(data: Dataset, n_classes: int, input_shape: tuple[int, ..
     if len(data.class_names) > n_classes:
         raise DataError(f"{data.name}: {len(data.class_names)} classes but the model has {n_classes}")
     if bounds is not None:
-        lo, hi = bounds
-        if data.x.min() < lo - 1e-6 or data.x.max() > hi + 1e-6:
-            raise DataError(
-                f"{data.name}: values in [{data.x.min():.4g}, {data.x.max():.4g}] fall outside the model's "
-                f"bounds [{lo:g}, {hi:g}]"
-            )
+        problem = bounds_problem(data, bounds)
+        if problem:
+            raise DataError(problem)
 
 
-def load_dataset(path: str | Path, label: str | None = None, name: str | None = None) -> Dataset:
-    """Load `.npz` (arrays x, y), `.csv` (`label` column), an image folder, or an IDX image file."""
-    path = Path(path)
+# -- the data must be in the model's units and class order (issue 21: say it when the input is off) -------------
+def bounds_problem(data: Dataset, bounds: tuple[float, float]) -> str | None:
+    """Why `data` lies outside the model's input bounds, with the likely fix; None when it fits."""
+    lo, hi = float(bounds[0]), float(bounds[1])
+    dmin, dmax = float(data.x.min()), float(data.x.max())
+    if dmin >= lo - 1e-6 and dmax <= hi + 1e-6:
+        return None
+    where = (f"{data.name}: values in [{dmin:.4g}, {dmax:.4g}] fall outside the model's bounds "
+             f"[{lo:g}, {hi:g}]")
+    if hi <= 1.0 + 1e-6 and dmin >= lo - 1e-6 and 1.0 < dmax <= 255.0 + 1e-6:
+        return f"{where}: 8-bit pixel values? divide the data by 255"
+    if lo >= 0.0 and dmin < 0.0:
+        return (f"{where}: standardised data? give the model raw inputs and put the standardisation inside the "
+                "model")
+    return f"{where}: rescale the data to the model's bounds (or save the model with the bounds it accepts)"
+
+
+def align_classes(data: Dataset, model_classes: list[str]) -> None:
+    """Relabel `data` (in place) into the model's class order when both name their classes.
+
+    Image folders name classes by their sub-folders; the model's metadata (or `--classes`) says which index
+    each name has. Different names are an error that lists both, never a silent accuracy drop."""
+    if not data.class_names or not model_classes or list(data.class_names) == list(model_classes):
+        return
+    unknown = [c for c in data.class_names if c not in model_classes]
+    if unknown:
+        raise DataError(f"{data.name}: classes {unknown} are not among the model's classes {list(model_classes)} "
+                        "(rename the folders, or pass --classes in the model's order)")
+    index = {name: i for i, name in enumerate(model_classes)}
+    mapping = np.array([index[name] for name in data.class_names], dtype=np.int64)
+    data.y = mapping[np.asarray(data.y, dtype=np.int64)]
+    data.class_names = list(model_classes)
+
+
+def load_dataset(path: str | Path, label: str | None = None, name: str | None = None,
+                 classes: list[str] | None = None) -> Dataset:
+    """Load `.npz` (arrays x, y), `.csv` (`label` column), an image folder, or an IDX image file.
+
+    `classes` names the classes in the model's order: an image folder's labels follow it; other data gets (or is
+    re-ordered to) these names."""
+    data = _load_any(Path(path), label, name)
+    if classes is not None:
+        apply_classes(data, list(classes))
+    return data
+
+
+def apply_classes(data: Dataset, classes: list[str]) -> None:
+    """Name `data`'s classes in this order (`--classes`): named data is re-labelled, unnamed data gets names."""
+    if data.class_names:
+        if sorted(data.class_names) != sorted(classes):
+            raise DataError(f"{data.name}: --classes {classes} does not match the data's classes "
+                            f"{list(data.class_names)}")
+        align_classes(data, classes)
+    elif len(classes) < int(data.y.max()) + 1:
+        raise DataError(f"{data.name}: --classes names {len(classes)} classes but labels go up to "
+                        f"{int(data.y.max())}")
+    else:
+        data.class_names = list(classes)
+
+
+def _load_any(path: Path, label: str | None, name: str | None) -> Dataset:
     if not path.exists():
         raise DataError(f"data not found: {path}")
     if not path.is_dir() and not path.is_file():
@@ -224,12 +279,20 @@ def load_csv(path: Path, label: str | None = None, name: str | None = None) -> D
     return Dataset(features, np.array(labels, dtype=np.int64), name, classes)
 
 
+def class_folder_order(names: list[str]) -> list[str]:
+    """Numeric folder names in numeric order (2 before 10), others alphabetically."""
+    return sorted(names, key=int) if all(n.isdigit() for n in names) else sorted(names)
+
+
 def load_image_folder(path: Path, name: str | None = None) -> Dataset:
-    """One sub-folder per class; images become float32 in [0, 1], NCHW. All images must share one size."""
+    """One sub-folder per class; images become float32 in [0, 1], NCHW. All images must share one size.
+
+    Numeric folder names go in numeric order, others alphabetically; `--classes` or the model's metadata (when
+    it names its classes) then put the labels in the model's order (`apply_classes`, `align_classes`)."""
     from PIL import Image, UnidentifiedImageError
 
     name = name or path.name
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = class_folder_order([p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")])
     if not classes:
         raise DataError(f"{path}: an image folder needs one sub-folder per class")
     xs, ys, shape, total = [], [], None, 0

@@ -12,8 +12,8 @@ import struct
 import zipfile
 from pathlib import Path
 
-from bastion.core.data import Dataset
-from bastion.core.errors import ModelLoadError
+from bastion.core.data import Dataset, align_classes, bounds_problem
+from bastion.core.errors import DataError, ModelLoadError
 from bastion.core.target import Access, Target
 from bastion.models.metadata import ModelMetadata
 
@@ -112,7 +112,13 @@ def resolve_shape_and_bounds(meta: ModelMetadata, data: Dataset | None, bounds: 
         raise ModelLoadError(f"{path}: the model does not record its input shape; pass --data")
     if bounds is None:
         bounds = tuple(meta.bounds) if meta.bounds else (data.bounds() if data is not None else (0.0, 1.0))
-    return shape, (float(bounds[0]), float(bounds[1]))
+    bounds = (float(bounds[0]), float(bounds[1]))
+    if data is not None:  # the data must be in the model's class order and units: say so when it is not
+        align_classes(data, list(meta.class_names or []))
+        problem = bounds_problem(data, bounds)
+        if problem:
+            raise DataError(problem)
+    return shape, bounds
 
 
 def read_json_header(path: Path) -> dict:

@@ -22,11 +22,19 @@ and the leaf count is then not recoverable. A few shared vectors cost little, as
 class; many cost a lot (docs/benchmarks/extraction.md, 5 features, 4 classes): a depth-5 tree whose 32 leaves
 have 28 distinct vectors is copied with fidelity 0.998, a depth-8 tree (125 leaves, 48 vectors) with 0.971, a
 fully grown tree (388 pure leaves, 4 vectors) with 0.51, and a depth-5 tree behind one-hot scores with 0.63.
+
+The attack assumes a single tree: a finite set of leaf score vectors, constant inside each leaf's box. After each
+round one random point inside each new box is asked (one query per box); a tree answers there with the box's scores
+or, where leaves share a score vector, another box's. When more than `max_inconsistent` of the boxes checked (at
+least 20) answer with scores of no box found so far, the model is not a single tree (a random forest or boosted
+ensemble averages many trees into score vectors no single box owns), exploration stops and the finding says so.
+Exploration also stops at `deadline` seconds, with a progress bar of boxes found on a terminal.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -36,8 +44,12 @@ from torch import nn
 from bastion.attacks.extraction.base import ExtractionAttack, feature_range
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
+from bastion.core.progress import progress
 from bastion.core.registry import register
+from bastion.core.results import Finding
 from bastion.core.target import Access, Target
+
+MIN_CHECKED = 20  # boxes checked before the single-tree test may stop the exploration
 
 
 class BoxCopy(nn.Module):
@@ -76,13 +88,18 @@ class BoxExplorer:
         self.box_key, self.box_scores = torch.zeros(0, k, dtype=torch.long), low.new_zeros(0, k)
         self.queue_x, self.queue_key, self.queue_scores = low.new_zeros(0, d), self.box_key, self.box_scores
         self.spent, self.finished = 0, False
+        self.checked, self.inconsistent, self.stopped = 0, 0, ""
+        self.seen_keys = torch.zeros(0, k, dtype=torch.long)
+        self.generator = torch.Generator().manual_seed(0)
 
     def ask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores and leaf keys (scores rounded to integers) of flat float64 points."""
         scores = self.api.probabilities(x.float().reshape(len(x), *self.api.input_shape).to(self.api.device))
         self.spent += len(x)
         scores = scores.detach().to(self.low.device, torch.float64)
-        return scores, torch.round(scores * self.scale).long()
+        key = torch.round(scores * self.scale).long()
+        self.seen_keys = torch.unique(torch.cat([self.seen_keys, key]), dim=0)
+        return scores, key
 
     def push(self, x: torch.Tensor, key: torch.Tensor, scores: torch.Tensor) -> None:
         self.queue_x = torch.cat([self.queue_x, x])
@@ -96,10 +113,25 @@ class BoxExplorer:
         same = (self.queue_key.unsqueeze(1) == self.box_key).all(dim=-1)
         return (inside & same).any(dim=1)
 
-    def run(self, cap: int | None) -> None:
-        """Explore rounds until the queue empties or the next round could spend beyond `cap` queries."""
-        per_box = 2 * len(self.low) * self.steps
-        while True:
+    def check_boxes(self, first: int) -> None:
+        """Ask one random point inside each box from index `first` on. A tree answers there with its seed's
+        scores, or with those of another leaf already seen (merged leaves); an ensemble answers with new ones."""
+        low, high = self.box_low[first:], self.box_high[first:]
+        if len(low) == 0:
+            return
+        known = self.box_key
+        u = torch.rand(low.shape, generator=self.generator, dtype=torch.float64)
+        _, key = self.ask(low + (high - low) * u)
+        novel = ~(key.unsqueeze(1) == known.unsqueeze(0)).all(dim=-1).any(dim=1)
+        self.checked += len(low)
+        self.inconsistent += int(novel.sum())
+
+    def run(self, cap: int | None, deadline: float | None = None, max_inconsistent: float = 1.0,
+            bar: Any = None) -> None:
+        """Explore rounds until the queue empties, the next round could spend beyond `cap` queries, the
+        `deadline` (a time.monotonic() value) passes or the boxes show the model is not a single tree."""
+        per_box = 2 * len(self.low) * self.steps + 1
+        while not self.stopped:
             keep = ~self.covered()
             self.queue_x, self.queue_key = self.queue_x[keep], self.queue_key[keep]
             self.queue_scores = self.queue_scores[keep]
@@ -119,7 +151,15 @@ class BoxExplorer:
             scores = self.queue_scores[chosen]
             self.queue_x, self.queue_key = self.queue_x[~chosen], self.queue_key[~chosen]
             self.queue_scores = self.queue_scores[~chosen]
+            first = len(self.box_low)
             self.search(seeds, key, scores)
+            self.check_boxes(first)
+            if bar is not None:
+                bar.advance(len(self.box_low) - first)
+            if self.checked >= MIN_CHECKED and self.inconsistent > max_inconsistent * self.checked:
+                self.stopped = "not a single tree"
+            elif deadline is not None and time.monotonic() > deadline:
+                self.stopped = "deadline"
 
     def search(self, x: torch.Tensor, key: torch.Tensor, scores: torch.Tensor) -> None:
         """Binary-search both ends of every feature's interval for each seed, all in one batch per step."""
@@ -166,10 +206,15 @@ class TreePathFinding(ExtractionAttack):
     needs_pool: ClassVar[bool] = False
 
     def __init__(self, budget: int | str | Sequence[int] | None = None, tol: float = 1e-3, decimals: int = 6,
-                 starts: int = 1, batch: int = 32, max_boxes: int = 4096, defense: str | None = None,
+                 starts: int = 1, batch: int = 32, max_boxes: int = 4096, deadline: float | None = 600.0,
+                 max_inconsistent: float = 0.1, progress: bool = True, defense: str | None = None,
                  monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1,
                  transfer_samples: int = 500, seed: int = 0):
         super().__init__(budget, defense, monitor, ood_samples, transfer_eps, transfer_samples, seed)
+        if deadline is not None and deadline <= 0 or not 0 <= max_inconsistent <= 1:
+            raise ParameterError("deadline must be positive (seconds) and max_inconsistent in [0, 1]")
+        self.deadline, self.max_inconsistent = deadline, float(max_inconsistent)
+        self.progress = bool(progress)
         if not 0 < tol < 0.5:
             raise ParameterError(f"tol is a fraction of each feature's range in (0, 0.5), got {tol}")
         if decimals < 0 or starts < 1 or batch < 1 or max_boxes < 1:
@@ -199,13 +244,32 @@ class TreePathFinding(ExtractionAttack):
                                  f"the budget allows {caps[0]}")
         scores, key = explorer.ask(start)
         explorer.push(start, key, scores)
-        for budget, cap in zip(budgets or [None], caps, strict=True):
-            explorer.run(cap)
-            yield (explorer.spent if budget is None else budget), explorer.copy()
+        deadline = None if self.deadline is None else time.monotonic() + self.deadline
+        with progress(self.max_boxes, "tree: boxes found", self.progress) as bar:
+            for budget, cap in zip(budgets or [None], caps, strict=True):
+                explorer.run(cap, deadline, self.max_inconsistent, bar)
+                yield (explorer.spent if budget is None else budget), explorer.copy()
+
+    def findings(self, rows: list[dict], metrics: dict[str, Any]) -> list[Finding]:
+        out = super().findings(rows, metrics)
+        explorer = self.explorer_
+        if out and explorer.stopped == "not a single tree":
+            out[0].description = (
+                f"path finding's assumption does not hold: {explorer.inconsistent} of {explorer.checked} boxes "
+                "answer differently inside, so the model is not a single decision tree (a random forest or "
+                "boosted ensemble?); exploration stopped and the fidelity measures the attack's misfit. Use "
+                "knockoff or copycat for ensembles. " + out[0].description)
+            out[0].evidence["assumption_holds"] = False
+        elif out and explorer.stopped == "deadline":
+            out[0].description = (f"Exploration stopped at the {self.deadline:g} s deadline with "
+                                  f"{len(explorer.box_low)} boxes: the copy is partial. " + out[0].description)
+        return out
 
     def extra_metrics(self) -> dict[str, Any]:
         explorer = self.explorer_
         boxes = len(explorer.box_low)
         return {"boxes": boxes, "distinct_scores": int(len(torch.unique(explorer.box_key, dim=0))),
                 "queries_per_box": explorer.spent / boxes if boxes else None,
-                "finished": explorer.finished, "search_steps": explorer.steps}
+                "finished": explorer.finished, "search_steps": explorer.steps, "stopped": explorer.stopped or None,
+                "boxes_checked": explorer.checked, "boxes_inconsistent": explorer.inconsistent,
+                "assumption_holds": explorer.inconsistent <= self.max_inconsistent * max(explorer.checked, 1)}
