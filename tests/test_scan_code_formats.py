@@ -144,9 +144,11 @@ def test_a_pt2_the_scanner_reads_as_another_format_is_refused(tmp_path: Path) ->
         load_target(path)
 
 
-def test_unreadable_payload_config_fails_closed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", [b"{not json", b'{"config": []}',
+                                    b'{"config": {"w": {"path_name": "../sample_inputs/model.pt", "use_pickle": 0}}}'])
+def test_unreadable_payload_config_fails_closed(tmp_path: Path, config: bytes) -> None:
     path = H.export_pt2(tmp_path / "model.pt2")
-    H._rewrite(path, {"data/weights/model_weights_config.json": b"{not json"})
+    H._rewrite(path, {"data/weights/model_weights_config.json": config})
     assert severities(path)["malformed"] == "high"
 
 

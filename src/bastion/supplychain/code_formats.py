@@ -152,8 +152,9 @@ class _Pt2:
             return
         for fqn, entry in entries.items():
             path = entry.get("path_name") if isinstance(entry, dict) else None
-            if not isinstance(path, str):
-                cur.report("malformed", "high", f"payload config entry {fqn!r} has no path_name")
+            if not isinstance(path, str) or not path or "/" in path or "\\" in path or path in (".", ".."):
+                cur.report("malformed", "high", f"payload config entry {fqn!r} has no plain path_name, so which "
+                           "member its loader reads is unknown")
                 continue
             rel = f"{folder}/{path}".lower()
             base = path.lower()
