@@ -127,6 +127,7 @@ def register(app: typer.Typer) -> None:
         outputs = {option: out for option, out in (("--sarif", sarif), ("--manifest", manifest)) if out is not None}
         for option, out in outputs.items():
             check_output_file(out, paths, option)
+            prepare_output_dir(out.parent, [], f"{option} {out}: folder")
         if sarif is not None and manifest is not None and same_file(sarif, manifest):
             raise ParameterError("--sarif and --manifest name the same file")
         if convert and out_dir is not None:
@@ -138,10 +139,13 @@ def register(app: typer.Typer) -> None:
         if dynamic:
             report.findings.extend(dynamic_findings(paths, arch, data, timeout))
         console = Console(stderr=as_json)
-        if sarif is not None:
-            write_sarif(report, sarif)
-        if manifest is not None:
-            write_manifest(report, manifest)
+        try:
+            if sarif is not None:
+                write_sarif(report, sarif)
+            if manifest is not None:
+                write_manifest(report, manifest)
+        except OSError as exc:
+            raise ParameterError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
         problems = _convert(report, chosen, out_dir, console) if convert else []
         if as_json:
             sys.stdout.write(json.dumps(report.to_dict()) + "\n")

@@ -127,7 +127,7 @@ class RunStore:
         """The full id of `last`, `last~N`, an id, or a unique id prefix; a clear error otherwise."""
         if run_ref == "last" or run_ref.startswith("last~"):
             back = run_ref[5:] or "0"
-            if not back.isdigit():
+            if not back.isdigit() or len(back) > 9:
                 raise ParameterError(f"bad run {run_ref!r}: use last, or last~N for the N-th run before it")
             row = self.conn.execute("SELECT id FROM runs ORDER BY created DESC, id DESC LIMIT 1 OFFSET ?",
                                     (int(back),)).fetchone()
