@@ -101,8 +101,8 @@ def _check_source(data: Any, m: ZipMember, cur: Cursor) -> None:
         cur.report("malformed", "high", f"TorchScript code member cannot be read: {exc}")
         return
     except (UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-        cur.report("malformed", "high", f"TorchScript code cannot be parsed ({type(exc).__name__}), so what it "
-                   "calls is unknown")
+        cur.report("malformed", "high", f"TorchScript code cannot be parsed, so what it calls is unknown: "
+                   f"{type(exc).__name__}")
         return
     for use in uses:
         _report_use(cur, use)

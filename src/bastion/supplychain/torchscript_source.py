@@ -76,7 +76,7 @@ def _judge_chain(parts: list[str], where: str) -> Iterator[Use]:
         if touched:
             op = sorted(touched)[0]
             yield Use("code-file-access", "critical", name, where,
-                      f"calls {name} (aten::{op}), which creates, reads or writes a file the model names")
+                      f"calls {name}, the operator aten::{op}, which creates, reads or writes a file the model names")
     ns = _namespace(parts)
     if ns is not None and ns not in SAFE_NAMESPACES:
         yield Use("code-native-op", "high", name, where,
@@ -95,7 +95,7 @@ class _Reader(ast.NodeVisitor):
 
     def where(self) -> str:
         if self.function == "__setstate__":
-            return "__setstate__ (runs when the file is loaded)"
+            return "__setstate__, which runs when the file is loaded"
         return self.function
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
