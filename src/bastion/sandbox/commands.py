@@ -87,8 +87,10 @@ def dynamic_scan(model: str, arch: str | None, data: Dataset | None, options: Sa
     start = time.perf_counter()
     sandbox = open_sandbox(model, arch, options)
     assert sandbox is not None
-    # observing is the point: a model the static checks refuse is loaded here, inside the sandbox, all the same
-    load = {"path": model, "arch": arch, "data": data, "device": options.device, "trust": True}
+    # observing is the point: a model the static checks refuse is loaded here, inside the sandbox, all the same;
+    # never in the fallback, which isolates nothing
+    isolated = sandbox.isolation.startswith("bubblewrap")
+    load = {"path": model, "arch": arch, "data": data, "device": options.device, "trust": isolated}
     run = run_job(sandbox, "probe", {"load": load})
     if run.error is not None and "deadline" in run.error:
         run.raise_error()

@@ -23,6 +23,7 @@ TRACED = ("open", "openat", "openat2", "creat", "rename", "renameat", "renameat2
           "execveat", "fork", "vfork", "clone", "clone3", "socket", "connect", "bind", "sendto", "chdir")
 WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
 SYSTEM_LIB_DIRS = ("/lib/", "/lib64/", "/lib32/", "/usr/lib/", "/usr/lib64/", "/usr/lib32/", "/usr/local/lib/")
+NAME_SERVICE_SOCKETS = ('unix "/var/run/nscd/socket"', 'unix "/run/nscd/socket"')  # glibc's own lookups
 HARMLESS_PATHS = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/shm/", "/proc/self/",
                   "/dev/tty", "/dev/pts/")
 ATLAS = ["AML.T0010", "AML.T0011"]  # ML supply chain compromise; user execution of unsafe ML artifacts
@@ -166,6 +167,8 @@ class _Parser:
                 add("socket", family)
         elif call in ("connect", "bind", "sendto"):
             address = _address(args)
+            if address in NAME_SERVICE_SOCKETS:
+                return
             if address and (call != "sendto" or "sin" in args):
                 add("connect" if call != "bind" else "socket", f"{call} {address}")
         elif call in _PATH_CALLS:
