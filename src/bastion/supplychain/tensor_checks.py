@@ -8,6 +8,7 @@ import ast
 import io
 import json
 import struct
+import tokenize
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -103,7 +104,8 @@ def npy_dtype(data: Any, max_header: int) -> tuple[Any, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # NumPy warns when it falls back to parsing a Python-2 header
             _, _, dtype = reader(fp, max_header_size=max_header)
-    except (SyntaxError, TypeError, KeyError, IndexError, AttributeError, RecursionError, MemoryError) as exc:
+    except (SyntaxError, TypeError, KeyError, IndexError, AttributeError, RecursionError, MemoryError,
+            tokenize.TokenError) as exc:  # NumPy tokenizes Python-2 headers
         raise ValueError(f"header cannot be read ({type(exc).__name__})") from None
     return dtype, start + n
 
