@@ -18,13 +18,17 @@ def load_pickled_model(path: Path, data: Dataset | None = None, trust: bool = Fa
                        bounds: tuple[float, float] | None = None, batch_size: int | None = None,
                        arch: str | None = None,
                        **_: object) -> Target:
-    """Pickle-based files: scanned first, loaded only when the scan is clean and `trust` is set."""
+    """Pickle-based files: scanned first, loaded only when the scan is clean and `trust` is set. They may hold a
+    torch module, a state dict (with `--arch`) or a fitted scikit-learn classifier (joblib or pickle)."""
     from torch import nn
 
+    from bastion.models.estimator import estimator_target, is_estimator
     from bastion.models.factory import build
     from bastion.supplychain import load_pickled
 
     obj = load_pickled(Path(path), trust=trust)
+    if is_estimator(obj):
+        return estimator_target(obj, Path(path), data, bounds, batch_size)
     if isinstance(obj, nn.Module):
         return _target(obj, ModelMetadata(), Path(path), data, bounds, device, batch_size)
     if isinstance(obj, dict) and arch:
@@ -35,7 +39,8 @@ def load_pickled_model(path: Path, data: Dataset | None = None, trust: bool = Fa
             raise ModelLoadError(f"{path}: state dict does not fit --arch {arch} ({exc})") from None
         return _target(model, ModelMetadata(), Path(path), data, bounds, device, batch_size)
     raise ModelLoadError(
-        f"{path}: holds a {type(obj).__name__}; expected a torch.nn.Module or a state dict with --arch"
+        f"{path}: holds a {type(obj).__name__}; expected a torch.nn.Module, a state dict with --arch or a fitted "
+        "scikit-learn classifier"
     )
 
 

@@ -62,6 +62,21 @@ class PlainModule(nn.Module):
         return self.inner(x)
 
 
+def exported_in_training_mode(program: torch.export.ExportedProgram) -> bool:
+    """Whether an exported graph behaves as in training mode: an op with a `training`/`train` flag (batch norm,
+    dropout) set to True. A graph without such ops behaves the same in both modes and counts as eval."""
+    for node in program.graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        if schema is None:
+            continue
+        for index, argument in enumerate(schema.arguments):
+            if argument.name in ("training", "train"):
+                value = node.args[index] if index < len(node.args) else node.kwargs.get(argument.name)
+                if value is True:
+                    return True
+    return False
+
+
 def load_export(path: Path, data: Dataset | None = None, device: str = "auto",
                 bounds: tuple[float, float] | None = None, batch_size: int | None = None, trust: bool = False,
                 **_: object) -> TorchTarget:
@@ -74,6 +89,9 @@ def load_export(path: Path, data: Dataset | None = None, device: str = "auto",
         module = PlainModule(program.module())
     except Exception as exc:  # corrupt or incompatible archive
         raise ModelLoadError(f"{path}: corrupt torch.export file ({type(exc).__name__}: {exc})") from None
+    exported_training = exported_in_training_mode(program)
+    for sub in module.inner.modules():  # program.module() says training=True whatever the graph does
+        sub.training = exported_training
     meta = ModelMetadata.from_json(extra[METADATA_KEY])
     shape, _ = resolve_shape_and_bounds(meta, data, bounds, path)
     try:

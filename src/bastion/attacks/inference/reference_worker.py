@@ -1,0 +1,24 @@
+"""One worker of `references.train_references`: `python -m bastion.attacks.inference.reference_worker JOB OUT I,J,..`.
+
+Reads the pickled job its parent wrote a moment earlier, trains reference models I, J, ... and writes their
+log-probabilities, pickled, to OUT. A fresh interpreter, so the parent's autograd threads are never forked.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> None:
+    from bastion.attacks.inference.references import train_share
+
+    job_path, out_path, indices = argv
+    job = pickle.loads(Path(job_path).read_bytes())  # noqa: S301 - written by our parent process
+    outputs = train_share(job, [int(i) for i in indices.split(",") if i])
+    Path(out_path).write_bytes(pickle.dumps(outputs))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
