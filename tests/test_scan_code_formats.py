@@ -121,6 +121,19 @@ def test_a_clean_pickle_marked_use_pickle_is_still_refused_without_trust(tmp_pat
         load_target(path)
 
 
+def test_a_custom_object_constant_is_a_pickled_payload(tmp_path: Path, canary: Path) -> None:
+    """`custom_obj_*` constants go through TorchScript's unpickler, whatever use_pickle says."""
+    path = H.export_pt2(tmp_path / "model.pt2")
+    rel = "data/constants/model_constants_config.json"
+    config = H._config(path, rel)
+    entry = config["config"]["offset"]
+    old, entry["path_name"], entry["use_pickle"] = entry["path_name"], "custom_obj_0", False
+    H._rewrite(path, {rel: json.dumps(config).encode(), f"data/constants/{old}": None,
+                      "data/constants/custom_obj_0": H.attacker_pickle(canary)})
+    found = severities(path)
+    assert found["pickled-payload"] == "high" and found["unsafe-global"] == "critical"
+
+
 def test_sample_inputs_and_unlisted_members_are_read(tmp_path: Path, canary: Path) -> None:
     path = H.export_pt2(tmp_path / "model.pt2")
     H._rewrite(path, {"data/sample_inputs/model.pt": H.attacker_pickle(canary),
