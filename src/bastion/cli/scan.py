@@ -105,7 +105,8 @@ def dynamic_findings(paths: list[Path], arch: str | None, data: Path | None, tim
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(help="Scan model files (or folders, recursively) for code that runs when they are loaded.")
+    @app.command(help="Scan model files (or folders, recursively) for code that runs when they are loaded. "
+                      "Exit codes: 0 clean, 1 a finding at --fail-on or above, 2 bad input, 3 nothing to scan.")
     def scan(
         paths: list[Path] = typer.Argument(..., help="model files or folders"),
         as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
