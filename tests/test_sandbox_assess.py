@@ -19,7 +19,8 @@ from bastion.models.metadata import ModelMetadata
 from bastion.sandbox import SandboxOptions
 from bastion.sandbox.commands import sandboxed_attack
 
-from .test_sandbox_contain import Plain, hostile_factory, needs_sandbox, scripted, weights
+from . import hostile_models as hostile
+from .test_sandbox_contain import linear_weights, needs_sandbox
 from .test_sandbox_deadline import data_file
 
 ONLY_SUPPLY_CHAIN = "families:\n" + "".join(f"  {f}: {{enabled: false}}\n" for f in
@@ -44,25 +45,39 @@ def supply_chain(report: dict) -> dict:
 @needs_sandbox
 def test_assess_never_grades_a_hostile_models_supply_chain_a(tmp_path: Path) -> None:
     canary = tmp_path / "canary.txt"
-    canary.write_text("untouched")
-    arch = hostile_factory(tmp_path, canary, 9)
-    report = assess(tmp_path, weights(tmp_path), "--arch", arch)
+    arch = hostile.arch_factory(tmp_path, canary, ("127.0.0.1", 9))
+    report = assess(tmp_path, linear_weights(tmp_path), "--arch", arch)
     family = supply_chain(report)
-    assert family["grade"] not in ("A", "B") and canary.read_text() == "untouched"
+    assert family["grade"] not in ("A", "B") and not canary.exists()
     metrics = {f["metric"] for f in family["findings"]}
     assert {"dynamic-write", "dynamic-exec", "dynamic-connect"} <= metrics
     assert report["environment"]["sandbox"]["sandboxed"] is True
 
 
 @needs_sandbox
+def test_assess_of_a_use_pickle_pt2_refuses_it_or_grades_its_supply_chain_f(tmp_path: Path) -> None:
+    canary = tmp_path / "canary.txt"
+    model = hostile.pt2_use_pickle(tmp_path, canary, ("127.0.0.1", 9))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(ONLY_SUPPLY_CHAIN)
+    refused = subprocess.run([sys.executable, "-m", "bastion", "assess", str(model), "--data",
+                              str(data_file(tmp_path)), "--plan", str(plan), "--no-store", "--quiet", "--out",
+                              str(tmp_path / "refused")], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    family = supply_chain(assess(tmp_path, model, "--trust"))  # trusted: its payload runs, in the sandbox
+    assert family["grade"] == "F" and not canary.exists()
+    assert {"dynamic-write", "dynamic-connect"} <= {f["metric"] for f in family["findings"]}
+
+
+@needs_sandbox
 def test_assess_of_a_clean_model_is_observed_and_graded_a(tmp_path: Path) -> None:
-    family = supply_chain(assess(tmp_path, scripted(Plain(), tmp_path / "plain.pt")))
+    family = supply_chain(assess(tmp_path, hostile.torchscript_plain(tmp_path)))
     assert family["grade"] == "A"
     assert {c["name"]: c["passed"] for c in family["sanity"]}["model-code-observed"] is True
 
 
 def test_no_sandbox_is_recorded_in_the_report(tmp_path: Path) -> None:
-    report = assess(tmp_path, scripted(Plain(), tmp_path / "plain.pt"), "--no-sandbox")
+    report = assess(tmp_path, hostile.torchscript_plain(tmp_path), "--no-sandbox")
     assert report["environment"]["sandbox"] == {"sandboxed": False, "no_sandbox": True, "reason": "--no-sandbox"}
     html = (tmp_path / "report" / "report.html").read_text()
     assert "not sandboxed (--no-sandbox)" in html and "--seed 0 --no-sandbox" in html

@@ -15,7 +15,8 @@ from bastion.sandbox import SandboxOptions
 from bastion.sandbox.bwrap import bwrap_problem
 from bastion.sandbox.commands import dynamic_scan
 
-from .test_sandbox_contain import EndlessLoop, Plain, hostile_factory, scripted, weights
+from . import hostile_models as hostile
+from .test_sandbox_contain import linear_weights
 from .test_sandbox_deadline import data_file
 
 
@@ -36,7 +37,7 @@ def test_the_probe_is_cached_and_the_fallback_can_be_forced(monkeypatch: pytest.
 
 
 def test_fallback_runs_the_job_in_a_subprocess_and_says_so_once(tmp_path: Path) -> None:
-    model = scripted(Plain(), tmp_path / "plain.pt")
+    model = hostile.torchscript_plain(tmp_path)
     done = bastion("attack", "evasion", "fgsm", str(model), "--data", str(data_file(tmp_path)), "--json",
                    BASTION_SANDBOX="fallback")
     assert done.returncode == 0, done.stderr
@@ -48,7 +49,7 @@ def test_fallback_runs_the_job_in_a_subprocess_and_says_so_once(tmp_path: Path) 
 
 
 def test_fallback_still_enforces_the_deadline(tmp_path: Path) -> None:
-    model = scripted(EndlessLoop(), tmp_path / "loop.pt")
+    model = hostile.torchscript_endless(tmp_path)
     done = bastion("attack", "evasion", "pgd", str(model), "--data", str(data_file(tmp_path)), "--timeout", "3",
                    BASTION_SANDBOX="fallback")
     assert done.returncode == 2
@@ -61,10 +62,9 @@ def test_audit_hooks_observe_python_code_when_strace_is_missing(tmp_path: Path, 
                                                                 ) -> None:
     monkeypatch.setenv("BASTION_SANDBOX_OBSERVER", "audit")
     canary = tmp_path / "canary.txt"
-    canary.write_text("untouched")
-    arch = hostile_factory(tmp_path, canary, 9)
-    result = dynamic_scan(str(weights(tmp_path)), arch, None, SandboxOptions(timeout=120))
-    assert canary.read_text() == "untouched"
+    arch = hostile.arch_factory(tmp_path, canary, ("127.0.0.1", 9))
+    result = dynamic_scan(str(linear_weights(tmp_path)), arch, None, SandboxOptions(timeout=120))
+    assert not canary.exists()
     found = {f.metric: f for f in result.findings}
     assert {"dynamic-write", "dynamic-connect", "dynamic-exec"} <= set(found)
     assert found["dynamic-write"].evidence["observer"] == "audit-hook"

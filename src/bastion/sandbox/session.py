@@ -142,8 +142,9 @@ class Sandbox:
         if strace is not None and shutil.which("setpriv"):  # strace's child dies with strace, bwrap's with bwrap
             command = [shutil.which("setpriv") or "setpriv", "--pdeathsig", "KILL", "--", *command]
         try:
-            self.process = subprocess.Popen([*(strace or []), *command], stdin=subprocess.PIPE, stdout=2,
-                                            pass_fds=fds, start_new_session=True, cwd=self.scratch, env=env,
+            self.process = subprocess.Popen([*(strace or []), *command], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=fds,
+                                            start_new_session=True, cwd=self.scratch, env=env,
                                             preexec_fn=_die_with_parent())
         except OSError as exc:
             raise SandboxError(f"cannot start the sandboxed worker ({exc})") from None
@@ -151,6 +152,8 @@ class Sandbox:
             for fd in fds:
                 os.close(fd)
         self._results = read_fd
+        self._muted = False
+        threading.Thread(target=self._forward_output, args=(self.process.stdout,), daemon=True).start()
         os.set_blocking(read_fd, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(read_fd, selectors.EVENT_READ)
@@ -190,7 +193,16 @@ class Sandbox:
         self.process = None
         return observation
 
+    def _forward_output(self, stream: Any) -> None:
+        """Copy what the worker prints to our stderr (never to stdout), until the worker is killed: a dying
+        worker's last words (its tracer gone, calls fail) are noise."""
+        for line in iter(stream.readline, b""):
+            if not self._muted:
+                sys.stderr.write(line.decode(errors="replace"))
+        stream.close()
+
     def _kill(self) -> None:
+        self._muted = True
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
