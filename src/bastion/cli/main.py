@@ -11,13 +11,14 @@ import os
 import sys
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from bastion import __version__
 from bastion.core.errors import BastionError
+from bastion.core.quiet import quiet_torch_deprecations
 
+# Typer may vendor click: nothing here imports click itself.
 # command -> (module under bastion.cli that registers it, one-line help shown by `bastion --help`)
 COMMANDS = {
     "demo": ("demo", "Assess the embedded demo models (trained on first use, then cached)."),
@@ -30,7 +31,7 @@ COMMANDS = {
 }
 
 
-def load_command(name: str) -> click.Command | None:
+def load_command(name: str) -> Any:
     """Import the module behind `name` and return its click command."""
     if name not in COMMANDS:
         return None
@@ -43,7 +44,7 @@ def load_command(name: str) -> click.Command | None:
 class _Commands(dict):
     """The group's command table, filled on first look-up of each name."""
 
-    def __missing__(self, name: str) -> click.Command:
+    def __missing__(self, name: str) -> Any:
         command = load_command(name)
         if command is None:
             raise KeyError(name)
@@ -58,10 +59,10 @@ class LazyGroup(TyperGroup):
         super().__init__(*args, **kwargs)
         self.commands = _Commands(self.commands)
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(COMMANDS)
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
         if cmd_name not in COMMANDS:
             return None
         if cmd_name in self.commands or not getattr(ctx, "_bastion_help", False):
@@ -69,7 +70,7 @@ class LazyGroup(TyperGroup):
         # while the group's own help is formatted, a stub with the short help will do
         return TyperCommand(cmd_name, help=COMMANDS[cmd_name][1], short_help=COMMANDS[cmd_name][1])
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
         ctx._bastion_help = True  # type: ignore[attr-defined]
         try:
             super().format_help(ctx, formatter)
@@ -127,6 +128,7 @@ def entry_help(argv: list[str]) -> str | None:
 def run(argv: list[str] | None = None) -> None:
     """Run the CLI; exit 0 done, 1 a --fail-on threshold was crossed, 2 bad input or usage."""
     argv = sys.argv[1:] if argv is None else argv
+    quiet_torch_deprecations()
     try:
         extra = entry_help(argv)
         code = app(args=[argv[0], "--help"] if extra else argv, prog_name="bastion", standalone_mode=False)

@@ -65,6 +65,9 @@ def serve(channel: Channel, handlers: dict[str, Callable[..., Iterator[dict[str,
 
 
 def main() -> None:
+    from bastion.core.quiet import quiet_torch_deprecations
+
+    quiet_torch_deprecations()  # torch.jit's FutureWarning would reach the user's terminal through our stdout
     channel = Channel(int(sys.argv[1]))
     if os.environ.get("BASTION_SANDBOX_AUDIT") == "1":
         from bastion.sandbox.audit import install
