@@ -120,3 +120,12 @@ def test_template_spellings_and_prose() -> None:
                  "{{ x[['__cla', 'ss__']|join] }}"):
         assert any(p.severity == "critical" for p in template_problems(evil)), evil
     assert template_problems("{{ x|attr(name) }}")[0].severity == "high"
+
+
+def test_config_detection_parses_json() -> None:
+    from bastion.supplychain.detect import detect_bytes
+
+    assert detect_bytes(b'{"class_name": "x", "note": "not a model"}') == "unknown"
+    assert detect_bytes(b'{"class_name": "Sequential", "config": {"layers": []}}') == "keras-config"
+    assert detect_bytes(b'{"chat\\u005ftemplate": "{{ m.content }}"}') == "tokenizer-config"
+    assert scan_bytes(b'{"chat\\u005ftemplate": "use os.path {{ m.content }}"}').findings == []
