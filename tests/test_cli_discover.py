@@ -154,3 +154,35 @@ def test_ci_example_runs_and_compares_two_different_runs(cancer_demo, tmp_path):
     result = json.loads(run.stdout)
     ids = [v for k, v in result.items() if k.endswith("run") or k in ("before", "after")]
     assert len(ids) == 2 and ids[0] != ids[1], result
+
+
+def test_torch_jit_deprecation_never_reaches_the_terminal(digits_demo, tmp_path):
+    """torch 2.14 warns on every torch.jit.load; emulate that under any torch and check stderr stays clean."""
+    import torch
+
+    from bastion.models.export import save_model
+    from bastion.models.metadata import ModelMetadata
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    model = save_model(net, tmp_path / "net.pt", ModelMetadata(n_classes=10, input_shape=[1, 8, 8],
+                                                               bounds=[0.0, 1.0]))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import warnings\nimport torch.jit\n_load = torch.jit.load\n"
+        "def load(*a, **k):\n"
+        "    warnings.warn_explicit('`torch.jit.load` is deprecated. Please switch to `torch.export`.',\n"
+        "                           FutureWarning, 'torch/jit/_serialization.py', 176,\n"
+        "                           module='torch.jit._serialization')\n"
+        "    return _load(*a, **k)\n"
+        "torch.jit.load = load\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    probe = subprocess.run([sys.executable, "-c", f"import torch.jit; torch.jit.load({str(model)!r})"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert "is deprecated" in probe.stderr  # the emulation works: without Bastion's filter it prints
+    for extra in (["--no-sandbox"], []):
+        run = subprocess.run([sys.executable, "-m", "bastion", "attack", "evasion", "fgsm", str(model), "--data",
+                              str(digits_demo.test_path), "--eps", "0.1", "--n-samples", "10", "--device", "cpu",
+                              "--json", *extra], capture_output=True, text=True, env=env, timeout=600)
+        assert run.returncode == 0, run.stderr
+        assert "deprecated" not in run.stderr, run.stderr
