@@ -10,7 +10,7 @@ from .assess_fixtures import demo_run  # noqa: F401
 
 def test_demo_assesses_every_family_of_both_models(demo_run):  # noqa: F811
     out, assessments, store_path = demo_run
-    assert [a.title for a in assessments] == ["digits-cnn.pt", "breast-cancer-mlp.pt"]
+    assert [a.title for a in assessments] == ["digits-cnn.pt2", "breast-cancer-mlp.pt2"]
     for a in assessments:
         assert a.complete
         for fam in a.families:

@@ -45,9 +45,9 @@ SMALL_PLAN = {
 def one_network(cancer_demo, tmp_path_factory):
     """The demo breast-cancer MLP's weights saved in every format Bastion loads from bytes."""
     folder = tmp_path_factory.mktemp("formats")
-    scripted = torch.jit.load(str(cancer_demo.model_path), map_location="cpu")
+    program = torch.export.load(str(cancer_demo.model_path))  # the demo's own .pt2
     model = build(cancer_demo.arch)
-    model.load_state_dict(scripted.state_dict())
+    model.load_state_dict(program.state_dict)
     model.eval()
     lo, hi = float(cancer_demo.test.x.min()), float(cancer_demo.test.x.max())
     meta = ModelMetadata(n_classes=2, input_shape=list(cancer_demo.test.input_shape), bounds=[lo, hi])

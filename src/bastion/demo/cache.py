@@ -1,4 +1,5 @@
-"""Demo models: trained through the shared Trainer on first use and cached as TorchScript with metadata."""
+"""Demo models: trained through the shared Trainer on first use and cached as `torch.export` (.pt2) programs with
+metadata (TorchScript, which torch has deprecated, is no longer the demo's format)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from bastion.demo.models import digits_cnn, tabular_mlp
 from bastion.models.export import save_model
 from bastion.models.metadata import ModelMetadata
 
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"  # v2: .pt2 instead of TorchScript
 
 
 def cache_dir() -> Path:
@@ -65,7 +66,7 @@ def demo_model(name: str, seed: int = 0, progress: bool = True, directory: Path 
     load, train_fn, arch, bounds = _SPECS[name]
     train, test = load(seed)
     folder = (directory or cache_dir()) / "demo" / f"{CACHE_VERSION}-torch{torch.__version__.split('+')[0]}-s{seed}"
-    model_path = folder / f"{name}.pt"
+    model_path = folder / f"{name}.pt2"
     train_path, test_path = folder / f"{name}-train.npz", folder / f"{name}-test.npz"
     if not (model_path.exists() and train_path.exists() and test_path.exists()):
         folder.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,7 @@ def demo_model(name: str, seed: int = 0, progress: bool = True, directory: Path 
         hi = max(float(train.x.max()), float(test.x.max()))
         meta = ModelMetadata(n_classes=len(train.class_names), input_shape=list(train.input_shape),
                              bounds=list(bounds or (lo, hi)), class_names=train.class_names, name=name)
-        tmp = model_path.with_suffix(".tmp.pt")
+        tmp = model_path.with_suffix(".tmp.pt2")
         save_model(model, tmp, meta)
         save_npz(train, train_path)
         save_npz(test, test_path)
@@ -84,5 +85,7 @@ def demo_model(name: str, seed: int = 0, progress: bool = True, directory: Path 
 
 def demo_accuracy(model: DemoModel) -> float:
     """Test accuracy of a cached demo model."""
-    module = torch.jit.load(str(model.model_path), map_location="cpu")
+    from bastion.models import load_target
+
+    module = load_target(model.model_path, data=model.test, device="cpu").model
     return accuracy(module, model.test.x, model.test.y)
