@@ -63,8 +63,11 @@ class ActivationClustering(TrainingDataScreen):
     (possibly poisoned) training data are reduced to `dims` dimensions (PCA, or ICA as in the paper) and split by
     2-means. With `normalize` (beyond the paper) each activation vector is first scaled to unit length: ReLU
     features grow with an image's contrast and amount of ink, which on Fashion-MNIST dominated the top principal
-    components and hid a 5% checkerboard poison (TPR 0 in issue 20); the direction says which features fire. With `reclassify` (exclusionary reclassification, the paper's most reliable analysis) the smaller
-    cluster of every class is a candidate, a fresh copy of the model is trained without the candidates, and a
+    components and hid a 5% checkerboard poison (TPR 0 in issue 20); the direction says which features fire.
+    Known limit (docs/benchmarks/poisoning.md): on a 6,000-sample Fashion-MNIST BadNets set the reclassification
+    step rejected the true poison cluster (TPR 0) where `reclassify=False` found 98.7% of it.
+    With `reclassify` (exclusionary reclassification, the paper's most reliable analysis) the smaller cluster
+    of every class is a candidate, a fresh copy of the model is trained without the candidates, and a
     cluster is poison when that model gives it its own label l less often than `relabel_threshold` times its most
     frequent other label p (l/p < T; the paper leaves T to the user, 0.5 here): legitimate but unusual samples
     mostly keep their label, triggered samples of other classes do not. This also catches poison that is half
