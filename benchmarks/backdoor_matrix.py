@@ -237,7 +237,7 @@ def emit(path: Path, row: dict) -> None:
 
 def summary(path: Path) -> None:
     """Markdown tables: per (dataset, attack, rate) means over seeds and architectures; targets met."""
-    from benchmarks.common import table
+    from common import table
 
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     cells = [r for r in rows if r["cell"]["attack"] != "clean"]
@@ -272,7 +272,9 @@ def summary(path: Path) -> None:
                      for a in sorted({r["cell"]["attack"] for r in cells})}
         twins = [r for r in rows if r["cell"]["attack"] == "clean"]
         false = sum(bool(r["models"].get(m)) for r in twins)
-        print(f"{m}: exactly the true target on {np.mean(hits):.0%} of {len(hits)} backdoored models {by_attack}; "
+        planted = [h for h, r in zip(hits, cells, strict=True) if r["attack_success_rate"] >= 0.8]
+        print(f"{m}: exactly the true target on {np.mean(hits):.0%} of {len(hits)} backdoored models {by_attack} "
+              f"({np.mean(planted) if planted else float('nan'):.0%} of the {len(planted)} with ASR >= 0.8); "
               f"{false} of {len(twins)} clean twins flagged")
 
 
