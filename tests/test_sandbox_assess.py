@@ -99,3 +99,15 @@ def test_results_through_the_sandbox_equal_in_process_results(tmp_path: Path, at
         result.seconds = 0.0
         result.metrics.pop("sandbox")
     assert inside.to_dict() == outside.to_dict()
+
+
+@needs_sandbox
+def test_defend_out_leaves_the_sandbox_as_a_plain_file(tmp_path: Path) -> None:
+    model, out = hostile.torchscript_plain(tmp_path), tmp_path / "out" / "defended.pt"
+    done = subprocess.run([sys.executable, "-m", "bastion", "defend", "round", str(model), "--data",
+                           str(data_file(tmp_path)), "--attack", "fgsm", "--out", str(out), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["metrics"]["saved_to"] == str(out) and out.is_file() and not out.is_symlink()
+    assert result["metrics"]["sandbox"]["isolation"].startswith("bubblewrap")
