@@ -111,3 +111,18 @@ def test_defend_out_leaves_the_sandbox_as_a_plain_file(tmp_path: Path) -> None:
     result = json.loads(done.stdout)
     assert result["metrics"]["saved_to"] == str(out) and out.is_file() and not out.is_symlink()
     assert result["metrics"]["sandbox"]["isolation"].startswith("bubblewrap")
+
+
+@needs_sandbox
+@pytest.mark.parametrize("command", ["attack", "assess"])
+def test_a_model_named_relative_to_the_users_folder_is_found_in_the_sandbox(tmp_path: Path, command: str) -> None:
+    model, data = hostile.torchscript_plain(tmp_path), data_file(tmp_path)
+    args = {"attack": ["attack", "evasion", "fgsm", model.name, "--data", data.name, "--eps", "0.1", "--json"],
+            "assess": ["assess", model.name, "--data", data.name, "--out", "report", "--plan", "plan.yaml"]}[command]
+    (tmp_path / "plan.yaml").write_text("families:\n  privacy: {enabled: false}\n  extraction: {enabled: false}\n"
+                                        "  backdoor: {enabled: false}\n  evasion: {n_samples: 8, eps: [0.1], "
+                                        "sanity: false, attacks: {fgsm: {}}}\n")
+    done = subprocess.run([sys.executable, "-m", "bastion", *args], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "not found" not in done.stderr

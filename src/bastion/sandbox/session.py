@@ -29,6 +29,7 @@ from bastion.core.errors import BastionError
 from bastion.sandbox.bwrap import bwrap_command, bwrap_problem, readable_roots
 from bastion.sandbox.launcher import AUDIT_ENV, LAUNCHER
 from bastion.sandbox.observe import Event, Observation, parse_log, strace_command
+from bastion.sandbox.paths import with_absolute_paths
 from bastion.sandbox.policy import SandboxPolicy
 from bastion.sandbox.seccomp import build_filter
 
@@ -219,7 +220,7 @@ class Sandbox:
         """Send one job; yield its `loaded`, `result`, `outcome` and `file` messages until it ends."""
         self.start()
         try:
-            blob = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
+            blob = pickle.dumps((kind, with_absolute_paths(payload)), protocol=pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, TypeError, AttributeError, RuntimeError) as exc:
             raise SandboxError(f"cannot send the job to the sandboxed worker ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
