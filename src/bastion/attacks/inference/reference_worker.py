@@ -1,7 +1,7 @@
 """One worker of `references.train_references`: `python -m bastion.attacks.inference.reference_worker JOB OUT I,J,..`.
 
 Reads the pickled job its parent wrote a moment earlier, trains reference models I, J, ... and writes their
-log-probabilities, pickled, to OUT. A fresh interpreter, so the parent's autograd threads are never forked.
+log-probabilities to OUT (.npz, arrays only). A fresh interpreter, so the parent's autograd threads are never forked.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import pickle
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def main(argv: list[str]) -> None:
     from bastion.attacks.inference.references import train_share
@@ -17,7 +19,8 @@ def main(argv: list[str]) -> None:
     job_path, out_path, indices = argv
     job = pickle.loads(Path(job_path).read_bytes())  # noqa: S301 - written by our parent process
     outputs = train_share(job, [int(i) for i in indices.split(",") if i])
-    Path(out_path).write_bytes(pickle.dumps(outputs))
+    with open(out_path, "wb") as f:
+        np.savez(f, *outputs)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ def _in_workers(job: bytes, n_models: int, jobs: int, bar: Any) -> list[np.ndarr
         workers = []
         for w in range(jobs):
             indices = list(range(w, n_models, jobs))
-            out = Path(folder) / f"out-{w}.pkl"
+            out = Path(folder) / f"out-{w}.npz"
             command = [sys.executable, "-m", "bastion.attacks.inference.reference_worker", str(job_path), str(out),
                        ",".join(map(str, indices))]
             workers.append((subprocess.Popen(command, stdin=subprocess.DEVNULL), indices, out))
@@ -172,7 +172,8 @@ def _in_workers(job: bytes, n_models: int, jobs: int, bar: Any) -> list[np.ndarr
                 for other, _, _ in workers:
                     other.kill()
                 raise RuntimeError(f"a reference-model worker failed (exit {proc.returncode})")
-            outputs = pickle.loads(out.read_bytes())  # noqa: S301 - written by our own worker
+            with np.load(out, allow_pickle=False) as saved:  # arrays only: nothing from a worker is unpickled
+                outputs = [saved[f"arr_{k}"] for k in range(len(saved.files))]
             results.update(zip(indices, outputs, strict=True))
             bar.advance(len(indices))
     return [results[i] for i in range(n_models)]
