@@ -699,3 +699,17 @@ def _checkpoint_cases() -> list[Case]:
         strings = np.array(["a", "longer text"], dtype=np.dtypes.StringDType())
         cases.append(Case("numpy_strings.pkl", pickle.dumps(strings, 5), "low", None, "checkpoints"))
     return cases
+
+
+def mutate(seed: bytes, edits: list[tuple[str, int, int]]) -> bytes:
+    """`seed` with each (flip | insert | delete, position, byte) edit applied in turn (positions wrap around)."""
+    data = bytearray(seed)
+    for kind, pos, value in edits:
+        at = pos % (len(data) + 1)
+        if kind == "insert":
+            data[at:at] = bytes([value])
+        elif data and kind == "flip":
+            data[at % len(data)] = value
+        elif data:
+            del data[at % len(data)]
+    return bytes(data)

@@ -12,7 +12,7 @@ from bastion.supplychain import Limits, scan_bytes
 from bastion.supplychain.pickle_vm import OPCODE_BYTES
 from bastion.supplychain.policy import judge
 
-from .scan_corpus import benign_cases, bypass_cases, cpython_reads, malicious_cases
+from .scan_corpus import benign_cases, bypass_cases, cpython_reads, malicious_cases, mutate
 
 MALICIOUS = [c.data for c in malicious_cases() + bypass_cases() if len(c.data) < 200_000]
 SEEDS = MALICIOUS + [c.data for c in benign_cases() if len(c.data) < 200_000]
@@ -61,13 +61,4 @@ def test_mutated_model_files(index: int, flips: list[tuple[int, int]], cut: int)
        st.lists(st.tuples(st.sampled_from(["flip", "insert", "delete"]), st.integers(0, 1 << 20),
                           st.integers(0, 255)), min_size=1, max_size=6))
 def test_mutated_malicious_files_never_scan_clean_while_they_still_run(index: int, edits: list) -> None:
-    data = bytearray(MALICIOUS[index])
-    for kind, pos, value in edits:
-        at = pos % (len(data) + 1)
-        if kind == "insert":
-            data[at:at] = bytes([value])
-        elif data and kind == "flip":
-            data[at % len(data)] = value
-        elif data:
-            del data[at % len(data)]
-    _check(bytes(data))
+    _check(mutate(MALICIOUS[index], edits))

@@ -16,7 +16,7 @@ from bastion.supplychain.pickle_values import PickleError
 from bastion.supplychain.pickle_vm import PickleVM
 from bastion.supplychain.policy import judge
 
-from .scan_corpus import RecordingUnpickler, bypass_cases, cpython_reads, malicious_cases
+from .scan_corpus import RecordingUnpickler, bypass_cases, cpython_reads, malicious_cases, mutate
 
 PARITY = settings(max_examples=300, deadline=None, derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -119,13 +119,4 @@ _SEEDS = [c.data for c in malicious_cases() + bypass_cases()
        st.lists(st.tuples(st.sampled_from(["flip", "insert", "delete"]), st.integers(0, 1 << 16),
                           st.integers(0, 255)), min_size=1, max_size=6))
 def test_mutated_malicious_streams_match_cpython(index: int, edits: list[tuple[str, int, int]]) -> None:
-    data = bytearray(_SEEDS[index])
-    for kind, pos, value in edits:
-        at = pos % (len(data) + 1)
-        if kind == "insert":
-            data[at:at] = bytes([value])
-        elif data and kind == "flip":
-            data[at % len(data)] = value
-        elif data:
-            del data[at % len(data)]
-    _check_parity(bytes(data))
+    _check_parity(mutate(_SEEDS[index], edits))
