@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from bastion.attacks.poisoning.backdoor import BadNets, Blended
-from bastion.attacks.poisoning.base import PoisoningAttack
-from bastion.attacks.poisoning.clean_label import CleanLabel
-from bastion.attacks.poisoning.warping import WaNet
+from bastion.attacks.backdoor.backdoor import BadNets, Blended
+from bastion.attacks.backdoor.base import PoisoningAttack
+from bastion.attacks.backdoor.clean_label import CleanLabel
+from bastion.attacks.backdoor.warping import WaNet
 from bastion.core.data import Dataset, read_idx
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything

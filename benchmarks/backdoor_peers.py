@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bastion.attacks.poisoning.backdoor import BadNets, Blended
-from bastion.attacks.poisoning.warping import WaNet
+from bastion.attacks.backdoor.backdoor import BadNets, Blended
+from bastion.attacks.backdoor.warping import WaNet
 from bastion.core.data import Dataset
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything

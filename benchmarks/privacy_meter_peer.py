@@ -162,7 +162,7 @@ def bastion_attacks(model: nn.Module, data: dict[str, Dataset], recipe: dict, n_
     for label, (name, params) in bastion_configs(data, recipe, n_reference).items():
         if name == "label-only":
             continue
-        attack = get("attacks", name, "inference")(**params, n_bootstrap=0)
+        attack = get("attacks", name, "privacy")(**params, n_bootstrap=0)
         target = TorchTarget(model, (N_FEATURES,), device="cpu")
 
         def run(attack=attack, target=target) -> Scores:

@@ -102,7 +102,7 @@ def bastion_configs(data: dict[str, Dataset], recipe: dict, n_reference: int) ->
 def bastion_attacks(model: nn.Module, data: dict[str, Dataset], recipe: dict, n_reference: int) -> dict:
     out = {}
     for label, (name, params) in bastion_configs(data, recipe, n_reference).items():
-        attack = get("attacks", name, "inference")(**params, n_bootstrap=0)
+        attack = get("attacks", name, "privacy")(**params, n_bootstrap=0)
         target = TorchTarget(model, (N_FEATURES,), device="cpu")
 
         def run(attack=attack, target=target):
@@ -115,11 +115,11 @@ def bastion_attacks(model: nn.Module, data: dict[str, Dataset], recipe: dict, n_
 
 
 def art_attacks(model: nn.Module, data: dict[str, Dataset], recipe: dict) -> dict:
-    from art.attacks.inference.membership_inference import (
+    from art.attacks.privacy.membership_inference import (
         MembershipInferenceBlackBox,
         MembershipInferenceBlackBoxRuleBased,
     )
-    from art.attacks.inference.membership_inference.shadow_models import ShadowModels
+    from art.attacks.privacy.membership_inference.shadow_models import ShadowModels
     from art.estimators.classification import PyTorchClassifier
 
     class RecipeClassifier(PyTorchClassifier):

@@ -10,7 +10,7 @@ from functools import cache
 
 import torch
 
-from bastion.attacks.poisoning.backdoor import BadNets
+from bastion.attacks.backdoor.backdoor import BadNets
 from bastion.core.data import Dataset
 from bastion.core.results import AttackResult
 from bastion.core.target import TorchTarget

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from torch import nn
 
-from bastion.attacks.inference.dp_training import TrainingProcedure
+from bastion.attacks.privacy.dp_training import TrainingProcedure
 from bastion.core.data import Dataset
 from bastion.core.registry import get
 from bastion.core.target import TorchTarget
@@ -78,7 +78,7 @@ def attack(name: str, model: str = "overfit", **params):
     """Run a registered inference attack once per (name, model, params) and cache the result."""
     members, nonmembers, population = digits_split()
     target = _target({"overfit": overfit_model, "null": null_model, "dp": dp_model}[model]())
-    instance = get("attacks", name, "inference")(**params)
+    instance = get("attacks", name, "privacy")(**params)
     with single_thread():
         result = instance.run(target, members=members, nonmembers=nonmembers, population=population)
     return result, instance

@@ -35,7 +35,7 @@ def base(quick_plan):  # noqa: F811
     ({"families": {"evasion": {"attacks": {"pgdd": {}}}}}, "unknown evasion attack 'pgdd'"),
     ({"families": {"evasion": {"attacks": {"pgd": {"stepz": 3}}}}}, "has no parameter 'stepz'"),
     ({"families": {"evasion": {"attacks": {"pgd": {"eps": 3}}}}}, "is set by the plan itself"),
-    ({"families": {"privacy": {"attacks": ["lira", "nope"]}}}, "unknown inference attack 'nope'"),
+    ({"families": {"privacy": {"attacks": ["lira", "nope"]}}}, "unknown privacy attack 'nope'"),
     ({"families": {"extraction": {"pool_fraction": 0.95}}}, "pool_fraction must be <= 0.9"),
     ({"families": {"backdoor": {"scanners": {"neural-cleanse": {"stepz": 1}}}}}, "has no parameter 'stepz'"),
     ({"families": {"supply_chain": {"paths": [1]}}}, "list of strings"),

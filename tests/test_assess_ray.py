@@ -36,8 +36,8 @@ def test_ray_backend_gives_the_local_findings(cancer_inputs, quick_plan):  # noq
     plan = quick_plan.merged({"families": {"extraction": False}})  # the slowest family adds nothing here
     from bastion.assess.ray_backend import RayBackend
     from bastion.assess.ray_references import references_on_ray
-    from bastion.attacks.inference import reference_attack
-    from bastion.attacks.inference.references import ReferenceSpec, balanced_masks
+    from bastion.attacks.privacy import reference_attack
+    from bastion.attacks.privacy.references import ReferenceSpec, balanced_masks
     from bastion.core.training import Trainer
 
     threads = torch.get_num_threads()

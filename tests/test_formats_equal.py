@@ -20,7 +20,7 @@ from bastion.assess.defaults import default_plan
 from bastion.assess.inputs import Inputs
 from bastion.assess.runner import Runner
 from bastion.assess.scoring import BLACK_BOX_NOTE
-from bastion.attacks.inference import references
+from bastion.attacks.privacy import references
 from bastion.core.data import Dataset, save_npz
 from bastion.core.errors import ModelLoadError
 from bastion.evaluation.checks import check_setup

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from bastion.attacks.poisoning.backdoor import BadNets, Blended
-from bastion.attacks.poisoning.clean_label import CleanLabel
-from bastion.attacks.poisoning.label_flip import LabelFlip
-from bastion.attacks.poisoning.triggers import apply_blend, apply_patch, blend_pattern, checkerboard
-from bastion.attacks.poisoning.warping import WaNet, apply_warp, identity_grid, warping_grid
+from bastion.attacks.backdoor.backdoor import BadNets, Blended
+from bastion.attacks.backdoor.clean_label import CleanLabel
+from bastion.attacks.backdoor.label_flip import LabelFlip
+from bastion.attacks.backdoor.triggers import apply_blend, apply_patch, blend_pattern, checkerboard
+from bastion.attacks.backdoor.warping import WaNet, apply_warp, identity_grid, warping_grid
 from bastion.core import registry
 from bastion.core.data import load_dataset
 from bastion.core.errors import ParameterError
@@ -167,5 +167,5 @@ def test_bad_parameters_and_missing_inputs_are_clear_errors():
 def test_attacks_are_registered_for_the_cli():
     for name, cls in (("badnets", BadNets), ("blended", Blended), ("labelflip", LabelFlip),
                       ("clean-label", CleanLabel), ("wanet", WaNet)):
-        assert registry.get("attacks", name, "poisoning") is cls
+        assert registry.get("attacks", name, "backdoor") is cls
         assert cls.dataset_params == ("train_data",)

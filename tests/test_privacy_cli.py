@@ -1,4 +1,4 @@
-"""`bastion attack inference ...`: the JSON contract and clear errors, end to end through the CLI."""
+"""`bastion attack privacy ...`: the JSON contract and clear errors, end to end through the CLI."""
 
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_lira_json_contract(files):
-    run = bastion("attack", "inference", "lira", files["model"], "--arch", ARCH, "--members", files["members"],
+    run = bastion("attack", "privacy", "lira", files["model"], "--arch", ARCH, "--members", files["members"],
                   "--nonmembers", files["nonmembers"], "--population", files["population"], "--epochs", "100",
                   "--batch-size", "32", "--n-reference", "4", "--device", "cpu", "--json")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
-    assert out["family"] == "inference" and out["attack"] == "lira"
+    assert out["family"] == "privacy" and out["attack"] == "lira"
     assert out["params"]["arch"] == ARCH and out["params"]["n_reference"] == 4
     metrics = out["metrics"]
     assert 0.5 < metrics["auc"] <= 1 and len(metrics["auc_ci"]) == 2
@@ -49,13 +49,13 @@ def test_lira_json_contract(files):
 
 
 def test_inversion_through_the_cli_fails_on_high(files):
-    run = bastion("attack", "inference", "inversion", files["model"], "--arch", ARCH, "--data", files["population"],
+    run = bastion("attack", "privacy", "inversion", files["model"], "--arch", ARCH, "--data", files["population"],
                   "--steps", "50", "--device", "cpu", "--json", "--fail-on", "high")
     assert run.returncode == 1, run.stderr  # every digit is recovered: a high finding
     assert json.loads(run.stdout)["metrics"]["matching_rate"] >= 0.9
 
 
 def test_reference_attacks_without_a_population_or_arch_fail_clearly(files):
-    run = bastion("attack", "inference", "lira", files["model"], "--arch", ARCH, "--members", files["members"],
+    run = bastion("attack", "privacy", "lira", files["model"], "--arch", ARCH, "--members", files["members"],
                   "--device", "cpu")
     assert run.returncode == 2 and "--nonmembers" in run.stderr and "Traceback" not in run.stderr

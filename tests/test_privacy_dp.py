@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from bastion.attacks.inference.dp_audit import DPAudit, epsilon_lower_bound, p_value
-from bastion.attacks.inference.dp_training import TrainingProcedure
+from bastion.attacks.privacy.dp_audit import DPAudit, epsilon_lower_bound, p_value
+from bastion.attacks.privacy.dp_training import TrainingProcedure
 from bastion.core.errors import ParameterError
 from bastion.core.training import Trainer
 from bastion.evaluation.metrics import roc_curve

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bastion.attacks.inference.attribute import AttributeInference, candidate_values
-from bastion.attacks.inference.inversion import ModelInversion
+from bastion.attacks.privacy.attribute import AttributeInference, candidate_values
+from bastion.attacks.privacy.inversion import ModelInversion
 from bastion.core.data import Dataset
 from bastion.core.errors import DataError, ParameterError
 from bastion.core.results import AttackResult

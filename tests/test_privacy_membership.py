@@ -8,10 +8,10 @@ import torch
 from sklearn.ensemble import RandomForestClassifier
 from torch import nn
 
-from bastion.attacks.inference.base import logit_confidence, split_dataset
-from bastion.attacks.inference.lira import lira_scores
-from bastion.attacks.inference.references import ReferenceSpec, balanced_masks, train_references
-from bastion.attacks.inference.rmia import rmia_scores
+from bastion.attacks.privacy.base import logit_confidence, split_dataset
+from bastion.attacks.privacy.lira import lira_scores
+from bastion.attacks.privacy.references import ReferenceSpec, balanced_masks, train_references
+from bastion.attacks.privacy.rmia import rmia_scores
 from bastion.core.data import Dataset
 from bastion.core.errors import AccessError, DataError, ParameterError
 from bastion.core.registry import get
@@ -129,9 +129,9 @@ def test_results_reproduce_for_a_seed():
     first, _ = attack("rmia", **RMIA)
     members, nonmembers, population = digits_split()
     with single_thread():
-        again = get("attacks", "rmia", "inference")(**RMIA).run(overfit_target(), members=members,
+        again = get("attacks", "rmia", "privacy")(**RMIA).run(overfit_target(), members=members,
                                                                nonmembers=nonmembers, population=population)
-        other = get("attacks", "rmia", "inference")(**{**RMIA, "seed": 1}).run(
+        other = get("attacks", "rmia", "privacy")(**{**RMIA, "seed": 1}).run(
             overfit_target(), members=members, nonmembers=nonmembers, population=population)
     assert again.metrics == first.metrics
     assert other.metrics["auc"] != first.metrics["auc"]
@@ -158,7 +158,7 @@ def test_scikit_learn_target_references_are_clones():
     forest = RandomForestClassifier(n_estimators=30, random_state=0).fit(members.x, members.y)
     target = FunctionTarget(forest.predict_proba, 10, (64,))
     target.estimator = forest
-    result = get("attacks", "rmia", "inference")().run(target, members=members, nonmembers=nonmembers,
+    result = get("attacks", "rmia", "privacy")().run(target, members=members, nonmembers=nonmembers,
                                                        population=population)
     assert tpr(result, 0.01)[0] > 0.1  # a fully grown forest memorises its training set
     assert result.metrics["reference_test_accuracy"] > 0.85
@@ -204,12 +204,12 @@ def test_rmia_scores_are_fractions_ordered_by_ratio():
 def test_a_pytorch_target_needs_its_architecture():
     members, nonmembers, population = digits_split()
     with pytest.raises(ParameterError, match="--arch"):
-        get("attacks", "lira", "inference")().run(overfit_target(), members=members, nonmembers=nonmembers)
+        get("attacks", "lira", "privacy")().run(overfit_target(), members=members, nonmembers=nonmembers)
 
 
 def test_missing_or_mismatched_data_is_a_clear_error():
     members, nonmembers, _ = digits_split()
-    lira = get("attacks", "lira", "inference")(arch=mlp)
+    lira = get("attacks", "lira", "privacy")(arch=mlp)
     with pytest.raises(DataError, match="--nonmembers"):
         lira.run(overfit_target(), members=members)
     with pytest.raises(DataError):
@@ -219,14 +219,14 @@ def test_missing_or_mismatched_data_is_a_clear_error():
 def test_score_attacks_refuse_label_only_targets():
     members, nonmembers, _ = digits_split()
     with pytest.raises(AccessError):
-        get("attacks", "loss", "inference")().run(overfit_target().restrict("labels"), members=members,
+        get("attacks", "loss", "privacy")().run(overfit_target().restrict("labels"), members=members,
                                                   nonmembers=nonmembers)
 
 
 def test_population_is_split_from_non_members_when_missing():
     members, nonmembers, _ = digits_split()
     with single_thread():
-        result = get("attacks", "rmia", "inference")(arch=mlp, n_reference=1, epochs=5).run(
+        result = get("attacks", "rmia", "privacy")(arch=mlp, n_reference=1, epochs=5).run(
             overfit_target(), members=members, nonmembers=nonmembers)
     assert result.metrics["population_from_nonmembers"] is True
     assert result.metrics["n_nonmembers"] == 150
@@ -244,16 +244,16 @@ def test_one_dataset_is_split_three_ways():
 
 def test_bad_parameters_are_refused():
     with pytest.raises(ParameterError):
-        get("attacks", "lira", "inference")(mode="sideways")
+        get("attacks", "lira", "privacy")(mode="sideways")
     with pytest.raises(ParameterError, match="n_reference"):
-        get("attacks", "lira", "inference")(n_reference=2)
+        get("attacks", "lira", "privacy")(n_reference=2)
     with pytest.raises(ParameterError):
-        get("attacks", "label-only", "inference")(method="telepathy")
+        get("attacks", "label-only", "privacy")(method="telepathy")
 
 
 def test_attacks_are_registered_with_their_datasets():
     for name in ("loss", "shadow", "lira", "rmia", "label-only", "attribute"):
-        cls = get("attacks", name, "inference")
+        cls = get("attacks", name, "privacy")
         assert cls.dataset_params == ("members", "nonmembers", "population")
-    assert get("attacks", "inversion", "inference").dataset_params == ("members",)
+    assert get("attacks", "inversion", "privacy").dataset_params == ("members",)
     assert isinstance(mlp(), nn.Module)

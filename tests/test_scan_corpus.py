@@ -43,7 +43,7 @@ def test_findings_locate_the_opcode(tmp_path: Path) -> None:
     case = next(c for c in MALICIOUS if c.name == "torch_data_pkl.pt")
     path = write_cases([case], tmp_path)[0]
     finding = next(f for f in scan_path(path).findings if f.evidence.get("global") == "os.system")
-    assert finding.family == "supply-chain" and finding.severity == "critical"
+    assert finding.family == "supply_chain" and finding.severity == "critical"
     assert finding.evidence["file"] == str(path)
     assert finding.evidence["member"] == "archive/data.pkl"
     assert finding.evidence["offset"] == 2 and finding.evidence["opcode"] == "GLOBAL"

@@ -62,7 +62,7 @@ def test_store_path_from_environment(monkeypatch, tmp_path):
 
 
 def test_compare_shows_metric_and_finding_changes():
-    leak = Finding(title="loss leaks", family="inference", severity="medium", metric="tpr_at_1pct_fpr",
+    leak = Finding(title="loss leaks", family="privacy", severity="medium", metric="tpr_at_1pct_fpr",
                    evidence={"attack": "loss"})
     before = assessment("before", "high", 0.1, [leak])
     after = assessment("after", "low", 0.6, [Finding(title="new", family="evasion", severity="high",

@@ -101,7 +101,7 @@ def privacy_section(inputs: Inputs, info: ModelInfo, gpu: bool) -> dict[str, Any
         attacks["loss"] = {}
         if (info.white_box and inputs.arch) or info.estimator:
             attacks["lira"] = {"n_reference": 8 if gpu else 4, "mode": "online"}
-    elif registered("attacks", "inference", "label-only"):
+    elif registered("attacks", "privacy", "label-only"):
         attacks["label-only"] = {}
     return {"enabled": True, "n_members": n, "n_nonmembers": n, "attacks": attacks}
 

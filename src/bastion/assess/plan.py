@@ -24,7 +24,7 @@ FAMILIES = ("evasion", "privacy", "extraction", "backdoor", "supply_chain")
 # Where each family's attack names live in the registry: (kind, registry family).
 ATTACK_SOURCES = {
     "evasion": ("attacks", "evasion"),
-    "privacy": ("attacks", "inference"),
+    "privacy": ("attacks", "privacy"),
     "extraction": ("attacks", "extraction"),
     "backdoor": ("defenses", "detect"),
 }
@@ -64,7 +64,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "enabled": _ENABLED,
         "n_members": Key("int", "training records (from --train-data) used as members", minimum=2),
         "n_nonmembers": Key("int", "held-out records (from --data) used as non-members", minimum=2),
-        "attacks": Key("attacks", "membership-inference attacks (family inference) and their parameters"),
+        "attacks": Key("attacks", "membership-inference attacks (family privacy) and their parameters"),
     },
     "extraction": {
         "enabled": _ENABLED,

@@ -26,7 +26,7 @@ def references_on_ray(gpu_fraction: float = 0.25) -> Iterator[bool]:
     try:
         import ray
 
-        from bastion.attacks.inference import reference_attack, references
+        from bastion.attacks.privacy import reference_attack, references
     except ImportError:
         yield False
         return

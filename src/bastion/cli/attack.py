@@ -13,13 +13,16 @@ from bastion.core.errors import ParameterError
 from bastion.sandbox import SandboxOptions
 from bastion.sandbox.commands import no_sandbox_option, path_arguments, sandboxed_attack, timeout_option
 
+# Family words of earlier releases, still accepted on the command line (JSON and docs use the new ones).
+FORMER_NAMES = {"inference": "privacy", "poisoning": "backdoor", "supply-chain": "supply_chain"}
+
 
 def register(app: typer.Typer) -> None:
     @app.command(context_settings=EXTRA_ARGS, help="Run one attack against a model. Extra --name value pairs are "
                  "the attack's parameters (see `bastion list attacks`).")
     def attack(
         ctx: typer.Context,
-        family: str = typer.Argument(..., help="evasion, poisoning, extraction or inference"),
+        family: str = typer.Argument(..., help="evasion, backdoor, extraction or privacy"),
         name: str = typer.Argument(..., help="attack name, e.g. pgd"),
         model: str = typer.Argument(..., help="model file or http(s) URL"),
         data: Path | None = typer.Option(None, "--data", help="evaluation data (.npz, .csv, image folder, IDX)"),
@@ -38,6 +41,7 @@ def register(app: typer.Typer) -> None:
         no_sandbox: bool = no_sandbox_option(),
         timeout: float | None = timeout_option(),
     ) -> None:
+        family = FORMER_NAMES.get(family, family)
         cls = registry.get("attacks", name, family)
         evaluation = load_data(data, label, n_samples)
         defaults = {"seed": seed, "arch": arch}

@@ -66,7 +66,7 @@ class Observation:
             targets = list(dict.fromkeys(e.target for e in hits))
             out.append(Finding(
                 title=f"{title}: {', '.join(targets[:3])}{' ...' if len(targets) > 3 else ''}",
-                family="supply-chain", severity=severity, metric=f"dynamic-{kind}", value=float(len(hits)),
+                family="supply_chain", severity=severity, metric=f"dynamic-{kind}", value=float(len(hits)),
                 evidence={"rule": f"dynamic-{kind}", "targets": targets[:50], "attempts": len(hits),
                           "succeeded": sum(e.succeeded for e in hits), "observer": self.observer,
                           "calls": sorted({e.call for e in hits})},

@@ -131,7 +131,7 @@ class Cursor:
         description, recommendation = RULES[rule]
         self.sink.findings[key] = Finding(
             title=f"{title} ({where}{at})",
-            family="supply-chain",
+            family="supply_chain",
             severity=severity,  # type: ignore[arg-type]
             metric=rule,
             evidence={"file": self.sink.file, "member": self.member, "offset": offset, "rule": rule, "opcode": None,

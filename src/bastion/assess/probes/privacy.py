@@ -21,7 +21,7 @@ ROC_POINTS = 120
 
 
 def attack_class(name: str) -> type:
-    return get("attacks", name, "inference")
+    return get("attacks", name, "privacy")
 
 
 def roc_on_grid(fpr: np.ndarray, tpr: np.ndarray, n_negative: int) -> dict[str, list[float]]:
@@ -37,7 +37,7 @@ def privacy_sanity_finding(check: SanityCheck) -> Finding:
     too small to resolve low false-positive rates (a measurement limit, not a weakness)."""
     return Finding(
         title=f"sanity check '{check.name}' failed: membership leakage may be underestimated",
-        family="inference", severity="info" if check.name == "fpr-resolution" else "low",
+        family="privacy", severity="info" if check.name == "fpr-resolution" else "low",
         metric=f"sanity:{check.name}",
         evidence={"check": check.name, "detail": check.detail}, atlas=["AML.T0024.000"],
         owasp=["ML04:2023 Membership Inference Attack"], description=check.detail,

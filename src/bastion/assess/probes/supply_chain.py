@@ -25,7 +25,7 @@ def scan(paths: list[str]) -> AttackResult:
     findings = list(report.findings)
     for error in report.errors:  # a file that cannot be read cannot be proven safe
         findings.append(Finding(
-            title=f"could not scan: {error}", family="supply-chain", severity="medium", metric="unreadable",
+            title=f"could not scan: {error}", family="supply_chain", severity="medium", metric="unreadable",
             evidence={"file": error.split(":", 1)[0], "rule": "unreadable"}, atlas=list(ATLAS), owasp=list(OWASP),
             description="The file could not be read, so it could not be proven safe.",
             recommendation="Check the path and permissions, then scan again before loading the file."))

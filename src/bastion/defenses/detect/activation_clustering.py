@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bastion.attacks.poisoning.base import reset_copy
-from bastion.attacks.poisoning.findings import POISON_ATLAS, POISON_OWASP
+from bastion.attacks.backdoor.base import reset_copy
+from bastion.attacks.backdoor.findings import POISON_ATLAS, POISON_OWASP
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
@@ -162,12 +162,12 @@ def screening_findings(defense: str, metrics: dict) -> list[Finding]:
     """A finding when a training-data screen flags poisoned classes (critical with no ground truth to check)."""
     suspects = metrics.get("poisoned_classes", [])
     if not suspects:
-        return [Finding(title=f"{defense} finds no poisoned class", family="poisoning", severity="info",
+        return [Finding(title=f"{defense} finds no poisoned class", family="backdoor", severity="info",
                         metric="n_flagged", value=0.0, evidence={"defense": defense}, atlas=["AML.T0020"])]
     return [Finding(
         title=f"{defense} flags {metrics['n_flagged']} training samples in class(es) "
               f"{', '.join(map(str, suspects))}",
-        family="poisoning", severity="high", metric="n_flagged", value=float(metrics["n_flagged"]),
+        family="backdoor", severity="high", metric="n_flagged", value=float(metrics["n_flagged"]),
         evidence={k: v for k, v in metrics.items() if k != "classes"}, atlas=POISON_ATLAS, owasp=POISON_OWASP,
         description="Part of the training set forms a separate cluster in the model's representation.",
         recommendation="Inspect the flagged samples, remove them and retrain.",

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bastion.attacks.poisoning.base import reset_copy
+from bastion.attacks.backdoor.base import reset_copy
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register

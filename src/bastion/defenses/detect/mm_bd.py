@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bastion.attacks.poisoning.findings import POISON_ATLAS
+from bastion.attacks.backdoor.findings import POISON_ATLAS
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
@@ -106,7 +106,7 @@ def mm_bd_finding(metrics: dict[str, Any]) -> Finding:
         return Finding(
             title=f"mm-bd: class {metrics['top_class']} reaches an abnormally large logit margin "
                   f"(p = {metrics['p_value']:.2g})",
-            family="poisoning", severity="critical", metric="p_value", value=metrics["p_value"],
+            family="backdoor", severity="critical", metric="p_value", value=metrics["p_value"],
             threshold=metrics["significance"], evidence=evidence, atlas=POISON_ATLAS,
             owasp=["ML10:2023 Model Poisoning"],
             description="Some input pattern drives the model to this class far more strongly than any input drives "
@@ -116,7 +116,7 @@ def mm_bd_finding(metrics: dict[str, Any]) -> Finding:
     return Finding(
         title=f"mm-bd finds no evidence of a backdoor (largest margin: class {metrics['top_class']}, "
               f"p = {metrics['p_value']:.2g})",
-        family="poisoning", severity="info", metric="p_value", value=metrics["p_value"],
+        family="backdoor", severity="info", metric="p_value", value=metrics["p_value"],
         threshold=metrics["significance"], evidence=evidence, atlas=["AML.T0018"],
         description="No class's maximum margin stands out from the others. This is not proof of a clean model: "
                     "input-specific triggers (e.g. WaNet's warping) can evade margin statistics.")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bastion.attacks.poisoning.findings import backdoor_finding
+from bastion.attacks.backdoor.findings import backdoor_finding
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register

@@ -79,7 +79,7 @@ def removal_finding(metrics: dict) -> Finding:
         checked = f" (TPR {metrics['tpr']:.1%}, FPR {metrics['fpr']:.1%} against the known poison)"
     return Finding(
         title=f"spectral marks {metrics['n_flagged']} training samples as the likeliest poison{checked}",
-        family="poisoning", severity="info", metric="n_flagged", value=float(metrics["n_flagged"]),
+        family="backdoor", severity="info", metric="n_flagged", value=float(metrics["n_flagged"]),
         evidence={k: v for k, v in metrics.items() if k != "classes"}, atlas=["AML.T0020"],
         description="The samples with the strongest spectral signature in each class.",
         recommendation="Remove the flagged samples and retrain; confirm with activation-clustering.",

@@ -94,7 +94,7 @@ def strip_finding(metrics: dict) -> Finding:
     rate = metrics["detection_rate"]
     return Finding(
         title=f"STRIP flags {rate:.1%} of the suspect inputs as triggered at {metrics['frr']:.1%} false rejection",
-        family="poisoning", severity="high" if rate >= 0.5 else "medium" if rate >= 0.1 else "info",
+        family="backdoor", severity="high" if rate >= 0.5 else "medium" if rate >= 0.1 else "info",
         metric="detection_rate", value=rate, threshold=metrics["frr"],
         evidence={k: v for k, v in metrics.items()}, atlas=["AML.T0018"], owasp=["ML10:2023 Model Poisoning"],
         description="Inputs whose prediction survives superimposition carry a trigger the model obeys.",

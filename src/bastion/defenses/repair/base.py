@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bastion.attacks.poisoning.base import predict
+from bastion.attacks.backdoor.base import predict
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.results import Finding
@@ -101,13 +101,13 @@ def repair_finding(defense: str, metrics: dict) -> Finding:
     ca = f"clean accuracy {before['clean_accuracy']:.1%} → {after['clean_accuracy']:.1%}"
     if "der" not in metrics:
         return Finding(title=f"{defense}: {ca} (no triggered inputs given to measure the backdoor)",
-                       family="poisoning", severity="info", metric="clean_accuracy", value=after["clean_accuracy"],
+                       family="backdoor", severity="info", metric="clean_accuracy", value=after["clean_accuracy"],
                        threshold=before["clean_accuracy"], evidence=metrics)
     asr = after["attack_success_rate"]
     return Finding(
         title=f"{defense}: attack success {before['attack_success_rate']:.1%} → {asr:.1%}, {ca}, "
               f"DER {metrics['der']:.2f}",
-        family="poisoning", severity="high" if asr >= 0.5 else "medium" if asr >= 0.2 else "info",
+        family="backdoor", severity="high" if asr >= 0.5 else "medium" if asr >= 0.2 else "info",
         metric="attack_success_rate", value=asr, threshold=before["attack_success_rate"], evidence=metrics,
         atlas=["AML.T0018"], owasp=["ML10:2023 Model Poisoning"],
         description="The repaired model's residual backdoor, measured on triggered inputs.",

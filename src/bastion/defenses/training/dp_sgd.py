@@ -150,20 +150,20 @@ class DPSGD(TrainingDefense):
         findings = [Finding(
             title=f"dp-sgd: trained with (ε = {epsilon:.3g}, δ = {self.delta:g})-differential privacy "
                   f"(σ = {sigma:.3g}, q = {rate:.3g}, {steps} steps, {self.accountant.upper()} accountant)",
-            family="inference", severity="info", metric="epsilon", value=epsilon, threshold=self.target_epsilon,
+            family="privacy", severity="info", metric="epsilon", value=epsilon, threshold=self.target_epsilon,
             evidence={k: metrics[k] for k in ("noise_multiplier", "sample_rate", "steps", "max_grad_norm")})]
         if replaced:
             findings.append(Finding(
                 title=f"dp-sgd replaced {len(replaced)} BatchNorm layer(s) by GroupNorm: BatchNorm mixes the samples "
                       "of a batch, which per-sample privacy cannot allow",
-                family="inference", severity="info", metric="layers_replaced", value=float(len(replaced)),
+                family="privacy", severity="info", metric="layers_replaced", value=float(len(replaced)),
                 evidence={"layers": replaced},
                 recommendation="The hardened model's architecture differs: save it as .pt or .onnx, or give "
                                "--arch a factory that uses GroupNorm before saving .safetensors."))
         if self.delta >= 1.0 / n:
             findings.append(Finding(
                 title=f"dp-sgd: delta {self.delta:g} is not below 1/n = {1 / n:.3g}; the guarantee is weak",
-                family="inference", severity="medium", metric="delta", value=self.delta, threshold=1.0 / n,
+                family="privacy", severity="medium", metric="delta", value=self.delta, threshold=1.0 / n,
                 recommendation="Choose delta well below 1/n (e.g. 1/(10·n))."))
         return model, metrics, findings
 
@@ -174,7 +174,7 @@ class DPSGD(TrainingDefense):
         k = min(len(train_data), len(data))
         order = np.random.default_rng(self.seed).permutation(len(train_data))[:k]
         members, nonmembers = train_data.subset(order, name="members"), data.head(k)
-        attack = registry.get("attacks", self.mia_attack, "inference")(seed=self.seed)
+        attack = registry.get("attacks", self.mia_attack, "privacy")(seed=self.seed)
         rows = {}
         for when, target in (("before", before), ("after", after)):
             result = attack.run(target, None, members=members, nonmembers=nonmembers)
@@ -192,7 +192,7 @@ class DPSGD(TrainingDefense):
             title=f"dp-sgd: {self.mia_attack} membership TPR at 1% FPR {rows['before']['tpr_at_1pct_fpr']:.1%} -> "
                   f"{rows['after']['tpr_at_1pct_fpr']:.1%}, AUC {rows['before']['auc']:.3f} -> "
                   f"{rows['after']['auc']:.3f}",
-            family="inference", severity="info", metric="tpr_at_1pct_fpr_change", value=change,
+            family="privacy", severity="info", metric="tpr_at_1pct_fpr_change", value=change,
             evidence=membership,
             description="The 'before' model is assumed to have been trained on the same training records.")
         return {"membership": membership}, [finding]

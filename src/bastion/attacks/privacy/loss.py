@@ -14,7 +14,7 @@ from bastion.core.target import Target
 from .base import MembershipAttack, MembershipData, target_log_probs, true_log_prob
 
 
-@register("attacks", "loss", family="inference")
+@register("attacks", "loss", family="privacy")
 class LossAttack(MembershipAttack):
     """LOSS threshold membership attack (Yeom et al. 2018): lower loss, more likely a member.
 

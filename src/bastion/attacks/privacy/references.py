@@ -164,7 +164,7 @@ def _in_workers(job: bytes, n_models: int, jobs: int, bar: Any) -> list[np.ndarr
         for w in range(jobs):
             indices = list(range(w, n_models, jobs))
             out = Path(folder) / f"out-{w}.npz"
-            command = [sys.executable, "-m", "bastion.attacks.inference.reference_worker", str(job_path), str(out),
+            command = [sys.executable, "-m", "bastion.attacks.privacy.reference_worker", str(job_path), str(out),
                        ",".join(map(str, indices))]
             workers.append((subprocess.Popen(command, stdin=subprocess.DEVNULL), indices, out))
         for proc, indices, out in workers:

@@ -22,7 +22,7 @@ from .base import MembershipAttack, MembershipData, check_int
 from .boundary import boundary_distance
 
 
-@register("attacks", "label-only", family="inference")
+@register("attacks", "label-only", family="privacy")
 class LabelOnlyAttack(MembershipAttack):
     """Label-only membership inference: the gap attack or the decision-boundary distance (Choquette-Choo 2021)."""
 

@@ -1,4 +1,4 @@
-"""One worker of `references.train_references`: `python -m bastion.attacks.inference.reference_worker JOB OUT I,J,..`.
+"""One worker of `references.train_references`: `python -m bastion.attacks.privacy.reference_worker JOB OUT I,J,..`.
 
 Reads the pickled job its parent wrote a moment earlier, trains reference models I, J, ... and writes their
 log-probabilities to OUT (.npz, arrays only). A fresh interpreter, so the parent's autograd threads are never forked.
@@ -14,7 +14,7 @@ import numpy as np
 
 
 def main(argv: list[str]) -> None:
-    from bastion.attacks.inference.references import train_share
+    from bastion.attacks.privacy.references import train_share
 
     job_path, out_path, indices = argv
     job = pickle.loads(Path(job_path).read_bytes())  # noqa: S301 - written by our parent process

@@ -46,7 +46,7 @@ def marginal(probs: np.ndarray, out_mask: np.ndarray, online: bool, a: float) ->
     return 0.5 * ((1 + a) * mean_out + (1 - a))
 
 
-@register("attacks", "rmia", family="inference")
+@register("attacks", "rmia", family="privacy")
 class RMIA(ReferenceAttack):
     """RMIA (Zarifzadeh et al. 2024): pairwise likelihood ratios against population records; 1-2 models suffice."""
 

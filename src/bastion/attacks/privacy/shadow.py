@@ -38,7 +38,7 @@ def attack_features(log_probs: np.ndarray, y: np.ndarray, top_k: int = 10) -> np
     return torch.cat([top, true, phi, correct, onehot], dim=1).numpy()
 
 
-@register("attacks", "shadow", family="inference")
+@register("attacks", "shadow", family="privacy")
 class ShadowModelAttack(ReferenceAttack):
     """Shadow-model attack (Shokri et al. 2017): a classifier trained on shadow models' in/out outputs."""
 

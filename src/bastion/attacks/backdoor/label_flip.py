@@ -7,12 +7,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from bastion.attacks.poisoning.base import Poisoned, PoisoningAttack, choose
+from bastion.attacks.backdoor.base import Poisoned, PoisoningAttack, choose
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 
 
-@register("attacks", "labelflip", family="poisoning",
+@register("attacks", "labelflip", family="backdoor",
           summary="random or targeted label flipping of the training set (Biggio 2012)")
 class LabelFlip(PoisoningAttack):
     """Label-flipping poisoning (Biggio, Nelson & Laskov, "Poisoning Attacks against SVMs", ICML 2012, random

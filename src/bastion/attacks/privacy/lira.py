@@ -55,7 +55,7 @@ def lira_scores(phi_target: torch.Tensor, phi_ref: torch.Tensor, in_mask: torch.
     return _normal_logpdf(phi_target, mu_in, sd_in) - _normal_logpdf(phi_target, mu_out, sd_out)
 
 
-@register("attacks", "lira", family="inference")
+@register("attacks", "lira", family="privacy")
 class LiRA(ReferenceAttack):
     """Likelihood-ratio attack (Carlini et al. 2022): online, offline, per-record or fixed variance.
 

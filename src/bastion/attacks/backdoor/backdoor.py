@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from bastion.attacks.poisoning.base import Poisoned, PoisoningAttack, choose
-from bastion.attacks.poisoning.triggers import CORNERS, apply_blend, apply_patch, blend_pattern
+from bastion.attacks.backdoor.base import Poisoned, PoisoningAttack, choose
+from bastion.attacks.backdoor.triggers import CORNERS, apply_blend, apply_patch, blend_pattern
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 
@@ -35,7 +35,7 @@ class DirtyLabelBackdoor(PoisoningAttack):
         return self.apply_trigger(x[keep]), torch.full_like(y[keep], self.target_label)
 
 
-@register("attacks", "badnets", family="poisoning",
+@register("attacks", "badnets", family="backdoor",
           summary="patch-trigger backdoor planted through relabelled training samples (Gu 2017)")
 class BadNets(DirtyLabelBackdoor):
     """BadNets patch backdoor (Gu, Dolan-Gavitt & Garg, "BadNets", 2017).
@@ -60,7 +60,7 @@ class BadNets(DirtyLabelBackdoor):
         return apply_patch(x, self.patch_size, self.corner, self.bounds)
 
 
-@register("attacks", "blended", family="poisoning",
+@register("attacks", "blended", family="backdoor",
           summary="blended-noise-trigger backdoor (Chen 2017)")
 class Blended(DirtyLabelBackdoor):
     """Blended-injection backdoor (Chen, Liu, Li, Lu & Song, "Targeted Backdoor Attacks on Deep Learning Systems

@@ -123,7 +123,7 @@ def most_at_risk(scores_members: np.ndarray, k: int = 10) -> list[dict[str, floa
 class MembershipAttack(Attack):
     """Base class: subclasses implement `score(target, data) -> (member scores, non-member scores, extra)`."""
 
-    family: ClassVar[str] = "inference"
+    family: ClassVar[str] = "privacy"
     requires: ClassVar[Access] = Access.SCORES
     dataset_params: ClassVar[tuple[str, ...]] = ("members", "nonmembers", "population")
     needs_population: ClassVar[bool] = False

@@ -71,11 +71,11 @@ class _Cost:
             return self(x), (diff * u).mean(1) / (2 * self.sigma)
 
 
-@register("attacks", "inversion", family="inference")
+@register("attacks", "inversion", family="privacy")
 class ModelInversion(Attack):
     """MI-Face model inversion (Fredrikson et al. 2015): one representative input per class."""
 
-    family: ClassVar[str] = "inference"
+    family: ClassVar[str] = "privacy"
     name: ClassVar[str] = "inversion"
     requires: ClassVar[Access] = Access.SCORES
     dataset_params: ClassVar[tuple[str, ...]] = ("members",)

@@ -128,7 +128,7 @@ class DPAudit:
         scores = log_probs[np.arange(self.n_canaries), canaries.y]
         metrics = {**self.audit(scores, included), "n_canaries": self.n_canaries, "n_included": int(included.sum()),
                    "delta": self.delta, "confidence": self.confidence, "claimed_epsilon": claimed_epsilon}
-        return AttackResult(family="inference", attack="dp-audit", params=self.__dict__.copy(), metrics=metrics,
+        return AttackResult(family="privacy", attack="dp-audit", params=self.__dict__.copy(), metrics=metrics,
                             queries=self.n_canaries, seconds=time.perf_counter() - start, device="cpu",
                             findings=[audit_finding(metrics["epsilon_lower_bound"], claimed_epsilon, self.delta)])
 
@@ -140,7 +140,7 @@ def audit_finding(eps_lb: float, claimed: float | None, delta: float) -> Finding
     claim = f" (claimed {claimed:g})" if claimed is not None else ""
     return Finding(
         title=f"DP audit: epsilon is at least {eps_lb:.2f} at delta={delta:g}{claim}",
-        family="inference",
+        family="privacy",
         severity=severity,  # type: ignore[arg-type]
         metric="epsilon_lower_bound",
         value=eps_lb,

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion.attacks.poisoning.backdoor import DirtyLabelBackdoor
-from bastion.attacks.poisoning.base import Poisoned, choose
+from bastion.attacks.backdoor.backdoor import DirtyLabelBackdoor
+from bastion.attacks.backdoor.base import Poisoned, choose
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 
@@ -50,7 +50,7 @@ def apply_warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
                          align_corners=True)
 
 
-@register("attacks", "wanet", family="poisoning",
+@register("attacks", "wanet", family="backdoor",
           summary="warping-based imperceptible backdoor with noise mode (Nguyen & Tran 2021)")
 class WaNet(DirtyLabelBackdoor):
     """WaNet warping backdoor on image inputs (c, h, w), all-to-one towards `target_label`."""

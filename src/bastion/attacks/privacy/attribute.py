@@ -40,11 +40,11 @@ def candidate_values(column: np.ndarray, n_values: int) -> tuple[np.ndarray, np.
     return values, edges
 
 
-@register("attacks", "attribute", family="inference")
+@register("attacks", "attribute", family="privacy")
 class AttributeInference(Attack):
     """Attribute inference (Fredrikson et al. 2014): recover a sensitive feature from the model's scores."""
 
-    family: ClassVar[str] = "inference"
+    family: ClassVar[str] = "privacy"
     name: ClassVar[str] = "attribute"
     requires: ClassVar[Access] = Access.SCORES
     dataset_params: ClassVar[tuple[str, ...]] = ("members", "nonmembers", "population")

@@ -7,15 +7,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from bastion.attacks.backdoor.base import Poisoned, PoisoningAttack, choose
+from bastion.attacks.backdoor.triggers import CORNERS, apply_patch
 from bastion.attacks.evasion.gradient import PGD
-from bastion.attacks.poisoning.base import Poisoned, PoisoningAttack, choose
-from bastion.attacks.poisoning.triggers import CORNERS, apply_patch
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.target import TorchTarget
 
 
-@register("attacks", "clean-label", family="poisoning",
+@register("attacks", "clean-label", family="backdoor",
           summary="label-consistent backdoor: perturbed target-class samples plus a trigger (Turner 2019)")
 class CleanLabel(PoisoningAttack):
     """Label-consistent backdoor (Turner, Tsipras & Madry, "Label-Consistent Backdoor Attacks", 2019).

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bastion.attacks.backdoor.findings import poisoning_findings
 from bastion.attacks.base import Attack
-from bastion.attacks.poisoning.findings import poisoning_findings
 from bastion.core.data import Dataset, save_npz, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.results import AttackResult
@@ -87,7 +87,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
 class PoisoningAttack(Attack):
     """Base class: poison the training set, train through `Trainer`, report CA and ASR per poison rate."""
 
-    family: ClassVar[str] = "poisoning"
+    family: ClassVar[str] = "backdoor"
     requires: ClassVar[Access] = Access.LABELS
     dataset_params: ClassVar[tuple[str, ...]] = ("train_data",)
 

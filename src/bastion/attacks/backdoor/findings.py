@@ -32,7 +32,7 @@ def poisoning_findings(attack: str, curve: list[dict], target_label: int) -> lis
         return [Finding(
             title=f"{attack} at {point['poison_rate']:.1%} poison makes {point['attack_success_rate']:.1%} of "
                   f"triggered inputs land on class {target_label}",
-            family="poisoning", severity=severity, metric="attack_success_rate", value=point["attack_success_rate"],
+            family="backdoor", severity=severity, metric="attack_success_rate", value=point["attack_success_rate"],
             threshold=clean["attack_success_rate"], evidence={"attack": attack, "curve": curve},
             atlas=POISON_ATLAS, owasp=POISON_OWASP,
             description="A small fraction of tampered training data plants a backdoor while clean accuracy "
@@ -45,7 +45,7 @@ def poisoning_findings(attack: str, curve: list[dict], target_label: int) -> lis
     severity = "high" if drop >= 0.2 else "medium" if drop >= 0.1 else "low" if drop >= 0.02 else "info"
     return [Finding(
         title=f"{attack} at {worst['poison_rate']:.1%} poison lowers clean accuracy by {drop:.1%}",
-        family="poisoning", severity=severity, metric="clean_accuracy", value=worst["clean_accuracy"],
+        family="backdoor", severity=severity, metric="clean_accuracy", value=worst["clean_accuracy"],
         threshold=clean["clean_accuracy"], evidence={"attack": attack, "curve": curve},
         atlas=["AML.T0020"], owasp=["ML02:2023 Data Poisoning Attack"],
         description="Tampered labels in the training set degrade the model.",
@@ -58,14 +58,14 @@ def backdoor_finding(defense: str, flagged: list[int], evidence: dict) -> Findin
     if flagged:
         return Finding(
             title=f"{defense} finds an abnormally small trigger for class(es) {', '.join(map(str, flagged))}",
-            family="poisoning", severity="critical", metric="anomaly_index",
+            family="backdoor", severity="critical", metric="anomaly_index",
             value=max(evidence["anomaly_index"][c] for c in flagged), threshold=evidence["threshold"],
             evidence=evidence, atlas=["AML.T0018"], owasp=["ML10:2023 Model Poisoning"],
             description="A small input pattern sends inputs of every class to the flagged class: a backdoor sign.",
             recommendation="Do not deploy; repair with fine-prune on trusted clean data or retrain from vetted data.",
         )
     return Finding(
-        title=f"{defense} finds no backdoored class", family="poisoning", severity="info", metric="anomaly_index",
+        title=f"{defense} finds no backdoored class", family="backdoor", severity="info", metric="anomaly_index",
         value=max(evidence["anomaly_index"]) if evidence["anomaly_index"] else None,
         threshold=evidence["threshold"], evidence=evidence, atlas=["AML.T0018"],
         description="No class has an abnormally small reverse-engineered trigger.",

@@ -54,7 +54,7 @@ def membership_findings(attack: str, metrics: dict[str, Any]) -> list[Finding]:
     return [Finding(
         title=(f"{attack} identifies {tpr1:.1%} of training records at 1% FPR "
                f"(95% CI lower bound {low1:.1%}; {tpr01:.1%} at 0.1% FPR)"),
-        family="inference",
+        family="privacy",
         severity=severity,  # type: ignore[arg-type]
         metric="tpr_at_1pct_fpr",
         value=tpr1,
@@ -97,7 +97,7 @@ def inversion_finding(matching_rate: float, chance: float, similarity: float, n_
     return Finding(
         title=(f"model inversion recovers recognisable representatives for {matching_rate:.0%} of "
                f"{n_classes} classes (mean similarity to class mean {similarity:.2f})"),
-        family="inference",
+        family="privacy",
         severity=severity,  # type: ignore[arg-type]
         metric="inversion_matching_rate",
         value=matching_rate,
@@ -118,7 +118,7 @@ def attribute_finding(advantage_low: float, gain: float, attribute: str, advanta
     return Finding(
         title=(f"attribute inference guesses {attribute} of training records {advantage:+.1%} better than of "
                f"non-members ({gain:+.1%} over the prior)"),
-        family="inference",
+        family="privacy",
         severity=severity,  # type: ignore[arg-type]
         metric="attribute_advantage",
         value=advantage,
