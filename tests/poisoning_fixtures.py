@@ -12,7 +12,7 @@ import torch
 
 from bastion.attacks.backdoor.backdoor import BadNets
 from bastion.core.data import Dataset
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything
 from bastion.demo.data import digits_with_clean_set
@@ -44,7 +44,7 @@ def clean_model(seed: int) -> torch.nn.Module:
 
 
 @cache
-def badnets() -> tuple[BadNets, AttackResult, Dataset]:
+def badnets() -> tuple[BadNets, Result, Dataset]:
     """BadNets at 5% poisoning (target class 0): the attack (model in `.artifact`, data in `.poisoned`), its
     result, and the triggered test inputs labelled with the target."""
     train, _, test = digits()

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from bastion.core import registry
 from bastion.core.errors import BastionError
-from bastion.core.results import AttackResult, Finding, severity_rank
+from bastion.core.results import Finding, Result, severity_rank
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9),
                          st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
@@ -22,24 +22,24 @@ json_values = st.recursive(json_scalars, lambda inner: st.one_of(
        queries=st.integers(0, 10**9), seconds=st.floats(0, 1e6))
 def test_attack_result_round_trips_through_json(metrics, severity, queries, seconds):
     finding = Finding("t", "evasion", severity, "robust_accuracy", 0.5, 0.9, {"curve": [1, 2]}, ["AML.T0043"])
-    result = AttackResult("evasion", "pgd", {"eps": [0.1]}, metrics, queries, seconds, "cpu", [finding])
-    again = AttackResult.from_json(result.to_json())
+    result = Result("evasion", "pgd", {"eps": [0.1]}, metrics, queries, seconds, "cpu", [finding])
+    again = Result.from_json(result.to_json())
     assert again == result
     assert again.to_dict() == result.to_dict()
 
 
 def test_numpy_values_become_plain_json():
-    result = AttackResult("evasion", "pgd", metrics={"a": np.float32(0.5), "b": np.arange(3), "c": np.int64(4)})
-    assert AttackResult.from_json(result.to_json()).metrics == {"a": 0.5, "b": [0, 1, 2], "c": 4}
+    result = Result("evasion", "pgd", metrics={"a": np.float32(0.5), "b": np.arange(3), "c": np.int64(4)})
+    assert Result.from_json(result.to_json()).metrics == {"a": 0.5, "b": [0, 1, 2], "c": 4}
 
 
 def test_severity_is_validated_and_ordered():
     with pytest.raises(ValueError):
         Finding("t", "evasion", "catastrophic", "m")  # type: ignore[arg-type]
     assert severity_rank("critical") > severity_rank("high") > severity_rank("info")
-    result = AttackResult("evasion", "x", findings=[Finding("a", "e", "low", "m"), Finding("b", "e", "high", "m")])
+    result = Result("evasion", "x", findings=[Finding("a", "e", "low", "m"), Finding("b", "e", "high", "m")])
     assert result.worst_severity() == "high"
-    assert AttackResult("evasion", "x").worst_severity() is None
+    assert Result("evasion", "x").worst_severity() is None
 
 
 def test_registry_maps_short_names_to_classes():

@@ -140,8 +140,8 @@ def test_invalid_examples_never_count():
 
 
 def test_result_round_trips_through_json():
-    from bastion.core.results import AttackResult
+    from bastion.core.results import Result
 
     result = build("deepfool", "l2", [0.5, 1.0], {}).run(target(), eval_data(20))
-    again = AttackResult.from_json(result.to_json())
+    again = Result.from_json(result.to_json())
     assert again.metrics == result.metrics and again.params == result.params

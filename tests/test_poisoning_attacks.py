@@ -14,7 +14,7 @@ from bastion.attacks.backdoor.warping import WaNet, apply_warp, identity_grid, w
 from bastion.core import registry
 from bastion.core.data import load_dataset
 from bastion.core.errors import ParameterError
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import FunctionTarget
 from bastion.demo.models import digits_cnn
 from tests.poisoning_fixtures import ARCH, EPOCHS, badnets, digits, single_thread, target_of
@@ -36,7 +36,7 @@ def test_badnets_at_5_percent_plants_a_backdoor_without_costing_accuracy():
     assert result.findings[0].severity in ("high", "critical")
     poisoned = attack.poisoned
     assert int(poisoned.is_poison.sum()) == 55 and (poisoned.y[poisoned.is_poison] == 0).all()
-    assert AttackResult.from_json(result.to_json()).to_dict() == result.to_dict()
+    assert Result.from_json(result.to_json()).to_dict() == result.to_dict()
 
 
 def test_patch_trigger_images_and_flat_inputs():

@@ -9,7 +9,7 @@ from bastion.attacks.privacy.attribute import AttributeInference, candidate_valu
 from bastion.attacks.privacy.inversion import ModelInversion
 from bastion.core.data import Dataset
 from bastion.core.errors import DataError, ParameterError
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything
 from bastion.demo.models import tabular_mlp
@@ -25,7 +25,7 @@ def test_inversion_recovers_every_digit_with_gradients():
     assert min(result.metrics["confidence"]) > 0.9
     assert np.array(result.metrics["representatives"]).shape == (10, 64)
     assert result.findings[0].severity == "high" and result.metrics["gradient"] == "exact"
-    assert AttackResult.from_json(result.to_json()).to_dict() == result.to_dict()
+    assert Result.from_json(result.to_json()).to_dict() == result.to_dict()
 
 
 def test_inversion_works_from_scores_alone():

@@ -15,7 +15,7 @@ from bastion.attacks.privacy.rmia import rmia_scores
 from bastion.core.data import Dataset
 from bastion.core.errors import AccessError, DataError, ParameterError
 from bastion.core.registry import get
-from bastion.core.results import AttackResult, severity_rank
+from bastion.core.results import Result, severity_rank
 from bastion.core.target import FunctionTarget
 from bastion.core.training import Trainer
 from bastion.evaluation.metrics import roc_summary
@@ -149,7 +149,7 @@ def test_parallel_training_matches_serial():
 
 def test_result_json_round_trip():
     result, _ = attack("lira", **LIRA)
-    assert AttackResult.from_json(result.to_json()).to_dict() == result.to_dict()
+    assert Result.from_json(result.to_json()).to_dict() == result.to_dict()
 
 
 # -- scikit-learn targets ------------------------------------------------------------------------------------

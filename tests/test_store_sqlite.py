@@ -10,7 +10,7 @@ from bastion.assess.assessment import Assessment
 from bastion.assess.probes.base import FamilyReport, JobOutcome
 from bastion.cli.main import run as cli
 from bastion.core.errors import ParameterError
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.report.compare import compare, render_comparison_markdown
 from bastion.store import RunStore, default_store_path
 
@@ -30,7 +30,7 @@ def test_runs_jobs_and_assessments_round_trip(tmp_path):
     with RunStore(tmp_path / "deep" / "runs.sqlite") as store:
         store.create_run("20240101-000000-aaaaaa", {"model": "m.pt"}, {"seed": 1}, "ab" * 32, "local", 1)
         outcome = JobOutcome("evasion/pgd/0", "evasion", "pgd", "done",
-                             result=AttackResult("evasion", "pgd", metrics={"x": 1.0}), seconds=1.5)
+                             result=Result("evasion", "pgd", metrics={"x": 1.0}), seconds=1.5)
         store.save_job("20240101-000000-aaaaaa", outcome)
         assert store.outcomes("20240101")["evasion/pgd/0"] == outcome
         with pytest.raises(ParameterError, match="has no report yet"):

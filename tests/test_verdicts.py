@@ -13,7 +13,7 @@ from bastion.assess.scoring import BLACK_BOX_NOTE, INCOMPLETE, overall_grade
 from bastion.attacks.extraction.base import ExtractionAttack
 from bastion.attacks.privacy.findings import membership_findings
 from bastion.cli.assess import exit_code
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.defenses.compare import gain_finding
 from bastion.evaluation.scoring import evasion_findings
 
@@ -24,11 +24,11 @@ def info(white_box: bool) -> ModelInfo:
                      white_box=white_box, estimator=False, device="cpu", name="m")
 
 
-def loss_result(auc_ci: list[float]) -> AttackResult:
+def loss_result(auc_ci: list[float]) -> Result:
     metrics = {"auc": sum(auc_ci) / 2, "auc_ci": auc_ci, "fpr_resolution": 0.001, "n_members": 500,
                "n_nonmembers": 500, "tpr_at_fpr": [{"fpr": 0.01, "tpr": 0.012, "ci": [0.004, 0.02]},
                                                    {"fpr": 0.001, "tpr": 0.0, "ci": [0.0, 0.004]}]}
-    return AttackResult(family="privacy", attack="loss", params={}, metrics=metrics,
+    return Result(family="privacy", attack="loss", params={}, metrics=metrics,
                         findings=membership_findings("loss", metrics))
 
 

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "Access": "bastion.core.target",
-    "AttackResult": "bastion.core.results",
+    "Result": "bastion.core.results",
     "BastionError": "bastion.core.errors",
     "Dataset": "bastion.core.data",
     "Finding": "bastion.core.results",

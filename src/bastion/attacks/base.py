@@ -1,7 +1,7 @@
 """The Attack contract shared by every family.
 
 Parameters go to `__init__` (validated there, no work done there); `run(target, data, ...)` does the work and
-returns an `AttackResult`. Each attack declares the access it needs; a target that grants less gets a clear
+returns an `Result`. Each attack declares the access it needs; a target that grants less gets a clear
 `AccessError` before any query is spent.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from bastion.core.data import Dataset
 from bastion.core.params import constructor_params
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access, Target
 
 
@@ -31,7 +31,7 @@ class Attack(ABC):
         target.require(self.requires, f"{self.family} attack '{self.name}'")
 
     @abstractmethod
-    def run(self, target: Target, data: Dataset, **kwargs: Any) -> AttackResult:  # pragma: no cover
+    def run(self, target: Target, data: Dataset, **kwargs: Any) -> Result:  # pragma: no cover
         ...
 
     def __repr__(self) -> str:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from bastion.core.data import Dataset, load_dataset, validate_for_model
 from bastion.core.errors import BastionError, ParameterError
-from bastion.core.results import SEVERITIES, AttackResult, severity_rank
+from bastion.core.results import SEVERITIES, Result, severity_rank
 from bastion.core.target import Target
 
 console = Console(stderr=False)
@@ -126,7 +126,7 @@ def fail_on_level(value: str | None) -> int | None:
     return severity_rank(value.lower())
 
 
-def emit(result: AttackResult, as_json: bool, fail_on: str | None) -> None:
+def emit(result: Result, as_json: bool, fail_on: str | None) -> None:
     """Print a result (JSON or tables); exit 2 if it is incomplete, 1 if a finding reaches `--fail-on`."""
     level = fail_on_level(fail_on)
     if as_json:
@@ -142,7 +142,7 @@ def emit(result: AttackResult, as_json: bool, fail_on: str | None) -> None:
         raise typer.Exit(1)
 
 
-def print_result(result: AttackResult) -> None:
+def print_result(result: Result) -> None:
     title = f"{result.family} · {result.attack}  ({result.queries} queries, {result.seconds:.2f} s, {result.device})"
     scalars = Table(title=title, show_header=True)
     scalars.add_column("metric")

@@ -95,8 +95,8 @@ class Finding(Serializable):
 
 
 @dataclass
-class AttackResult(Serializable):
-    """What one attack run produced: the `--json` object of the CLI, plus findings."""
+class Result(Serializable):
+    """What one attack, defense or scan run measured: the `--json` object of the CLI, plus its findings."""
 
     _nested: ClassVar[dict[str, type]] = {"findings": Finding}
 
@@ -114,3 +114,6 @@ class AttackResult(Serializable):
         if not self.findings:
             return None
         return max((f.severity for f in self.findings), key=severity_rank)
+
+
+AttackResult = Result  # former name, kept while this session's branches land; use Result

@@ -1,7 +1,7 @@
 """The Defense contract shared by detection, repair and hardening defenses.
 
 Same conventions as `Attack`: parameters in `__init__` (validated there, no work done there), `run(target, data,
-**datasets)` does the work and returns an `AttackResult` with `family="defense"` and `attack=<defense name>`.
+**datasets)` does the work and returns an `Result` with `family="defense"` and `attack=<defense name>`.
 `dataset_params` names extra datasets the CLI loads from paths; a defense that produces a new model (repair,
 hardening) leaves it in `artifact`, which the CLI saves with `--out`.
 """
@@ -17,7 +17,7 @@ from torch import nn
 from bastion.core.data import Dataset
 from bastion.core.errors import AccessError, ParameterError
 from bastion.core.params import constructor_params
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.core.target import Access, Target, TorchTarget
 
 
@@ -38,13 +38,13 @@ class Defense(ABC):
         target.require(self.requires, f"defense '{self.name}'")
 
     @abstractmethod
-    def run(self, target: Target, data: Dataset | None = None, **datasets: Dataset) -> AttackResult:  # pragma: no cover
+    def run(self, target: Target, data: Dataset | None = None, **datasets: Dataset) -> Result:  # pragma: no cover
         ...
 
     def result(self, target: Target, metrics: dict[str, Any], start: float, queries_before: int = 0,
-               findings: list[Finding] | None = None) -> AttackResult:
-        """Package metrics as the defense's `AttackResult` (family "defense")."""
-        return AttackResult(family="defense", attack=self.name, params=self.get_params(), metrics=metrics,
+               findings: list[Finding] | None = None) -> Result:
+        """Package metrics as the defense's `Result` (family "defense")."""
+        return Result(family="defense", attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=target.queries - queries_before, seconds=time.perf_counter() - start,
                             device=str(target.device), findings=findings or [])
 

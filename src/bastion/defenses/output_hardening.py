@@ -24,7 +24,7 @@ from bastion.attacks.evasion.norms import check_norm
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.defenses.base import Defense, require_data
 from bastion.defenses.compare import clean_comparison, compare
@@ -67,7 +67,7 @@ class OutputHardening(Defense, metaclass=ABCMeta):
     def wrap(self, target: Target) -> OutputDefense:
         """The defended API in front of `target`."""
 
-    def run(self, target: Target, data: Dataset | None = None, **_: Any) -> AttackResult:
+    def run(self, target: Target, data: Dataset | None = None, **_: Any) -> Result:
         data = require_data(data, f"defense '{self.name}'")
         self.check_access(target)
         start, queries = time.perf_counter(), target.queries

@@ -47,7 +47,7 @@ def roc_loglog_png(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: st
 
 
 def curves_from_results(results: Mapping[str, dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{name: AttackResult metrics (or the result's dict)} -> {name: (fpr, tpr)} from their stored `roc`."""
+    """{name: Result metrics (or the result's dict)} -> {name: (fpr, tpr)} from their stored `roc`."""
     out = {}
     for name, result in results.items():
         roc = result.get("metrics", result)["roc"]

@@ -14,7 +14,7 @@ from bastion.assess.inputs import Inputs, ModelInfo
 from bastion.assess.plan import Plan
 from bastion.assess.probes.base import Job, JobOutcome
 from bastion.core.errors import BastionError
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.sandbox.run import SandboxOptions, open_sandbox
 from bastion.sandbox.session import Sandbox
 
@@ -39,7 +39,7 @@ def describe(sandbox: Sandbox, inputs: Inputs) -> ModelInfo:
 def _outcome(data: dict[str, Any]) -> JobOutcome:
     outcome = JobOutcome.from_dict(data)
     if not isinstance(outcome.key, str) or outcome.status not in ("done", "error") or (
-            outcome.result is not None and not isinstance(outcome.result, AttackResult)):
+            outcome.result is not None and not isinstance(outcome.result, Result)):
         raise BastionError("the sandboxed worker returned a malformed job outcome")
     return outcome
 
@@ -48,7 +48,7 @@ def observed(outcome: JobOutcome | None, job: Job, findings: list[Finding], info
              error: str | None) -> JobOutcome:
     """The dynamic job's outcome with what the sandbox observed (also when the job itself failed)."""
     if outcome is None or outcome.result is None:
-        result = AttackResult(family="supply_chain", attack="dynamic", params={"job": job.key},
+        result = Result(family="supply_chain", attack="dynamic", params={"job": job.key},
                               metrics={"files": [], "errors": [], "probe_error": error or "not run"})
         outcome = JobOutcome(job.key, job.family, job.name, "done", result=result)
     outcome.result.metrics.update(observed=True, sandbox=info)
@@ -145,7 +145,7 @@ def sandbox_info(options: SandboxOptions | None, sandboxed: bool) -> dict[str, A
             "reason": problem or "", "timeout": options.timeout}
 
 
-def forward_probe(inputs: Inputs) -> AttackResult:
+def forward_probe(inputs: Inputs) -> Result:
     """The dynamic job: load the model and run forward passes on the first evaluation samples and on noise in
     bounds, so that its load-time and inference-time code runs where it is observed."""
     import torch
@@ -156,6 +156,6 @@ def forward_probe(inputs: Inputs) -> AttackResult:
     first = torch.as_tensor(inputs.data.x[:8], dtype=torch.float32)
     noise = low + (high - low) * torch.rand(4, *target.input_shape, generator=torch.Generator().manual_seed(0))
     labels = target.labels(torch.cat([first, noise]).to(target.device))
-    return AttackResult(family="supply_chain", attack="dynamic", params={},
+    return Result(family="supply_chain", attack="dynamic", params={},
                         metrics={"files": [], "errors": [], "observed": False, "samples": int(labels.shape[0])},
                         seconds=time.perf_counter() - start)

@@ -10,7 +10,7 @@ import typer
 
 from bastion.core.data import Dataset
 from bastion.core.errors import BastionError, ParameterError
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.sandbox.run import SandboxOptions, SandboxRun, open_sandbox, run_job
 
 NO_SANDBOX_HELP = "run the model's code in this process (no isolation, no dynamic analysis)"
@@ -30,10 +30,10 @@ def path_arguments(args: list[str]) -> list[str]:
     return [a.partition("=")[2] or a for a in args if Path(a.partition("=")[2] or a).exists()]
 
 
-def checked_result(data: dict[str, Any]) -> AttackResult:
-    """An AttackResult from a worker's JSON, with its types checked (the worker's output is untrusted)."""
+def checked_result(data: dict[str, Any]) -> Result:
+    """An Result from a worker's JSON, with its types checked (the worker's output is untrusted)."""
     try:
-        result = AttackResult.from_dict(data)
+        result = Result.from_dict(data)
         ok = (isinstance(result.family, str) and isinstance(result.attack, str) and isinstance(result.params, dict)
               and isinstance(result.metrics, dict) and isinstance(result.queries, int)
               and isinstance(result.seconds, (int, float)) and isinstance(result.findings, list)
@@ -45,7 +45,7 @@ def checked_result(data: dict[str, Any]) -> AttackResult:
     return result
 
 
-def _finish(run: SandboxRun, options: SandboxOptions) -> AttackResult:
+def _finish(run: SandboxRun, options: SandboxOptions) -> Result:
     run.raise_error()
     result = checked_result(run.result)
     result.findings += run.findings
@@ -54,7 +54,7 @@ def _finish(run: SandboxRun, options: SandboxOptions) -> AttackResult:
 
 
 def sandboxed_attack(attack: Any, evaluation: Dataset | None, extra: dict[str, Dataset], load: dict[str, Any],
-                     options: SandboxOptions, paths: list[str]) -> AttackResult:
+                     options: SandboxOptions, paths: list[str]) -> Result:
     """Load the model and run the attack, both inside one sandboxed worker when the model carries code."""
     sandbox = open_sandbox(str(load["path"]), load.get("arch"), options, paths)
     run = run_job(sandbox, "attack", {"attack": attack, "evaluation": evaluation, "extra": extra, "load": load})
@@ -62,7 +62,7 @@ def sandboxed_attack(attack: Any, evaluation: Dataset | None, extra: dict[str, D
 
 
 def sandboxed_defense(defense: Any, evaluation: Dataset | None, datasets: dict[str, Dataset], load: dict[str, Any],
-                      options: SandboxOptions, paths: list[str], name: str, out: Path | None) -> AttackResult:
+                      options: SandboxOptions, paths: list[str], name: str, out: Path | None) -> Result:
     """Load the model and run the defense in one worker; a saved model leaves scratch for `out`."""
     sandbox = open_sandbox(str(load["path"]), load.get("arch"), options, paths)
     out = None if out is None else Path(out).absolute()
@@ -75,7 +75,7 @@ def sandboxed_defense(defense: Any, evaluation: Dataset | None, datasets: dict[s
     return result
 
 
-def dynamic_scan(model: str, arch: str | None, data: Dataset | None, options: SandboxOptions) -> AttackResult:
+def dynamic_scan(model: str, arch: str | None, data: Dataset | None, options: SandboxOptions) -> Result:
     """`bastion scan --dynamic`: load MODEL in the sandbox, run a forward pass on inputs of its declared shape,
     and report what its code tried to do."""
     from bastion.sandbox.policy import carries_code
@@ -99,5 +99,5 @@ def dynamic_scan(model: str, arch: str | None, data: Dataset | None, options: Sa
         metrics["probe"] = run.result
     else:
         metrics["probe_error"] = run.error
-    return AttackResult(family="supply_chain", attack="dynamic", params={"model": model, "arch": arch},
+    return Result(family="supply_chain", attack="dynamic", params={"model": model, "arch": arch},
                         metrics=metrics, seconds=time.perf_counter() - start, findings=run.findings)

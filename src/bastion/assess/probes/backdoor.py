@@ -12,7 +12,7 @@ from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, San
 from bastion.assess.scoring import grade_of
 from bastion.cli.common import accepts, construct
 from bastion.core.registry import get, register
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 
 # Detectors that screen a training set (the rest scan the model with clean data).
 TRAINING_SCREENS = ("activation-clustering", "spectral")
@@ -63,7 +63,7 @@ class BackdoorProbe(Probe):
             jobs.append(self.job(name, name, full, data, gpu=True))
         return jobs
 
-    def execute(self, inputs: Inputs, job: Job) -> AttackResult:
+    def execute(self, inputs: Inputs, job: Job) -> Result:
         target = inputs.load_target(eager=True)
         scanner = construct(scanner_class(job.name), dict(job.params), f"backdoor scanner '{job.name}'")
         result = scanner.run(target, select(inputs, *job.data["data"]))

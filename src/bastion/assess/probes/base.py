@@ -4,7 +4,7 @@ A probe is the only place that knows its family's attack API, so an API change t
 
 - `applicable(inputs, info)` says why the family cannot run on these inputs (or None);
 - `jobs(inputs, info)` lists independent jobs (one attack, one shard of samples, one scanner...);
-- `execute(inputs, job)` runs one job anywhere (this process or a Ray worker) and returns an AttackResult;
+- `execute(inputs, job)` runs one job anywhere (this process or a Ray worker) and returns an Result;
 - `conclude(inputs, info, outcomes)` judges the results: findings, sanity checks, headline metrics, grade.
 
 A job is a pure function of the inputs, the plan and the seed, so both backends give the same findings.
@@ -24,7 +24,7 @@ from bastion.assess.scoring import family_grade
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import get
-from bastion.core.results import AttackResult, Finding, Serializable
+from bastion.core.results import Finding, Result, Serializable
 from bastion.core.training import seed_everything
 
 
@@ -50,13 +50,13 @@ class Job(Serializable):
 class JobOutcome(Serializable):
     """A job's result or its error (one line)."""
 
-    _nested: ClassVar[dict[str, type]] = {"result": AttackResult}
+    _nested: ClassVar[dict[str, type]] = {"result": Result}
 
     key: str
     family: str
     name: str
     status: str  # done | error
-    result: AttackResult | None = None
+    result: Result | None = None
     error: str = ""
     seconds: float = 0.0
 
@@ -75,7 +75,7 @@ class SanityCheck(Serializable):
 class FamilyReport(Serializable):
     """Everything the report shows about one family."""
 
-    _nested: ClassVar[dict[str, type]] = {"findings": Finding, "sanity": SanityCheck, "results": AttackResult}
+    _nested: ClassVar[dict[str, type]] = {"findings": Finding, "sanity": SanityCheck, "results": Result}
 
     family: str
     title: str
@@ -85,7 +85,7 @@ class FamilyReport(Serializable):
     findings: list[Finding] = field(default_factory=list)
     sanity: list[SanityCheck] = field(default_factory=list)
     headline: dict[str, float] = field(default_factory=dict)
-    results: list[AttackResult] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -121,7 +121,7 @@ class Probe(ABC):
         ...
 
     @abstractmethod
-    def execute(self, inputs: Inputs, job: Job) -> AttackResult:  # pragma: no cover - abstract
+    def execute(self, inputs: Inputs, job: Job) -> Result:  # pragma: no cover - abstract
         ...
 
     @abstractmethod
@@ -132,7 +132,7 @@ class Probe(ABC):
     def job(self, key: str, name: str, params: dict[str, Any], data: dict[str, Any], gpu: bool = False) -> Job:
         return Job(key=f"{self.family}/{key}", family=self.family, name=name, params=params, data=data, gpu=gpu)
 
-    def run_job(self, inputs: Inputs, job: Job) -> AttackResult:
+    def run_job(self, inputs: Inputs, job: Job) -> Result:
         """Seed every generator from (seed, job key), then execute: the same job gives the same result anywhere."""
         seed_everything((self.seed + job.seed_offset) % 2**31)
         result = self.execute(inputs, job)
@@ -142,7 +142,7 @@ class Probe(ABC):
         return result
 
     def report(self, status: str, outcomes: list[JobOutcome], reason: str = "",
-               results: list[AttackResult] | None = None, **kwargs: Any) -> FamilyReport:
+               results: list[Result] | None = None, **kwargs: Any) -> FamilyReport:
         """The family's report; `results` defaults to the finished jobs' results."""
         if results is None:
             results = [o.result for o in outcomes if o.status == "done" and o.result is not None]
@@ -162,6 +162,6 @@ def probe_for(family: str, section: dict[str, Any], seed: int) -> Probe:
     return get("probes", family, family)(section, seed)
 
 
-def done(outcomes: list[JobOutcome]) -> list[tuple[JobOutcome, AttackResult]]:
+def done(outcomes: list[JobOutcome]) -> list[tuple[JobOutcome, Result]]:
     """The finished jobs with their results."""
     return [(o, o.result) for o in outcomes if o.status == "done" and o.result is not None]

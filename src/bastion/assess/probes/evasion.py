@@ -13,7 +13,7 @@ from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, don
 from bastion.assess.scoring import black_box_reason, grade_of
 from bastion.cli.common import construct
 from bastion.core.registry import get, register
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access
 from bastion.evaluation.scoring import evasion_findings
 
@@ -32,7 +32,7 @@ def attack_class(name: str) -> type:
     return get("attacks", name, "evasion")
 
 
-def merge_shards(name: str, results: list[AttackResult]) -> AttackResult:
+def merge_shards(name: str, results: list[Result]) -> Result:
     """One result from the shards of an attack: sample-weighted accuracies, summed costs, findings redone."""
     if len(results) == 1:
         return results[0]
@@ -62,12 +62,12 @@ def merge_shards(name: str, results: list[AttackResult]) -> AttackResult:
                 seen.add(f.title)
                 findings.append(f)
     params = {k: v for k, v in results[0].params.items() if k != "job"}
-    return AttackResult(family="evasion", attack=name, params=params, metrics=metrics,
+    return Result(family="evasion", attack=name, params=params, metrics=metrics,
                         queries=sum(r.queries for r in results), seconds=sum(r.seconds for r in results),
                         device=results[0].device, findings=findings)
 
 
-def setup_checks(inputs: Inputs, rows: list[int]) -> AttackResult:
+def setup_checks(inputs: Inputs, rows: list[int]) -> Result:
     """Checks 1-3 of THREATS.md §1 on the target itself (bounds, eval mode, logits; deterministic forward pass
     without autograd; no zero input gradients), with `bastion.evaluation.checks`."""
     import time
@@ -82,13 +82,13 @@ def setup_checks(inputs: Inputs, rows: list[int]) -> AttackResult:
     x = torch.as_tensor(data.x, dtype=torch.float32, device=target.device)
     y = torch.as_tensor(data.y, dtype=torch.long, device=target.device)
     found = [checks.check_setup(target, x), checks.check_forward(target, x), checks.check_gradients(target, x, y)]
-    return AttackResult(family="evasion", attack=SANITY_SETUP, params={"n_samples": len(rows)},
+    return Result(family="evasion", attack=SANITY_SETUP, params={"n_samples": len(rows)},
                         metrics={"sanity_checks": [c.summary() for c in found]}, queries=target.queries,
                         seconds=time.perf_counter() - start, device=str(target.device),
                         findings=[f for f in (c.finding() for c in found) if f is not None])
 
 
-def reported_checks(results: list[AttackResult]) -> list[sanity.SanityCheck]:
+def reported_checks(results: list[Result]) -> list[sanity.SanityCheck]:
     """The sanity checks attacks report themselves (`metrics["sanity_checks"]`, e.g. `auto`), shards merged:
     a check passes when it passed on every shard."""
     merged: dict[tuple[str, str], sanity.SanityCheck] = {}
@@ -102,7 +102,7 @@ def reported_checks(results: list[AttackResult]) -> list[sanity.SanityCheck]:
     return list(merged.values())
 
 
-def as_curve(result: AttackResult) -> sanity.Curve:
+def as_curve(result: Result) -> sanity.Curve:
     m = result.metrics
     return {"clean": m["clean_accuracy"], "curve": m["robust_accuracy"], "n": m["n_samples"],
             "violations": m.get("constraint_violations", 0)}
@@ -154,7 +154,7 @@ class EvasionProbe(Probe):
                 jobs.append(self.job(f"{SANITY_LARGE}/{i}", "pgd", big, data, gpu=True))
         return jobs
 
-    def execute(self, inputs: Inputs, job: Job) -> AttackResult:
+    def execute(self, inputs: Inputs, job: Job) -> Result:
         if job.name == SANITY_SETUP:
             return setup_checks(inputs, job.data["data"][1])
         target = inputs.load_target()
@@ -162,7 +162,7 @@ class EvasionProbe(Probe):
         return attack.run(target, select(inputs, *job.data["data"]))
 
     def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
-        groups: dict[str, list[AttackResult]] = defaultdict(list)
+        groups: dict[str, list[Result]] = defaultdict(list)
         names: dict[str, str] = {}
         for outcome, result in done(outcomes):
             group = outcome.key.split("/")[1]

@@ -16,7 +16,7 @@ from bastion.assess.scoring import grade_of
 from bastion.cli.common import accepts, construct
 from bastion.core.errors import ParameterError
 from bastion.core.registry import get, register
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 
 
 def attack_class(name: str) -> type:
@@ -30,7 +30,7 @@ def split_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
-def curve_of(result: AttackResult) -> list[dict[str, Any]]:
+def curve_of(result: Result) -> list[dict[str, Any]]:
     """Rows {budget, queries, fidelity, accuracy, ...} of an extraction result (one row per budget)."""
     rows = result.metrics.get("curve")
     if rows:
@@ -76,7 +76,7 @@ class ExtractionProbe(Probe):
             jobs.append(self.job(name, name, full, data, gpu=True))
         return jobs
 
-    def execute(self, inputs: Inputs, job: Job) -> AttackResult:
+    def execute(self, inputs: Inputs, job: Job) -> Result:
         target = inputs.load_target()
         attack = construct(attack_class(job.name), dict(job.params), f"extraction attack '{job.name}'")
         datasets = {role: select(inputs, *spec) for role, spec in job.data.items()}

@@ -15,7 +15,7 @@ from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, San
 from bastion.assess.scoring import grade_of
 from bastion.cli.common import accepts, construct
 from bastion.core.registry import get, register
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 
 ROC_POINTS = 120
 
@@ -83,7 +83,7 @@ class PrivacyProbe(Probe):
             jobs.append(self.job(name, name, full, data))
         return jobs
 
-    def execute(self, inputs: Inputs, job: Job) -> AttackResult:
+    def execute(self, inputs: Inputs, job: Job) -> Result:
         target = inputs.load_target()
         attack = construct(attack_class(job.name), dict(job.params), f"privacy attack '{job.name}'")
         datasets = {role: select(inputs, *spec) for role, spec in job.data.items()}

@@ -12,11 +12,11 @@ from bastion.assess.inputs import Inputs, ModelInfo
 from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, SanityCheck, done
 from bastion.assess.scoring import count_by_severity, grade_of
 from bastion.core.registry import register
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 
 
-def scan(paths: list[str]) -> AttackResult:
-    """Scan files or folders with Bastion's scanner and package the report as an AttackResult."""
+def scan(paths: list[str]) -> Result:
+    """Scan files or folders with Bastion's scanner and package the report as an Result."""
     from bastion.supplychain import scan_paths
     from bastion.supplychain.findings import ATLAS, OWASP
 
@@ -31,7 +31,7 @@ def scan(paths: list[str]) -> AttackResult:
             recommendation="Check the path and permissions, then scan again before loading the file."))
     files = [{"path": f.path, "format": f.format, "sha256": f.sha256, "size": f.size, "globals": f.globals}
              for f in report.files]
-    return AttackResult(family="supply_chain", attack="scan", params={"paths": paths},
+    return Result(family="supply_chain", attack="scan", params={"paths": paths},
                         metrics={"files": files, "errors": list(report.errors),
                                  "counts": count_by_severity(findings)},
                         seconds=time.perf_counter() - start, findings=findings)
@@ -62,7 +62,7 @@ class SupplyChainProbe(Probe):
             return [job, self.job("dynamic", "dynamic", {}, {})]  # load and run it where the sandbox watches
         return [job]
 
-    def execute(self, inputs: Inputs, job: Job) -> AttackResult:
+    def execute(self, inputs: Inputs, job: Job) -> Result:
         if job.name == "dynamic":
             from bastion.sandbox.assess import forward_probe
 

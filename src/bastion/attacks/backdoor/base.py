@@ -26,7 +26,7 @@ from bastion.attacks.backdoor.findings import poisoning_findings
 from bastion.attacks.base import Attack
 from bastion.core.data import Dataset, save_npz, validate_for_model
 from bastion.core.errors import ParameterError
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.core.training import Trainer, accuracy, seed_everything
 from bastion.evaluation.metrics import attack_success_rate
@@ -138,7 +138,7 @@ class PoisoningAttack(Attack):
             return lambda: reset_copy(target.model)
         raise ParameterError(f"{self.name} retrains the victim: pass --arch module:factory for a non-PyTorch model")
 
-    def run(self, target: Target, data: Dataset, train_data: Dataset | None = None, **_: Any) -> AttackResult:
+    def run(self, target: Target, data: Dataset, train_data: Dataset | None = None, **_: Any) -> Result:
         if train_data is None:
             raise ParameterError(f"{self.name} needs the training set to poison: pass --train-data FILE")
         for d in (data, train_data):
@@ -168,7 +168,7 @@ class PoisoningAttack(Attack):
         metrics = self.summarize(curve, len(train_data), attack_inputs)
         if self.save_dir:
             metrics["saved"] = self.save(Path(self.save_dir), attack_inputs)
-        return AttackResult(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
+        return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=0, seconds=time.perf_counter() - start, device=str(device),
                             findings=poisoning_findings(self.name, curve, self.target_label))
 

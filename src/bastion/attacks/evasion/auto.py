@@ -35,7 +35,7 @@ from bastion.attacks.evasion.wrappers import BPDATarget, EOTTarget, masking_modu
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.evaluation import checks as C
 
@@ -77,7 +77,7 @@ class AutoAttack(EvasionAttack):
         return self._cascade(x, y, as_eps(eps, x))
 
     # -- the evaluation ---------------------------------------------------------------------------------------
-    def run(self, target: Target, data: Dataset, **_: Any) -> AttackResult:
+    def run(self, target: Target, data: Dataset, **_: Any) -> Result:
         x, y = self.prepare(target, data)
         if target.access < Access.SCORES and self.norm == "l1":
             raise ParameterError("auto on a label-only target supports the linf and l2 norms (HopSkipJump)")

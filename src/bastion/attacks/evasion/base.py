@@ -21,7 +21,7 @@ from bastion.attacks.evasion.norms import check_norm, lp_norm, project
 from bastion.attacks.evasion.search import EpsSearch, valid_examples
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access, Target
 from bastion.evaluation.scoring import evasion_findings
 
@@ -120,15 +120,15 @@ class EvasionAttack(Attack):
             idx, k = probe
             search.record(idx, k, *self.perturb_judged(target, search.x[idx], search.y[idx], search.eps[k]))
 
-    def run(self, target: Target, data: Dataset, **_: Any) -> AttackResult:
+    def run(self, target: Target, data: Dataset, **_: Any) -> Result:
         x, y = self.prepare(target, data)
         start, queries = time.perf_counter(), target.queries
         search = self.search(target, x, y)
         return self.result(target, search, start, queries)
 
     def result(self, target: Target, search: EpsSearch, start: float, queries: int,
-               extra: dict[str, Any] | None = None, findings: list | None = None) -> AttackResult:
-        """The AttackResult of a finished search: clean and robust accuracy per eps, success rates, findings."""
+               extra: dict[str, Any] | None = None, findings: list | None = None) -> Result:
+        """The Result of a finished search: clean and robust accuracy per eps, success rates, findings."""
         clean = float(search.correct.float().mean())
         curve = search.curve()
         metrics: dict[str, Any] = {
@@ -142,7 +142,7 @@ class EvasionAttack(Attack):
             "constraint_violations": search.violations,
         }
         metrics.update(extra or {})
-        return AttackResult(
+        return Result(
             family=self.family,
             attack=self.name,
             params=self.get_params(),
@@ -173,7 +173,7 @@ class MinNormAttack(EvasionAttack):
         adv = self.minimize(target, x, y, stop=eps)
         return clip_to(x + project(adv - x, eps, self.norm), target)
 
-    def run(self, target: Target, data: Dataset, **_: Any) -> AttackResult:
+    def run(self, target: Target, data: Dataset, **_: Any) -> Result:
         x, y = self.prepare(target, data)
         start, queries = time.perf_counter(), target.queries
         search = EpsSearch(target, x, y, self.eps, self.norm)

@@ -14,7 +14,7 @@ from bastion.attacks.evasion.wrappers import build_attack
 from bastion.core.data import Dataset
 from bastion.core.errors import AccessError, ParameterError
 from bastion.core.registry import register
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 
 
@@ -75,7 +75,7 @@ class Transfer(EvasionAttack):
         assert self._surrogate is not None
         return self._inner.perturb(self._surrogate, x, y, eps)
 
-    def run(self, target: Target, data: Dataset, **_: Any) -> AttackResult:
+    def run(self, target: Target, data: Dataset, **_: Any) -> Result:
         self.check_access(target)
         self.bind(target, data)
         return super().run(target, data)

@@ -24,7 +24,7 @@ from bastion.attacks.evasion.base import EvasionAttack
 from bastion.core.data import Dataset
 from bastion.core.errors import AccessError, ParameterError
 from bastion.core.registry import register
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.evaluation.scoring import evasion_findings
 
@@ -161,7 +161,7 @@ class _Wrapped(EvasionAttack):
         view, _ = self.view(target, Dataset(x.detach().cpu().numpy(), y.detach().cpu().numpy()))
         return self._inner.perturb(view, x, y, eps)
 
-    def run(self, target: Target, data: Dataset, **_: Any) -> AttackResult:
+    def run(self, target: Target, data: Dataset, **_: Any) -> Result:
         view, extra = self.view(target, data)
         result = self._inner.run(view, data)
         result.attack, result.params = self.name, self.get_params()

@@ -22,7 +22,7 @@ from bastion.attacks.base import Attack
 from bastion.attacks.extraction.evaluate import Evaluation
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError, QueryBudgetExceeded
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.core.target import Access, Target
 from bastion.defenses.detect.prada import PRADA, QueryLog
 from bastion.defenses.postprocess import harden, unwrap
@@ -120,7 +120,7 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
 
-    def run(self, target: Target, data: Dataset | None, pool: Dataset | None = None, **_: Any) -> AttackResult:
+    def run(self, target: Target, data: Dataset | None, pool: Dataset | None = None, **_: Any) -> Result:
         if data is None:
             raise ParameterError(f"extraction attack '{self.name}' needs --data to measure fidelity and accuracy")
         if pool is None and self.needs_pool:
@@ -156,7 +156,7 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
         metrics.update(self.extra_metrics())
         if self.monitor:
             metrics["prada"] = self._monitor(log, evaluation)
-        return AttackResult(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
+        return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=api.queries - before, seconds=time.perf_counter() - start,
                             device=str(target.device), findings=self.findings(rows, metrics))
 

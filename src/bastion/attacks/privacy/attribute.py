@@ -20,7 +20,7 @@ from bastion.attacks.base import Attack
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import DataError, ParameterError
 from bastion.core.registry import register
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access, Target
 
 from .base import check_int
@@ -67,7 +67,7 @@ class AttributeInference(Attack):
         return posterior.argmax(1).cpu().numpy()
 
     def run(self, target: Target, data: Dataset | None = None, members: Dataset | None = None,
-            nonmembers: Dataset | None = None, population: Dataset | None = None, **_: Any) -> AttackResult:
+            nonmembers: Dataset | None = None, population: Dataset | None = None, **_: Any) -> Result:
         self.check_access(target)
         if members is None or nonmembers is None:
             raise DataError("attribute inference needs --members and --nonmembers datasets")
@@ -105,6 +105,6 @@ class AttributeInference(Attack):
         }
         finding = attribute_finding(metrics["advantage_ci"][0], metrics["gain_over_prior"],
                                     f"feature {self.attribute}", advantage)
-        return AttackResult(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
+        return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=target.queries - queries_before, seconds=time.perf_counter() - start,
                             device=str(target.device), findings=[finding])

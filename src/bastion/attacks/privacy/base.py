@@ -18,7 +18,7 @@ import torch
 from bastion.attacks.base import Attack
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import DataError, ParameterError
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access, Target
 from bastion.evaluation.metrics import RocSummary, roc_summary
 
@@ -137,7 +137,7 @@ class MembershipAttack(Attack):
         ...
 
     def run(self, target: Target, data: Dataset | None = None, members: Dataset | None = None,
-            nonmembers: Dataset | None = None, population: Dataset | None = None, **_: Any) -> AttackResult:
+            nonmembers: Dataset | None = None, population: Dataset | None = None, **_: Any) -> Result:
         self.check_access(target)
         mdata = prepare_membership_data(target, members, nonmembers, population, data, self.needs_population,
                                         self.seed)
@@ -157,7 +157,7 @@ class MembershipAttack(Attack):
             "population_from_nonmembers": mdata.population_from_nonmembers,
             **extra,
         })
-        return AttackResult(
+        return Result(
             family=self.family,
             attack=self.name,
             params=self.get_params(),

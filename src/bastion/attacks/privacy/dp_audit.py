@@ -23,7 +23,7 @@ from torch import nn
 
 from bastion.core.data import Dataset
 from bastion.core.errors import DataError, ParameterError
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 
 from .base import check_int
 from .findings import MEMBERSHIP_ATLAS, MEMBERSHIP_OWASP
@@ -111,7 +111,7 @@ class DPAudit:
         return {"epsilon_lower_bound": best["epsilon"], "best_guesses": best, "sweep": rows}
 
     def run(self, train: Callable[[np.ndarray, np.ndarray, int], Any], data: Dataset, canary_source: Dataset,
-            claimed_epsilon: float | None = None) -> AttackResult:
+            claimed_epsilon: float | None = None) -> Result:
         """Insert canaries into `data`, train once, and bound epsilon from below. Without `claimed_epsilon`, the
         claim is the `epsilon` the procedure reports after training (a `TrainingProcedure` with DP-SGD does)."""
         start = time.perf_counter()
@@ -128,7 +128,7 @@ class DPAudit:
         scores = log_probs[np.arange(self.n_canaries), canaries.y]
         metrics = {**self.audit(scores, included), "n_canaries": self.n_canaries, "n_included": int(included.sum()),
                    "delta": self.delta, "confidence": self.confidence, "claimed_epsilon": claimed_epsilon}
-        return AttackResult(family="privacy", attack="dp-audit", params=self.__dict__.copy(), metrics=metrics,
+        return Result(family="privacy", attack="dp-audit", params=self.__dict__.copy(), metrics=metrics,
                             queries=self.n_canaries, seconds=time.perf_counter() - start, device="cpu",
                             findings=[audit_finding(metrics["epsilon_lower_bound"], claimed_epsilon, self.delta)])
 

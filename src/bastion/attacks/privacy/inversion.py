@@ -22,7 +22,7 @@ from bastion.attacks.base import Attack
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import DataError, ParameterError
 from bastion.core.registry import register
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access, Target
 
 from .base import check_int
@@ -125,7 +125,7 @@ class ModelInversion(Attack):
         return best.detach(), torch.minimum(final, best_cost)
 
     def run(self, target: Target, data: Dataset | None = None, members: Dataset | None = None,
-            **_: Any) -> AttackResult:
+            **_: Any) -> Result:
         self.check_access(target)
         real = members if members is not None else data
         if real is None:
@@ -147,7 +147,7 @@ class ModelInversion(Attack):
             metrics["representatives"] = self.representatives_.tolist()
         finding = inversion_finding(metrics["matching_rate"], metrics["chance"], metrics["similarity"],
                                     len(classes))
-        return AttackResult(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
+        return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=target.queries - queries_before, seconds=time.perf_counter() - start,
                             device=str(target.device), findings=[finding])
 

@@ -22,7 +22,7 @@ from bastion.attacks.evasion.base import parse_eps
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.core.training import Trainer
 from bastion.defenses.base import Defense, require_data
@@ -91,7 +91,7 @@ class RandomizedSmoothing(Defense):
                            None, target.batch_size, f"{target.name} + noise training")
 
     def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
-            **_: Any) -> AttackResult:
+            **_: Any) -> Result:
         data = require_data(data, "randomized smoothing")
         start, queries = time.perf_counter(), target.queries
         base = self.base_target(target, train_data)

@@ -12,7 +12,7 @@ from bastion.attacks.backdoor.base import reset_copy
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.core.target import Access, Target
 from bastion.core.training import Trainer, seed_everything
 from bastion.defenses.base import require_data, torch_module
@@ -81,7 +81,7 @@ class ConfusionTraining(TrainingDataScreen):
         self.clean: Dataset | None = None
 
     def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
-            **_: Dataset) -> AttackResult:
+            **_: Dataset) -> Result:
         """Screen `train_data` using `data` as the defender's small clean set."""
         self.clean = require_data(data, self.name, "--data CLEAN_DATA (a small trusted set)")
         validate_for_model(self.clean, target.n_classes, target.input_shape)

@@ -12,7 +12,7 @@ from bastion.attacks.backdoor.findings import POISON_ATLAS
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.core.target import Access, Target
 from bastion.defenses.base import Defense, torch_module
 
@@ -76,7 +76,7 @@ class MMBD(Defense):
         self.starts, self.steps, self.lr, self.significance, self.seed = (int(starts), int(steps), float(lr),
                                                                          float(significance), int(seed))
 
-    def run(self, target: Target, data: Dataset | None = None, **_: Dataset) -> AttackResult:
+    def run(self, target: Target, data: Dataset | None = None, **_: Dataset) -> Result:
         """Scan the model; `data` is not needed (and not used)."""
         self.check_access(target)
         if target.n_classes < 3:

@@ -32,7 +32,7 @@ from scipy import stats
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.core.target import Access, Target
 from bastion.defenses.base import Defense
 
@@ -222,7 +222,7 @@ class PradaMonitor(Defense):
         return streams
 
     def run(self, target: Target, data: Dataset | None = None, queries: Dataset | None = None,
-            **_: Dataset) -> AttackResult:
+            **_: Dataset) -> Result:
         self.check_access(target)
         if queries is None:
             raise ParameterError("prada needs the client's query stream: pass --queries STREAM")

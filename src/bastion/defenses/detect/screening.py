@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from bastion.core.data import Dataset, validate_for_model
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.core.target import Target
 from bastion.defenses.base import Defense, require_data
 from bastion.defenses.detect.features import detection_metrics, load_ground_truth
@@ -41,7 +41,7 @@ class TrainingDataScreen(Defense):
         """The judged findings of a screen's metrics."""
 
     def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
-            **_: Dataset) -> AttackResult:
+            **_: Dataset) -> Result:
         """Screen `train_data` (or `data` when no training set is given separately)."""
         self.check_access(target)
         data = require_data(train_data if train_data is not None else data, self.name, "--train-data FILE")

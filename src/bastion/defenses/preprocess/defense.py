@@ -20,7 +20,7 @@ from bastion.attacks.evasion.norms import check_norm
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import AttackResult
+from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.defenses.base import Defense, require_data
 from bastion.defenses.compare import clean_comparison, compare
@@ -76,7 +76,7 @@ class InputTransformDefense(Defense, metaclass=ABCMeta):
     def make_transform(self, bounds: tuple[float, float]) -> InputTransform:
         """The transform for inputs within `bounds`."""
 
-    def run(self, target: Target, data: Dataset | None = None, **_: Any) -> AttackResult:
+    def run(self, target: Target, data: Dataset | None = None, **_: Any) -> Result:
         data = require_data(data, f"defense '{self.name}'")
         self.check_access(target)
         start, queries = time.perf_counter(), target.queries
@@ -141,7 +141,7 @@ class SpatialSmooth(InputTransformDefense):
     def make_transform(self, bounds: tuple[float, float]) -> InputTransform:
         return MedianSmooth(self.window, bounds)
 
-    def run(self, target: Target, data: Dataset | None = None, **kwargs: Any) -> AttackResult:
+    def run(self, target: Target, data: Dataset | None = None, **kwargs: Any) -> Result:
         if len(target.input_shape) not in (2, 3):
             raise ParameterError(f"spatial smoothing needs image inputs (C, H, W); the model takes "
                                  f"{tuple(target.input_shape)}")

@@ -21,7 +21,7 @@ from bastion.attacks.evasion.base import parse_eps
 from bastion.attacks.evasion.norms import check_norm
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
-from bastion.core.results import AttackResult, Finding
+from bastion.core.results import Finding, Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.core.training import Trainer
 from bastion.defenses.base import Defense, require_data, torch_module
@@ -114,7 +114,7 @@ class TrainingDefense(Defense, metaclass=ABCMeta):
         return {}, []
 
     def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
-            **_: Any) -> AttackResult:
+            **_: Any) -> Result:
         self.check_access(target)
         module = torch_module(target, f"defense '{self.name}'")
         self.check_model(module)
