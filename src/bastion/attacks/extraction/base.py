@@ -33,7 +33,7 @@ EXTRACTION_OWASP = ["ML05:2023 Model Theft"]
 
 
 def parse_budgets(budget: int | str | Sequence[int] | None) -> list[int]:
-    """Accept 1000, "100,1000" or [100, 1000]; return sorted distinct positive integers."""
+    """Accept 1000, "100,1000" or [100, 1000]; return sorted distinct positive integers (None: no budget, [])."""
     if budget is None:
         return []
     if isinstance(budget, str):
@@ -102,11 +102,15 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
     requires: ClassVar[Access] = Access.LABELS
     dataset_params: ClassVar[tuple[str, ...]] = ("pool",)
     needs_pool: ClassVar[bool] = True
+    budget_optional: ClassVar[bool] = False  # True: `budget=None` means "as many queries as the attack needs"
 
     def __init__(self, budget: int | str | Sequence[int] | None = 1000, defense: str | None = None,
                  monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1,
                  transfer_samples: int = 500, seed: int = 0):
-        self.budget = parse_budgets(budget)
+        if budget is None and not self.budget_optional:
+            raise ParameterError(f"extraction attack '{self.name}' needs a query budget")
+        # None stays None, so that `type(self)(**self.get_params())` rebuilds the same attack
+        self.budget = None if budget is None else parse_budgets(budget)
         if ood_samples < 0 or transfer_samples < 0 or transfer_eps < 0:
             raise ParameterError("ood_samples, transfer_samples and transfer_eps must be >= 0")
         self.defense, self.monitor = defense, bool(monitor)
@@ -137,7 +141,7 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
         before = api.queries
         rows, incomplete = [], None
         try:
-            for budget, model in self.extract(log, pool, self.budget):
+            for budget, model in self.extract(log, pool, parse_budgets(self.budget)):
                 rows.append({"budget": budget, "queries": len(log), **evaluation.score(model)})
                 self.substitute_ = model
         except QueryBudgetExceeded as exc:  # the target's own budget: keep the copies made before it ran out

@@ -72,6 +72,7 @@ class EquationSolving(ExtractionAttack):
     name = "equation"
     requires: ClassVar[Access] = Access.SCORES
     needs_pool: ClassVar[bool] = False
+    budget_optional: ClassVar[bool] = True
 
     def __init__(self, budget: int | str | Sequence[int] | None = None, design: str = "axis", retries: int = 8,
                  checks: int = 20, tolerance: float = 0.05, defense: str | None = None, monitor: bool = True,

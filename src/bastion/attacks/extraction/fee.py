@@ -131,6 +131,7 @@ class FunctionallyEquivalentExtraction(ExtractionAttack):
     name = "fee"
     requires: ClassVar[Access] = Access.SCORES
     needs_pool: ClassVar[bool] = False
+    budget_optional: ClassVar[bool] = True
 
     def __init__(self, hidden: int | None = None, lines: int = 32, tol: float = 1e-5, segments: int = 64,
                  budget: int | str | Sequence[int] | None = None, defense: str | None = None,

@@ -204,6 +204,7 @@ class TreePathFinding(ExtractionAttack):
     name = "tree"
     requires: ClassVar[Access] = Access.SCORES
     needs_pool: ClassVar[bool] = False
+    budget_optional: ClassVar[bool] = True
 
     def __init__(self, budget: int | str | Sequence[int] | None = None, tol: float = 1e-3, decimals: int = 6,
                  starts: int = 1, batch: int = 32, max_boxes: int = 4096, deadline: float | None = 600.0,
