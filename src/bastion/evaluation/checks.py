@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from bastion.core.gradients import loss_and_grad
 from bastion.core.results import Finding
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.evaluation.scoring import EVASION_ATLAS, EVASION_OWASP
@@ -158,8 +159,6 @@ def check_forward(target: Target, x: torch.Tensor) -> Check:
 
 def check_gradients(target: Target, x: torch.Tensor, y: torch.Tensor) -> Check:
     """Check 3: the fraction of correctly classified points whose loss gradient is all zero or non-finite."""
-    from bastion.attacks.evasion.losses import loss_and_grad
-
     if target.access < Access.GRADIENTS:
         return Check(3, True, "no gradient access: not applicable")
     _, grad, logits = loss_and_grad(target, x, y)

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 import torch
 
 from bastion.attacks.evasion.base import EvasionAttack, as_eps, clip_to
-from bastion.attacks.evasion.losses import forward_logits, get_loss, loss_and_grad
+from bastion.attacks.evasion.losses import get_loss
 from bastion.attacks.evasion.norms import ascent_step, project, random_start
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
+from bastion.core.gradients import forward_logits, loss_and_grad
 from bastion.core.registry import register
 from bastion.core.target import Target
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 
 from bastion.attacks.evasion.base import MinNormAttack
-from bastion.attacks.evasion.losses import forward_logits
 from bastion.attacks.evasion.norms import lp_norm
 from bastion.core.errors import ParameterError
+from bastion.core.gradients import forward_logits
 from bastion.core.registry import register
 from bastion.core.target import Target
 

@@ -21,9 +21,9 @@ import torch
 
 from bastion.attacks.evasion.base import MinNormAttack
 from bastion.attacks.evasion.hyperplane import project_hyperplane_box
-from bastion.attacks.evasion.losses import forward_logits
 from bastion.attacks.evasion.norms import lp_norm, random_start
 from bastion.core.errors import ParameterError
+from bastion.core.gradients import forward_logits
 from bastion.core.registry import register
 from bastion.core.target import Target
 

@@ -1,23 +1,11 @@
-"""Per-sample attack losses on logits, and one forward-backward pass that returns loss, gradient and logits."""
+"""Per-sample attack losses on logits (the forward-backward pass itself is `bastion.core.gradients`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 
 from bastion.core.errors import ParameterError
-from bastion.core.target import Target
-
-Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-
-
-def ce_loss(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of the true class (untargeted, to maximise) or minus that of the target class."""
-    if t is None:
-        return F.cross_entropy(logits, y, reduction="none")
-    return -F.cross_entropy(logits, t, reduction="none")
+from bastion.core.gradients import Loss, ce_loss
 
 
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -52,24 +40,3 @@ def get_loss(name: str, n_classes: int, targeted: bool = False) -> Loss:
         kind = "targeted DLR" if targeted else "DLR"
         raise ParameterError(f"{kind} needs at least {need} classes, the model has {n_classes}: use the ce loss")
     return LOSSES[name]
-
-
-def loss_and_grad(target: Target, x: torch.Tensor, y: torch.Tensor, loss: Loss = ce_loss,
-                  t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample loss, its input gradient, and the logits, from one forward-backward pass."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = target.logits(x)
-        value = loss(logits, y, t)
-        grad = None
-        if value.requires_grad:
-            (grad,) = torch.autograd.grad(value.sum(), x, allow_unused=True)
-    if grad is None:  # the model cut the graph (e.g. detach or no_grad inside forward): a zero gradient
-        grad = torch.zeros_like(x)
-    return value.detach(), grad.detach(), logits.detach()
-
-
-def forward_logits(target: Target, x: torch.Tensor) -> torch.Tensor:
-    """Logits without building a graph (an evaluation-only forward pass)."""
-    with torch.no_grad():
-        return target.logits(x.detach())

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from bastion.attacks.evasion.losses import forward_logits, loss_and_grad
 from bastion.attacks.evasion.norms import ascent_step, lp_norm, project
+from bastion.core.gradients import forward_logits, loss_and_grad
 from bastion.core.target import Target
 
 

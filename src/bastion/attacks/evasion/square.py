@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import torch
 
 from bastion.attacks.evasion.base import EvasionAttack, as_eps, clip_to
-from bastion.attacks.evasion.losses import forward_logits, margin
+from bastion.attacks.evasion.losses import margin
 from bastion.core.errors import ParameterError
+from bastion.core.gradients import forward_logits
 from bastion.core.registry import register
 from bastion.core.target import Access, Target
 
