@@ -1,8 +1,7 @@
-"""Helpers shared by the commands: parsing `--param value` pairs, building objects, printing results."""
+"""Helpers shared by the commands: building objects from `--param value` pairs, loading data, printing results."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -12,66 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.core.data import Dataset, load_dataset, validate_for_model
+from bastion.core.data import Dataset, load_dataset
 from bastion.core.errors import BastionError, ParameterError
+from bastion.core.params import accepts, construct, parse_extra
 from bastion.core.results import SEVERITIES, Result, severity_rank
-from bastion.core.target import Target
 
 console = Console(stderr=False)
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def parse_value(text: str) -> Any:
-    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'none' -> None, 'a,b' -> list of parsed values, else the text."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    if lowered in ("none", "null"):
-        return None
-    if "," in text:
-        return [parse_value(part) for part in text.split(",") if part.strip()]
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_extra(args: list[str]) -> dict[str, Any]:
-    """Turn ['--step-size', '0.1', '--targeted', '--eps=0.1,0.2'] into {'step_size': 0.1, 'targeted': True, ...}."""
-    params: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        token = args[i]
-        if not token.startswith("--") or len(token) < 3:
-            raise ParameterError(f"unexpected argument {token!r}; parameters look like --name value")
-        key, sep, value = token[2:].partition("=")
-        key = key.replace("-", "_")
-        if not sep:
-            if i + 1 < len(args) and not (args[i + 1].startswith("--") and len(args[i + 1]) > 2):
-                value, i = args[i + 1], i + 1
-            else:
-                value = "true"
-        params[key] = parse_value(value)
-        i += 1
-    return params
-
-
-def construct(cls: type, params: dict[str, Any], what: str) -> Any:
-    """Instantiate `cls(**params)`, naming the valid parameters when one is unknown."""
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        valid = ", ".join("--" + p.replace("_", "-") for p in accepted) or "none"
-        raise ParameterError(f"{what} has no parameter {', '.join('--' + u.replace('_', '-') for u in unknown)}; "
-                             f"valid: {valid}")
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ParameterError(f"{what}: {exc}") from None
 
 
 def build_with_datasets(cls: type, args: list[str], defaults: dict[str, Any], label: str | None,
@@ -100,10 +46,6 @@ def check_seed(seed: Any, option: str = "--seed") -> int:
     return seed
 
 
-def accepts(cls: type, name: str) -> bool:
-    return name in inspect.signature(cls.__init__).parameters
-
-
 def load_data(path: Path | None, label: str | None, n_samples: int | None, role: str = "data") -> Dataset | None:
     if path is None:
         return None
@@ -111,11 +53,6 @@ def load_data(path: Path | None, label: str | None, n_samples: int | None, role:
         raise ParameterError(f"--n-samples must be at least 1, got {n_samples}")
     data = load_dataset(path, label=label, name=f"{role} ({Path(path).name})")
     return data.head(n_samples)
-
-
-def check_fit(data: Dataset | None, target: Target) -> None:
-    if data is not None:
-        validate_for_model(data, target.n_classes, target.input_shape)
 
 
 def fail_on_level(value: str | None) -> int | None:
@@ -173,7 +110,4 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-__all__ = [
-    "BastionError", "EXTRA_ARGS", "accepts", "build_with_datasets", "check_fit", "construct", "emit", "load_data",
-    "parse_extra",
-]
+__all__ = ["BastionError", "EXTRA_ARGS", "build_with_datasets", "emit", "load_data"]

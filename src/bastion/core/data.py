@@ -13,10 +13,14 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bastion.core.errors import DataError
+
+if TYPE_CHECKING:
+    from bastion.core.target import Target
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
 MAX_DATA_BYTES = 2 * 1024**3  # the largest array a data file may declare (npz member, IDX payload, image folder)
@@ -95,6 +99,12 @@ def validate_for_model(data: Dataset, n_classes: int, input_shape: tuple[int, ..
         problem = bounds_problem(data, bounds)
         if problem:
             raise DataError(problem)
+
+
+def check_fit(data: Dataset | None, target: Target) -> None:
+    """Validate `data` (when given) against the target's classes and input shape."""
+    if data is not None:
+        validate_for_model(data, target.n_classes, target.input_shape)
 
 
 # -- the data must be in the model's units and class order (issue 21: say it when the input is off) -------------

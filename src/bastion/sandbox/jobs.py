@@ -27,7 +27,7 @@ def preload() -> None:
 
 def load_checked(load: dict[str, Any], datasets: list[Dataset | None]) -> Any:
     """The target of `load` (keyword arguments of `bastion.models.load_target`), checked against the datasets."""
-    from bastion.cli.common import check_fit
+    from bastion.core.data import check_fit
     from bastion.models import load_target
 
     target = load_target(**load)

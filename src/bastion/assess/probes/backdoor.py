@@ -10,7 +10,7 @@ import numpy as np
 from bastion.assess.inputs import Inputs, ModelInfo
 from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, SanityCheck, done, sample_rows, select
 from bastion.assess.scoring import grade_of
-from bastion.cli.common import accepts, construct
+from bastion.core.params import accepts, construct
 from bastion.core.registry import get, register
 from bastion.core.results import Finding, Result
 

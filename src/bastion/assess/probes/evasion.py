@@ -11,7 +11,7 @@ from bastion.assess import sanity
 from bastion.assess.inputs import Inputs, ModelInfo
 from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, done, sample_rows, select
 from bastion.assess.scoring import black_box_reason, grade_of
-from bastion.cli.common import construct
+from bastion.core.params import construct
 from bastion.core.registry import get, register
 from bastion.core.results import Result
 from bastion.core.target import Access
