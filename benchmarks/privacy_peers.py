@@ -28,9 +28,9 @@ from bastion.core.data import Dataset
 from bastion.core.registry import get
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything
-from bastion.demo.models import Standardize
 from bastion.evaluation.metrics import roc_summary
 from bastion.evaluation.privacy_plot import curves_from_scores, roc_loglog_png
+from bastion.models.layers import Standardize
 
 N_FEATURES, N_CLASSES = 40, 10
 RECIPES = {  # how each target (and every model trained to imitate it) is trained

@@ -16,8 +16,8 @@ from torch import nn
 
 from bastion.core.errors import ParameterError
 from bastion.core.training import Trainer
-from bastion.demo.models import Standardize
 from bastion.models.factory import build
+from bastion.models.layers import Standardize
 
 
 def default_substitute(input_shape: Sequence[int], n_classes: int, reference: torch.Tensor | None = None,
