@@ -62,6 +62,7 @@ def test_print_plan_and_plan_errors(capsys, files, tmp_path):
 
 
 def test_resume_an_interrupted_run_from_the_cli(capsys, files, cancer_inputs, quick_plan, tmp_path):  # noqa: F811
+    from bastion.assess.assessment import Assessment
     from bastion.assess.runner import Runner
     from bastion.store import RunStore
 
@@ -75,7 +76,7 @@ def test_resume_an_interrupted_run_from_the_cli(capsys, files, cancer_inputs, qu
     assert code == 0, out
     with RunStore(store_path) as store:
         row = store.run("20240101")
-        assert row["status"] == "complete" and store.assessment("last").plan == plan.to_dict()
+        assert row["status"] == "complete" and store.assessment("last", Assessment.from_json).plan == plan.to_dict()
     code, _, err = bastion(capsys, "assess", *common[:1], "--resume", "last", "--store", str(store_path))
     assert code == 2 and "--resume takes the model" in err
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bastion.assess.probes.base import FamilyReport, SanityCheck
+from bastion.assess.probes.base import FamilyReport, JobOutcome, SanityCheck
 from bastion.assess.runner import LocalBackend, Runner, plan_jobs
 from bastion.assess.sanity import (
     check_black_box,
@@ -92,7 +92,7 @@ def test_interrupted_run_keeps_finished_jobs_and_resumes(cancer_inputs, quick_pl
     with pytest.raises(KeyboardInterrupt):
         Runner(store, Interrupting(3), show_progress=False).run(cancer_inputs, plan, run_id="r1")
     assert store.run("r1")["status"] == "interrupted"
-    kept = store.outcomes("r1")
+    kept = store.outcomes("r1", JobOutcome.from_json)
     assert len(kept) == 3
     ran = []
 

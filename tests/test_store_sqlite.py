@@ -32,12 +32,12 @@ def test_runs_jobs_and_assessments_round_trip(tmp_path):
         outcome = JobOutcome("evasion/pgd/0", "evasion", "pgd", "done",
                              result=Result("evasion", "pgd", metrics={"x": 1.0}), seconds=1.5)
         store.save_job("20240101-000000-aaaaaa", outcome)
-        assert store.outcomes("20240101")["evasion/pgd/0"] == outcome
+        assert store.outcomes("20240101", JobOutcome.from_json)["evasion/pgd/0"] == outcome
         with pytest.raises(ParameterError, match="has no report yet"):
-            store.assessment("last")
+            store.assessment("last", Assessment.from_json)
         a = assessment("20240101-000000-aaaaaa", "high", 0.1)
         store.finish(a)
-        assert store.assessment("last").to_dict() == a.to_dict()
+        assert store.assessment("last", Assessment.from_json).to_dict() == a.to_dict()
         rows = store.list_runs()
         assert rows[0]["grade"] == "D" and rows[0]["worst"] == "high" and rows[0]["jobs_done"] == 1
         store.create_run("20240101-000000-bbbbbb", {"model": "m.pt"}, {}, None, "ray", 0)

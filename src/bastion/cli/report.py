@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from bastion.assess.assessment import Assessment
 from bastion.cli.common import console
 from bastion.report import FORMATS, render, write_reports
 from bastion.report.compare import compare, render_comparison_markdown
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
         store_path: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     ) -> None:
         with RunStore(store_path) as store:
-            assessment = store.assessment(run)
+            assessment = store.assessment(run, Assessment.from_json)
         if out is not None:
             for kind, path in write_reports(assessment, out).items():
                 console.print(f"{kind:>6}: {path}")
@@ -64,7 +65,7 @@ def register(app: typer.Typer) -> None:
         store_path: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     ) -> None:
         with RunStore(store_path) as store:
-            result = compare(store.assessment(before), store.assessment(after))
+            result = compare(*(store.assessment(run, Assessment.from_json) for run in (before, after)))
         if as_json:
             typer.echo(json.dumps(result.to_dict()))
         else:

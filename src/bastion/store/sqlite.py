@@ -2,6 +2,10 @@
 
 The database lives at `--store PATH`, else `$BASTION_STORE`, else `~/.local/share/bastion/runs.sqlite`.
 A run is named by its id, any unique prefix of it, `last`, or `last~N` (the N-th run before the last).
+
+The store sits above the assessment layer's types but does not import them: it writes any object that has the
+fields of `StoredJob` / `StoredAssessment` and a `to_json()`, and reads back through the decoder its caller
+passes (`store.outcomes(run, JobOutcome.from_json)`, `store.assessment(run, Assessment.from_json)`).
 """
 
 from __future__ import annotations
@@ -10,14 +14,40 @@ import json
 import os
 import secrets
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from bastion.assess.assessment import Assessment
-from bastion.assess.probes.base import JobOutcome
 from bastion.core.data import data_fingerprint
 from bastion.core.errors import BastionError, ParameterError
+
+T = TypeVar("T")
+
+
+class StoredJob(Protocol):
+    """What the store keeps of a finished job (an assessment's `JobOutcome`)."""
+
+    key: str
+    family: str
+    status: str
+    seconds: float
+
+    def to_json(self) -> str: ...
+
+
+class StoredAssessment(Protocol):
+    """What the store keeps of a finished assessment."""
+
+    run_id: str
+    status: str
+    finished: str | None
+    grade: str
+
+    def worst_severity(self) -> str | None: ...
+
+    def to_json(self) -> str: ...
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -98,7 +128,7 @@ class RunStore:
                 (run_id, now(), inputs.get("model", ""), model_sha256, backend, seed, json.dumps(inputs),
                  json.dumps(plan)))
 
-    def save_job(self, run_id: str, outcome: JobOutcome) -> None:
+    def save_job(self, run_id: str, outcome: StoredJob) -> None:
         with self.conn:
             self.conn.execute("INSERT OR REPLACE INTO jobs (run_id, key, family, status, seconds, outcome) "
                               "VALUES (?, ?, ?, ?, ?, ?)",
@@ -109,7 +139,7 @@ class RunStore:
         with self.conn:
             self.conn.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
 
-    def finish(self, assessment: Assessment) -> None:
+    def finish(self, assessment: StoredAssessment) -> None:
         with self.conn:
             self.conn.execute("UPDATE runs SET status = ?, finished = ?, grade = ?, worst = ?, assessment = ? "
                               "WHERE id = ?",
@@ -152,20 +182,20 @@ class RunStore:
             raise BastionError(f"run {out['id']} in {self.path} is corrupt (inputs or plan is not an object)")
         return out
 
-    def outcomes(self, run_ref: str) -> dict[str, JobOutcome]:
-        """The jobs stored for a run, by key."""
+    def outcomes(self, run_ref: str, decode: Callable[[str], T]) -> dict[str, T]:
+        """The jobs stored for a run, by key, each decoded from its JSON text by `decode`."""
         run_id = self.resolve(run_ref)
-        rows = self.conn.execute("SELECT outcome FROM jobs WHERE run_id = ?", (run_id,)).fetchall()
-        return self._decoded(run_id, "jobs", lambda: {o.key: o for o in (JobOutcome.from_json(r["outcome"])
-                                                                          for r in rows)})
+        rows = self.conn.execute("SELECT key, outcome FROM jobs WHERE run_id = ?", (run_id,)).fetchall()
+        return self._decoded(run_id, "jobs", lambda: {r["key"]: decode(r["outcome"]) for r in rows})
 
-    def assessment(self, run_ref: str) -> Assessment:
-        """The finished assessment of a run (an interrupted run has none until it is resumed)."""
+    def assessment(self, run_ref: str, decode: Callable[[str], T]) -> T:
+        """The finished assessment of a run, decoded from its JSON text by `decode` (an interrupted run has none
+        until it is resumed)."""
         row = self.run(run_ref)
         if not row["assessment"]:
             raise ParameterError(f"run {row['id']} is {row['status']} and has no report yet; resume it with "
                                  f"`bastion assess --resume {row['id']}`")
-        return self._decoded(row["id"], "assessment", lambda: Assessment.from_json(row["assessment"]))
+        return self._decoded(row["id"], "assessment", lambda: decode(row["assessment"]))
 
     def check_data_unchanged(self, row: dict[str, Any]) -> None:
         """Refuse to resume a run whose data files changed (or vanished) since it started."""
