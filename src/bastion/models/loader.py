@@ -7,7 +7,6 @@ supply-chain scanner and load only when the scan is clean and the user passed `-
 
 from __future__ import annotations
 
-import json
 import struct
 import zipfile
 from pathlib import Path
@@ -16,8 +15,7 @@ from bastion.core.data import Dataset, align_classes, bounds_problem
 from bastion.core.errors import DataError, ModelLoadError
 from bastion.core.target import Access, Target
 from bastion.models.metadata import ModelMetadata
-
-MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+from bastion.supplychain.tensor_checks import MAX_SAFETENSORS_HEADER
 
 
 def sniff_format(path: str | Path) -> str:
@@ -119,15 +117,3 @@ def resolve_shape_and_bounds(meta: ModelMetadata, data: Dataset | None, bounds: 
         if problem:
             raise DataError(problem)
     return shape, bounds
-
-
-def read_json_header(path: Path) -> dict:
-    """The JSON header of a safetensors file, bounded in size."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > MAX_SAFETENSORS_HEADER:
-            raise ModelLoadError(f"{path}: safetensors header of {n} bytes is too large")
-        try:
-            return json.loads(f.read(n))
-        except ValueError as exc:
-            raise ModelLoadError(f"{path}: corrupt safetensors header ({exc})") from None

@@ -12,9 +12,10 @@ from bastion.core.device import resolve_device
 from bastion.core.errors import ModelLoadError
 from bastion.core.target import TorchTarget
 from bastion.models.factory import build
-from bastion.models.loader import read_json_header, resolve_shape_and_bounds
+from bastion.models.loader import resolve_shape_and_bounds
 from bastion.models.metadata import METADATA_KEY, ModelMetadata
 from bastion.supplychain.code_formats import refuse_unless_trusted
+from bastion.supplychain.tensor_checks import read_safetensors_header
 
 
 def _target(model: nn.Module, meta: ModelMetadata, path: Path, data: Dataset | None,
@@ -107,7 +108,7 @@ def load_safetensors(path: Path, arch: str | None = None, data: Dataset | None =
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    header = read_json_header(path)
+    header = read_safetensors_header(path)
     strings = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(header, dict) or not isinstance(strings or {}, dict):
         raise ModelLoadError(f"{path}: corrupt safetensors header (not a JSON object of tensors and __metadata__)")

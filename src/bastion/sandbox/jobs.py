@@ -21,7 +21,6 @@ def preload() -> None:
     import torch  # noqa: F401
 
     import bastion.assess.runner  # noqa: F401
-    import bastion.cli.common  # noqa: F401
     import bastion.models  # noqa: F401
 
 

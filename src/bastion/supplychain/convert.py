@@ -50,10 +50,10 @@ def safetensors_destination(scanned: ScannedFile, out_dir: str | Path | None = N
 
 def is_conversion_of(dest: Path, scanned: ScannedFile) -> bool:
     """True when `dest` is a safetensors file that `bastion scan` converted from these very bytes."""
-    from bastion.models.loader import read_json_header
+    from bastion.supplychain.tensor_checks import read_safetensors_header
 
     try:
-        meta = read_json_header(dest).get("__metadata__")
+        meta = read_safetensors_header(dest).get("__metadata__")
     except Exception:  # noqa: BLE001 - any unreadable header means "not our conversion"
         return False
     return (isinstance(meta, dict) and meta.get("converted_by") == "bastion scan"

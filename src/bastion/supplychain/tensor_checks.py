@@ -11,13 +11,30 @@ import struct
 import tokenize
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from bastion.core.errors import ModelLoadError
 from bastion.supplychain.findings import Cursor
 
 _ST_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
              "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8,
              "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75}
+
+
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the largest header a loader reads
+
+
+def read_safetensors_header(path: str | Path) -> dict:
+    """The JSON header of a safetensors file, bounded in size."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > MAX_SAFETENSORS_HEADER:
+            raise ModelLoadError(f"{path}: safetensors header of {n} bytes is too large")
+        try:
+            return json.loads(f.read(n))
+        except ValueError as exc:
+            raise ModelLoadError(f"{path}: corrupt safetensors header ({exc})") from None
 
 
 def looks_like_safetensors(data: Any) -> bool:
