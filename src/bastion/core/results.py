@@ -108,6 +108,8 @@ class Result(Serializable):
     seconds: float = 0.0
     device: str = "cpu"
     findings: list[Finding] = field(default_factory=list)
+    # per-sample outcomes when the run has them; evasion: `eps`, `correct` (n,) and `robust` (n, len(eps)) booleans
+    samples: dict[str, Any] = field(default_factory=dict)
 
     def worst_severity(self) -> str | None:
         """The highest severity among the findings, or None when there are none."""

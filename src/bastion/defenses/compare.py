@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from bastion.attacks.evasion.search import EpsSearch
 from bastion.attacks.evasion.wrappers import EOTTarget
 from bastion.core import registry
 from bastion.core.data import Dataset
@@ -55,32 +54,12 @@ def is_random(model: nn.Module, x: torch.Tensor) -> bool:
 
 
 def per_sample(attack: Any, target: Target, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `attack`; per sample: correctly classified (n,) and robust at each eps (n, k).
-
-    The answers come from the attack's epsilon search (captured when the attack packages its result); for an
-    attack that keeps no search, samples are ranked by the aggregate curve (the minimum over attacks then stays
-    an upper bound of robust accuracy)."""
-    captured: dict[str, EpsSearch] = {}
-    package = attack.result
-
-    def capture(judge: Target, search: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(search, EpsSearch):
-            captured["search"] = search
-        return package(judge, search, *args, **kwargs)
-
-    attack.result = capture
-    try:
-        result = attack.run(target, data)
-    finally:
-        del attack.result
-    search = captured.get("search")
-    if search is not None:
-        masks = [search.robust_mask(k) for k in range(search.k)]
-        return search.correct.cpu(), torch.stack(masks, dim=1).cpu()
-    n = len(data)
-    correct = torch.arange(n) < round(float(result.metrics["clean_accuracy"]) * n)
-    robust = [torch.arange(n) < round(float(c["robust_accuracy"]) * n) for c in result.metrics["robust_accuracy"]]
-    return correct, torch.stack(robust, dim=1)
+    """Run `attack`; per sample: correctly classified (n,) and robust at each eps (n, k), from the outcomes every
+    evasion Result carries (`result.samples`)."""
+    samples = attack.run(target, data).samples
+    correct = torch.as_tensor(samples["correct"], dtype=torch.bool)
+    robust = torch.as_tensor(samples["robust"], dtype=torch.bool).reshape(len(correct), len(samples["eps"]))
+    return correct, robust
 
 
 def _curve(eps: Sequence[float], robust: torch.Tensor) -> list[dict[str, float]]:

@@ -128,7 +128,8 @@ class EvasionAttack(Attack):
 
     def result(self, target: Target, search: EpsSearch, start: float, queries: int,
                extra: dict[str, Any] | None = None, findings: list | None = None) -> Result:
-        """The Result of a finished search: clean and robust accuracy per eps, success rates, findings."""
+        """The Result of a finished search: clean and robust accuracy per eps, success rates, findings, and each
+        sample's outcome (`samples`: correctly classified, and robust at each eps)."""
         clean = float(search.correct.float().mean())
         curve = search.curve()
         metrics: dict[str, Any] = {
@@ -151,6 +152,8 @@ class EvasionAttack(Attack):
             seconds=time.perf_counter() - start,
             device=str(target.device),
             findings=evasion_findings(self.name, self.norm, clean, curve, search.violations) + (findings or []),
+            samples={"eps": list(search.eps_values), "correct": search.correct.cpu().tolist(),
+                     "robust": torch.stack([search.robust_mask(k) for k in range(search.k)], 1).cpu().tolist()},
         )
 
 
