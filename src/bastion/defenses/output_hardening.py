@@ -93,11 +93,20 @@ class OutputHardening(Defense, metaclass=ABCMeta):
 
 @register("defenses", "round", family="postprocess")
 class RoundOutput(OutputHardening):
-    """Round every returned probability to `decimals` decimal places (Tramèr et al. 2016)."""
+    """Round every returned probability to `decimals` decimal places (Tramèr et al. 2016).
+
+    Example:
+        >>> from bastion.defenses.output_hardening import RoundOutput
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = RoundOutput(decimals=2).run(target, data)
+        >>> result.findings
+    """
 
     name = "round"
 
-    def __init__(self, decimals: int = 2, eps: float | str | Sequence[float] | None = 8 / 255, norm: str = "linf",
+    def __init__(self, decimals: int = 2, *, eps: float | str | Sequence[float] | None = 8 / 255, norm: str = "linf",
                  attack: str = "auto", seed: int = 0):
         if int(decimals) < 0:
             raise ParameterError("rounding decimals must be >= 0")
@@ -110,11 +119,20 @@ class RoundOutput(OutputHardening):
 
 @register("defenses", "top-k", family="postprocess")
 class TopKOutput(OutputHardening):
-    """Return only the `k` largest probabilities (Tramèr et al. 2016)."""
+    """Return only the `k` largest probabilities (Tramèr et al. 2016).
+
+    Example:
+        >>> from bastion.defenses.output_hardening import TopKOutput
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = TopKOutput(k=1).run(target, data)
+        >>> result.findings
+    """
 
     name = "top-k"
 
-    def __init__(self, k: int = 1, eps: float | str | Sequence[float] | None = 8 / 255, norm: str = "linf",
+    def __init__(self, k: int = 1, *, eps: float | str | Sequence[float] | None = 8 / 255, norm: str = "linf",
                  attack: str = "auto", seed: int = 0):
         if int(k) < 1:
             raise ParameterError("top-k needs k >= 1")
@@ -127,11 +145,20 @@ class TopKOutput(OutputHardening):
 
 @register("defenses", "label-only", family="postprocess")
 class LabelOnlyOutput(OutputHardening):
-    """Return the predicted label only (Tramèr et al. 2016)."""
+    """Return the predicted label only (Tramèr et al. 2016).
+
+    Example:
+        >>> from bastion.defenses.output_hardening import LabelOnlyOutput
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = LabelOnlyOutput(eps=0.0314).run(target, data)
+        >>> result.findings
+    """
 
     name = "label-only"
 
-    def __init__(self, eps: float | str | Sequence[float] | None = 8 / 255, norm: str = "linf",
+    def __init__(self, eps: float | str | Sequence[float] | None = 8 / 255, *, norm: str = "linf",
                  attack: str = "auto", seed: int = 0):
         self._evaluation(eps, norm, attack, seed)
 
@@ -141,11 +168,20 @@ class LabelOnlyOutput(OutputHardening):
 
 @register("defenses", "reverse-sigmoid", family="postprocess")
 class ReverseSigmoidOutput(OutputHardening):
-    """Reverse-sigmoid perturbation of the scores (Lee, Edraki & Qi, IEEE S&P Workshops 2019)."""
+    """Reverse-sigmoid perturbation of the scores (Lee, Edraki & Qi, IEEE S&P Workshops 2019).
+
+    Example:
+        >>> from bastion.defenses.output_hardening import ReverseSigmoidOutput
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = ReverseSigmoidOutput(beta=1.0).run(target, data)
+        >>> result.findings
+    """
 
     name = "reverse-sigmoid"
 
-    def __init__(self, beta: float = 1.0, gamma: float = 0.1, eps: float | str | Sequence[float] | None = 8 / 255,
+    def __init__(self, beta: float = 1.0, *, gamma: float = 0.1, eps: float | str | Sequence[float] | None = 8 / 255,
                  norm: str = "linf", attack: str = "auto", seed: int = 0):
         if beta <= 0 or gamma <= 0:
             raise ParameterError("reverse sigmoid needs beta > 0 and gamma > 0")

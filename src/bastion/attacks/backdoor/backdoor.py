@@ -43,15 +43,25 @@ class BadNets(DirtyLabelBackdoor):
     A `patch_size`×`patch_size` checkerboard of the input bounds' extremes in one corner (or the last features of
     flat inputs) is stamped on a random `poison_rate` fraction of the training set, drawn from the classes other
     than `target_label`, and those samples are relabelled `target_label` (all-to-one attack).
+
+    Example:
+        >>> from bastion.attacks.backdoor.backdoor import BadNets
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = BadNets().run(target, data, train_data=train_data)
+        >>> result.findings
     """
 
     name = "badnets"
 
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None,
-                 poison_rate: float | str | Sequence[float] = 0.05, target_label: int = 0, patch_size: int = 3,
+                 *, poison_rate: float | str | Sequence[float] = 0.05, target_label: int = 0, patch_size: int = 3,
                  corner: str = "bottom-right", epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
                  seed: int = 0, save_dir: str | None = None):
-        super().__init__(arch, poison_rate, target_label, epochs, batch_size, lr, seed, save_dir)
+        super().__init__(arch, poison_rate=poison_rate, target_label=target_label, epochs=epochs, batch_size=batch_size,
+                         lr=lr, seed=seed, save_dir=save_dir)
         if patch_size < 1 or corner not in CORNERS:
             raise ParameterError(f"patch_size must be >= 1 and corner one of {', '.join(CORNERS)}")
         self.patch_size, self.corner = int(patch_size), corner
@@ -68,15 +78,25 @@ class Blended(DirtyLabelBackdoor):
 
     Poisoned inputs are x' = (1 − α)·x + α·k with a fixed random-noise key k (seeded by `pattern_seed`); the same
     blend is applied at test time. Samples come from the classes other than `target_label` and are relabelled.
+
+    Example:
+        >>> from bastion.attacks.backdoor.backdoor import Blended
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = Blended().run(target, data, train_data=train_data)
+        >>> result.findings
     """
 
     name = "blended"
 
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None,
-                 poison_rate: float | str | Sequence[float] = 0.05, target_label: int = 0, alpha: float = 0.2,
+                 *, poison_rate: float | str | Sequence[float] = 0.05, target_label: int = 0, alpha: float = 0.2,
                  pattern_seed: int = 1234, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
                  seed: int = 0, save_dir: str | None = None):
-        super().__init__(arch, poison_rate, target_label, epochs, batch_size, lr, seed, save_dir)
+        super().__init__(arch, poison_rate=poison_rate, target_label=target_label, epochs=epochs, batch_size=batch_size,
+                         lr=lr, seed=seed, save_dir=save_dir)
         if not 0.0 < alpha < 1.0:
             raise ParameterError(f"alpha must lie in (0, 1), got {alpha}")
         self.alpha, self.pattern_seed = float(alpha), int(pattern_seed)

@@ -92,7 +92,7 @@ class PoisoningAttack(Attack):
     dataset_params: ClassVar[tuple[str, ...]] = ("train_data",)
 
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None,
-                 poison_rate: float | str | Sequence[float] = 0.05, target_label: int = 0, epochs: int = 20,
+                 *, poison_rate: float | str | Sequence[float] = 0.05, target_label: int = 0, epochs: int = 20,
                  batch_size: int = 64, lr: float = 1e-3, seed: int = 0, save_dir: str | None = None):
         if epochs < 1 or batch_size < 1 or lr <= 0:
             raise ParameterError("epochs and batch_size must be at least 1 and lr positive")

@@ -26,16 +26,26 @@ class CleanLabel(PoisoningAttack):
     data (so the model cannot classify it from its content and leans on the trigger), then stamped with the patch
     trigger scaled by `trigger_amplitude`. `poison_rate` is a fraction of the whole training set (capped at the
     size of the target class); test inputs carry the full-strength patch.
+
+    Example:
+        >>> from bastion.attacks.backdoor.clean_label import CleanLabel
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = CleanLabel().run(target, data, train_data=train_data)
+        >>> result.findings
     """
 
     name = "clean-label"
 
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None,
-                 poison_rate: float | str | Sequence[float] = 0.05, target_label: int = 0, eps: float = 16 / 255,
+                 *, poison_rate: float | str | Sequence[float] = 0.05, target_label: int = 0, eps: float = 16 / 255,
                  pgd_steps: int = 20, patch_size: int = 3, corner: str = "bottom-right",
                  trigger_amplitude: float = 1.0, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
                  seed: int = 0, save_dir: str | None = None):
-        super().__init__(arch, poison_rate, target_label, epochs, batch_size, lr, seed, save_dir)
+        super().__init__(arch, poison_rate=poison_rate, target_label=target_label, epochs=epochs, batch_size=batch_size,
+                         lr=lr, seed=seed, save_dir=save_dir)
         if eps < 0 or pgd_steps < 1 or patch_size < 1 or corner not in CORNERS:
             raise ParameterError("eps must be >= 0, pgd_steps and patch_size >= 1, corner a known corner")
         if not 0.0 < trigger_amplitude <= 1.0:

@@ -22,15 +22,25 @@ class LabelFlip(PoisoningAttack):
     drawn uniformly; the harm is the drop in clean accuracy. `mode="targeted"`: up to `poison_rate`·n samples of
     `source_label` are relabelled `target_label`; the attack succeeds when clean test inputs of the source class
     are classified as the target (reported as attack success rate).
+
+    Example:
+        >>> from bastion.attacks.backdoor.label_flip import LabelFlip
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = LabelFlip().run(target, data, train_data=train_data)
+        >>> result.findings
     """
 
     name = "labelflip"
 
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None,
-                 poison_rate: float | str | Sequence[float] = 0.1, mode: str = "random", target_label: int = 0,
+                 *, poison_rate: float | str | Sequence[float] = 0.1, mode: str = "random", target_label: int = 0,
                  source_label: int = 1, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
                  save_dir: str | None = None):
-        super().__init__(arch, poison_rate, target_label, epochs, batch_size, lr, seed, save_dir)
+        super().__init__(arch, poison_rate=poison_rate, target_label=target_label, epochs=epochs, batch_size=batch_size,
+                         lr=lr, seed=seed, save_dir=save_dir)
         if mode not in ("random", "targeted"):
             raise ParameterError(f"mode must be random or targeted, got {mode!r}")
         if mode == "targeted" and int(source_label) == int(target_label):

@@ -53,15 +53,28 @@ def apply_warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 @register("attacks", "wanet", family="backdoor",
           summary="warping-based imperceptible backdoor with noise mode (Nguyen & Tran 2021)")
 class WaNet(DirtyLabelBackdoor):
-    """WaNet warping backdoor on image inputs (c, h, w), all-to-one towards `target_label`."""
+    """WaNet warping backdoor on image inputs (c, h, w), all-to-one towards `target_label`.
+
+    Reference: Nguyen & Tran, "WaNet - Imperceptible Warping-based Backdoor Attack", ICLR 2021.
+
+    Example:
+        >>> from bastion.attacks.backdoor.warping import WaNet
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = WaNet().run(target, data, train_data=train_data)
+        >>> result.findings
+    """
 
     name = "wanet"
 
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None,
-                 poison_rate: float | str | Sequence[float] = 0.1, target_label: int = 0, grid_size: int = 4,
+                 *, poison_rate: float | str | Sequence[float] = 0.1, target_label: int = 0, grid_size: int = 4,
                  strength: float = 0.5, cross_ratio: float = 2.0, pattern_seed: int = 1234, epochs: int = 20,
                  batch_size: int = 64, lr: float = 1e-3, seed: int = 0, save_dir: str | None = None):
-        super().__init__(arch, poison_rate, target_label, epochs, batch_size, lr, seed, save_dir)
+        super().__init__(arch, poison_rate=poison_rate, target_label=target_label, epochs=epochs, batch_size=batch_size,
+                         lr=lr, seed=seed, save_dir=save_dir)
         if grid_size < 2 or strength <= 0 or cross_ratio < 0:
             raise ParameterError("grid_size must be >= 2, strength > 0 and cross_ratio >= 0")
         self.grid_size, self.strength, self.cross_ratio = int(grid_size), float(strength), float(cross_ratio)

@@ -58,10 +58,10 @@ class APGD(EvasionAttack):
     loss_name = "ce"
     targeted = False
 
-    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf", steps: int = 100,
+    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, *, norm: str = "linf", steps: int = 100,
                  restarts: int = 1, n_targets: int = 9, momentum: float = 0.75, rho: float = 0.75,
                  compact_every: int = 1, seed: int = 0):
-        super().__init__(eps, norm, seed)
+        super().__init__(eps, norm=norm, seed=seed)
         if steps < 1 or restarts < 1 or n_targets < 1 or compact_every < 1:
             raise ParameterError("steps, restarts, n_targets and compact_every must be at least 1")
         if not 0 <= momentum < 1 or not 0 < rho <= 1:
@@ -163,7 +163,16 @@ def _target_class(ranked: torch.Tensor, y: torch.Tensor, j: int) -> torch.Tensor
 @register("attacks", "apgd-ce", family="evasion",
           summary="Auto-PGD, cross-entropy loss (Croce & Hein 2020)")
 class APGDCE(APGD):
-    """APGD with the cross-entropy loss (Croce & Hein, ICML 2020)."""
+    """APGD with the cross-entropy loss (Croce & Hein, ICML 2020).
+
+    Example:
+        >>> from bastion.attacks.evasion.apgd import APGDCE
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = APGDCE(eps=0.0314).run(target, data)
+        >>> result.metrics["robust_accuracy"]
+    """
 
     name = "apgd-ce"
     loss_name = "ce"
@@ -172,7 +181,16 @@ class APGDCE(APGD):
 @register("attacks", "apgd-dlr", family="evasion",
           summary="Auto-PGD, DLR loss, ≥ 3 classes (Croce & Hein 2020)")
 class APGDDLR(APGD):
-    """APGD with the Difference of Logits Ratio loss (Croce & Hein, ICML 2020); needs ≥ 3 classes."""
+    """APGD with the Difference of Logits Ratio loss (Croce & Hein, ICML 2020); needs ≥ 3 classes.
+
+    Example:
+        >>> from bastion.attacks.evasion.apgd import APGDDLR
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = APGDDLR(eps=0.0314).run(target, data)
+        >>> result.metrics["robust_accuracy"]
+    """
 
     name = "apgd-dlr"
     loss_name = "dlr"
@@ -182,7 +200,16 @@ class APGDDLR(APGD):
           summary="Targeted Auto-PGD, targeted DLR loss, ≥ 4 classes (Croce & Hein 2020)")
 class APGDT(APGD):
     """Targeted APGD with the targeted DLR loss over the top `n_targets` classes (Croce & Hein, ICML 2020);
-    needs ≥ 4 classes."""
+    needs ≥ 4 classes.
+
+    Example:
+        >>> from bastion.attacks.evasion.apgd import APGDT
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = APGDT(eps=0.0314).run(target, data)
+        >>> result.metrics["robust_accuracy"]
+    """
 
     name = "apgd-t"
     loss_name = "dlr"

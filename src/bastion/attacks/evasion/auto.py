@@ -60,14 +60,26 @@ class Plan:
 class AutoAttack(EvasionAttack):
     """Parameter-free ensemble at least as strong as AutoAttack "standard", with automatic sanity checks and
     escalation (EOT, BPDA, black-box and transfer attacks); see the module docstring. `surrogate` (a model path
-    or nn.Module) adds a transfer stage; `checks=False` skips the checks."""
+    or nn.Module) adds a transfer stage; `checks=False` skips the checks.
+
+    Reference: Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free
+    attacks", ICML 2020.
+
+    Example:
+        >>> from bastion.attacks.evasion.auto import AutoAttack
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = AutoAttack(eps=0.0314).run(target, data)
+        >>> result.metrics["robust_accuracy"]
+    """
 
     name = "auto"
     requires = Access.LABELS
 
-    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf",
+    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, *, norm: str = "linf",
                  surrogate: str | nn.Module | None = None, checks: bool = True, seed: int = 0):
-        super().__init__(eps, norm, seed)
+        super().__init__(eps, norm=norm, seed=seed)
         self.surrogate, self.checks = surrogate, bool(checks)
         self._cascade: Cascade | None = None
 

@@ -61,7 +61,7 @@ class EvasionAttack(Attack):
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
     prepass: ClassVar[bool] = True  # white-box iterative attacks: the cheap minimum-norm pass before several eps
 
-    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf", seed: int = 0):
+    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, *, norm: str = "linf", seed: int = 0):
         self.eps = parse_eps(eps)
         self.norm = check_norm(norm)
         if self.norm not in self.norms:

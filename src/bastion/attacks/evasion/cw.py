@@ -22,15 +22,25 @@ class CarliniWagnerL2(MinNormAttack):
     value of c, and a per-sample binary search over c (`binary_steps` rounds from `initial_const`) looks for the
     smallest perturbation that still fools. Each sample keeps its smallest fooling example; a sample whose loss
     stopped decreasing leaves the active batch for the rest of the round (the paper's early abort).
+
+    Reference: Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017.
+
+    Example:
+        >>> from bastion.attacks.evasion.cw import CarliniWagnerL2
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = CarliniWagnerL2(eps=0.5).run(target, data)
+        >>> result.metrics["robust_accuracy"]
     """
 
     name = "cw"
     norms = ("l2",)
 
-    def __init__(self, eps: float | str | Sequence[float] = 0.5, norm: str = "l2", steps: int = 100,
+    def __init__(self, eps: float | str | Sequence[float] = 0.5, *, norm: str = "l2", steps: int = 100,
                  binary_steps: int = 6, initial_const: float = 1.0, lr: float = 0.05, confidence: float = 0.0,
                  seed: int = 0):
-        super().__init__(eps, norm, seed)
+        super().__init__(eps, norm=norm, seed=seed)
         if steps < 1 or binary_steps < 1:
             raise ParameterError("steps and binary_steps must be at least 1")
         if initial_const <= 0 or lr <= 0 or confidence < 0:

@@ -44,13 +44,24 @@ class DeepFool(MinNormAttack):
     boundary is l = argmin_k |f_k| / ‖w_k‖_q (q the dual norm) and the step is r = |f_l| / ‖w_l‖_q^q ·
     |w_l|^{q−1} ⊙ sign(w_l) (L2: |f|·w/‖w‖², L∞: |f|·sign(w)/‖w‖₁, L1: the largest coordinate). Steps
     accumulate; x_{i+1} = clip(x + (1 + overshoot)·Σr). A sample leaves the batch once it is fooled.
+
+    Reference: Moosavi-Dezfooli, Fawzi & Frossard, "DeepFool: a simple and accurate method to fool deep neural
+    networks", CVPR 2016.
+
+    Example:
+        >>> from bastion.attacks.evasion.deepfool import DeepFool
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = DeepFool(eps=0.0314).run(target, data)
+        >>> result.metrics["robust_accuracy"]
     """
 
     name = "deepfool"
 
-    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, norm: str = "l2", steps: int = 50,
+    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, *, norm: str = "l2", steps: int = 50,
                  candidates: int = 10, overshoot: float = 0.02, seed: int = 0):
-        super().__init__(eps, norm, seed)
+        super().__init__(eps, norm=norm, seed=seed)
         if steps < 1 or candidates < 2 or overshoot < 0:
             raise ParameterError("DeepFool needs steps >= 1, candidates >= 2 and overshoot >= 0")
         self.steps, self.candidates, self.overshoot = int(steps), int(candidates), float(overshoot)

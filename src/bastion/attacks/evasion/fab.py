@@ -71,10 +71,10 @@ class FABBase(MinNormAttack):
 
     targeted = False
 
-    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf", steps: int = 100,
+    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, *, norm: str = "linf", steps: int = 100,
                  restarts: int = 1, n_targets: int = 9, alpha_max: float = 0.1, eta: float = 1.05,
                  beta: float = 0.9, seed: int = 0):
-        super().__init__(eps, norm, seed)
+        super().__init__(eps, norm=norm, seed=seed)
         if steps < 1 or restarts < 1 or n_targets < 1:
             raise ParameterError("steps, restarts and n_targets must be at least 1")
         if not (0 < alpha_max < 1 and eta >= 1 and 0 < beta < 1):
@@ -149,7 +149,16 @@ class FAB(FABBase):
     """FAB, untargeted (Croce & Hein, ICML 2020): minimum-norm adversarial examples, L∞, L2 or L1.
 
     Each step needs the gradient of every logit (one backward pass per class); see FAB-T for the cheaper
-    targeted version."""
+    targeted version.
+
+    Example:
+        >>> from bastion.attacks.evasion.fab import FAB
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = FAB(eps=0.0314).run(target, data)
+        >>> result.metrics["robust_accuracy"]
+    """
 
     name = "fab"
 
@@ -158,7 +167,16 @@ class FAB(FABBase):
           summary="FAB-T minimum-norm attack, targeted (Croce & Hein 2020)")
 class FABT(FABBase):
     """FAB-T, targeted FAB over the `n_targets` most likely classes (Croce & Hein, ICML 2020): one backward
-    pass per step."""
+    pass per step.
+
+    Example:
+        >>> from bastion.attacks.evasion.fab import FABT
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = FABT(eps=0.0314).run(target, data)
+        >>> result.metrics["robust_accuracy"]
+    """
 
     name = "fab-t"
     targeted = True

@@ -25,6 +25,14 @@ class FGSM(EvasionAttack):
 
     One step of size eps along the sign of the loss gradient (L∞), or along the normalised gradient (L2, L1).
     Inputs (n, *input_shape) within the target's bounds; returns examples within eps and the bounds.
+
+    Example:
+        >>> from bastion.attacks.evasion.gradient import FGSM
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = FGSM(eps=0.0314).run(target, data)
+        >>> result.metrics["robust_accuracy"]
     """
 
     name = "fgsm"
@@ -46,14 +54,22 @@ class PGD(EvasionAttack):
     the input bounds; `restarts` random restarts run only on samples still robust. Each sample keeps its best
     iterate (the first that fools the model, else the one of highest loss) and fooled samples leave the active
     batch every `compact_every` steps; the attack stops when none are left.
+
+    Example:
+        >>> from bastion.attacks.evasion.gradient import PGD
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = PGD(eps=0.0314).run(target, data)
+        >>> result.metrics["robust_accuracy"]
     """
 
     name = "pgd"
 
-    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf", steps: int = 10,
+    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, *, norm: str = "linf", steps: int = 10,
                  step_size: float | None = None, restarts: int = 1, random_init: bool = True,
                  compact_every: int = 1, seed: int = 0):
-        super().__init__(eps, norm, seed)
+        super().__init__(eps, norm=norm, seed=seed)
         if steps < 1 or restarts < 1 or compact_every < 1:
             raise ParameterError("steps, restarts and compact_every must be at least 1")
         if step_size is not None and step_size <= 0:

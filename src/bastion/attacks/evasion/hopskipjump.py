@@ -29,15 +29,25 @@ class HopSkipJump(MinNormAttack):
     with the mean label subtracted as a baseline; (ii) steps along it (its sign for L∞) with a step
     ‖x_t − x‖/√t halved until the point is adversarial; (iii) binary-searches back to the boundary between x
     and that point (a blend for L2, an L∞-ball clip for L∞). Queries are batched over samples and directions.
+
+    Reference: Chen, Jordan & Wainwright, "HopSkipJumpAttack: A Query-Efficient Decision-Based Attack", IEEE S&P 2020.
+
+    Example:
+        >>> from bastion.attacks.evasion.hopskipjump import HopSkipJump
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = HopSkipJump(eps=0.5).run(target, data)
+        >>> result.metrics["robust_accuracy"]
     """
 
     name = "hopskipjump"
     requires = Access.LABELS
     norms = ("l2", "linf")
 
-    def __init__(self, eps: float | str | Sequence[float] = 0.5, norm: str = "l2", steps: int = 40,
+    def __init__(self, eps: float | str | Sequence[float] = 0.5, *, norm: str = "l2", steps: int = 40,
                  init_evals: int = 100, max_evals: int = 10000, init_tries: int = 100, seed: int = 0):
-        super().__init__(eps, norm, seed)
+        super().__init__(eps, norm=norm, seed=seed)
         if steps < 1 or init_evals < 1 or max_evals < init_evals or init_tries < 1:
             raise ParameterError("HopSkipJump needs steps, init_evals, init_tries >= 1 and max_evals >= init_evals")
         self.steps, self.init_evals, self.max_evals, self.init_tries = (int(steps), int(init_evals),

@@ -67,15 +67,26 @@ class Square(EvasionAttack):
     schedule) to ±eps per channel and keep the change when the margin drops. L2: move the mass of two squares into
     one, add a pyramid-shaped pattern, and rescale to the eps sphere. `queries` per sample (including the first);
     fooled samples leave the batch at once.
+
+    Reference: Andriushchenko, Croce, Flammarion & Hein, "Square Attack: a query-efficient black-box adversarial attack
+    via random search", ECCV 2020.
+
+    Example:
+        >>> from bastion.attacks.evasion.square import Square
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = Square(eps=0.0314).run(target, data)
+        >>> result.metrics["robust_accuracy"]
     """
 
     name = "square"
     requires = Access.SCORES
     norms = ("linf", "l2")
 
-    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf", queries: int = 5000,
+    def __init__(self, eps: float | str | Sequence[float] = 8 / 255, *, norm: str = "linf", queries: int = 5000,
                  p_init: float = 0.8, seed: int = 0):
-        super().__init__(eps, norm, seed)
+        super().__init__(eps, norm=norm, seed=seed)
         if queries < 1 or not 0 < p_init <= 1:
             raise ParameterError("queries must be at least 1 and p_init in (0, 1]")
         self.queries, self.p_init = int(queries), float(p_init)

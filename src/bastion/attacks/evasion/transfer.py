@@ -47,16 +47,25 @@ def surrogate_target(surrogate: Any, target: Target, data: Dataset | None = None
 class Transfer(EvasionAttack):
     """Transfer attack (Szegedy et al., ICLR 2014; Papernot, McDaniel & Goodfellow, 2016): run a white-box
     `attack` on a `surrogate` model (e.g. a substitute stolen with an extraction attack) and count the examples
-    that also fool the target. Needs only the target's labels; the surrogate must be a PyTorch model."""
+    that also fool the target. Needs only the target's labels; the surrogate must be a PyTorch model.
+
+    Example:
+        >>> from bastion.attacks.evasion.transfer import Transfer
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = Transfer().run(target, data)
+        >>> result.metrics["robust_accuracy"]
+    """
 
     name = "transfer"
     requires = Access.LABELS
     prepass = False
 
-    def __init__(self, surrogate: str | nn.Module | Target | None = None, attack: str = "apgd-ce",
+    def __init__(self, surrogate: str | nn.Module | Target | None = None, *, attack: str = "apgd-ce",
                  eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf", steps: int | None = None,
                  restarts: int | None = None, surrogate_arch: str | None = None, seed: int = 0):
-        super().__init__(eps, norm, seed)
+        super().__init__(eps, norm=norm, seed=seed)
         self.surrogate, self.attack, self.surrogate_arch = surrogate, attack, surrogate_arch
         self.steps, self.restarts = steps, restarts
         self._inner = build_attack(attack, self.eps, self.norm, self.seed, steps=steps, restarts=restarts)

@@ -176,13 +176,22 @@ class _Wrapped(EvasionAttack):
           summary="EOT: an attack against the average of a randomised model (Athalye 2018)")
 class EOT(_Wrapped):
     """Expectation over Transformation (Athalye et al., ICML 2018): run `attack` against the average of
-    `samples` forward passes of a randomised model; robust accuracy is judged on that average."""
+    `samples` forward passes of a randomised model; robust accuracy is judged on that average.
+
+    Example:
+        >>> from bastion.attacks.evasion.wrappers import EOT
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = EOT(attack='apgd-ce').run(target, data)
+        >>> result.metrics["robust_accuracy"]
+    """
 
     name = "eot"
 
-    def __init__(self, attack: str = "apgd-ce", samples: int = 10, eps: float | str | Sequence[float] = 8 / 255,
+    def __init__(self, attack: str = "apgd-ce", *, samples: int = 10, eps: float | str | Sequence[float] = 8 / 255,
                  norm: str = "linf", steps: int | None = None, restarts: int | None = None, seed: int = 0):
-        super().__init__(eps, norm, seed)
+        super().__init__(eps, norm=norm, seed=seed)
         if samples < 1:
             raise ParameterError("EOT needs at least 1 sample")
         self.samples = int(samples)
@@ -197,15 +206,24 @@ class EOT(_Wrapped):
 class BPDA(_Wrapped):
     """Backward Pass Differentiable Approximation (Athalye, Carlini & Wagner, ICML 2018): run `attack` with the
     named layers (`modules`, comma-separated; found automatically when omitted) back-propagating as the
-    identity. Needs a PyTorch model."""
+    identity. Needs a PyTorch model.
+
+    Example:
+        >>> from bastion.attacks.evasion.wrappers import BPDA
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = BPDA(attack='apgd-ce').run(target, data)
+        >>> result.metrics["robust_accuracy"]
+    """
 
     name = "bpda"
     requires = Access.GRADIENTS
 
-    def __init__(self, attack: str = "apgd-ce", modules: str | Sequence[str] | None = None,
+    def __init__(self, attack: str = "apgd-ce", *, modules: str | Sequence[str] | None = None,
                  eps: float | str | Sequence[float] = 8 / 255, norm: str = "linf", steps: int | None = None,
                  restarts: int | None = None, seed: int = 0):
-        super().__init__(eps, norm, seed)
+        super().__init__(eps, norm=norm, seed=seed)
         if isinstance(modules, str):
             modules = [m.strip() for m in modules.split(",") if m.strip()]
         self.modules = None if modules is None else list(modules)

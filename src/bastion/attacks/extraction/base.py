@@ -104,7 +104,7 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
     needs_pool: ClassVar[bool] = True
     budget_optional: ClassVar[bool] = False  # True: `budget=None` means "as many queries as the attack needs"
 
-    def __init__(self, budget: int | str | Sequence[int] | None = 1000, defense: str | None = None,
+    def __init__(self, budget: int | str | Sequence[int] | None = 1000, *, defense: str | None = None,
                  monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1,
                  transfer_samples: int = 500, seed: int = 0):
         if budget is None and not self.budget_optional:

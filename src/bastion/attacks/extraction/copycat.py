@@ -29,18 +29,32 @@ from bastion.core.target import Target
 
 @register("attacks", "copycat", family="extraction")
 class Copycat(LearningExtraction):
-    """Copycat CNN: pool inputs (active, k-center or random choice), the API's labels, cross-entropy training."""
+    """Copycat CNN: pool inputs (active, k-center or random choice), the API's labels, cross-entropy training.
+
+    Reference: Correia-Silva et al., "Copycat CNN: Stealing Knowledge by Persuading Confession with Random Non-Labeled
+    Data", IJCNN 2018.
+
+    Example:
+        >>> from bastion.attacks.extraction.copycat import Copycat
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> pool = load_dataset("pool.npz")
+        >>> result = Copycat(budget=1000).run(target, data, pool=pool)
+        >>> result.metrics["fidelity"]
+    """
 
     name = "copycat"
     default_soft: ClassVar[bool | str] = False
 
-    def __init__(self, budget: int | str | Sequence[int] | None = 1000, sampling: str = "active",
+    def __init__(self, budget: int | str | Sequence[int] | None = 1000, *, sampling: str = "active",
                  seed_size: int | None = None, arch: str | Callable[[], nn.Module] | None = None,
                  soft: bool | str | None = None, epochs: int = 50, batch_size: int = 64, lr: float = 1e-3,
                  min_steps: int = 300, defense: str | None = None, monitor: bool = True, ood_samples: int = 1000,
                  transfer_eps: float = 0.1, transfer_samples: int = 500, seed: int = 0):
-        super().__init__(budget, arch, soft, epochs, batch_size, lr, min_steps, defense, monitor, ood_samples,
-                         transfer_eps, transfer_samples, seed)
+        super().__init__(budget, arch=arch, soft=soft, epochs=epochs, batch_size=batch_size, lr=lr, min_steps=min_steps,
+                         defense=defense, monitor=monitor, ood_samples=ood_samples,
+                         transfer_eps=transfer_eps, transfer_samples=transfer_samples, seed=seed)
         if sampling not in SAMPLINGS:
             raise ParameterError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {sampling!r}")
         if seed_size is not None and seed_size < 1:

@@ -67,17 +67,31 @@ def saturated(api: Target, logp: torch.Tensor) -> torch.Tensor:
 
 @register("attacks", "equation", family="extraction")
 class EquationSolving(ExtractionAttack):
-    """Tramèr's equation solving: exact parameters of a logistic model from d + 1 score queries."""
+    """Tramèr's equation solving: exact parameters of a logistic model from d + 1 score queries.
+
+    Reference: Tramèr et al., "Stealing Machine Learning Models via Prediction APIs", USENIX Security 2016, Section
+    4.1.
+
+    Example:
+        >>> from bastion.attacks.extraction.equation import EquationSolving
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> pool = load_dataset("pool.npz")
+        >>> result = EquationSolving().run(target, data, pool=pool)
+        >>> result.metrics["fidelity"]
+    """
 
     name = "equation"
     requires: ClassVar[Access] = Access.SCORES
     needs_pool: ClassVar[bool] = False
     budget_optional: ClassVar[bool] = True
 
-    def __init__(self, budget: int | str | Sequence[int] | None = None, design: str = "axis", retries: int = 8,
+    def __init__(self, budget: int | str | Sequence[int] | None = None, *, design: str = "axis", retries: int = 8,
                  checks: int = 20, tolerance: float = 0.05, defense: str | None = None, monitor: bool = True,
                  ood_samples: int = 1000, transfer_eps: float = 0.1, transfer_samples: int = 500, seed: int = 0):
-        super().__init__(budget, defense, monitor, ood_samples, transfer_eps, transfer_samples, seed)
+        super().__init__(budget, defense=defense, monitor=monitor, ood_samples=ood_samples, transfer_eps=transfer_eps,
+                         transfer_samples=transfer_samples, seed=seed)
         if design not in ("axis", "random"):
             raise ParameterError(f"design must be axis or random, got {design!r}")
         if retries < 0 or checks < 0 or tolerance <= 0:

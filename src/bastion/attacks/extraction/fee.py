@@ -126,18 +126,32 @@ def relu_net(w: torch.Tensor, b: torch.Tensor, out_w: torch.Tensor, out_b: torch
 
 @register("attacks", "fee", family="extraction")
 class FunctionallyEquivalentExtraction(ExtractionAttack):
-    """Jagielski et al.'s functionally-equivalent extraction of a one-hidden-layer ReLU network from its scores."""
+    """Jagielski et al.'s functionally-equivalent extraction of a one-hidden-layer ReLU network from its scores.
+
+    Reference: Jagielski et al., "High Accuracy and High Fidelity Extraction of Neural Networks", USENIX Security 2020,
+    Section 5.
+
+    Example:
+        >>> from bastion.attacks.extraction.fee import FunctionallyEquivalentExtraction
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> pool = load_dataset("pool.npz")
+        >>> result = FunctionallyEquivalentExtraction().run(target, data, pool=pool)
+        >>> result.metrics["fidelity"]
+    """
 
     name = "fee"
     requires: ClassVar[Access] = Access.SCORES
     needs_pool: ClassVar[bool] = False
     budget_optional: ClassVar[bool] = True
 
-    def __init__(self, hidden: int | None = None, lines: int = 32, tol: float = 1e-5, segments: int = 64,
+    def __init__(self, hidden: int | None = None, *, lines: int = 32, tol: float = 1e-5, segments: int = 64,
                  budget: int | str | Sequence[int] | None = None, defense: str | None = None,
                  monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1,
                  transfer_samples: int = 500, seed: int = 0):
-        super().__init__(budget, defense, monitor, ood_samples, transfer_eps, transfer_samples, seed)
+        super().__init__(budget, defense=defense, monitor=monitor, ood_samples=ood_samples, transfer_eps=transfer_eps,
+                         transfer_samples=transfer_samples, seed=seed)
         if hidden is not None and int(hidden) < 1:
             raise ParameterError(f"hidden must be a positive number of units or None, got {hidden!r}")
         if lines < 1 or segments < 8:

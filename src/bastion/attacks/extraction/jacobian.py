@@ -35,18 +35,31 @@ def jacobian_step(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, step:
 
 @register("attacks", "jacobian", family="extraction")
 class JacobianAugmentation(LearningExtraction):
-    """Papernot's substitute training with Jacobian-based dataset augmentation."""
+    """Papernot's substitute training with Jacobian-based dataset augmentation.
+
+    Reference: Papernot et al., "Practical Black-Box Attacks against Machine Learning", AsiaCCS 2017.
+
+    Example:
+        >>> from bastion.attacks.extraction.jacobian import JacobianAugmentation
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> pool = load_dataset("pool.npz")
+        >>> result = JacobianAugmentation(budget=1000).run(target, data, pool=pool)
+        >>> result.metrics["fidelity"]
+    """
 
     name = "jacobian"
 
-    def __init__(self, budget: int | str | Sequence[int] | None = 1000, n_seed: int | None = None,
+    def __init__(self, budget: int | str | Sequence[int] | None = 1000, *, n_seed: int | None = None,
                  step: float = 0.1, tau: int = 3, round_epochs: int = 10,
                  arch: str | Callable[[], nn.Module] | None = None, soft: bool | str | None = None, epochs: int = 50,
                  batch_size: int = 64, lr: float = 1e-3, min_steps: int = 300, defense: str | None = None,
                  monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1,
                  transfer_samples: int = 500, seed: int = 0):
-        super().__init__(budget, arch, soft, epochs, batch_size, lr, min_steps, defense, monitor, ood_samples,
-                         transfer_eps, transfer_samples, seed)
+        super().__init__(budget, arch=arch, soft=soft, epochs=epochs, batch_size=batch_size, lr=lr, min_steps=min_steps,
+                         defense=defense, monitor=monitor, ood_samples=ood_samples,
+                         transfer_eps=transfer_eps, transfer_samples=transfer_samples, seed=seed)
         if n_seed is not None and n_seed < 1:
             raise ParameterError("n_seed must be at least 1")
         if step <= 0 or tau < 1 or round_epochs < 1:

@@ -64,18 +64,31 @@ def rewards(answers: torch.Tensor, predicted: torch.Tensor, recent: torch.Tensor
 
 @register("attacks", "knockoff", family="extraction")
 class KnockoffNets(LearningExtraction):
-    """Knockoff Nets with random or adaptive (gradient-bandit) sampling of the pool (or kcenter / active)."""
+    """Knockoff Nets with random or adaptive (gradient-bandit) sampling of the pool (or kcenter / active).
+
+    Reference: Orekondy, Schiele & Fritz, "Knockoff Nets: Stealing Functionality of Black-Box Models", CVPR 2019.
+
+    Example:
+        >>> from bastion.attacks.extraction.knockoff import KnockoffNets
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> pool = load_dataset("pool.npz")
+        >>> result = KnockoffNets(budget=1000).run(target, data, pool=pool)
+        >>> result.metrics["fidelity"]
+    """
 
     name = "knockoff"
 
-    def __init__(self, budget: int | str | Sequence[int] | None = 1000, sampling: str = "random",
+    def __init__(self, budget: int | str | Sequence[int] | None = 1000, *, sampling: str = "random",
                  reward: str = "all", query_batch: int = 32, bandit_lr: float = 0.1, window: int = 100,
                  arch: str | Callable[[], nn.Module] | None = None, soft: bool | str | None = None, epochs: int = 50,
                  batch_size: int = 64, lr: float = 1e-3, min_steps: int = 300, defense: str | None = None,
                  monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1,
                  transfer_samples: int = 500, seed: int = 0, seed_size: int | None = None):
-        super().__init__(budget, arch, soft, epochs, batch_size, lr, min_steps, defense, monitor, ood_samples,
-                         transfer_eps, transfer_samples, seed)
+        super().__init__(budget, arch=arch, soft=soft, epochs=epochs, batch_size=batch_size, lr=lr, min_steps=min_steps,
+                         defense=defense, monitor=monitor, ood_samples=ood_samples,
+                         transfer_eps=transfer_eps, transfer_samples=transfer_samples, seed=seed)
         if sampling not in ("adaptive", *SAMPLINGS):
             raise ParameterError(f"sampling must be random, adaptive, kcenter or active; got {sampling!r}")
         if seed_size is not None and seed_size < 1:

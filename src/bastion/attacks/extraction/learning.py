@@ -23,11 +23,12 @@ class LearningExtraction(ExtractionAttack):
     seed_size: int | None = None  # k-center seed set of active sampling (None: 20 per class)
 
     def __init__(self, budget: int | str | Sequence[int] | None = 1000,
-                 arch: str | Callable[[], nn.Module] | None = None, soft: bool | str | None = None, epochs: int = 50,
+                 *, arch: str | Callable[[], nn.Module] | None = None, soft: bool | str | None = None, epochs: int = 50,
                  batch_size: int = 64, lr: float = 1e-3, min_steps: int = 300, defense: str | None = None,
                  monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1, transfer_samples: int = 500,
                  seed: int = 0):
-        super().__init__(budget, defense, monitor, ood_samples, transfer_eps, transfer_samples, seed)
+        super().__init__(budget, defense=defense, monitor=monitor, ood_samples=ood_samples, transfer_eps=transfer_eps,
+                         transfer_samples=transfer_samples, seed=seed)
         soft = self.default_soft if soft is None else soft
         if soft not in (True, False, "auto"):
             raise ParameterError(f"soft must be true, false or auto, got {soft!r}")

@@ -199,19 +199,33 @@ class BoxExplorer:
 
 @register("attacks", "tree", family="extraction")
 class TreePathFinding(ExtractionAttack):
-    """Tramèr's path-finding attack: the leaves of a decision tree, as boxes, from a score API."""
+    """Tramèr's path-finding attack: the leaves of a decision tree, as boxes, from a score API.
+
+    Reference: Tramèr et al., "Stealing Machine Learning Models via Prediction APIs", USENIX Security 2016, Section
+    4.2.
+
+    Example:
+        >>> from bastion.attacks.extraction.tree import TreePathFinding
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> pool = load_dataset("pool.npz")
+        >>> result = TreePathFinding().run(target, data, pool=pool)
+        >>> result.metrics["fidelity"]
+    """
 
     name = "tree"
     requires: ClassVar[Access] = Access.SCORES
     needs_pool: ClassVar[bool] = False
     budget_optional: ClassVar[bool] = True
 
-    def __init__(self, budget: int | str | Sequence[int] | None = None, tol: float = 1e-3, decimals: int = 6,
+    def __init__(self, budget: int | str | Sequence[int] | None = None, *, tol: float = 1e-3, decimals: int = 6,
                  starts: int = 1, batch: int = 32, max_boxes: int = 4096, deadline: float | None = 600.0,
                  max_inconsistent: float = 0.1, progress: bool = True, defense: str | None = None,
                  monitor: bool = True, ood_samples: int = 1000, transfer_eps: float = 0.1,
                  transfer_samples: int = 500, seed: int = 0):
-        super().__init__(budget, defense, monitor, ood_samples, transfer_eps, transfer_samples, seed)
+        super().__init__(budget, defense=defense, monitor=monitor, ood_samples=ood_samples, transfer_eps=transfer_eps,
+                         transfer_samples=transfer_samples, seed=seed)
         if deadline is not None and deadline <= 0 or not 0 <= max_inconsistent <= 1:
             raise ParameterError("deadline must be positive (seconds) and max_inconsistent in [0, 1]")
         self.deadline, self.max_inconsistent = deadline, float(max_inconsistent)

@@ -42,14 +42,27 @@ def candidate_values(column: np.ndarray, n_values: int) -> tuple[np.ndarray, np.
 
 @register("attacks", "attribute", family="privacy")
 class AttributeInference(Attack):
-    """Attribute inference (Fredrikson et al. 2014): recover a sensitive feature from the model's scores."""
+    """Attribute inference (Fredrikson et al. 2014): recover a sensitive feature from the model's scores.
+
+    Example:
+        >>> from bastion.attacks.privacy.attribute import AttributeInference
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> members = load_dataset("members.npz")
+        >>> nonmembers = load_dataset("nonmembers.npz")
+        >>> population = load_dataset("population.npz")
+        >>> attack = AttributeInference(attribute=0)
+        >>> result = attack.run(target, data, members=members, nonmembers=nonmembers, population=population)
+        >>> result.findings
+    """
 
     family: ClassVar[str] = "privacy"
     name: ClassVar[str] = "attribute"
     requires: ClassVar[Access] = Access.SCORES
     dataset_params: ClassVar[tuple[str, ...]] = ("members", "nonmembers", "population")
 
-    def __init__(self, attribute: int = 0, n_values: int = 10, seed: int = 0):
+    def __init__(self, attribute: int = 0, *, n_values: int = 10, seed: int = 0):
         self.attribute = check_int(attribute, "attribute", 0)
         self.n_values = check_int(n_values, "n_values", 2)
         self.seed = int(seed)

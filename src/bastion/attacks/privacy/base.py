@@ -128,7 +128,7 @@ class MembershipAttack(Attack):
     dataset_params: ClassVar[tuple[str, ...]] = ("members", "nonmembers", "population")
     needs_population: ClassVar[bool] = False
 
-    def __init__(self, n_bootstrap: int = 200, seed: int = 0):
+    def __init__(self, n_bootstrap: int = 200, *, seed: int = 0):
         self.n_bootstrap = check_int(n_bootstrap, "n_bootstrap", 0)
         self.seed = int(seed)
 

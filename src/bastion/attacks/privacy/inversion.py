@@ -73,14 +73,24 @@ class _Cost:
 
 @register("attacks", "inversion", family="privacy")
 class ModelInversion(Attack):
-    """MI-Face model inversion (Fredrikson et al. 2015): one representative input per class."""
+    """MI-Face model inversion (Fredrikson et al. 2015): one representative input per class.
+
+    Example:
+        >>> from bastion.attacks.privacy.inversion import ModelInversion
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> members = load_dataset("members.npz")
+        >>> result = ModelInversion(steps=300).run(target, data, members=members)
+        >>> result.findings
+    """
 
     family: ClassVar[str] = "privacy"
     name: ClassVar[str] = "inversion"
     requires: ClassVar[Access] = Access.SCORES
     dataset_params: ClassVar[tuple[str, ...]] = ("members",)
 
-    def __init__(self, steps: int = 300, step_size: float = 0.02, patience: int = 50, tv_weight: float = 0.0,
+    def __init__(self, steps: int = 300, *, step_size: float = 0.02, patience: int = 50, tv_weight: float = 0.0,
                  classes: list[int] | str | None = None, n_estimates: int = 25, sigma: float = 0.01,
                  seed: int = 0):
         self.steps = check_int(steps, "steps", 1)

@@ -24,12 +24,25 @@ from .boundary import boundary_distance
 
 @register("attacks", "label-only", family="privacy")
 class LabelOnlyAttack(MembershipAttack):
-    """Label-only membership inference: the gap attack or the decision-boundary distance (Choquette-Choo 2021)."""
+    """Label-only membership inference: the gap attack or the decision-boundary distance (Choquette-Choo 2021).
+
+    Example:
+        >>> from bastion.attacks.privacy.label_only import LabelOnlyAttack
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> members = load_dataset("members.npz")
+        >>> nonmembers = load_dataset("nonmembers.npz")
+        >>> population = load_dataset("population.npz")
+        >>> attack = LabelOnlyAttack(method='boundary')
+        >>> result = attack.run(target, data, members=members, nonmembers=nonmembers, population=population)
+        >>> result.findings
+    """
 
     name = "label-only"
     requires: ClassVar[Access] = Access.LABELS
 
-    def __init__(self, method: str = "boundary", n_directions: int = 16, search_steps: int = 10,
+    def __init__(self, method: str = "boundary", *, n_directions: int = 16, search_steps: int = 10,
                  iterations: int = 10, n_grad: int = 50, n_bootstrap: int = 200, seed: int = 0):
         super().__init__(n_bootstrap=n_bootstrap, seed=seed)
         if method not in ("boundary", "gap"):

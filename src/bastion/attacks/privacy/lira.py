@@ -60,16 +60,29 @@ class LiRA(ReferenceAttack):
     """Likelihood-ratio attack (Carlini et al. 2022): online, offline, per-record or fixed variance.
 
     `fixed_variance=None` picks a shared variance when there are fewer than 64 reference models, as the paper
-    recommends."""
+    recommends.
+
+    Example:
+        >>> from bastion.attacks.privacy.lira import LiRA
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> members = load_dataset("members.npz")
+        >>> nonmembers = load_dataset("nonmembers.npz")
+        >>> population = load_dataset("population.npz")
+        >>> result = LiRA().run(target, data, members=members, nonmembers=nonmembers, population=population)
+        >>> result.findings
+    """
 
     name = "lira"
 
-    def __init__(self, arch: str | Callable[[], nn.Module] | None = None, n_reference: int = 8,
+    def __init__(self, arch: str | Callable[[], nn.Module] | None = None, *, n_reference: int = 8,
                  mode: str = "online", fixed_variance: bool | None = None, epochs: int = 20, batch_size: int = 64,
                  lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0, n_jobs: int | None = None,
                  train_size: int | None = None, n_bootstrap: int = 200, seed: int = 0):
-        super().__init__(arch, n_reference, mode, epochs, batch_size, lr, optimizer, weight_decay, n_jobs,
-                         train_size, n_bootstrap, seed)
+        super().__init__(arch, n_reference=n_reference, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
+                         optimizer=optimizer, weight_decay=weight_decay, n_jobs=n_jobs,
+                         train_size=train_size, n_bootstrap=n_bootstrap, seed=seed)
         self.fixed_variance = fixed_variance
         if self.n_reference < (4 if mode == "online" else 2):
             raise ParameterError("LiRA needs at least 2 OUT (and online, 2 IN) reference models per record to "

@@ -19,7 +19,20 @@ class LossAttack(MembershipAttack):
     """LOSS threshold membership attack (Yeom et al. 2018): lower loss, more likely a member.
 
     Besides the threshold-free ROC, reports Yeom's fixed-threshold attack with the threshold at the members'
-    mean loss (the adversary of the paper knows the expected training loss): its TPR, FPR and advantage."""
+    mean loss (the adversary of the paper knows the expected training loss): its TPR, FPR and advantage.
+
+    Example:
+        >>> from bastion.attacks.privacy.loss import LossAttack
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> members = load_dataset("members.npz")
+        >>> nonmembers = load_dataset("nonmembers.npz")
+        >>> population = load_dataset("population.npz")
+        >>> attack = LossAttack(n_bootstrap=200)
+        >>> result = attack.run(target, data, members=members, nonmembers=nonmembers, population=population)
+        >>> result.findings
+    """
 
     name = "loss"
 

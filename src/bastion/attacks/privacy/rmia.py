@@ -48,17 +48,30 @@ def marginal(probs: np.ndarray, out_mask: np.ndarray, online: bool, a: float) ->
 
 @register("attacks", "rmia", family="privacy")
 class RMIA(ReferenceAttack):
-    """RMIA (Zarifzadeh et al. 2024): pairwise likelihood ratios against population records; 1-2 models suffice."""
+    """RMIA (Zarifzadeh et al. 2024): pairwise likelihood ratios against population records; 1-2 models suffice.
+
+    Example:
+        >>> from bastion.attacks.privacy.rmia import RMIA
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> members = load_dataset("members.npz")
+        >>> nonmembers = load_dataset("nonmembers.npz")
+        >>> population = load_dataset("population.npz")
+        >>> result = RMIA().run(target, data, members=members, nonmembers=nonmembers, population=population)
+        >>> result.findings
+    """
 
     name = "rmia"
 
-    def __init__(self, arch: str | Callable[[], nn.Module] | None = None, n_reference: int = 2,
+    def __init__(self, arch: str | Callable[[], nn.Module] | None = None, *, n_reference: int = 2,
                  mode: str = "offline", offline_a: float = 0.3, gamma: float = 1.0, n_population: int = 5000,
                  epochs: int = 20, batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam",
                  weight_decay: float = 0.0, n_jobs: int | None = None, train_size: int | None = None,
                  n_bootstrap: int = 200, seed: int = 0):
-        super().__init__(arch, n_reference, mode, epochs, batch_size, lr, optimizer, weight_decay, n_jobs,
-                         train_size, n_bootstrap, seed)
+        super().__init__(arch, n_reference=n_reference, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
+                         optimizer=optimizer, weight_decay=weight_decay, n_jobs=n_jobs,
+                         train_size=train_size, n_bootstrap=n_bootstrap, seed=seed)
         self.offline_a = float(offline_a)
         self.gamma = float(gamma)
         self.n_population = check_int(n_population, "n_population", 1)

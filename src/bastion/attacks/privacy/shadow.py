@@ -40,16 +40,31 @@ def attack_features(log_probs: np.ndarray, y: np.ndarray, top_k: int = 10) -> np
 
 @register("attacks", "shadow", family="privacy")
 class ShadowModelAttack(ReferenceAttack):
-    """Shadow-model attack (Shokri et al. 2017): a classifier trained on shadow models' in/out outputs."""
+    """Shadow-model attack (Shokri et al. 2017): a classifier trained on shadow models' in/out outputs.
+
+    Example:
+        >>> from bastion.attacks.privacy.shadow import ShadowModelAttack
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> members = load_dataset("members.npz")
+        >>> nonmembers = load_dataset("nonmembers.npz")
+        >>> population = load_dataset("population.npz")
+        >>> attack = ShadowModelAttack()
+        >>> result = attack.run(target, data, members=members, nonmembers=nonmembers, population=population)
+        >>> result.findings
+    """
 
     name = "shadow"
 
-    def __init__(self, arch: str | Callable[[], nn.Module] | None = None, n_reference: int = 4, epochs: int = 20,
+    def __init__(self, arch: str | Callable[[], nn.Module] | None = None, *, n_reference: int = 4, epochs: int = 20,
                  batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
                  n_jobs: int | None = None, train_size: int | None = None, n_bootstrap: int = 200,
                  seed: int = 0):
-        super().__init__(arch, n_reference, "offline", epochs, batch_size, lr, optimizer, weight_decay, n_jobs,
-                         train_size, n_bootstrap, seed)  # shadow models never train on the candidates
+        # shadow models never train on the candidates
+        super().__init__(arch, n_reference=n_reference, mode="offline", epochs=epochs, batch_size=batch_size, lr=lr,
+                         optimizer=optimizer, weight_decay=weight_decay, n_jobs=n_jobs, train_size=train_size,
+                         n_bootstrap=n_bootstrap, seed=seed)
 
     def score(self, target: Target, data: MembershipData) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         from sklearn.ensemble import HistGradientBoostingClassifier

@@ -53,13 +53,23 @@ class RandomizedSmoothing(Defense):
     `sigma` is the noise level, `n0` and `n` the selection and estimation draws, `alpha` the error rate; `radii`
     the L2 radii of the certified-accuracy curve. `train_epochs` > 0 fine-tunes the base classifier under noise on
     `--train-data` first. `eval_eps` (L2, none to skip) are the radii of the before/after comparison (see the
-    module docstring); the exported `artifact` votes over `samples` draws per call."""
+    module docstring); the exported `artifact` votes over `samples` draws per call.
+
+    Example:
+        >>> from bastion.defenses.certify.defense import RandomizedSmoothing
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = RandomizedSmoothing(sigma=0.25).run(target, data, train_data=train_data)
+        >>> result.findings
+    """
 
     name = "smooth"
     family = "certify"
     requires = Access.LABELS
 
-    def __init__(self, sigma: float = 0.25, n0: int = 100, n: int = 1000, alpha: float = 0.001,
+    def __init__(self, sigma: float = 0.25, *, n0: int = 100, n: int = 1000, alpha: float = 0.001,
                  certify: bool = False, radii: float | str | Sequence[float] | None = None, batch_size: int = 4096,
                  train_epochs: int = 0, lr: float = 1e-3, samples: int = 32,
                  eval_eps: float | str | Sequence[float] | None = 0.5, attack: str = "auto",

@@ -197,6 +197,18 @@ class PradaMonitor(Defense):
     answers are used, as the API would have logged them). `--data BENIGN` (optional) is ordinary traffic: with
     `calibrate=true` δ is set just below the lowest W of `n_benign` random orderings of it, and the false-alarm
     rate of the chosen δ on those orderings is reported either way.
+
+    Reference: Juuti, Szyller, Marchal & Asokan, "PRADA: Protecting Against DNN Model Stealing Attacks", IEEE EuroS&P
+    2019.
+
+    Example:
+        >>> from bastion.defenses.detect.prada import PradaMonitor
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> queries = load_dataset("queries.npz")
+        >>> result = PradaMonitor(delta=0.96).run(target, data, queries=queries)
+        >>> result.findings
     """
 
     name = "prada"
@@ -204,7 +216,7 @@ class PradaMonitor(Defense):
     requires = Access.LABELS
     dataset_params = ("queries",)
 
-    def __init__(self, delta: float = 0.96, min_queries: int = 200, check_every: int = 10,
+    def __init__(self, delta: float = 0.96, *, min_queries: int = 200, check_every: int = 10,
                  calibrate: bool = False, n_benign: int = 5, seed: int = 0):
         PRADA(delta, min_queries, check_every)  # validates the detector's parameters
         if n_benign < 1:

@@ -29,6 +29,15 @@ class STRIP(Defense):
     measures the false-rejection rate actually reached. `suspect` inputs (e.g. triggered test inputs) are screened:
     the fraction flagged is the detection rate, and AUROC compares them with the held-out clean half.
     Needs only scores (probabilities): works on black-box models.
+
+    Example:
+        >>> from bastion.defenses.detect.strip import STRIP
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> suspect = load_dataset("suspect.npz")
+        >>> result = STRIP(n_overlays=20).run(target, data, suspect=suspect)
+        >>> result.findings
     """
 
     name = "strip"
@@ -36,7 +45,7 @@ class STRIP(Defense):
     requires = Access.SCORES
     dataset_params = ("suspect",)
 
-    def __init__(self, n_overlays: int = 20, frr: float = 0.01, batch_size: int = 256, seed: int = 0):
+    def __init__(self, n_overlays: int = 20, *, frr: float = 0.01, batch_size: int = 256, seed: int = 0):
         if n_overlays < 1 or batch_size < 1:
             raise ParameterError("n_overlays and batch_size must be at least 1")
         if not 0 < frr < 0.5:

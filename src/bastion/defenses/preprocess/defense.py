@@ -96,11 +96,20 @@ class InputTransformDefense(Defense, metaclass=ABCMeta):
 
 @register("defenses", "squeeze", family="preprocess")
 class Squeeze(InputTransformDefense):
-    """Feature squeezing by bit-depth reduction to `bits` bits (Xu, Evans & Qi, NDSS 2018)."""
+    """Feature squeezing by bit-depth reduction to `bits` bits (Xu, Evans & Qi, NDSS 2018).
+
+    Example:
+        >>> from bastion.defenses.preprocess.defense import Squeeze
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = Squeeze(bits=4).run(target, data)
+        >>> result.findings
+    """
 
     name = "squeeze"
 
-    def __init__(self, bits: int = 4, eps: float | str | Sequence[float] | None = 8 / 255,
+    def __init__(self, bits: int = 4, *, eps: float | str | Sequence[float] | None = 8 / 255,
                  norm: str = "linf", attack: str = "auto", eot_samples: int = 8, seed: int = 0):
         self.bits = int(bits)
         bit_depth(self.bits)  # validates the range
@@ -112,11 +121,20 @@ class Squeeze(InputTransformDefense):
 
 @register("defenses", "quantize", family="preprocess")
 class QuantizeDefense(InputTransformDefense):
-    """Uniform quantisation of the inputs to `levels` values (bit-depth reduction generalised; Xu et al. 2018)."""
+    """Uniform quantisation of the inputs to `levels` values (bit-depth reduction generalised; Xu et al. 2018).
+
+    Example:
+        >>> from bastion.defenses.preprocess.defense import QuantizeDefense
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = QuantizeDefense(levels=8).run(target, data)
+        >>> result.findings
+    """
 
     name = "quantize"
 
-    def __init__(self, levels: int = 8, eps: float | str | Sequence[float] | None = 8 / 255,
+    def __init__(self, levels: int = 8, *, eps: float | str | Sequence[float] | None = 8 / 255,
                  norm: str = "linf", attack: str = "auto", eot_samples: int = 8, seed: int = 0):
         self.levels = int(levels)
         Quantize(self.levels)
@@ -128,11 +146,20 @@ class QuantizeDefense(InputTransformDefense):
 
 @register("defenses", "spatial-smooth", family="preprocess")
 class SpatialSmooth(InputTransformDefense):
-    """Spatial smoothing with a `window`×`window` median filter (Xu, Evans & Qi, NDSS 2018). Images only."""
+    """Spatial smoothing with a `window`×`window` median filter (Xu, Evans & Qi, NDSS 2018). Images only.
+
+    Example:
+        >>> from bastion.defenses.preprocess.defense import SpatialSmooth
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = SpatialSmooth(window=2).run(target, data)
+        >>> result.findings
+    """
 
     name = "spatial-smooth"
 
-    def __init__(self, window: int = 2, eps: float | str | Sequence[float] | None = 8 / 255,
+    def __init__(self, window: int = 2, *, eps: float | str | Sequence[float] | None = 8 / 255,
                  norm: str = "linf", attack: str = "auto", eot_samples: int = 8, seed: int = 0):
         self.window = int(window)
         MedianSmooth(self.window)

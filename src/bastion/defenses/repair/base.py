@@ -33,7 +33,7 @@ class RepairDefense(Defense):
     requires: ClassVar[Access] = Access.GRADIENTS
     dataset_params: ClassVar[tuple[str, ...]] = ("triggered", "test_data")
 
-    def __init__(self, epochs: int = 20, lr: float = 1e-2, optimizer: str = "adam", batch_size: int = 64,
+    def __init__(self, epochs: int = 20, *, lr: float = 1e-2, optimizer: str = "adam", batch_size: int = 64,
                  holdout: float = 0.3, seed: int = 0):
         if epochs < 0 or lr <= 0 or batch_size < 1 or not 0 < holdout < 1:
             raise ParameterError("epochs must be >= 0, lr positive, batch_size >= 1 and holdout in (0, 1)")

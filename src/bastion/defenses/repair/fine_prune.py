@@ -64,14 +64,26 @@ class FinePrune(RepairDefense):
     order of their mean activation on clean data, in steps of `prune_step` of the channels, as long as clean
     accuracy on the clean data stays within `max_accuracy_drop` of the original (capped at `max_prune`); pruned
     channels are masked for good (weights and bias), and the pruned model is fine-tuned on the clean data.
+
+    Example:
+        >>> from bastion.defenses.repair.fine_prune import FinePrune
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> triggered = load_dataset("triggered.npz")
+        >>> test_data = load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> defense = FinePrune(max_accuracy_drop=0.05)
+        >>> result = defense.run(target, data, triggered=triggered, test_data=test_data, train_data=train_data)
+        >>> result.findings
     """
 
     name = "fine-prune"
 
-    def __init__(self, max_accuracy_drop: float = 0.05, prune_step: float = 0.05, max_prune: float = 0.95,
+    def __init__(self, max_accuracy_drop: float = 0.05, *, prune_step: float = 0.05, max_prune: float = 0.95,
                  epochs: int = 20, lr: float = 1e-2, optimizer: str = "adam", batch_size: int = 64,
                  holdout: float = 0.3, seed: int = 0):
-        super().__init__(epochs, lr, optimizer, batch_size, holdout, seed)
+        super().__init__(epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, holdout=holdout, seed=seed)
         if not 0 <= max_accuracy_drop < 1 or not 0 < prune_step <= 1 or not 0 < max_prune < 1:
             raise ParameterError("max_accuracy_drop must lie in [0, 1), prune_step in (0, 1], max_prune in (0, 1)")
         self.max_accuracy_drop, self.prune_step, self.max_prune = max_accuracy_drop, prune_step, max_prune

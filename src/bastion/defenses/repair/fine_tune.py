@@ -20,6 +20,18 @@ class FineTune(RepairDefense):
     A copy of the model is trained `epochs` more epochs on the clean `data` (minus the held-out part) through the
     shared `Trainer`. It forgets the backdoor only when the clean updates reach the neurons the trigger uses; the
     result reports CA and ASR before and after, and DER.
+
+    Example:
+        >>> from bastion.defenses.repair.fine_tune import FineTune
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> triggered = load_dataset("triggered.npz")
+        >>> test_data = load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> defense = FineTune(epochs=20)
+        >>> result = defense.run(target, data, triggered=triggered, test_data=test_data, train_data=train_data)
+        >>> result.findings
     """
 
     name = "fine-tune"

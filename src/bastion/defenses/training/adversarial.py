@@ -167,11 +167,21 @@ class PGDAdversarialTraining(AdversarialTraining):
 
     Every batch is replaced by its PGD adversarial version: uniform random start in the eps ball, `steps` steps of
     size `step_size` (default 2.5·eps/steps) on the cross-entropy, last iterate. `eps` is the training radius;
-    `eval_eps` (default: eps) the radii of the before/after evaluation by `attack`."""
+    `eval_eps` (default: eps) the radii of the before/after evaluation by `attack`.
+
+    Example:
+        >>> from bastion.defenses.training.adversarial import PGDAdversarialTraining
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = PGDAdversarialTraining(eps=0.0314).run(target, data, train_data=train_data)
+        >>> result.findings
+    """
 
     name = "adv-train"
 
-    def __init__(self, eps: float = 8 / 255, norm: str = "linf", steps: int = 7, step_size: float | None = None,
+    def __init__(self, eps: float = 8 / 255, *, norm: str = "linf", steps: int = 7, step_size: float | None = None,
                  epochs: int = 10, batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam",
                  from_scratch: bool = False, early_stop: bool = True, overfit_drop: float = 0.2, monitor: int = 512,
                  eval_eps: float | str | Sequence[float] | None = None, attack: str = "auto", seed: int = 0):
@@ -188,11 +198,21 @@ class TRADES(AdversarialTraining):
     Loss CE(f(x), y) + β·KL(f(x) ‖ f(x')), where x' maximises KL(f(x) ‖ f(x')) in the eps ball: PGD from
     x + 0.001·N(0, I), `steps` steps of size `step_size` (default 2.5·eps/steps). β = `beta` trades clean accuracy
     for robustness (the paper's 1/λ; 6 on CIFAR-10). The clean and adversarial halves go through the model in one
-    batch."""
+    batch.
+
+    Example:
+        >>> from bastion.defenses.training.adversarial import TRADES
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = TRADES(eps=0.0314).run(target, data, train_data=train_data)
+        >>> result.findings
+    """
 
     name = "trades"
 
-    def __init__(self, eps: float = 8 / 255, norm: str = "linf", beta: float = 6.0, steps: int = 7,
+    def __init__(self, eps: float = 8 / 255, *, norm: str = "linf", beta: float = 6.0, steps: int = 7,
                  step_size: float | None = None, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
                  optimizer: str = "adam", from_scratch: bool = False, early_stop: bool = True,
                  overfit_drop: float = 0.2, monitor: int = 512, eval_eps: float | str | Sequence[float] | None = None,
@@ -238,11 +258,21 @@ class FastAdversarialTraining(AdversarialTraining):
 
     One signed-gradient step of size `step_size` (default 1.25·eps, the paper's α) from a uniform random point
     of the eps ball, projected back; with early stopping when the monitor batch's PGD accuracy collapses, the
-    paper's guard against catastrophic overfitting."""
+    paper's guard against catastrophic overfitting.
+
+    Example:
+        >>> from bastion.defenses.training.adversarial import FastAdversarialTraining
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = FastAdversarialTraining(eps=0.0314).run(target, data, train_data=train_data)
+        >>> result.findings
+    """
 
     name = "fast-at"
 
-    def __init__(self, eps: float = 8 / 255, norm: str = "linf", step_size: float | None = None, epochs: int = 10,
+    def __init__(self, eps: float = 8 / 255, *, norm: str = "linf", step_size: float | None = None, epochs: int = 10,
                  batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam", from_scratch: bool = False,
                  early_stop: bool = True, overfit_drop: float = 0.2, monitor: int = 512,
                  eval_eps: float | str | Sequence[float] | None = None, attack: str = "auto", seed: int = 0):

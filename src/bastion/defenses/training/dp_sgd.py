@@ -72,11 +72,21 @@ class DPSGD(TrainingDefense):
     the clipping norm C; the expected batch size is `batch_size` (Poisson rate q = 1/⌈n/batch_size⌉). Trains from
     scratch by default (`from_scratch`): fine-tuning a model already trained on the same records protects nothing
     it memorised before. Reports ε, δ, σ, q and steps, the clean accuracy cost, the robust accuracy change at
-    `eval_eps` (none to skip) and the membership-inference change (`mia_attack`, the privacy family's `loss`)."""
+    `eval_eps` (none to skip) and the membership-inference change (`mia_attack`, the privacy family's `loss`).
+
+    Example:
+        >>> from bastion.defenses.training.dp_sgd import DPSGD
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = DPSGD().run(target, data, train_data=train_data)
+        >>> result.findings
+    """
 
     name = "dp-sgd"
 
-    def __init__(self, noise_multiplier: float | None = None, target_epsilon: float | None = None,
+    def __init__(self, noise_multiplier: float | None = None, *, target_epsilon: float | None = None,
                  delta: float = 1e-5, max_grad_norm: float = 1.0, epochs: int = 10, batch_size: int = 64,
                  lr: float = 1e-3, optimizer: str = "adam", from_scratch: bool = True, accountant: str = "rdp",
                  mia_attack: str = "loss", eval_eps: float | str | Sequence[float] | None = 8 / 255,
