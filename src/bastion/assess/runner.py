@@ -118,7 +118,8 @@ class Runner:
         created, previous = now(), {}
         if self.store is not None:
             if resume:
-                previous = {k: o for k, o in self.store.outcomes(run_id, JobOutcome.from_json).items() if o.status == "done"}
+                stored = self.store.outcomes(run_id, JobOutcome.from_json)
+                previous = {k: o for k, o in stored.items() if o.status == "done"}
                 created = self.store.run(run_id)["created"]
                 self.store.set_status(run_id, "running")
             else:
