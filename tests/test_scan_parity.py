@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bastion.supplychain import scan_bytes
-from bastion.supplychain.findings import Cursor, Sink
 from bastion.supplychain.pickle_values import PickleError
 from bastion.supplychain.pickle_vm import PickleVM
 from bastion.supplychain.policy import judge
+from bastion.supplychain.verdicts import Cursor, Sink
 
 from .scan_corpus import RecordingUnpickler, bypass_cases, cpython_reads, malicious_cases, mutate
 

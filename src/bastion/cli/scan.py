@@ -18,7 +18,7 @@ from bastion.cli.outputs import check_output_file, prepare_output_dir, same_file
 from bastion.core.errors import BastionError, ParameterError
 from bastion.core.results import severity_rank
 from bastion.sandbox.commands import dynamic_scan, timeout_option
-from bastion.supplychain import CONVERTIBLE, ScanReport, convert_to_safetensors, scan_paths, write_manifest, write_sarif
+from bastion.supplychain import CONVERTIBLE, ScanReport, convert_to_safetensors, scan_paths, write_manifest
 from bastion.supplychain.convert import is_conversion_of, safetensors_destination
 from bastion.supplychain.report import ScannedFile
 
@@ -142,7 +142,9 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=as_json)
         try:
             if sarif is not None:
-                write_sarif(report, sarif)
+                from bastion.report.sarif import scan_to_sarif, write_sarif  # the one SARIF writer (assess too)
+
+                write_sarif(scan_to_sarif(report), sarif)
             if manifest is not None:
                 write_manifest(report, manifest)
         except OSError as exc:

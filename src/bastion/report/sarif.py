@@ -1,8 +1,10 @@
-"""SARIF 2.1.0 (OASIS Static Analysis Results Interchange Format) for code-scanning dashboards.
+"""SARIF 2.1.0 (OASIS Static Analysis Results Interchange Format) for code-scanning dashboards: the one writer.
 
-One run per assessment; one rule per (family, metric); one result per finding. Findings above info are
-`kind: fail` with a level (critical/high -> error, medium -> warning, low -> note) and GitHub's
-`security-severity`; informational findings are `kind: informational` with level `none`, as the spec requires.
+Both `bastion assess` (`to_sarif`, one run per assessment) and `bastion scan --sarif` (`scan_to_sarif`, one run
+per scan) go through the same rule, result and location builders and the same score table: one rule per
+(family, metric), one result per finding. Findings above info are `kind: fail` with a level (critical/high ->
+error, medium -> warning, low -> note) and GitHub's `security-severity`; informational findings are
+`kind: informational` with level `none`, as the spec requires.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from bastion.assess.assessment import Assessment
 from bastion.assess.scoring import finding_key
 from bastion.core.results import Finding, severity_rank
 from bastion.report.markdown import md_escape
+from bastion.supplychain.report import ScanReport
+from bastion.supplychain.verdicts import RULES
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note", "info": "none"}
@@ -38,9 +42,14 @@ def rule_id(family: str, finding: Finding) -> str:
     return f"{family}/{finding.metric}"
 
 
-def _rule(rid: str, family: str, findings: list[Finding]) -> dict[str, Any]:
+def _rule(rid: str, family: str, findings: list[Finding], described: tuple[str, str] | None = None
+          ) -> dict[str, Any]:
+    """One reportingDescriptor; `described` = (description, recommendation) when a rule table has them."""
     worst = max(findings, key=lambda f: severity_rank(f.severity))
     first = findings[0]
+    if described is not None:
+        first = Finding(title=first.title, family=first.family, severity=first.severity, metric=first.metric,
+                        description=described[0], recommendation=described[1])
     tags = ["security", "machine-learning", family] + sorted({t for f in findings for t in f.atlas + f.owasp})
     help_text = first.recommendation or first.description or rid
     return {
@@ -54,8 +63,8 @@ def _rule(rid: str, family: str, findings: list[Finding]) -> dict[str, Any]:
     }
 
 
-def _location(a: Assessment, finding: Finding) -> dict[str, Any]:
-    path = str(finding.evidence.get("file") or a.inputs.get("model") or a.model.get("path") or "model")
+def _location(default_path: str, finding: Finding) -> dict[str, Any]:
+    path = str(finding.evidence.get("file") or default_path)
     location: dict[str, Any] = {"physicalLocation": {"artifactLocation": {"uri": artifact_uri(path)}}}
     offset = finding.evidence.get("offset")
     if isinstance(offset, int) and not finding.evidence.get("member"):
@@ -65,9 +74,11 @@ def _location(a: Assessment, finding: Finding) -> dict[str, Any]:
     return location
 
 
-def to_sarif(a: Assessment) -> dict[str, Any]:
-    """The assessment as one SARIF 2.1.0 log."""
-    pairs = [(f.family, x) for f in a.families for x in f.findings]
+def rules_and_results(pairs: list[tuple[str, Finding]], default_path: str, key: Any = None,
+                      described: dict[str, tuple[str, str]] | None = None
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """SARIF rules and results for (family, finding) pairs; `key(family, finding)` names a finding stably for its
+    fingerprint, `described` maps a metric to (description, recommendation)."""
     ids: list[str] = []
     grouped: dict[str, list[Finding]] = {}
     for family, finding in pairs:
@@ -76,26 +87,42 @@ def to_sarif(a: Assessment) -> dict[str, Any]:
             ids.append(rid)
             grouped[rid] = []
         grouped[rid].append(finding)
-    rules = [_rule(rid, rid.split("/", 1)[0], grouped[rid]) for rid in ids]
+    rules = [_rule(rid, rid.split("/", 1)[0], grouped[rid],
+                   (described or {}).get(grouped[rid][0].metric)) for rid in ids]
     results = []
     for family, finding in pairs:
         rid = rule_id(family, finding)
-        result: dict[str, Any] = {
+        name = key(family, finding) if key else _finding_name(family, finding)
+        evidence = {k: finding.evidence[k] for k in ("member", "offset", "opcode", "global")
+                    if finding.evidence.get(k) is not None}
+        results.append({
             "ruleId": rid,
             "ruleIndex": ids.index(rid),
             "kind": "fail" if finding.severity != "info" else "informational",
             "level": LEVEL[finding.severity],
             "message": {"text": finding.title},
-            "locations": [_location(a, finding)],
-            "partialFingerprints": {
-                "bastionFinding/v1": hashlib.sha256(finding_key(family, finding).encode()).hexdigest()[:32]},
+            "locations": [_location(default_path, finding)],
+            "partialFingerprints": {"bastionFinding/v1": hashlib.sha256(name.encode()).hexdigest()[:32]},
             "properties": {"severity": finding.severity, "family": family, "metric": finding.metric,
                            "value": finding.value, "threshold": finding.threshold, "atlas": finding.atlas,
-                           "owasp": finding.owasp, "security-severity": SECURITY_SEVERITY[finding.severity]},
-        }
-        results.append(result)
-    errors = [e for f in a.families for e in f.errors]
+                           "owasp": finding.owasp, "security-severity": SECURITY_SEVERITY[finding.severity],
+                           **evidence},
+        })
+    return rules, results
+
+
+def _finding_name(family: str, finding: Finding) -> str:
+    ev = finding.evidence
+    return "|".join(str(x) for x in (family, finding.metric, ev.get("file"), ev.get("member"), ev.get("offset"),
+                                     finding.title))
+
+
+def to_sarif(a: Assessment) -> dict[str, Any]:
+    """The assessment as one SARIF 2.1.0 log."""
+    pairs = [(f.family, x) for f in a.families for x in f.findings]
     model_path = str(a.inputs.get("model") or a.model.get("path") or "model")
+    rules, results = rules_and_results(pairs, model_path, finding_key)
+    errors = [e for f in a.families for e in f.errors]
     artifact: dict[str, Any] = {"location": {"uri": artifact_uri(model_path)}}
     if a.model.get("sha256"):
         artifact["hashes"] = {"sha-256": a.model["sha256"]}
@@ -128,3 +155,32 @@ def _utc(stamp: str) -> str:
 
 def render_sarif(a: Assessment) -> str:
     return json.dumps(to_sarif(a), indent=1)
+
+
+def scan_to_sarif(report: ScanReport, version: str = "0.1.0") -> dict[str, Any]:
+    """A supply-chain scan (`bastion scan --sarif`) as one SARIF 2.1.0 log, scored like an assessment."""
+    pairs = [(f.family or "supply_chain", f) for f in report.findings]
+    rules, results = rules_and_results(pairs, "model", described=RULES)
+    artifacts = [{"location": {"uri": artifact_uri(s.path)}, "length": s.size, "hashes": {"sha-256": s.sha256}}
+                 for s in report.files]
+    return {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "Bastion", "version": version, "semanticVersion": version,
+                                "informationUri": INFORMATION_URI, "rules": rules}},
+            "automationDetails": {"id": "bastion/scan"},
+            "invocations": [{"executionSuccessful": not report.errors,
+                             "toolExecutionNotifications": [{"level": "error", "message": {"text": e}}
+                                                            for e in report.errors]}],
+            "artifacts": artifacts,
+            "results": results,
+        }],
+    }
+
+
+def write_sarif(log: dict[str, Any], path: str | Path) -> Path:
+    """Write a SARIF log to `path`."""
+    out = Path(path)
+    out.write_text(json.dumps(log, indent=2))
+    return out

@@ -11,10 +11,9 @@ from bastion.supplychain.limits import DEFAULT_LIMITS, Limits
 from bastion.supplychain.load import load_pickled
 from bastion.supplychain.manifest import manifest, write_manifest
 from bastion.supplychain.report import ScannedFile, ScanReport
-from bastion.supplychain.sarif import to_sarif, write_sarif
 
 __all__ = [
     "CONVERTIBLE", "DEFAULT_LIMITS", "Limits", "PICKLE_FORMATS", "ScanReport", "ScannedFile", "convert_to_safetensors",
-    "detect_format", "load_pickled", "manifest", "scan_bytes", "scan_file", "scan_path", "scan_paths", "to_sarif",
-    "write_manifest", "write_sarif",
+    "detect_format", "load_pickled", "manifest", "scan_bytes", "scan_file", "scan_path", "scan_paths",
+    "write_manifest",
 ]

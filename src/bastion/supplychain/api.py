@@ -13,10 +13,10 @@ from pathlib import Path
 
 from bastion.core.errors import ModelLoadError
 from bastion.supplychain.detect import FileChanged, read_buffer
-from bastion.supplychain.findings import Cursor, Sink
 from bastion.supplychain.limits import DEFAULT_LIMITS, Limits
 from bastion.supplychain.report import ScannedFile, ScanReport
 from bastion.supplychain.scanner import scan_buffer
+from bastion.supplychain.verdicts import Cursor, Sink
 
 
 def scan_bytes(data: bytes, name: str = "<bytes>", limits: Limits = DEFAULT_LIMITS) -> ScanReport:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bastion.supplychain.compression import InflateError, inflate
-from bastion.supplychain.findings import Cursor
+from bastion.supplychain.verdicts import Cursor
 
 _EOCD = b"PK\x05\x06"
 _CDH = b"PK\x01\x02"

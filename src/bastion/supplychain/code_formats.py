@@ -20,8 +20,8 @@ from typing import Any
 
 from bastion.core.errors import ModelLoadError
 from bastion.supplychain.archives import ArchiveError, ZipDirectory, ZipMember, member_head, read_member
-from bastion.supplychain.findings import RULES, Cursor
 from bastion.supplychain.torchscript_source import Use, judge_target, read_torchscript
+from bastion.supplychain.verdicts import RULES, Cursor
 
 ScanBuffer = Callable[..., str]  # scanner.scan_buffer(data, cur, fmt=None)
 ScanStreams = Callable[..., None]  # scanner.scan_streams(data, cur, start=0, *, mode, context)

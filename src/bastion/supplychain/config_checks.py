@@ -13,8 +13,8 @@ import binascii
 import json
 from typing import Any
 
-from bastion.supplychain.findings import Cursor
 from bastion.supplychain.policy import judge
+from bastion.supplychain.verdicts import Cursor
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _KERAS_ROOTS = ("keras", "tf_keras", "keras_hub", "keras_nlp", "keras_cv", "tensorflow.keras",

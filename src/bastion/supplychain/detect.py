@@ -11,13 +11,13 @@ from bastion.core.errors import ModelLoadError
 from bastion.supplychain.archives import ArchiveError, find_eocd, is_tar, read_tar, read_zip
 from bastion.supplychain.compression import compression_of, head_of
 from bastion.supplychain.config_checks import chat_templates, is_h5, is_keras_config, parse_json_config
-from bastion.supplychain.findings import Cursor, Sink
 from bastion.supplychain.limits import DEFAULT_LIMITS
 from bastion.supplychain.onnx_check import looks_like_onnx
 from bastion.supplychain.pickle_values import PickleError, PickleTruncated
 from bastion.supplychain.pickle_vm import OPCODE_BYTES, PickleVM
 from bastion.supplychain.template_checks import is_gguf
 from bastion.supplychain.tensor_checks import looks_like_safetensors
+from bastion.supplychain.verdicts import Cursor, Sink
 
 TORCH_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 PICKLE_FORMATS = frozenset({"pickle", "joblib", "pytorch-zip", "pytorch-legacy", "pytorch-tar"})

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from struct import unpack_from
 from typing import Any
 
-from bastion.supplychain.findings import Cursor
 from bastion.supplychain.joblib_arrays import skip_array, wrapper_kind
 from bastion.supplychain.pickle_calls import mutation_target, resolve_call
 from bastion.supplychain.pickle_literals import LiteralOps, py_long
@@ -30,6 +29,7 @@ from bastion.supplychain.pickle_values import (
     const_str,
 )
 from bastion.supplychain.policy import judge
+from bastion.supplychain.verdicts import Cursor
 
 
 class PickleVM(LiteralOps):

@@ -20,13 +20,13 @@ from bastion.supplychain.detect import (
     detect_bytes,
     looks_like_pickle,
 )
-from bastion.supplychain.findings import Cursor, Sink
 from bastion.supplychain.onnx_check import check_onnx
 from bastion.supplychain.pickle_values import BudgetSpent, PickleError
 from bastion.supplychain.pickle_vm import OPCODE_BYTES, PickleVM
 from bastion.supplychain.template_checks import check_gguf, check_json_template
 from bastion.supplychain.tensor_checks import check_npy, check_safetensors, npy_dtype
 from bastion.supplychain.torch_formats import scan_legacy, walk_storages, walk_tensors
+from bastion.supplychain.verdicts import Cursor, Sink
 
 _STORAGE = re.compile(r"(^|/)data/(\d+|weights/[^/]+)$")
 _TORCH_KINDS = {"pytorch-zip", "torchscript", "torch-export"}

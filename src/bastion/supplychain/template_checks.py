@@ -11,8 +11,8 @@ import struct
 from typing import Any
 
 from bastion.supplychain.config_checks import chat_templates, check_keras_config, is_keras_config, parse_json_config
-from bastion.supplychain.findings import Cursor
 from bastion.supplychain.template_ast import template_problems
+from bastion.supplychain.verdicts import Cursor
 
 _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 

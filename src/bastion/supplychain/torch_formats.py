@@ -7,8 +7,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from bastion.supplychain.findings import Cursor
 from bastion.supplychain.pickle_values import Global, PickleError
+from bastion.supplychain.verdicts import Cursor
 
 # (data, cursor, start) -> (end offset, symbolic result)
 RunStream = Callable[[Any, Cursor, int], tuple[int, Any]]

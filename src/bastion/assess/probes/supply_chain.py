@@ -18,7 +18,7 @@ from bastion.core.results import Finding, Result
 def scan(paths: list[str]) -> Result:
     """Scan files or folders with Bastion's scanner and package the report as an Result."""
     from bastion.supplychain import scan_paths
-    from bastion.supplychain.findings import ATLAS, OWASP
+    from bastion.supplychain.verdicts import ATLAS, OWASP
 
     start = time.perf_counter()
     report = scan_paths(paths)
