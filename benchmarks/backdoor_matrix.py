@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bastion.attacks.backdoor.backdoor import BadNets, Blended
+from bastion.attacks.backdoor.badnets import BadNets, Blended
 from bastion.attacks.backdoor.base import PoisoningAttack
 from bastion.attacks.backdoor.clean_label import CleanLabel
 from bastion.attacks.backdoor.warping import WaNet
@@ -47,7 +47,7 @@ from bastion.defenses.detect.mm_bd import MMBD
 from bastion.defenses.detect.neural_cleanse import NeuralCleanse
 from bastion.defenses.detect.spectral import SpectralSignatures
 from bastion.defenses.detect.spectre import Spectre
-from bastion.demo.data import digits_with_clean_set
+from bastion.demo.datasets import digits_with_clean_set
 from bastion.demo.models import BasicBlock
 from bastion.evaluation.metrics import auc, detection_rates, roc_curve, tpr_at_fpr
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bastion.attacks.backdoor.backdoor import BadNets, Blended
+from bastion.attacks.backdoor.badnets import BadNets, Blended
 from bastion.attacks.backdoor.warping import WaNet
 from bastion.core.data import Dataset
 from bastion.core.target import TorchTarget
@@ -42,7 +42,7 @@ from bastion.defenses.detect.spectral import SpectralSignatures
 from bastion.defenses.detect.strip import STRIP
 from bastion.defenses.repair.fine_prune import FinePrune
 from bastion.defenses.repair.fine_tune import FineTune
-from bastion.demo.data import digits_with_clean_set
+from bastion.demo.datasets import digits_with_clean_set
 from bastion.demo.models import digits_cnn
 from bastion.evaluation.metrics import detection_rates
 

@@ -36,7 +36,7 @@ from bastion.core.data import Dataset
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, accuracy
 from bastion.demo.cache import cache_dir
-from bastion.demo.data import digits
+from bastion.demo.datasets import digits
 from bastion.demo.models import digits_cnn
 
 EPS, STEPS = 0.1, 20

@@ -33,7 +33,7 @@ from bastion.attacks.extraction.study import benign_streams, defense_table, dete
 from bastion.core.data import Dataset
 from bastion.core.target import FunctionTarget, TorchTarget
 from bastion.core.training import Trainer
-from bastion.demo.data import digits
+from bastion.demo.datasets import digits
 from bastion.demo.models import digits_cnn, tabular_mlp
 
 EPOCHS, BATCH, LR = 50, 64, 1e-3

@@ -35,10 +35,10 @@ from bastion.attacks.evasion.gradient import PGD
 from bastion.core.data import Dataset
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, accuracy
-from bastion.defenses.certify.defense import noise_training
 from bastion.defenses.certify.smoothing import SmoothedClassifier
+from bastion.defenses.certify.smoothing_defense import noise_training
 from bastion.defenses.training.adversarial import TRADES, FastAdversarialTraining, PGDAdversarialTraining
-from bastion.demo.data import digits
+from bastion.demo.datasets import digits
 from bastion.demo.models import digits_cnn
 
 EPS, LR, BATCH, STEPS = 0.15, 2e-3, 128, 5

@@ -11,7 +11,7 @@ from torch import nn
 from bastion.core.data import Dataset
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer
-from bastion.demo.data import digits
+from bastion.demo.datasets import digits
 
 
 def digits_mlp() -> nn.Module:

@@ -10,12 +10,12 @@ from functools import cache
 
 import torch
 
-from bastion.attacks.backdoor.backdoor import BadNets
+from bastion.attacks.backdoor.badnets import BadNets
 from bastion.core.data import Dataset
 from bastion.core.results import Result
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything
-from bastion.demo.data import digits_with_clean_set
+from bastion.demo.datasets import digits_with_clean_set
 from bastion.demo.models import digits_cnn
 from tests.threads import single_thread  # noqa: F401  (re-exported to the test modules)
 

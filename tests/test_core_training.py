@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 
 from bastion.core.errors import ParameterError
 from bastion.core.training import Trainer, accuracy
-from bastion.demo.data import digits
+from bastion.demo.datasets import digits
 from bastion.demo.models import digits_cnn
 
 

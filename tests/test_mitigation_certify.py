@@ -14,7 +14,6 @@ from torch import nn
 
 from bastion.core.data import save_npz
 from bastion.core.target import TorchTarget
-from bastion.defenses.certify.defense import RandomizedSmoothing
 from bastion.defenses.certify.smoothing import (
     ABSTAIN,
     Certificate,
@@ -23,6 +22,7 @@ from bastion.defenses.certify.smoothing import (
     binomial_test,
     clopper_pearson_lower,
 )
+from bastion.defenses.certify.smoothing_defense import RandomizedSmoothing
 from bastion.models.export import save_model
 from bastion.models.metadata import ModelMetadata
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bastion.attacks.backdoor.backdoor import BadNets, Blended
+from bastion.attacks.backdoor.badnets import BadNets, Blended
 from bastion.attacks.backdoor.clean_label import CleanLabel
 from bastion.attacks.backdoor.label_flip import LabelFlip
 from bastion.attacks.backdoor.triggers import apply_blend, apply_patch, blend_pattern, checkerboard

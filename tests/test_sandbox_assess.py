@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bastion.attacks.evasion.gradient import FGSM, PGD
-from bastion.demo.data import digits
+from bastion.demo.datasets import digits
 from bastion.demo.models import digits_cnn
 from bastion.models.export import save_model
 from bastion.models.metadata import ModelMetadata

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bastion.supplychain import Limits, scan_bytes
+from bastion.supplychain.import_policy import judge
 from bastion.supplychain.pickle_vm import OPCODE_BYTES
-from bastion.supplychain.policy import judge
 
 from .scan_corpus import benign_cases, bypass_cases, cpython_reads, malicious_cases, mutate
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bastion.supplychain import Limits, scan_bytes
-from bastion.supplychain.policy import judge
+from bastion.supplychain.import_policy import judge
 
 from .scan_corpus import OS_SYSTEM, blob, call, glob, proto
 

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bastion.supplychain import scan_bytes
+from bastion.supplychain.import_policy import judge
 from bastion.supplychain.pickle_values import PickleError
 from bastion.supplychain.pickle_vm import PickleVM
-from bastion.supplychain.policy import judge
 from bastion.supplychain.verdicts import Cursor, Sink
 
 from .scan_corpus import RecordingUnpickler, bypass_cases, cpython_reads, malicious_cases, mutate

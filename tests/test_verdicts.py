@@ -14,7 +14,7 @@ from bastion.attacks.extraction.base import ExtractionAttack
 from bastion.attacks.privacy.findings import membership_findings
 from bastion.cli.assess import exit_code
 from bastion.core.results import Finding, Result
-from bastion.defenses.compare import gain_finding
+from bastion.defenses.before_after import gain_finding
 from bastion.evaluation.scoring import evasion_findings
 
 

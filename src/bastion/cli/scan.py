@@ -20,7 +20,7 @@ from bastion.core.results import severity_rank
 from bastion.sandbox.commands import dynamic_scan, timeout_option
 from bastion.supplychain import CONVERTIBLE, ScanReport, convert_to_safetensors, scan_paths, write_manifest
 from bastion.supplychain.convert import is_conversion_of, safetensors_destination
-from bastion.supplychain.report import ScannedFile
+from bastion.supplychain.scan_report import ScannedFile
 
 NOTHING_TO_SCAN = 3
 

@@ -3,7 +3,7 @@
 The transforms themselves are the postprocess package's Target wrappers (`defenses.postprocess`: Tramèr et al.,
 USENIX Security 2016; Lee, Edraki & Qi, IEEE S&P Workshops 2019); this module turns each into a defense that
 yields the defended Target (`defended_`), a defended model for export (`artifact`: the model followed by the same
-transform, returning log-probabilities) and the before/after comparison of `defenses.compare`. Output hardening
+transform, returning log-probabilities) and the before/after comparison of `defenses.before_after`. Output hardening
 aims at extraction and membership inference; against evasion it only hides gradients, which BPDA (the transform
 back-propagating as the identity) shows.
 """
@@ -27,7 +27,7 @@ from bastion.core.registry import register
 from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.defenses.base import Defense, require_data
-from bastion.defenses.compare import clean_comparison, compare
+from bastion.defenses.before_after import clean_comparison, compare
 from bastion.defenses.postprocess import LabelOnly, OutputDefense, ReverseSigmoid, Rounding, TopK
 from bastion.defenses.preprocess.transforms import decided_by, exportable
 

@@ -11,7 +11,7 @@ import torch
 
 from bastion.core.data import Dataset, save_npz
 from bastion.core.training import Trainer, accuracy
-from bastion.demo import data as demo_data
+from bastion.demo import datasets as demo_data
 from bastion.demo.models import digits_cnn, tabular_mlp
 from bastion.models.export import save_model
 from bastion.models.metadata import ModelMetadata

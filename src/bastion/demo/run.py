@@ -20,7 +20,7 @@ from bastion.assess.inputs import Inputs
 from bastion.assess.runner import Runner
 from bastion.core.errors import BastionError
 from bastion.demo.cache import DEMO_MODELS, DemoModel, demo_model
-from bastion.demo.data import breast_cancer
+from bastion.demo.datasets import breast_cancer
 from bastion.demo.models import tabular_mlp
 from bastion.report import write_reports
 from bastion.report.markdown import render_markdown

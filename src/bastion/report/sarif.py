@@ -18,7 +18,7 @@ from bastion.assess.assessment import Assessment
 from bastion.assess.scoring import finding_key
 from bastion.core.results import Finding, severity_rank
 from bastion.report.markdown import md_escape
-from bastion.supplychain.report import ScanReport
+from bastion.supplychain.scan_report import ScanReport
 from bastion.supplychain.verdicts import RULES
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"

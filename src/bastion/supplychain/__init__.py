@@ -10,7 +10,7 @@ from bastion.supplychain.detect import PICKLE_FORMATS, detect_format
 from bastion.supplychain.limits import DEFAULT_LIMITS, Limits
 from bastion.supplychain.load import load_pickled
 from bastion.supplychain.manifest import manifest, write_manifest
-from bastion.supplychain.report import ScannedFile, ScanReport
+from bastion.supplychain.scan_report import ScannedFile, ScanReport
 
 __all__ = [
     "CONVERTIBLE", "DEFAULT_LIMITS", "Limits", "PICKLE_FORMATS", "ScanReport", "ScannedFile", "convert_to_safetensors",

@@ -14,7 +14,7 @@ from pathlib import Path
 from bastion.core.errors import ModelLoadError
 from bastion.supplychain.detect import FileChanged, read_buffer
 from bastion.supplychain.limits import DEFAULT_LIMITS, Limits
-from bastion.supplychain.report import ScannedFile, ScanReport
+from bastion.supplychain.scan_report import ScannedFile, ScanReport
 from bastion.supplychain.scanner import scan_buffer
 from bastion.supplychain.verdicts import Cursor, Sink
 

@@ -13,7 +13,7 @@ import binascii
 import json
 from typing import Any
 
-from bastion.supplychain.policy import judge
+from bastion.supplychain.import_policy import judge
 from bastion.supplychain.verdicts import Cursor
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.core.errors import ModelLoadError
-from bastion.supplychain.report import ScannedFile
+from bastion.supplychain.scan_report import ScannedFile
 
 CONVERTIBLE = frozenset({"pytorch-zip", "pytorch-legacy", "numpy", "npz"})
 

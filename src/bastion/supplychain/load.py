@@ -14,9 +14,9 @@ from bastion.core.errors import ModelLoadError
 from bastion.supplychain.api import scan_path
 from bastion.supplychain.compression import InflateError, compression_of, inflate
 from bastion.supplychain.detect import PICKLE_FORMATS
+from bastion.supplychain.import_policy import judge
 from bastion.supplychain.limits import DEFAULT_LIMITS
-from bastion.supplychain.policy import judge
-from bastion.supplychain.report import ScanReport
+from bastion.supplychain.scan_report import ScanReport
 
 
 def _refusal(path: Path, report: ScanReport) -> str:

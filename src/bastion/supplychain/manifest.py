@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.core.results import severity_rank
-from bastion.supplychain.report import ScanReport
+from bastion.supplychain.scan_report import ScanReport
 
 
 def manifest(report: ScanReport) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import binascii
 from typing import TYPE_CHECKING, Any
 
 from bastion.supplychain.compression import InflateError, inflate
+from bastion.supplychain.import_policy import judge_module
 from bastion.supplychain.pickle_values import Blob, Call, Global, Module, Opaque, SymDict, const_bytes, const_str
-from bastion.supplychain.policy import judge_module
 
 if TYPE_CHECKING:
     from bastion.supplychain.pickle_vm import PickleVM

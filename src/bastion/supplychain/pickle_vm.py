@@ -14,6 +14,7 @@ from collections.abc import Callable
 from struct import unpack_from
 from typing import Any
 
+from bastion.supplychain.import_policy import judge
 from bastion.supplychain.joblib_arrays import skip_array, wrapper_kind
 from bastion.supplychain.pickle_calls import mutation_target, resolve_call
 from bastion.supplychain.pickle_literals import LiteralOps, py_long
@@ -28,7 +29,6 @@ from bastion.supplychain.pickle_values import (
     SymSet,
     const_str,
 )
-from bastion.supplychain.policy import judge
 from bastion.supplychain.verdicts import Cursor
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion.attacks.backdoor.backdoor import DirtyLabelBackdoor
+from bastion.attacks.backdoor.badnets import DirtyLabelBackdoor
 from bastion.attacks.backdoor.base import Poisoned, choose
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register

@@ -2,7 +2,7 @@
 
 A training defense never changes the model it is given: it trains a copy (fine-tuning by default, or from freshly
 initialised weights with `from_scratch`), leaves it in `artifact` for the CLI's `--out`, and reports the honest
-before/after comparison of `defenses.compare`.
+before/after comparison of `defenses.before_after`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from bastion.core.results import Finding, Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.core.training import Trainer
 from bastion.defenses.base import Defense, require_data, torch_module
-from bastion.defenses.compare import clean_comparison, compare
+from bastion.defenses.before_after import clean_comparison, compare
 from bastion.defenses.preprocess.transforms import exportable
 
 

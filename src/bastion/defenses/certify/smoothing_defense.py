@@ -26,8 +26,8 @@ from bastion.core.results import Finding, Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.core.training import Trainer
 from bastion.defenses.base import Defense, require_data
+from bastion.defenses.before_after import evaluate, gain_finding
 from bastion.defenses.certify.smoothing import ABSTAIN, Certificate, SmoothedClassifier, SmoothedModel
-from bastion.defenses.compare import evaluate, gain_finding
 from bastion.defenses.preprocess.transforms import exportable
 from bastion.defenses.training.base import trainable_copy
 
@@ -56,7 +56,7 @@ class RandomizedSmoothing(Defense):
     module docstring); the exported `artifact` votes over `samples` draws per call.
 
     Example:
-        >>> from bastion.defenses.certify.defense import RandomizedSmoothing
+        >>> from bastion.defenses.certify.smoothing_defense import RandomizedSmoothing
         >>> from bastion import load_dataset
         >>> from bastion.models import load_target
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")

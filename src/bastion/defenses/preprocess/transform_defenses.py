@@ -23,7 +23,7 @@ from bastion.core.registry import register
 from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.defenses.base import Defense, require_data
-from bastion.defenses.compare import clean_comparison, compare
+from bastion.defenses.before_after import clean_comparison, compare
 from bastion.defenses.preprocess.transforms import (
     InputTransform,
     MedianSmooth,
@@ -99,7 +99,7 @@ class Squeeze(InputTransformDefense):
     """Feature squeezing by bit-depth reduction to `bits` bits (Xu, Evans & Qi, NDSS 2018).
 
     Example:
-        >>> from bastion.defenses.preprocess.defense import Squeeze
+        >>> from bastion.defenses.preprocess.transform_defenses import Squeeze
         >>> from bastion import load_dataset
         >>> from bastion.models import load_target
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
@@ -124,7 +124,7 @@ class QuantizeDefense(InputTransformDefense):
     """Uniform quantisation of the inputs to `levels` values (bit-depth reduction generalised; Xu et al. 2018).
 
     Example:
-        >>> from bastion.defenses.preprocess.defense import QuantizeDefense
+        >>> from bastion.defenses.preprocess.transform_defenses import QuantizeDefense
         >>> from bastion import load_dataset
         >>> from bastion.models import load_target
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
@@ -149,7 +149,7 @@ class SpatialSmooth(InputTransformDefense):
     """Spatial smoothing with a `window`×`window` median filter (Xu, Evans & Qi, NDSS 2018). Images only.
 
     Example:
-        >>> from bastion.defenses.preprocess.defense import SpatialSmooth
+        >>> from bastion.defenses.preprocess.transform_defenses import SpatialSmooth
         >>> from bastion import load_dataset
         >>> from bastion.models import load_target
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")

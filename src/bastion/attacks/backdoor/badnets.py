@@ -45,7 +45,7 @@ class BadNets(DirtyLabelBackdoor):
     than `target_label`, and those samples are relabelled `target_label` (all-to-one attack).
 
     Example:
-        >>> from bastion.attacks.backdoor.backdoor import BadNets
+        >>> from bastion.attacks.backdoor.badnets import BadNets
         >>> from bastion import load_dataset
         >>> from bastion.models import load_target
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
@@ -80,7 +80,7 @@ class Blended(DirtyLabelBackdoor):
     blend is applied at test time. Samples come from the classes other than `target_label` and are relabelled.
 
     Example:
-        >>> from bastion.attacks.backdoor.backdoor import Blended
+        >>> from bastion.attacks.backdoor.badnets import Blended
         >>> from bastion import load_dataset
         >>> from bastion.models import load_target
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
