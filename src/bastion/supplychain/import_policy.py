@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from bastion.core.results import severity_rank
+
 # ---- allow-list -------------------------------------------------------------------------------------------------
 
 _TORCH_DTYPES = ["bfloat16", "bits16", "bits1x8", "bits2x4", "bits4x2", "bits8", "bool", "complex128", "complex32",
@@ -178,11 +180,10 @@ def judge(module: str, name: str, proto: int = 4, context: str = "pickle") -> Ve
         return ALLOW
     if context == "torchscript" and (mod == "__torch__" or mod.startswith("__torch__.")):
         return ALLOW
-    worst = max(_deny(mod, nm), _deny(module, name), key=lambda v: _RANK[v.severity or "info"])
+    worst = max(_deny(mod, nm), _deny(module, name), key=lambda v: severity_rank(v.severity or "info"))
     return worst
 
 
-_RANK = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
 
 
 def _deny(module: str, name: str) -> Verdict:
@@ -225,4 +226,4 @@ def severity_max(a: str | None, b: str | None) -> str | None:
         return b
     if b is None:
         return a
-    return a if _RANK[a] >= _RANK[b] else b
+    return a if severity_rank(a) >= severity_rank(b) else b
