@@ -120,7 +120,7 @@ def backdoored(dataset_name: str, attack_name: str, rate: float, arch: str, seed
     side, target = train_set.x.shape[-1], seed % 10
     factory = lambda: ARCHS[arch](side)  # noqa: E731
     attack = attack_for(attack_name, dataset_name, rate, target, seed, factory)
-    attack.bounds, attack.n_classes = (0.0, 1.0), 10
+    attack.bounds_, attack.n_classes_ = (0.0, 1.0), 10
     x, y = torch.as_tensor(train_set.x), torch.as_tensor(train_set.y)
     attack.prepare(factory, x, y)
     poisoned = attack.poison(x, y, rate, torch.Generator().manual_seed(seed))

@@ -101,8 +101,8 @@ def setup(name: str, seed: int) -> dict:
     attack = cls(arch=ARCH, epochs=20, seed=seed, **params)
     result = attack.run(TorchTarget(digits_cnn(), (1, 8, 8), device="cpu"), test, train_data=train)
     xt, yt = attack.triggered(torch.as_tensor(test.x), torch.as_tensor(test.y))
-    return {"model": attack.artifact.eval(), "data": attack.poisoned.to_dataset(),
-            "truth": attack.poisoned.is_poison.cpu().numpy(), "asr": result.metrics["curve"][0]["attack_success_rate"],
+    return {"model": attack.artifact_.eval(), "data": attack.poisoned_.to_dataset(),
+            "truth": attack.poisoned_.is_poison.cpu().numpy(), "asr": result.metrics["curve"][0]["attack_success_rate"],
             "triggered": Dataset(xt.numpy(), yt.numpy(), "triggered")}
 
 

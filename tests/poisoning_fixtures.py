@@ -45,7 +45,7 @@ def clean_model(seed: int) -> torch.nn.Module:
 
 @cache
 def badnets() -> tuple[BadNets, Result, Dataset]:
-    """BadNets at 5% poisoning (target class 0): the attack (model in `.artifact`, data in `.poisoned`), its
+    """BadNets at 5% poisoning (target class 0): the attack (model in `.artifact_`, data in `.poisoned_`), its
     result, and the triggered test inputs labelled with the target."""
     train, _, test = digits()
     attack = BadNets(arch=ARCH, poison_rate=0.05, target_label=0, epochs=EPOCHS, seed=0)

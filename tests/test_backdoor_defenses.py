@@ -34,7 +34,7 @@ NC_STEPS = 150  # fewer than the default 300: enough on 8x8 digits, keeps the su
 
 def poisoned_inputs():
     attack, _, _ = badnets()
-    return target_of(attack.artifact), attack.poisoned.to_dataset(), attack.poisoned.is_poison.numpy()
+    return target_of(attack.artifact_), attack.poisoned_.to_dataset(), attack.poisoned_.is_poison.numpy()
 
 
 def test_activation_clustering_finds_the_poison():
@@ -89,7 +89,7 @@ def test_neural_cleanse_cli_flags_the_backdoor_target(tmp_path):
 
     attack, _, _ = badnets()
     _, clean, _ = digits()
-    save_model(attack.artifact, tmp_path / "model.safetensors", ModelMetadata(n_classes=10, input_shape=[1, 8, 8]))
+    save_model(attack.artifact_, tmp_path / "model.safetensors", ModelMetadata(n_classes=10, input_shape=[1, 8, 8]))
     save_npz(clean, tmp_path / "clean.npz")
     out = CliRunner().invoke(app, ["defend", "neural-cleanse", str(tmp_path / "model.safetensors"), "--arch", ARCH,
                                    "--data", str(tmp_path / "clean.npz"), "--device", "cpu", "--steps",
@@ -105,7 +105,7 @@ def test_neural_cleanse_cli_flags_the_backdoor_target(tmp_path):
 def test_strip_catches_triggered_inputs_at_one_percent_false_rejection():
     attack, _, triggered = badnets()
     _, clean, test = digits()
-    target = target_of(attack.artifact)
+    target = target_of(attack.artifact_)
     m = STRIP(frr=0.01).run(target, clean, suspect=triggered).metrics
     assert m["detection_rate"] >= 0.9 and m["frr"] <= 0.05 and m["auroc"] >= 0.95
     benign = STRIP(frr=0.01).run(target, clean, suspect=test).metrics
@@ -115,7 +115,7 @@ def test_strip_catches_triggered_inputs_at_one_percent_false_rejection():
 def test_strip_works_on_a_score_only_black_box():
     attack, _, triggered = badnets()
     _, clean, _ = digits()
-    model = attack.artifact
+    model = attack.artifact_
 
     def scores(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -133,24 +133,24 @@ def test_strip_works_on_a_score_only_black_box():
 def test_repair_removes_the_backdoor_and_keeps_accuracy(defense):
     attack, _, triggered = badnets()
     _, clean, test = digits()
-    before = [p.detach().clone() for p in attack.artifact.parameters()]
-    result = defense.run(target_of(attack.artifact), test, train_data=clean, triggered=triggered)
+    before = [p.detach().clone() for p in attack.artifact_.parameters()]
+    result = defense.run(target_of(attack.artifact_), test, train_data=clean, triggered=triggered)
     m = result.metrics
     assert m["before"]["attack_success_rate"] >= 0.9
     assert m["after"]["attack_success_rate"] < 0.2
     assert m["after"]["clean_accuracy"] >= m["before"]["clean_accuracy"] - 0.03
     assert m["der"] > 0.85
-    assert all(torch.equal(a, b) for a, b in zip(before, attack.artifact.parameters(), strict=True))
-    assert defense.artifact is not attack.artifact
+    assert all(torch.equal(a, b) for a, b in zip(before, attack.artifact_.parameters(), strict=True))
+    assert defense.artifact_ is not attack.artifact_
 
 
 def test_fine_prune_masks_dormant_channels_for_good():
     attack, _, _ = badnets()
     _, clean, _ = digits()
     defense = FinePrune(epochs=1)
-    m = defense.run(target_of(attack.artifact), clean).metrics
+    m = defense.run(target_of(attack.artifact_), clean).metrics
     assert m["layer"] == "2" and m["channels"] == 32 and m["pruned_channels"] > 0
-    weight = defense.artifact[2].weight
+    weight = defense.artifact_[2].weight
     assert int((weight.flatten(1).abs().sum(1) == 0).sum()) >= m["pruned_channels"]
     assert "der" not in m and 0 < m["n_test"] < len(clean)
 

@@ -24,7 +24,7 @@ def _one_thread():
 
 def planted():
     attack, _, _ = badnets()  # 5% BadNets, target class 0, 55 poisoned of 1,100
-    return target_of(attack.artifact), attack.poisoned.to_dataset(), attack.poisoned.is_poison.numpy()
+    return target_of(attack.artifact_), attack.poisoned_.to_dataset(), attack.poisoned_.is_poison.numpy()
 
 
 def test_spectre_finds_the_planted_poison():
@@ -61,7 +61,7 @@ def test_screens_flag_almost_nothing_on_a_clean_training_set(screen):
 
 def test_mm_bd_flags_the_backdoor_target_and_no_clean_model():
     attack, _, _ = badnets()
-    m = MMBD().run(target_of(attack.artifact)).metrics
+    m = MMBD().run(target_of(attack.artifact_)).metrics
     assert m["flagged_classes"] == [0] and m["p_value"] < 0.05
     for seed in (0, 1, 2):
         clean = MMBD(seed=seed).run(target_of(clean_model(seed))).metrics
@@ -83,7 +83,7 @@ def test_screen_cli_lists_suspects_and_writes_the_cleaned_set(tmp_path):
 
     attack, _, _ = badnets()
     _, data, is_poison = planted()
-    save_model(attack.artifact, tmp_path / "model.pt", ModelMetadata(n_classes=10, input_shape=[1, 8, 8]))
+    save_model(attack.artifact_, tmp_path / "model.pt", ModelMetadata(n_classes=10, input_shape=[1, 8, 8]))
     save_npz(data, tmp_path / "train.npz")
     np.savez(tmp_path / "truth.npz", is_poison=is_poison)
     out = CliRunner().invoke(app, ["defend", "spectre", str(tmp_path / "model.pt"), "--train-data",

@@ -135,7 +135,7 @@ def test_defense_reports_certified_accuracy_and_an_adaptive_upper_bound():
     assert m["robust_accuracy_after_attack"][0]["robust_accuracy"] >= certified - 0.1
     assert m["robust_accuracy_gain"][0]["gain"] == pytest.approx(certified - m["robust_accuracy_before"][0][
         "robust_accuracy"])
-    assert isinstance(defense.artifact, SmoothedModel)
+    assert isinstance(defense.artifact_, SmoothedModel)
 
 
 def test_without_a_certificate_the_smoothed_model_is_attacked_with_eot():

@@ -56,7 +56,7 @@ def test_batchnorm_is_replaced_with_a_clear_message():
     result = defense.run(target, test.head(100), train_data=train.head(256))
     assert result.metrics["layers_replaced"] == ["2 (BatchNorm1d)"]
     assert any("GroupNorm" in f.title for f in result.findings)
-    assert not any(isinstance(m, nn.BatchNorm1d) for m in defense.artifact.modules())
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in defense.artifact_.modules())
     assert any(isinstance(m, nn.BatchNorm1d) for m in target.model.modules())  # the original is untouched
     with pytest.raises(ParameterError, match="eager PyTorch"):
         private_layers(torch.jit.trace(nn.Linear(3, 2), torch.zeros(1, 3)))

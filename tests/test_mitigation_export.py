@@ -32,7 +32,7 @@ def hardened() -> dict[str, torch.nn.Module]:
                          ("top-k", {"k": 2, "eps": None}), ("reverse-sigmoid", {"eps": None})):
         defense = get("defenses", name)(**params)
         defense.run(mlp_target(), data, train_data=train.head(256))
-        models[name] = defense.artifact
+        models[name] = defense.artifact_
     return models
 
 
@@ -63,7 +63,7 @@ def test_smoothed_model_exports_to_onnx(tmp_path):
     defense.run(mlp_target(), test.head(20))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        path = save_model(defense.artifact, tmp_path / "smoothed.onnx", META)
+        path = save_model(defense.artifact_, tmp_path / "smoothed.onnx", META)
     loaded = load_target(path, device="cpu")
     accuracy = (loaded.labels(test.x[:100]).cpu().numpy() == test.y[:100]).mean()
     assert accuracy >= 0.85
@@ -109,6 +109,6 @@ def test_wrappers_of_a_loaded_torchscript_model_export_to_onnx(tmp_path, name, p
     defense.run(load_target(source, device="cpu"), test.head(20))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        path = save_model(defense.artifact, tmp_path / "defended.onnx", META)
+        path = save_model(defense.artifact_, tmp_path / "defended.onnx", META)
     accuracy = (load_target(path, device="cpu").labels(test.x[:100]).cpu().numpy() == test.y[:100]).mean()
     assert accuracy >= 0.85

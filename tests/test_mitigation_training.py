@@ -32,7 +32,7 @@ def test_pgd_at_triples_robust_accuracy_under_auto():
     assert m["clean_accuracy_cost"] <= 0.05
     assert m["robust_accuracy_gain"][0]["gain"] == pytest.approx(after - before)
     # the original model is untouched and the hardened one is the artifact
-    assert defense.artifact is not target.model and not defense.artifact.training
+    assert defense.artifact_ is not target.model and not defense.artifact_.training
     assert result.family == "defense" and result.attack == "adv-train"
 
 
@@ -86,7 +86,7 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     m = result.metrics
     assert m["early_stopped_at_epoch"] == 4 and m["epochs_run"] == 4 and m["best_epoch"] == 3
     best = snapshots[2]
-    assert all(torch.equal(v, best[k]) for k, v in defense.artifact.state_dict().items())
+    assert all(torch.equal(v, best[k]) for k, v in defense.artifact_.state_dict().items())
     assert any("catastrophic overfitting" in f.title for f in result.findings)
 
 

@@ -74,7 +74,7 @@ def test_squeezing_masks_gradients_and_bpda_exposes_it():
     assert m["evaluation"]["adaptive"] == "bpda"
     assert naive >= 0.8 and naive - adaptive >= 0.2  # the naive attack is blind; BPDA is not
     assert any(f.metric == "masked_robust_accuracy" and f.severity == "high" for f in result.findings)
-    assert isinstance(defense.artifact, Transformed)
+    assert isinstance(defense.artifact_, Transformed)
     assert m["clean_accuracy_before"] - m["clean_accuracy_after"] == pytest.approx(m["clean_accuracy_cost"])
 
 

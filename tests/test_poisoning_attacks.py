@@ -34,7 +34,7 @@ def test_badnets_at_5_percent_plants_a_backdoor_without_costing_accuracy():
     assert result.metrics["clean_accuracy_drop"][0] <= 0.02
     assert result.metrics["attack_success_rate_baseline"] <= 0.1  # the clean model ignores the patch
     assert result.findings[0].severity in ("high", "critical")
-    poisoned = attack.poisoned
+    poisoned = attack.poisoned_
     assert int(poisoned.is_poison.sum()) == 55 and (poisoned.y[poisoned.is_poison] == 0).all()
     assert Result.from_json(result.to_json()).to_dict() == result.to_dict()
 
@@ -64,7 +64,7 @@ def test_blend_trigger_is_a_fixed_convex_mix():
 def test_random_label_flip_changes_exactly_the_chosen_labels():
     train, _, _ = digits()
     attack = LabelFlip(arch=ARCH, poison_rate=0.2, mode="random")
-    attack.n_classes = 10
+    attack.n_classes_ = 10
     x, y = torch.as_tensor(train.x), torch.as_tensor(train.y)
     out = attack.poison(x, y, 0.2, torch.Generator().manual_seed(0))
     assert out.n_poison == 220
@@ -97,7 +97,7 @@ def test_wanet_warp_backdoor_with_noise_mode():
     assert result.metrics["curve"][0]["attack_success_rate"] >= 0.8
     assert result.metrics["attack_success_rate_baseline"] <= 0.05
     assert result.metrics["clean_accuracy_drop"][0] <= 0.03
-    poisoned, x, y = attack.poisoned, torch.as_tensor(train.x), torch.as_tensor(train.y)
+    poisoned, x, y = attack.poisoned_, torch.as_tensor(train.x), torch.as_tensor(train.y)
     assert poisoned.n_poison == 110 and (poisoned.y[poisoned.is_poison] == 0).all()
     noise_mode = ~poisoned.is_poison & (poisoned.x != x).flatten(1).any(1)
     assert int(noise_mode.sum()) == 55 and torch.equal(poisoned.y[noise_mode], y[noise_mode])  # labels kept
@@ -114,7 +114,7 @@ def test_clean_label_keeps_labels_and_beats_the_untouched_model():
     train, _, test = digits()
     attack = CleanLabel(arch=ARCH, poison_rate=0.09, eps=0.5, patch_size=4, epochs=EPOCHS)
     result = attack.run(target_of(digits_cnn()), test, train_data=train)
-    poisoned = attack.poisoned
+    poisoned = attack.poisoned_
     assert torch.equal(poisoned.y, torch.as_tensor(train.y))  # label-consistent
     assert (poisoned.y[poisoned.is_poison] == 0).all() and poisoned.n_poison == 99
     untouched = torch.as_tensor(train.x)[~poisoned.is_poison]

@@ -3,7 +3,7 @@
 Same conventions as `Attack`: parameters in `__init__` (validated there, no work done there), `run(target, data,
 **datasets)` does the work and returns an `Result` with `family="defense"` and `attack=<defense name>`.
 `dataset_params` names extra datasets the CLI loads from paths; a defense that produces a new model (repair,
-hardening) leaves it in `artifact`, which the CLI saves with `--out`.
+hardening) leaves it in `artifact_`, which the CLI saves with `--out`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Defense(ABC):
     name: ClassVar[str] = ""
     requires: ClassVar[Access] = Access.LABELS
     dataset_params: ClassVar[tuple[str, ...]] = ()
-    artifact: nn.Module | None = None
+    artifact_: nn.Module | None = None
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters and their current values, as JSON values (scikit-learn convention)."""

@@ -2,7 +2,7 @@
 
 The transforms themselves are the postprocess package's Target wrappers (`defenses.postprocess`: Tramèr et al.,
 USENIX Security 2016; Lee, Edraki & Qi, IEEE S&P Workshops 2019); this module turns each into a defense that
-yields the defended Target (`defended_`), a defended model for export (`artifact`: the model followed by the same
+yields the defended Target (`defended_`), a defended model for export (`artifact_`: the model followed by the same
 transform, returning log-probabilities) and the before/after comparison of `defenses.before_after`. Output hardening
 aims at extraction and membership inference; against evasion it only hides gradients, which BPDA (the transform
 back-propagating as the identity) shows.
@@ -73,11 +73,11 @@ class OutputHardening(Defense, metaclass=ABCMeta):
         start, queries = time.perf_counter(), target.queries
         defended = self.wrap(target)
         self.defended_ = defended
-        self.artifact = None
+        self.artifact_ = None
         after: Target = defended
         if isinstance(target, TorchTarget):
             model = HardenedModel(target.model, defended, target.n_classes).eval()
-            self.artifact = exportable(model, target.model, target.input_shape)
+            self.artifact_ = exportable(model, target.model, target.input_shape)
             after = TorchTarget(model, target.input_shape, target.n_classes, target.bounds, target.device,
                                 target.access, None, target.batch_size, defended.name)
         if self.eps is not None and target.access >= Access.GRADIENTS:

@@ -55,7 +55,7 @@ def defend_job(defense: Any, evaluation: Dataset | None, datasets: dict[str, Dat
     if out_name is not None:
         folder = Path(out_dir or "out")
         folder.mkdir(parents=True, exist_ok=True)
-        artifact, cleaned = getattr(defense, "artifact", None), getattr(defense, "cleaned", None)
+        artifact, cleaned = getattr(defense, "artifact_", None), getattr(defense, "cleaned", None)
         if cleaned is not None:
             from bastion.core.data import save_npz
 

@@ -67,7 +67,7 @@ class BadNets(DirtyLabelBackdoor):
         self.patch_size, self.corner = int(patch_size), corner
 
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_patch(x, self.patch_size, self.corner, self.bounds)
+        return apply_patch(x, self.patch_size, self.corner, self.bounds_)
 
 
 @register("attacks", "blended", family="backdoor",
@@ -102,5 +102,5 @@ class Blended(DirtyLabelBackdoor):
         self.alpha, self.pattern_seed = float(alpha), int(pattern_seed)
 
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
-        key = blend_pattern(x.shape[1:], self.pattern_seed, self.bounds, x.device)
+        key = blend_pattern(x.shape[1:], self.pattern_seed, self.bounds_, x.device)
         return apply_blend(x, key, self.alpha)

@@ -101,8 +101,8 @@ class PoisoningAttack(Attack):
         self.arch, self.poison_rate, self.target_label = arch, parse_rates(poison_rate), int(target_label)
         self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
         self.seed, self.save_dir = int(seed), save_dir
-        self.artifact: nn.Module | None = None
-        self.poisoned: Poisoned | None = None
+        self.artifact_: nn.Module | None = None
+        self.poisoned_: Poisoned | None = None
 
 
     # -- what subclasses implement ------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ class PoisoningAttack(Attack):
             validate_for_model(d, target.n_classes, target.input_shape, target.bounds)
         if self.target_label >= target.n_classes:
             raise ParameterError(f"target_label {self.target_label} is not a class of a {target.n_classes}-class model")
-        self.bounds, self.n_classes = target.bounds, target.n_classes
+        self.bounds_, self.n_classes_ = target.bounds, target.n_classes
         start, device = time.perf_counter(), target.device
         factory = self.factory(target)
         x = torch.as_tensor(train_data.x, dtype=torch.float32, device=device)
@@ -164,7 +164,7 @@ class PoisoningAttack(Attack):
                 point["attack_success_rate"] = attack_success_rate(
                     predict(model, attack_inputs[0]).cpu().numpy(), attack_inputs[1].cpu().numpy())
             curve.append(point)
-            self.artifact, self.poisoned = model, poisoned
+            self.artifact_, self.poisoned_ = model, poisoned
         metrics = self.summarize(curve, len(train_data), attack_inputs)
         if self.save_dir:
             metrics["saved"] = self.save(Path(self.save_dir), attack_inputs)
@@ -196,11 +196,11 @@ class PoisoningAttack(Attack):
         folder.mkdir(parents=True, exist_ok=True)
         suffix = ".safetensors" if isinstance(self.arch, str) else ".pt"
         paths = {"model": folder / f"poisoned_model{suffix}", "train_data": folder / "poisoned_train.npz"}
-        meta = ModelMetadata(n_classes=self.n_classes, input_shape=list(self.poisoned.x.shape[1:]),
-                             bounds=list(self.bounds), name=f"{self.name} poisoned model")
-        save_model(copy.deepcopy(self.artifact), paths["model"], meta)
-        np.savez_compressed(paths["train_data"], x=self.poisoned.x.cpu().numpy(), y=self.poisoned.y.cpu().numpy(),
-                            is_poison=self.poisoned.is_poison.cpu().numpy())
+        meta = ModelMetadata(n_classes=self.n_classes_, input_shape=list(self.poisoned_.x.shape[1:]),
+                             bounds=list(self.bounds_), name=f"{self.name} poisoned model")
+        save_model(copy.deepcopy(self.artifact_), paths["model"], meta)
+        np.savez_compressed(paths["train_data"], x=self.poisoned_.x.cpu().numpy(), y=self.poisoned_.y.cpu().numpy(),
+                            is_poison=self.poisoned_.is_poison.cpu().numpy())
         if attack_inputs is not None:
             paths["triggered"] = folder / "triggered_test.npz"
             save_npz(Dataset(attack_inputs[0].cpu().numpy(), attack_inputs[1].cpu().numpy(), "triggered"),

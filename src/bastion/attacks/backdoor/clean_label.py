@@ -55,21 +55,21 @@ class CleanLabel(PoisoningAttack):
 
     def prepare(self, factory: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor) -> None:
         """Train the surrogate (another seed) and perturb every target-class sample once."""
-        self.hard = x.clone()
+        self.hard_ = x.clone()
         own = (y == self.target_label).nonzero().flatten()
         if self.eps > 0 and len(own):
             surrogate = self.train(factory, x, y, seed_offset=1)
-            view = TorchTarget(surrogate, tuple(x.shape[1:]), self.n_classes, self.bounds, x.device)
+            view = TorchTarget(surrogate, tuple(x.shape[1:]), self.n_classes_, self.bounds_, x.device)
             pgd = PGD(eps=self.eps, steps=self.pgd_steps, random_init=False, seed=self.seed)
-            self.hard[own] = pgd.perturb(view, x[own], y[own], self.eps)
+            self.hard_[own] = pgd.perturb(view, x[own], y[own], self.eps)
 
     def stamp(self, x: torch.Tensor, amplitude: float) -> torch.Tensor:
-        return x + amplitude * (apply_patch(x, self.patch_size, self.corner, self.bounds) - x)
+        return x + amplitude * (apply_patch(x, self.patch_size, self.corner, self.bounds_) - x)
 
     def poison(self, x: torch.Tensor, y: torch.Tensor, rate: float, gen: torch.Generator) -> Poisoned:
         idx = choose(y == self.target_label, round(rate * len(y)), gen)
         xp = x.clone()
-        xp[idx] = self.stamp(self.hard[idx], self.trigger_amplitude)
+        xp[idx] = self.stamp(self.hard_[idx], self.trigger_amplitude)
         mask = torch.zeros_like(y, dtype=torch.bool)
         mask[idx] = True
         return Poisoned(xp, y.clone(), mask)

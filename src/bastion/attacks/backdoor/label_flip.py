@@ -55,8 +55,8 @@ class LabelFlip(PoisoningAttack):
             yp[idx] = self.target_label
         else:
             idx = choose(torch.ones_like(y, dtype=torch.bool), n, gen)
-            shift = torch.randint(1, self.n_classes, (len(idx),), generator=gen).to(y.device)
-            yp[idx] = (y[idx] + shift) % self.n_classes  # any class but the true one, uniformly
+            shift = torch.randint(1, self.n_classes_, (len(idx),), generator=gen).to(y.device)
+            yp[idx] = (y[idx] + shift) % self.n_classes_  # any class but the true one, uniformly
         mask = torch.zeros_like(y, dtype=torch.bool)
         mask[idx] = True
         return Poisoned(x, yp, mask)
@@ -64,7 +64,7 @@ class LabelFlip(PoisoningAttack):
     def triggered(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.mode == "random":
             return None
-        if self.source_label >= self.n_classes:
+        if self.source_label >= self.n_classes_:
             raise ParameterError(f"source_label {self.source_label} is not a class of the model")
         keep = y == self.source_label
         return x[keep], torch.full_like(y[keep], self.target_label)

@@ -89,7 +89,7 @@ class WaNet(DirtyLabelBackdoor):
         return warping_grid(h, w, self.grid_size, self.strength, self.pattern_seed, x.device)
 
     def apply_trigger(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_warp(x, self.grid(x)).clamp(*self.bounds)
+        return apply_warp(x, self.grid(x)).clamp(*self.bounds_)
 
     def poison(self, x: torch.Tensor, y: torch.Tensor, rate: float, gen: torch.Generator) -> Poisoned:
         """The dirty-label poison plus `cross_ratio`× as many noise-mode samples (warp + jitter, labels kept)."""
@@ -101,5 +101,5 @@ class WaNet(DirtyLabelBackdoor):
         h, w = x.shape[-2:]
         jitter = (torch.rand(n_cross, h, w, 2, generator=gen) * 2 - 1).to(x.device) / h
         grid = (self.grid(x) + jitter).clamp(-1, 1)
-        poisoned.x[idx] = apply_warp(x[idx], grid).clamp(*self.bounds)
+        poisoned.x[idx] = apply_warp(x[idx], grid).clamp(*self.bounds_)
         return poisoned  # `is_poison` marks the relabelled samples; noise-mode ones keep their (right) labels

@@ -53,7 +53,7 @@ class RandomizedSmoothing(Defense):
     `sigma` is the noise level, `n0` and `n` the selection and estimation draws, `alpha` the error rate; `radii`
     the L2 radii of the certified-accuracy curve. `train_epochs` > 0 fine-tunes the base classifier under noise on
     `--train-data` first. `eval_eps` (L2, none to skip) are the radii of the before/after comparison (see the
-    module docstring); the exported `artifact` votes over `samples` draws per call.
+    module docstring); the exported `artifact_` votes over `samples` draws per call.
 
     Example:
         >>> from bastion.defenses.certify.smoothing_defense import RandomizedSmoothing
@@ -129,7 +129,7 @@ class RandomizedSmoothing(Defense):
         model = None
         if isinstance(base, TorchTarget):
             model = SmoothedModel(base.model, self.sigma, base.n_classes, self.samples).to(base.device).eval()
-            self.artifact = exportable(model, base.model, base.input_shape)
+            self.artifact_ = exportable(model, base.model, base.input_shape)
         if self.eval_eps is not None:
             metrics.update(self.robustness(target, base, model, data, cert))
             findings.append(gain_finding(f"smoothing (sigma={self.sigma:g})", metrics, "l2"))

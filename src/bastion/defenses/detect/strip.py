@@ -94,7 +94,7 @@ class STRIP(Defense):
             fpr, tpr = roc_curve(-scores.cpu().numpy(), -clean.cpu().numpy())
             metrics.update({"detection_rate": float(flagged.float().mean()), "n_suspect": len(suspect),
                             "suspect_entropy_mean": float(scores.mean()), "auroc": auc(fpr, tpr)})
-            self.flagged = flagged.cpu().numpy()
+            self.flagged_ = flagged.cpu().numpy()
             findings.append(strip_finding(metrics))
         return self.result(target, metrics, start, before, findings)
 

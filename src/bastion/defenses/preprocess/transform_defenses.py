@@ -1,7 +1,7 @@
 """Input-transform defenses: `squeeze` (bit depth), `quantize` (levels) and `spatial-smooth` (median filter).
 
 Each wraps the model behind a transform of its inputs (Xu, Evans & Qi, NDSS 2018), yields the defended model
-(`artifact`, saved by the CLI's `--out`) or, for a black box, a defended Target, and reports the honest
+(`artifact_`, saved by the CLI's `--out`) or, for a black box, a defended Target, and reports the honest
 before/after comparison of `compare`: adaptive attacks use BPDA through the transform, so a defense that only
 masks gradients is reported as such.
 """
@@ -88,9 +88,9 @@ class InputTransformDefense(Defense, metaclass=ABCMeta):
             metrics, findings = compare(target, defended, data, self.eps, self.norm, self.attack, self.eot_samples,
                                         self.seed, what=f"{self.name} ({transform.extra_repr()})")
         self.defended_ = defended
-        self.artifact = None
+        self.artifact_ = None
         if isinstance(defended, TorchTarget) and isinstance(target, TorchTarget):
-            self.artifact = exportable(defended.model, target.model, target.input_shape)
+            self.artifact_ = exportable(defended.model, target.model, target.input_shape)
         return self.result(target, metrics, start, queries, findings)
 
 

@@ -87,7 +87,7 @@ class RepairDefense(Defense):
         before = self.measure(model, test, trig)
         details = self.repair(model, x, y)
         after = self.measure(model.eval(), test, trig)
-        self.artifact = model
+        self.artifact_ = model
         metrics: dict[str, Any] = {"before": before, "after": after, "n_clean": len(x), "n_test": len(test[0]),
                                    **details}
         if trig is not None:

@@ -1,7 +1,7 @@
 """Shared machinery of the training defenses: a trainable copy of the model, the data, the before/after report.
 
 A training defense never changes the model it is given: it trains a copy (fine-tuning by default, or from freshly
-initialised weights with `from_scratch`), leaves it in `artifact` for the CLI's `--out`, and reports the honest
+initialised weights with `from_scratch`), leaves it in `artifact_` for the CLI's `--out`, and reports the honest
 before/after comparison of `defenses.before_after`.
 """
 
@@ -132,7 +132,7 @@ class TrainingDefense(Defense, metaclass=ABCMeta):
         else:
             comparison, compare_findings = clean_comparison(target, after, data)
         extra, extra_findings = self.extra_report(target, after, data, train)
-        self.artifact = exportable(model.eval(), model, target.input_shape)
+        self.artifact_ = exportable(model.eval(), model, target.input_shape)
         self.hardened_ = after
         return self.result(target, {**comparison, **metrics, **extra}, start, queries,
                            compare_findings + findings + extra_findings)
