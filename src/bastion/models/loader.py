@@ -7,65 +7,32 @@ supply-chain scanner and load only when the scan is clean and the user passed `-
 
 from __future__ import annotations
 
-import struct
-import zipfile
 from pathlib import Path
 
 from bastion.core.data import Dataset, align_classes, bounds_problem
 from bastion.core.errors import DataError, ModelLoadError
 from bastion.core.target import Access, Target
 from bastion.models.metadata import ModelMetadata
-from bastion.supplychain.tensor_checks import MAX_SAFETENSORS_HEADER
+from bastion.supplychain.detect import PICKLE_FORMATS, detect_format
+
+LOADABLE = frozenset({"torchscript", "torch-export", "skops", "pytorch-zip", "safetensors", "onnx"})
 
 
 def sniff_format(path: str | Path) -> str:
-    """One of: http, torchscript, torch-export, skops, pytorch-zip, safetensors, onnx, pickle, unknown."""
+    """One of: http, torchscript, torch-export, skops, pytorch-zip, safetensors, onnx, pickle, unknown.
+
+    The format comes from the scanner's sniffer (`supplychain.detect.detect_format`, a bounded read), so the
+    loader and the scanner never disagree on what a file is; other pickle-based formats load as `pickle`."""
     text = str(path)
     if text.startswith(("http://", "https://")):
         return "http"
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    size = path.stat().st_size
-    if head.startswith(b"PK"):
-        return _zip_kind(path)
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if 0 < n <= min(size - 8, MAX_SAFETENSORS_HEADER) and head[8:9] == b"{":
-            return "safetensors"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pickle"
-    if head[:1] == b"\x08" and _parses_as_onnx(path):
-        return "onnx"
-    from bastion.supplychain import PICKLE_FORMATS, detect_format
-
-    return "pickle" if detect_format(path) in PICKLE_FORMATS else "unknown"
-
-
-def _zip_kind(path: Path) -> str:
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return "unknown"
-    tails = {n.split("/", 1)[-1] for n in names}
-    if "constants.pkl" in tails and any(n.split("/", 1)[-1].startswith("code/") for n in names):
-        return "torchscript"
-    if "archive_format" in tails or "models/model.json" in tails:
-        return "torch-export"
-    if "schema.json" in names:
-        return "skops"
-    if "data.pkl" in tails:
-        return "pytorch-zip"
-    return "unknown"
-
-
-def _parses_as_onnx(path: Path) -> bool:
-    from bastion.models.onnx_proto import looks_like_onnx
-
-    return looks_like_onnx(path)
+    fmt = detect_format(path)
+    if fmt in LOADABLE:
+        return fmt
+    return "pickle" if fmt in PICKLE_FORMATS else "unknown"
 
 
 def load_target(

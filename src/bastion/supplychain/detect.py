@@ -1,9 +1,15 @@
-"""Format detection from bytes, never from file names."""
+"""Format detection from bytes, never from file names: the one sniffer of the scanner and the model loader.
+
+`detect_bytes` names the format of a buffer the scanner already holds; `detect_format` names a file's format
+from a bounded plain read (its first `SNIFF_BYTES`, and a ZIP's central directory), never a memory map, so the
+loader can ask before anything of the file is trusted.
+"""
 
 from __future__ import annotations
 
 import mmap
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +69,7 @@ def classify_zip(names: list[str]) -> str:
     """Name the kind of ZIP archive from its member names (PyTorch's miniz reader ignores case)."""
     names = [n.lower() for n in names]
     base = {n.rsplit("/", 1)[-1] for n in names}
-    if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
+    if any(n.endswith("/archive_format") or n == "archive_format" or n.endswith("models/model.json") for n in names):
         return "torch-export"
     if "constants.pkl" in base or any("/code/__torch__" in n or n.startswith("code/__torch__") for n in names):
         return "torchscript"
@@ -180,30 +186,39 @@ def read_buffer(path: str | Path, max_read: int) -> tuple[Any, Any]:
         os.close(fd)
 
 
-def open_buffer(path: str | Path) -> tuple[Any, Any]:
-    """Memory-map a regular file read-only: (buffer, closer). Empty files give b''."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return b"", None
-        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-        return mm, mm
-    finally:
-        os.close(fd)
+SNIFF_BYTES = 1 << 20  # what `detect_format` reads of a file (the whole file when it is this small)
 
 
 def detect_format(path: str | Path) -> str:
-    """Name a file's format from its bytes (e.g. "pytorch-zip", "safetensors", "onnx", "unknown")."""
+    """Name a file's format from its bytes (e.g. "pytorch-zip", "safetensors", "onnx", "unknown").
+
+    Reads at most SNIFF_BYTES from the start with a plain read, plus a ZIP's central directory (through
+    `zipfile`, which reads only the directory); a file that small is judged exactly as `detect_bytes` judges it.
+    """
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"no such file: {p}")
     try:
-        data, closer = open_buffer(p)
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(SNIFF_BYTES)
     except OSError as exc:
         raise ModelLoadError(f"cannot read {p}: {exc.strerror or exc}") from None
-    try:
-        return detect_bytes(data)
-    finally:
-        if closer is not None:
-            closer.close()
+    if size <= len(head):
+        return detect_bytes(head)
+    return _detect_head(p, head, size)
+
+
+def _detect_head(path: Path, head: bytes, size: int) -> str:
+    """The format of a file larger than its `head`: the checks that need the whole file use what they can."""
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        try:
+            with zipfile.ZipFile(path) as z:
+                return classify_zip(z.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            return "zip"
+    if looks_like_safetensors(head, size):
+        return "safetensors"
+    if looks_like_onnx(head, truncated=True):
+        return "onnx"
+    return detect_bytes(head)

@@ -63,8 +63,9 @@ def _text(data: Any, span: tuple[int, int]) -> str:
     return bytes(data[span[0]:min(span[1], span[0] + 4096)]).decode("utf-8", "replace")
 
 
-def looks_like_onnx(data: Any) -> bool:
-    """ir_version first (field 1, varint), only ModelProto field numbers, and a graph."""
+def looks_like_onnx(data: Any, truncated: bool = False) -> bool:
+    """ir_version first (field 1, varint), only ModelProto field numbers, and a graph. `truncated`: `data` is the
+    head of a larger file, so a field may run past its end (the graph usually does): the fields read so far decide."""
     if len(data) < 4 or data[0] != 0x08:
         return False
     seen = set()
@@ -74,7 +75,7 @@ def looks_like_onnx(data: Any) -> bool:
                 return False
             seen.add((number, wire))
     except ProtoError:
-        return False
+        return truncated and (1, 0) in seen
     return (7, 2) in seen and (1, 0) in seen
 
 

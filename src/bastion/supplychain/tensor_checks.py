@@ -37,11 +37,12 @@ def read_safetensors_header(path: str | Path) -> dict:
             raise ModelLoadError(f"{path}: corrupt safetensors header ({exc})") from None
 
 
-def looks_like_safetensors(data: Any) -> bool:
+def looks_like_safetensors(data: Any, size: int | None = None) -> bool:
+    """A u64 header length that fits the file (`size`, default len(data)) followed by a JSON object."""
     if len(data) < 10:
         return False
     n = struct.unpack_from("<Q", data, 0)[0]
-    return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
+    return 2 <= n <= min((len(data) if size is None else size) - 8, MAX_SAFETENSORS_HEADER) and data[8:9] == b"{"
 
 
 def check_safetensors(data: Any, cur: Cursor) -> None:

@@ -1,1 +1,0 @@
-"""Assessment probes, one module per threat family; each registers itself with `@register("probes", ...)`."""
