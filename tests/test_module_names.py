@@ -14,7 +14,6 @@ CONVENTIONAL = {"__init__.py", "base.py"}
 KNOWN = {
     "assess.py": "sandbox/assess.py (sandbox) and cli/assess.py (assess CLI)",
     "run.py": "sandbox/run.py (sandbox) and demo/run.py (demo)",
-    "scoring.py": "evaluation/scoring.py and assess/scoring.py: judging moves into the family plug-ins",
     "findings.py": "attacks/privacy/findings.py and attacks/backdoor/findings.py move into the family plug-ins",
 }
 
