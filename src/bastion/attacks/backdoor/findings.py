@@ -68,5 +68,6 @@ def backdoor_finding(defense: str, flagged: list[int], evidence: dict) -> Findin
         title=f"{defense} finds no backdoored class", family="backdoor", severity="info", metric="anomaly_index",
         value=max(evidence["anomaly_index"]) if evidence["anomaly_index"] else None,
         threshold=evidence["threshold"], evidence=evidence, atlas=["AML.T0018"],
-        description="No class has an abnormally small reverse-engineered trigger.",
+        description="No class has an abnormally small reverse-engineered trigger. This is not proof of a clean "
+                    "model: input-specific triggers (e.g. WaNet's warping) have no small patch to reverse-engineer.",
     )

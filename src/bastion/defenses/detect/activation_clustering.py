@@ -163,7 +163,10 @@ def screening_findings(defense: str, metrics: dict) -> list[Finding]:
     suspects = metrics.get("poisoned_classes", [])
     if not suspects:
         return [Finding(title=f"{defense} finds no poisoned class", family="backdoor", severity="info",
-                        metric="n_flagged", value=0.0, evidence={"defense": defense}, atlas=["AML.T0020"])]
+                        metric="n_flagged", value=0.0, evidence={"defense": defense}, atlas=["AML.T0020"],
+                        description="No class's samples stand out in the model's representation. This is not proof "
+                                    "of a clean set: poison the model did not learn, or input-specific triggers "
+                                    "(e.g. WaNet's warping), can leave no separate cluster.")]
     return [Finding(
         title=f"{defense} flags {metrics['n_flagged']} training samples in class(es) "
               f"{', '.join(map(str, suspects))}",
