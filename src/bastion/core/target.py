@@ -239,18 +239,36 @@ class FunctionTarget(Target):
         return torch.as_tensor(out, device=self.device, dtype=dtype)
 
 
-class RestrictedTarget(Target):
-    """A narrower view of another target (e.g. the label-only API of a white-box model)."""
+class TargetView(Target):
+    """A view of another target, answering through `base`: the same classes, input shape, bounds and device, at
+    most the base's access, and the base's query counter (each sample is counted once) unless `counter` is given.
 
-    def __init__(self, base: Target, access: Access):
+    Every view of a model derives from it: access restriction (`restrict`, label-only), output hardening, the
+    extraction query log, EOT, BPDA and input transforms. A view is configured in its constructor only; nothing
+    patches a target afterwards. The default `_forward` passes the base's raw output through (without a graph
+    when the view grants less than gradients)."""
+
+    def __init__(self, base: Target, *, access: Access | str | None = None, name: str | None = None,
+                 output_kind: OutputKind | None = None, batch_size: int | None = None,
+                 counter: QueryCounter | None = None):
+        granted = base.access if access is None else Access.parse(access)
+        if granted > base.access:
+            raise AccessError(f"cannot widen {base.access.name.lower()} access to {granted.name.lower()}")
+        super().__init__(base.n_classes, base.input_shape, base.bounds, base.device, granted, None,
+                         base.batch_size if batch_size is None else batch_size, base.name if name is None else name)
         self.base = base
-        super().__init__(base.n_classes, base.input_shape, base.bounds, base.device, access,
-                         None, base.batch_size, f"{base.name} ({access.name.lower()} only)")
-        self.counter = base.counter
-        self.output_kind = base.output_kind
+        self.counter = base.counter if counter is None else counter
+        self.output_kind = base.output_kind if output_kind is None else output_kind
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.access < Access.GRADIENTS:
             with torch.no_grad():
                 return self.base._forward(x.detach())
         return self.base._forward(x)
+
+
+class RestrictedTarget(TargetView):
+    """A narrower view of another target (e.g. the label-only API of a white-box model)."""
+
+    def __init__(self, base: Target, access: Access):
+        super().__init__(base, access=access, name=f"{base.name} ({Access.parse(access).name.lower()} only)")

@@ -25,21 +25,19 @@ from bastion.core.data import Dataset
 from bastion.core.errors import AccessError, ParameterError
 from bastion.core.registry import register
 from bastion.core.results import Result
-from bastion.core.target import Access, Target, TorchTarget
+from bastion.core.target import Access, Target, TargetView, TorchTarget
 from bastion.evaluation.scoring import evasion_findings
 
 
-class EOTTarget(Target):
+class EOTTarget(TargetView):
     """A view of a randomised target whose outputs are mean log-probabilities over `samples` forward passes."""
 
     def __init__(self, base: Target, samples: int = 10):
         if samples < 1:
             raise ParameterError("EOT needs at least 1 sample")
-        super().__init__(base.n_classes, base.input_shape, base.bounds, base.device, base.access, None,
-                         max(1, base.batch_size // samples), f"{base.name} (EOT x{samples})")
-        self.base, self.samples = base, int(samples)
-        self.counter = base.counter
-        self.output_kind = "logits"
+        super().__init__(base, name=f"{base.name} (EOT x{samples})", output_kind="logits",
+                         batch_size=max(1, base.batch_size // samples))
+        self.samples = int(samples)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         self.counter.charge((self.samples - 1) * len(x))
@@ -52,7 +50,7 @@ class EOTTarget(Target):
         return logp.view(self.samples, len(x), -1).mean(0)
 
 
-class BPDATarget(Target):
+class BPDATarget(TargetView):
     """A view of a PyTorch target in which the named modules back-propagate as the identity."""
 
     def __init__(self, base: TorchTarget, modules: Sequence[str]):
@@ -63,10 +61,8 @@ class BPDATarget(Target):
         if missing:
             raise ParameterError(f"the model has no module {', '.join(missing)}; it has: "
                                  f"{', '.join(n for n in named if n) or 'none'}")
-        super().__init__(base.n_classes, base.input_shape, base.bounds, base.device, base.access, None,
-                         base.batch_size, f"{base.name} (BPDA)")
-        self.base, self.modules = base, list(modules)
-        self.counter = base.counter
+        super().__init__(base, name=f"{base.name} (BPDA)")
+        self.modules = list(modules)
         self._named = named
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,14 +14,12 @@ from torch import nn
 
 from bastion.attacks.evasion.gradient import PGD
 from bastion.core.data import Dataset
-from bastion.core.target import QueryCounter, RestrictedTarget, Target, TorchTarget
+from bastion.core.target import QueryCounter, Target, TargetView, TorchTarget
 
 
 def uncounted(target: Target) -> Target:
     """A view of `target` with its own, unlimited counter."""
-    view = RestrictedTarget(target, target.access)
-    view.counter = QueryCounter()
-    return view
+    return TargetView(target, name=target.name, counter=QueryCounter())
 
 
 @torch.no_grad()

@@ -33,19 +33,15 @@ from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.results import Finding, Result
-from bastion.core.target import Access, Target
+from bastion.core.target import Access, Target, TargetView
 from bastion.defenses.base import Defense
 
 
-class QueryLog(Target):
+class QueryLog(TargetView):
     """A view of `base` (sharing its query counter) that records each query and its answered label."""
 
     def __init__(self, base: Target):
-        super().__init__(base.n_classes, base.input_shape, base.bounds, base.device,
-                         min(base.access, Access.SCORES), None, base.batch_size, base.name)
-        self.base = base
-        self.counter = base.counter
-        self.output_kind = base.output_kind
+        super().__init__(base, access=min(base.access, Access.SCORES))
         self._inputs: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
 

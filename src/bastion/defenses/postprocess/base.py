@@ -13,7 +13,7 @@ from abc import ABCMeta, abstractmethod
 import torch
 
 from bastion.core.errors import AccessError
-from bastion.core.target import Access, Target
+from bastion.core.target import Access, Target, TargetView
 
 
 def base_probabilities(base: Target, x: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def base_probabilities(base: Target, x: torch.Tensor) -> torch.Tensor:
     raise AccessError(f"{base.name} returns labels only: there are no scores to harden")
 
 
-class OutputDefense(Target, metaclass=ABCMeta):
+class OutputDefense(TargetView, metaclass=ABCMeta):
     """Base class: subclasses set `defense` and implement `transform(probabilities, x) -> probabilities`."""
 
     defense: str = "output defense"
@@ -37,10 +37,8 @@ class OutputDefense(Target, metaclass=ABCMeta):
     def __init__(self, base: Target):
         if base.access < Access.SCORES and self.grants >= Access.SCORES:
             raise AccessError(f"{self.defense} needs a model with score access; {base.name} grants labels only")
-        super().__init__(base.n_classes, base.input_shape, base.bounds, base.device, min(base.access, self.grants),
-                         None, base.batch_size, f"{base.name} + {self.defense}")
-        self.base = base
-        self.counter = base.counter
+        super().__init__(base, access=min(base.access, self.grants), name=f"{base.name} + {self.defense}",
+                         output_kind=type(self).output_kind)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(base_probabilities(self.base, x), x)

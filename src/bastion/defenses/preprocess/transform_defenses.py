@@ -21,7 +21,7 @@ from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.results import Result
-from bastion.core.target import Access, Target, TorchTarget
+from bastion.core.target import Access, Target, TargetView, TorchTarget
 from bastion.defenses.base import Defense, require_data
 from bastion.defenses.before_after import clean_comparison, compare
 from bastion.defenses.preprocess.transforms import (
@@ -34,15 +34,13 @@ from bastion.defenses.preprocess.transforms import (
 )
 
 
-class TransformedTarget(Target):
+class TransformedTarget(TargetView):
     """A black-box target queried through an input transform; it grants what the base grants, up to scores."""
 
     def __init__(self, base: Target, transform: InputTransform):
-        super().__init__(base.n_classes, base.input_shape, base.bounds, base.device, min(base.access, Access.SCORES),
-                         None, base.batch_size, f"{base.name} + {type(transform).__name__.lower()}")
-        self.base, self.transform = base, transform
-        self.counter = base.counter
-        self.output_kind = base.output_kind
+        super().__init__(base, access=min(base.access, Access.SCORES),
+                         name=f"{base.name} + {type(transform).__name__.lower()}")
+        self.transform = transform
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
