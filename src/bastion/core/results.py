@@ -117,5 +117,3 @@ class Result(Serializable):
             return None
         return max((f.severity for f in self.findings), key=severity_rank)
 
-
-AttackResult = Result  # former name, kept while this session's branches land; use Result
