@@ -38,7 +38,8 @@ from bastion.attacks.backdoor.badnets import BadNets, Blended
 from bastion.attacks.backdoor.base import PoisoningAttack
 from bastion.attacks.backdoor.clean_label import CleanLabel
 from bastion.attacks.backdoor.warping import WaNet
-from bastion.core.data import Dataset, read_idx
+from bastion.core.data import Dataset
+from bastion.core.image_data import read_idx
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything
 from bastion.defenses.detect.activation_clustering import ActivationClustering

@@ -77,7 +77,8 @@ def test_mm_bd_null_gives_small_p_only_to_an_outlier():
 
 def test_screen_cli_lists_suspects_and_writes_the_cleaned_set(tmp_path):
     from bastion.cli.main import app
-    from bastion.core.data import load_npz, save_npz
+    from bastion.core.data import save_npz
+    from bastion.core.data_files import load_npz
     from bastion.models.export import save_model
     from bastion.models.metadata import ModelMetadata
 

@@ -101,7 +101,7 @@ def test_unknown_list_entry_is_one_line():
 
 def test_attack_and_assess_choose_the_same_norm(cancer_demo, digits_demo, tmp_path):
     from bastion.assess.defaults import default_norm
-    from bastion.core.data import load_dataset
+    from bastion.core.data_files import load_dataset
 
     for demo, expected in ((cancer_demo, "l2"), (digits_demo, "linf")):
         data = load_dataset(demo.test_path)

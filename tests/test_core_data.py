@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bastion.core.data import Dataset, load_dataset, save_npz, validate_for_model
+from bastion.core.data import Dataset, save_npz, validate_for_model
+from bastion.core.data_files import load_dataset
 from bastion.core.errors import DataError
 
 

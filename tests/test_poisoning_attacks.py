@@ -12,7 +12,7 @@ from bastion.attacks.backdoor.label_flip import LabelFlip
 from bastion.attacks.backdoor.triggers import apply_blend, apply_patch, blend_pattern, checkerboard
 from bastion.attacks.backdoor.warping import WaNet, apply_warp, identity_grid, warping_grid
 from bastion.core import registry
-from bastion.core.data import load_dataset
+from bastion.core.data_files import load_dataset
 from bastion.core.errors import ParameterError
 from bastion.core.results import Result
 from bastion.core.target import FunctionTarget

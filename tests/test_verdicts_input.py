@@ -16,7 +16,8 @@ from sklearn.tree import DecisionTreeClassifier
 
 from bastion.attacks.extraction.equation import EquationSolving
 from bastion.attacks.extraction.tree import TreePathFinding
-from bastion.core.data import Dataset, load_dataset
+from bastion.core.data import Dataset
+from bastion.core.data_files import load_dataset
 from bastion.core.errors import DataError
 from bastion.core.target import FunctionTarget
 from bastion.models.export import save_model

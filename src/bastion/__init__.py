@@ -19,7 +19,7 @@ _PUBLIC = {
     "Finding": "bastion.core.results",
     "Target": "bastion.core.target",
     "TorchTarget": "bastion.core.target",
-    "load_dataset": "bastion.core.data",
+    "load_dataset": "bastion.core.data_files",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.core.data import Dataset, load_dataset
+from bastion.core.data import Dataset
+from bastion.core.data_files import load_dataset
 from bastion.core.errors import BastionError, ParameterError
 from bastion.core.params import accepts, construct, parse_extra
 from bastion.core.results import SEVERITIES, Result, severity_rank

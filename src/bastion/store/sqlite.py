@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from bastion.core.data import data_fingerprint
+from bastion.core.data_files import data_fingerprint
 from bastion.core.errors import BastionError, ParameterError
 
 T = TypeVar("T")
