@@ -190,3 +190,18 @@ def test_neural_cleanse_handles_flat_tabular_inputs():
     m = defense.run(target, Dataset(x, np.arange(40) % 3)).metrics
     assert len(m["anomaly_index"]) == 3 and defense.masks.shape == (3, 30) and defense.patterns.shape == (3, 30)
     assert ((defense.masks >= 0) & (defense.masks <= 1)).all()
+
+
+def test_neural_cleanse_index_is_the_papers_mad_of_mask_norms_or_their_logs():
+    from bastion.core.data import Dataset
+
+    x = np.random.default_rng(1).random((40, 30)).astype(np.float32)
+    target, data = TorchTarget(tabular_mlp(30, 5), (30,), device="cpu"), Dataset(x, np.arange(40) % 5)
+    for scale in ("norm", "log"):
+        m = NeuralCleanse(steps=5, scale=scale).run(target, data).metrics
+        norms = np.array(m["mask_l1"])
+        expected = anomaly_index(norms if scale == "norm" else np.log(norms))
+        assert m["scale"] == scale and np.allclose(m["anomaly_index"], expected)
+        assert len(m["attack_success"]) == 5  # every class says whether its trigger optimisation converged
+    with pytest.raises(ParameterError, match="scale"):
+        NeuralCleanse(scale="sqrt")

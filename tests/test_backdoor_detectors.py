@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from bastion.core import registry
 from bastion.core.errors import ParameterError
 from bastion.defenses.detect.confusion import ConfusionTraining
-from bastion.defenses.detect.mm_bd import MMBD, order_statistic_p_value
+from bastion.defenses.detect.mm_bd import MMBD, null_tails, order_statistic_p_value
 from bastion.defenses.detect.spectre import Spectre
 from tests.poisoning_fixtures import badnets, clean_model, digits, single_thread, target_of
 
@@ -73,6 +73,8 @@ def test_mm_bd_null_gives_small_p_only_to_an_outlier():
     assert order_statistic_p_value(np.array([10.0, 11, 9, 10.5, 9.5, 10, 11, 9, 10, 40]))[1] < 0.01
     top, p_value = order_statistic_p_value(np.array([10.0, 11, 9, 10.5, 9.5, 10, 11, 9, 10, 11.5]))
     assert top == 9 and p_value > 0.05
+    _, tails = null_tails(np.array([10.0, 11, 9, 10.5, 9.5, 10, 11, 9, 10, 40]))
+    assert tails[9] < 1e-3 < tails.min(initial=1, where=np.arange(10) != 9) and np.all(np.diff(tails[[2, 0, 1]]) < 0)
 
 
 def test_screen_cli_lists_suspects_and_writes_the_cleaned_set(tmp_path):

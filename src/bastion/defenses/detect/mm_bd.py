@@ -38,17 +38,23 @@ def max_margins(model: torch.nn.Module, n_classes: int, shape: tuple[int, ...], 
     return best.view(n_classes, starts).max(1).values
 
 
-def order_statistic_p_value(statistics: np.ndarray) -> tuple[int, float]:
-    """The class with the largest statistic and the p-value of that maximum under a Gamma null fitted to the
-    other classes' statistics: 1 − F(r_max)^(K−1), the chance that the largest of K−1 null draws is that high."""
+def null_tails(statistics: np.ndarray) -> tuple[int, np.ndarray]:
+    """The class with the largest statistic and every class's upper-tail probability 1 − F(r_k) under the Gamma
+    null F fitted to the statistics of all classes but that largest one."""
     from scipy.stats import gamma
 
     top = int(np.argmax(statistics))
     rest = np.delete(statistics, top)
     shift = min(rest.min(), 0.0)  # margins can be negative for a class the model never predicts
     shape_, loc, scale = gamma.fit(rest - shift + 1e-6, floc=0)
-    cdf = gamma.cdf(statistics[top] - shift + 1e-6, shape_, loc=loc, scale=scale)
-    return top, float(1.0 - cdf ** len(rest))
+    return top, gamma.sf(np.maximum(statistics - shift + 1e-6, 0.0), shape_, loc=loc, scale=scale)
+
+
+def order_statistic_p_value(statistics: np.ndarray) -> tuple[int, float]:
+    """The class with the largest statistic and the p-value of that maximum under the Gamma null of `null_tails`:
+    1 − F(r_max)^(K−1), the chance that the largest of K−1 null draws is that high."""
+    top, tails = null_tails(statistics)
+    return top, float(1.0 - (1.0 - tails[top]) ** (len(statistics) - 1))
 
 
 @register("defenses", "mm-bd", family="detect",
@@ -63,7 +69,9 @@ class MMBD(Defense):
     ascent from `starts` random inputs (`steps` steps, learning rate `lr`). The null distribution is a Gamma fitted
     to the statistics of all classes but the largest one; the model is flagged, with the largest class as the
     backdoor target, when the order-statistic p-value 1 − F(r_max)^(K−1) is below `significance` (the paper's
-    0.05). Like every detector here it can miss: a p-value above the threshold means "no evidence", not "clean".
+    0.05). Every class reports its statistic (`max_margin`) and its upper tail under the null (`null_tail`, not
+    corrected for the number of classes). Like every detector here it can miss: a p-value above the threshold
+    means "no evidence", not "clean".
     """
 
     name = "mm-bd"
@@ -94,8 +102,9 @@ class MMBD(Defense):
             model.train(was_training)
         top, p_value = order_statistic_p_value(margins)
         flagged = [top] if p_value < self.significance else []
-        metrics: dict[str, Any] = {"max_margin": margins.tolist(), "top_class": top, "p_value": p_value,
-                                   "significance": self.significance, "flagged_classes": flagged}
+        metrics: dict[str, Any] = {"max_margin": margins.tolist(), "null_tail": null_tails(margins)[1].tolist(),
+                                   "top_class": top, "p_value": p_value, "significance": self.significance,
+                                   "flagged_classes": flagged}
         return self.result(target, metrics, start, findings=[mm_bd_finding(metrics)])
 
 
