@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from bastion.assess.defaults import class_distance, default_plan
-from bastion.assess.inputs import Inputs
-from bastion.assess.plan import FAMILIES, Plan, read_plan_file, schema_markdown
+from bastion.assess.plan import Plan, family_names, read_plan_file, schema_markdown
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
+from bastion.families.inputs import Inputs
 
 from .assess_fixtures import cancer_inputs, quick_plan  # noqa: F401
 
@@ -87,7 +87,7 @@ def test_incomplete_plan_from_dict_is_refused():
 def test_defaults_cover_every_family_and_fit_the_access(cancer_inputs):  # noqa: F811
     info = cancer_inputs.describe()
     plan = default_plan(cancer_inputs, info)
-    assert all(plan.enabled(f) for f in FAMILIES)
+    assert all(plan.enabled(f) for f in family_names())
     ev = plan.section("evasion")
     assert ev["norm"] == "l2" and "pgd" in ev["attacks"]  # feature vectors, white box
     assert "lira" in plan.section("privacy")["attacks"]  # --arch given: reference models possible
@@ -126,7 +126,7 @@ def test_class_distance_on_a_known_layout():
 def test_docs_plan_reference_is_in_sync():
     text = DOCS.read_text()
     assert schema_markdown() in text, "docs/plan.md must embed plan.schema_markdown() verbatim"
-    for family in FAMILIES:
+    for family in family_names():
         assert re.search(rf"\b{family}\b", text)
 
 

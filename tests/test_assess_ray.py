@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bastion.assess.runner import Runner
-from bastion.assess.scoring import finding_key
+from bastion.families.grading import finding_key
 
 from .assess_fixtures import cancer_inputs, quick_plan  # noqa: F401
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from bastion.assess.probes.base import FamilyReport, JobOutcome, SanityCheck
 from bastion.assess.runner import LocalBackend, Runner, plan_jobs
-from bastion.assess.sanity import (
+from bastion.core.results import Finding, severity_rank
+from bastion.families.base import FamilyReport, JobOutcome, SanityCheck
+from bastion.families.grading import GRADES, finding_key, grade_of, overall_grade
+from bastion.families.sanity import (
     check_black_box,
     check_convergence,
     check_iterative,
@@ -14,8 +16,6 @@ from bastion.assess.sanity import (
     check_monotone,
     check_violations,
 )
-from bastion.assess.scoring import GRADES, finding_key, grade_of, overall_grade
-from bastion.core.results import Finding, severity_rank
 from bastion.store import RunStore
 
 from .assess_fixtures import cancer_inputs, quick_assessment, quick_plan  # noqa: F401
@@ -115,20 +115,20 @@ def test_a_failing_job_is_recorded_not_fatal(cancer_inputs, quick_plan):  # noqa
     plan = quick_plan.merged({"families": {"privacy": False, "extraction": False, "backdoor": False,
                                            "supply_chain": False,
                                            "evasion": {"attacks": {"pgd": {"steps": 2}}, "sanity": False}}})
-    from bastion.assess.probes import evasion as evasion_probe
+    from bastion.families import evasion as evasion_probe
 
-    original = evasion_probe.EvasionProbe.execute
+    original = evasion_probe.EvasionFamily.execute
 
     def broken(self, inputs, job):
         if job.key.endswith("/1"):
             raise RuntimeError("boom")
         return original(self, inputs, job)
 
-    evasion_probe.EvasionProbe.execute = broken
+    evasion_probe.EvasionFamily.execute = broken
     try:
         a = Runner(show_progress=False).run(cancer_inputs, plan)
     finally:
-        evasion_probe.EvasionProbe.execute = original
+        evasion_probe.EvasionFamily.execute = original
     ev = a.family("evasion")
     assert ev.status == "partial" and "boom" in ev.errors[0] and not a.complete
 

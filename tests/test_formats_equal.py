@@ -17,13 +17,13 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 from bastion.assess.defaults import default_plan
-from bastion.assess.inputs import Inputs
 from bastion.assess.runner import Runner
-from bastion.assess.scoring import BLACK_BOX_NOTE
 from bastion.attacks.privacy import references
 from bastion.core.data import Dataset, save_npz
 from bastion.core.errors import ModelLoadError
 from bastion.evaluation.checks import check_setup
+from bastion.families.grading import BLACK_BOX_NOTE
+from bastion.families.inputs import Inputs
 from bastion.models import load_target
 from bastion.models.export import save_model
 from bastion.models.factory import build

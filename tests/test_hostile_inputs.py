@@ -255,8 +255,8 @@ def test_report_folder_is_checked_and_created_before_the_run(files, capsys, monk
 
 def test_markdown_and_html_in_names_are_escaped():
     from bastion.assess.assessment import Assessment
-    from bastion.assess.probes.base import FamilyReport
     from bastion.core.results import Finding
+    from bastion.families.base import FamilyReport
     from bastion.report import render
 
     evil = "x](https://evil.example)<img src=x onerror=alert(1)> **bold** @team |col| `code`\n# heading"

@@ -11,8 +11,8 @@ from html.parser import HTMLParser
 import pytest
 
 from bastion.assess.assessment import Assessment
-from bastion.assess.probes.base import FamilyReport
 from bastion.core.results import Finding
+from bastion.families.base import FamilyReport
 from bastion.report import FILE_NAMES, render, write_reports
 from bastion.report.json_report import load_report
 from bastion.report.sarif import to_sarif

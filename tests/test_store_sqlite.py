@@ -7,10 +7,10 @@ import json
 import pytest
 
 from bastion.assess.assessment import Assessment
-from bastion.assess.probes.base import FamilyReport, JobOutcome
 from bastion.cli.main import run as cli
 from bastion.core.errors import ParameterError
 from bastion.core.results import Finding, Result
+from bastion.families.base import FamilyReport, JobOutcome
 from bastion.report.compare import compare, render_comparison_markdown
 from bastion.store import RunStore, default_store_path
 

@@ -4,18 +4,18 @@ black-box grades say they are upper bounds, and Bastion's own numerics are never
 from __future__ import annotations
 
 from bastion.assess.assessment import Assessment
-from bastion.assess.inputs import ModelInfo
-from bastion.assess.probes.base import FamilyReport, JobOutcome
-from bastion.assess.probes.evasion import EvasionProbe
-from bastion.assess.probes.privacy import PrivacyProbe
-from bastion.assess.sanity import sanity_finding
-from bastion.assess.scoring import BLACK_BOX_NOTE, INCOMPLETE, overall_grade
 from bastion.attacks.extraction.base import ExtractionAttack
 from bastion.attacks.privacy.findings import membership_findings
 from bastion.cli.assess import exit_code
 from bastion.core.results import Finding, Result
 from bastion.defenses.before_after import gain_finding
 from bastion.evaluation.scoring import evasion_findings
+from bastion.families.base import FamilyReport, JobOutcome
+from bastion.families.evasion import EvasionFamily
+from bastion.families.grading import BLACK_BOX_NOTE, INCOMPLETE, overall_grade
+from bastion.families.inputs import ModelInfo
+from bastion.families.privacy import PrivacyFamily
+from bastion.families.sanity import sanity_finding
 
 
 def info(white_box: bool) -> ModelInfo:
@@ -36,13 +36,13 @@ def test_a_family_with_a_failed_job_is_incomplete_and_fails_the_gate():
     outcomes = [JobOutcome("privacy/loss", "privacy", "loss", "done", result=loss_result([0.45, 0.55])),
                 JobOutcome("privacy/lira", "privacy", "lira", "error",
                            error="RuntimeError: Unable to handle autograd's threading")]
-    report = PrivacyProbe({"attacks": {}}, 0).report("assessed", outcomes, grade="A")
+    report = PrivacyFamily({"attacks": {}}, 0).report("assessed", outcomes, grade="A")
     assert report.status == "partial" and report.grade == INCOMPLETE
     assert "privacy/lira" in report.reason and "autograd" in report.reason
     assert overall_grade(["A", INCOMPLETE, "C"]) == INCOMPLETE and overall_grade(["A", "C", "N/A"]) == "C"
     a = Assessment(run_id="r", created="now", status="complete", families=[report], grade=INCOMPLETE)
     assert exit_code(a, "critical") == 1 and exit_code(a, None) == 0
-    whole = PrivacyProbe({"attacks": {}}, 0).report("assessed", outcomes[:1], grade="A")
+    whole = PrivacyFamily({"attacks": {}}, 0).report("assessed", outcomes[:1], grade="A")
     assert whole.grade == "A" and whole.status == "assessed"
 
 
@@ -91,14 +91,14 @@ def test_bastions_own_numerics_are_never_a_finding_against_the_model():
     note = [f for f in findings if f.metric == "constraint_violations"]
     assert note and note[0].severity == "info" and note[0].evidence["about"] == "evaluation"
     assert all(f.severity == "info" for f in findings)  # 0.92 -> 0.9 is no weakness either
-    from bastion.assess.probes.base import SanityCheck
+    from bastion.families.base import SanityCheck
 
     assert sanity_finding(SanityCheck("constraints", False, "invalid examples from square (3)")).severity == "info"
     assert sanity_finding(SanityCheck("monotone-in-eps", False, "rises")).severity == "medium"
 
 
 def test_black_box_grades_carry_the_upper_bound_note():
-    probe = EvasionProbe({"attacks": {}}, 0)
+    probe = EvasionFamily({"attacks": {}}, 0)
     black = probe.conclude(None, info(white_box=False), [])
     white = probe.conclude(None, info(white_box=True), [])
     assert isinstance(black, FamilyReport) and BLACK_BOX_NOTE in black.reason

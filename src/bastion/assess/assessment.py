@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, ClassVar
 
-from bastion.assess.probes.base import FamilyReport
-from bastion.assess.scoring import sort_findings, worst
 from bastion.core.results import Finding, Serializable
+from bastion.families.base import FamilyReport
+from bastion.families.grading import sort_findings, worst
 
 _PACKAGES = ("bastion-ml", "torch", "numpy", "scipy", "scikit-learn", "onnxruntime", "safetensors", "skops",
              "jinja2", "matplotlib", "ray")

@@ -1,8 +1,9 @@
 """The assessment plan: which threat families run, with which attacks, budgets and epsilons.
 
-A plan is YAML (see docs/plan.md). `default_plan` (in `bastion.assess.defaults`) sizes one to the data and the
-model's access; a user's plan file is merged onto it key by key (an `attacks` table replaces the default one)
-and validated here: unknown families, keys, attack names or parameters are one-line errors before any work.
+A plan is YAML (see docs/plan.md). `default_plan` (in `bastion.assess.defaults`) asks every registered family
+for its table, sized to the data, the model's access and the device; a user's plan file is merged onto it key by
+key (an `attacks` table replaces the default one) and validated here against the schema each family plug-in
+declares: unknown families, keys, attack names or parameters are one-line errors before any work.
 """
 
 from __future__ import annotations
@@ -16,73 +17,24 @@ from typing import Any
 
 import yaml
 
-from bastion.core import registry
+from bastion.core import registry as core_registry
 from bastion.core.errors import ParameterError
+from bastion.families import registry
+from bastion.families.base import Key
 
 PLAN_VERSION = 1
-FAMILIES = ("evasion", "privacy", "extraction", "backdoor", "supply_chain")
-# Where each family's attack names live in the registry: (kind, registry family).
-ATTACK_SOURCES = {
-    "evasion": ("attacks", "evasion"),
-    "privacy": ("attacks", "privacy"),
-    "extraction": ("attacks", "extraction"),
-    "backdoor": ("defenses", "detect"),
-}
-# Parameters the probes set themselves (from the family's keys and the plan's seed).
-INJECTED = {
-    "evasion": ("eps", "norm", "seed"),
-    "privacy": ("seed",),
-    "extraction": ("budget", "seed"),
-    "backdoor": ("seed",),
-}
 
 
-@dataclass(frozen=True)
-class Key:
-    """One plan key: its kind, a one-line description (docs/plan.md), and its valid range."""
-
-    kind: str  # bool, int, float, str, floats, ints, strs, attacks
-    doc: str
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] = ()
-    exclusive_min: bool = False
+def family_names() -> tuple[str, ...]:
+    """The registered threat families, in plan order (`bastion.families.registry()` is the source of truth)."""
+    return tuple(registry())
 
 
-_ENABLED = Key("bool", "run this family")
-SCHEMA: dict[str, dict[str, Key]] = {
-    "evasion": {
-        "enabled": _ENABLED,
-        "n_samples": Key("int", "evaluation samples drawn (seeded) from --data", minimum=1),
-        "norm": Key("str", "norm of the perturbation budget", choices=("linf", "l2", "l1")),
-        "eps": Key("floats", "perturbation budgets, in the model's input units", minimum=0, exclusive_min=True),
-        "shards": Key("int", "independent sample shards, one job each (Ray runs them in parallel)", minimum=1),
-        "sanity": Key("bool", "add the sanity-check jobs: PGD with doubled steps and PGD at a very large epsilon"),
-        "attacks": Key("attacks", "evasion attacks (`bastion list attacks`) and their parameters"),
-    },
-    "privacy": {
-        "enabled": _ENABLED,
-        "n_members": Key("int", "training records (from --train-data) used as members", minimum=2),
-        "n_nonmembers": Key("int", "held-out records (from --data) used as non-members", minimum=2),
-        "attacks": Key("attacks", "membership-inference attacks (family privacy) and their parameters"),
-    },
-    "extraction": {
-        "enabled": _ENABLED,
-        "budgets": Key("ints", "query budgets at which a copy is scored (fidelity vs queries)", minimum=1),
-        "pool_fraction": Key("float", "share of --data the attacker may query; the rest scores the copies",
-                             minimum=0.1, maximum=0.9),
-        "attacks": Key("attacks", "extraction attacks and their parameters"),
-    },
-    "backdoor": {
-        "enabled": _ENABLED,
-        "n_samples": Key("int", "clean samples given to model-only scanners (Neural Cleanse)", minimum=2),
-        "scanners": Key("attacks", "backdoor detectors (defenses of family detect) and their parameters"),
-    },
-    "supply_chain": {
-        "enabled": _ENABLED,
-        "paths": Key("strs", "extra files or folders to scan besides the model file"),
-    },
-}
+def schema_of(family: str) -> dict[str, Key]:
+    """The plan keys of one family, declared by its plug-in."""
+    return registry()[family].schema
+
+
 TOP_KEYS = {
     "version": Key("int", f"plan format version (currently {PLAN_VERSION})", minimum=1, maximum=PLAN_VERSION),
     "seed": Key("int", "seed of every random choice: the same seed gives the same findings", minimum=0,
@@ -159,20 +111,21 @@ def _check_attacks(value: Any, where: str) -> dict[str, dict[str, Any]]:
 
 def check_attack_names(family: str, attacks: dict[str, dict[str, Any]], where: str) -> None:
     """Every name must be registered for the family, every parameter accepted by its constructor."""
-    kind, reg_family = ATTACK_SOURCES[family]
+    plugin = registry()[family]
+    kind, reg_family = plugin.sources[where.rsplit(".", 1)[-1]]
     for name, params in attacks.items():
         try:
-            cls = registry.get(kind, name, reg_family)
+            cls = core_registry.get(kind, name, reg_family)
         except Exception as exc:
             raise ParameterError(f"plan: {where}: {exc}") from None
         accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         for param in params:
-            if param in INJECTED[family]:
+            if param in plugin.injected:
                 raise ParameterError(f"plan: {where}.{name}.{param} is set by the plan itself "
                                      f"(use the family's keys and the top-level seed)")
             if param not in accepted:
                 raise ParameterError(f"plan: {where}.{name} has no parameter {param!r}; valid: "
-                                     f"{', '.join(p for p in accepted if p not in INJECTED[family])}")
+                                     f"{', '.join(p for p in accepted if p not in plugin.injected)}")
 
 
 @dataclass
@@ -211,8 +164,8 @@ class Plan:
                 raise ParameterError("plan: families must be a table of family -> settings")
             for fam, settings in value.items():
                 fam = _norm_key(fam, "families")
-                if fam not in SCHEMA:
-                    raise ParameterError(f"plan: unknown family {fam!r}; valid: {', '.join(FAMILIES)}")
+                if fam not in registry():
+                    raise ParameterError(f"plan: unknown family {fam!r}; valid: {', '.join(family_names())}")
                 if isinstance(settings, bool):  # `evasion: false` switches a family off
                     settings = {"enabled": settings}
                 if not isinstance(settings, dict):
@@ -242,8 +195,8 @@ class Plan:
         families: dict[str, dict[str, Any]] = {}
         for fam, settings in families_in.items():
             fam = _norm_key(fam, "families")
-            if fam not in SCHEMA:
-                raise ParameterError(f"plan: unknown family {fam!r}; valid: {', '.join(FAMILIES)}")
+            if fam not in registry():
+                raise ParameterError(f"plan: unknown family {fam!r}; valid: {', '.join(family_names())}")
             families[fam] = _check_family(fam, settings)
         return cls(seed=seed, device=device, families=families, version=version)
 
@@ -253,7 +206,7 @@ def _check_family(fam: str, settings: Any) -> dict[str, Any]:
         settings = {"enabled": settings}
     if not isinstance(settings, dict):
         raise ParameterError(f"plan: families.{fam} must be a table or true/false")
-    schema = SCHEMA[fam]
+    schema = schema_of(fam)
     out: dict[str, Any] = {}
     for key, value in settings.items():
         key = _norm_key(key, f"families.{fam}")
@@ -293,7 +246,8 @@ def schema_markdown() -> str:
     """The plan keys as Markdown tables (docs/plan.md embeds this text; a test keeps them in sync)."""
     lines = ["| key | kind | meaning |", "|---|---|---|"]
     lines += [f"| `{k}` | {s.kind} | {s.doc} |" for k, s in TOP_KEYS.items()]
-    for fam, keys in SCHEMA.items():
+    for fam, plugin in registry().items():
+        keys = plugin.schema
         lines += ["", f"`families.{fam}`:", "", "| key | kind | meaning |", "|---|---|---|"]
         for key, spec in keys.items():
             extra = f" ({', '.join(spec.choices)})" if spec.choices else ""

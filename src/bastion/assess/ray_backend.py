@@ -12,10 +12,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from bastion.assess.inputs import Inputs
 from bastion.assess.plan import Plan
-from bastion.assess.probes.base import Job, JobOutcome
 from bastion.core.errors import BastionError
+from bastion.families.base import Job, JobOutcome
+from bastion.families.inputs import Inputs
 
 
 def _ray() -> Any:

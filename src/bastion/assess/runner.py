@@ -1,4 +1,4 @@
-"""Run an assessment: plan the jobs of every probe, execute them (locally or on Ray), judge, record.
+"""Run an assessment: plan the jobs of every family, execute them (locally or on Ray), judge, record.
 
 Every finished job is written to the run store at once, so an interrupted assessment keeps its finished jobs and
 `resume` runs only what is missing (jobs that failed are retried).
@@ -14,13 +14,12 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from bastion.assess.assessment import Assessment, environment
-from bastion.assess.inputs import Inputs, ModelInfo, one_line
-from bastion.assess.plan import FAMILIES, Plan
-from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, probe_for
-from bastion.assess.scoring import overall_grade
+from bastion.assess.plan import Plan, family_names
 from bastion.core.errors import BastionError
 from bastion.core.progress import progress
-from bastion.core.registry import get
+from bastion.families.base import Family, FamilyReport, Job, JobOutcome, family_for, get_family
+from bastion.families.grading import overall_grade
+from bastion.families.inputs import Inputs, ModelInfo, one_line
 from bastion.store.sqlite import RunStore, new_run_id, now
 
 OnDone = Callable[[JobOutcome], None]
@@ -30,7 +29,7 @@ def execute_job(inputs: Inputs, job: Job, section: dict[str, Any], seed: int) ->
     """Run one job and capture its result or its error (never raises, except on interruption)."""
     start = time.perf_counter()
     try:
-        result = probe_for(job.family, section, seed).run_job(inputs, job)
+        result = family_for(job.family, section, seed).run_job(inputs, job)
     except BastionError as exc:
         return JobOutcome(job.key, job.family, job.name, "error", error=one_line(exc),
                           seconds=time.perf_counter() - start)
@@ -78,12 +77,12 @@ def make_backend(name: str, address: str | None = None, sandbox: Any = None) -> 
     raise BastionError(f"unknown backend {name!r}: use local or ray")
 
 
-def plan_jobs(inputs: Inputs, info: ModelInfo, plan: Plan) -> tuple[dict[str, Probe], dict[str, str], list[Job]]:
-    """Probes of the enabled families, the reasons families are skipped, and every job (errors come early)."""
-    probes = {fam: probe_for(fam, plan.section(fam), plan.seed) for fam in FAMILIES if plan.enabled(fam)}
-    skipped = {fam: reason for fam, p in probes.items() if (reason := p.applicable(inputs, info))}
-    jobs = [j for fam, p in probes.items() if fam not in skipped for j in p.jobs(inputs, info)]
-    return probes, skipped, jobs
+def plan_jobs(inputs: Inputs, info: ModelInfo, plan: Plan) -> tuple[dict[str, Family], dict[str, str], list[Job]]:
+    """The enabled families, the reasons families are skipped, and every job (errors come early)."""
+    plugins = {fam: family_for(fam, plan.section(fam), plan.seed) for fam in family_names() if plan.enabled(fam)}
+    skipped = {fam: reason for fam, p in plugins.items() if (reason := p.applicable(inputs, info))}
+    jobs = [j for fam, p in plugins.items() if fam not in skipped for j in p.jobs(inputs, info)]
+    return plugins, skipped, jobs
 
 
 def sandbox_info(options: Any, inputs: Inputs) -> dict[str, Any]:
@@ -97,7 +96,7 @@ def sandbox_info(options: Any, inputs: Inputs) -> dict[str, Any]:
 
 
 def _skipped(fam: str, reason: str) -> FamilyReport:
-    return FamilyReport(family=fam, title=get("probes", fam, fam).title, status="skipped", reason=reason)
+    return FamilyReport(family=fam, title=get_family(fam).title, status="skipped", reason=reason)
 
 
 class Runner:
@@ -113,7 +112,7 @@ class Runner:
             info: ModelInfo | None = None) -> Assessment:
         started = time.perf_counter()
         info = info or inputs.describe()
-        probes, skipped, jobs = plan_jobs(inputs, info, plan)
+        plugins, skipped, jobs = plan_jobs(inputs, info, plan)
         run_id = run_id or new_run_id()
         created, previous = now(), {}
         if self.store is not None:
@@ -147,14 +146,14 @@ class Runner:
                                    f"`bastion assess --resume {run_id}`")
             raise
         families = []
-        for fam in FAMILIES:
-            if fam not in probes:
+        for fam in family_names():
+            if fam not in plugins:
                 families.append(_skipped(fam, "disabled in the plan"))
             elif fam in skipped:
                 families.append(_skipped(fam, skipped[fam]))
             else:
                 mine = [outcomes[j.key] for j in jobs if j.family == fam]
-                families.append(probes[fam].conclude(inputs, info, mine))
+                families.append(plugins[fam].conclude(inputs, info, mine))
         assessment = Assessment(
             run_id=run_id, created=created, status="complete", model=vars(info).copy(), inputs=inputs.summary(),
             plan=plan.to_dict(), environment={**environment(self.backend.name), "sandbox": sandbox_info(
@@ -168,5 +167,5 @@ class Runner:
 
 def assess(inputs: Inputs, plan: Plan, store: RunStore | None = None, backend: str = "local",
            address: str | None = None, show_progress: bool = False) -> Assessment:
-    """One call: run every probe of `plan` on `inputs` and return the Assessment."""
+    """One call: run every family of `plan` on `inputs` and return the Assessment."""
     return Runner(store, make_backend(backend, address), show_progress=show_progress).run(inputs, plan)

@@ -4,20 +4,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from bastion.assess.assessment import Assessment
 from bastion.assess.defaults import default_plan
-from bastion.assess.inputs import Inputs, file_sha256
 from bastion.assess.plan import Plan, read_plan_file
 from bastion.assess.runner import Runner, make_backend
-from bastion.assess.scoring import sort_findings
 from bastion.cli.common import check_seed, console, fail_on_level, load_data
 from bastion.cli.outputs import check_report_files, prepare_output_dir
 from bastion.core.errors import ParameterError
 from bastion.core.results import severity_rank
+from bastion.families.grading import sort_findings
+from bastion.families.inputs import Inputs, ModelInfo, file_sha256
 from bastion.report import FILE_NAMES, FORMATS, write_reports
 from bastion.sandbox import SandboxOptions, open_sandbox
 from bastion.sandbox.assess import SandboxBackend
@@ -81,6 +82,23 @@ def resume_inputs(store: RunStore, run_ref: str, device: str | None) -> tuple[st
     return row["id"], inputs, plan
 
 
+def choose_device(device: str | None, override: dict[str, Any]) -> str | None:
+    """The device of the run: --device, else the plan file's `device`, else None (auto)."""
+    if device is not None:
+        return device
+    planned = override.get("device")
+    return str(planned) if planned not in (None, "") else None
+
+
+def build_plan(inputs: Inputs, info: ModelInfo, override: dict[str, Any], seed: int | None,
+               device: str | None) -> Plan:
+    """The plan, built and merged once: the defaults sized for the decided device, the plan file on top, then
+    --seed and --device."""
+    extra = {k: v for k, v in (("seed", seed), ("device", device)) if v is not None}
+    base_seed = seed if seed is not None else int(override.get("seed", 0) or 0)
+    return default_plan(inputs, info, seed=base_seed, device=device or "auto").merged({**override, **extra})
+
+
 def register(app: typer.Typer) -> None:
     @app.command(help="Assess a model against every threat family and write a graded report "
                       "(HTML, JSON, SARIF, Markdown).")
@@ -112,6 +130,8 @@ def register(app: typer.Typer) -> None:
         fail_on_level(fail_on)
         if seed is not None:
             check_seed(seed)
+        override = read_plan_file(plan_file) if plan_file and not resume else {}
+        device = choose_device(device, override)  # decided before the plan is sized
         options = SandboxOptions(enabled=not no_sandbox, timeout=timeout, device=device or "auto")
         runner_backend = make_backend(backend, address, sandbox=options)
         store = None if no_store else RunStore(store_path)
@@ -142,11 +162,7 @@ def register(app: typer.Typer) -> None:
             sandbox.close()
             sandbox = None
         if not resume:
-            override = read_plan_file(plan_file) if plan_file else {}
-            base_seed = seed if seed is not None else int(override.get("seed", 0) or 0)
-            plan = default_plan(inputs, info, seed=base_seed, device=device or "auto").merged(override)
-            if seed is not None or device is not None:
-                plan = plan.merged({k: v for k, v in (("seed", seed), ("device", device)) if v is not None})
+            plan = build_plan(inputs, info, override, seed, device)
             inputs.device = plan.device
         if print_plan:
             if sandbox is not None:

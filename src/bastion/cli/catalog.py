@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-PACKAGES = {"attacks": "bastion.attacks", "defenses": "bastion.defenses", "probes": "bastion.assess.probes"}
+PACKAGES = {"attacks": "bastion.attacks", "defenses": "bastion.defenses", "families": "bastion.families"}
 KINDS = tuple(PACKAGES)
 _SENTENCE_END = re.compile(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.;])\s+(?=[A-Z`(])")
 # Meanings of the parameters that many classes share, used where a class's docstrings do not name one.

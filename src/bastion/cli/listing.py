@@ -15,10 +15,10 @@ from bastion.core.errors import ParameterError
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("list", help="List attacks, defenses and probes, or one entry's parameters "
+    @app.command("list", help="List attacks, defenses and threat families, or one entry's parameters "
                  "(`bastion list pgd`, `bastion list evasion/pgd`).")
     def list_entries(
-        what: str | None = typer.Argument(None, help="attacks, defenses, probes, or an entry's [family/]name"),
+        what: str | None = typer.Argument(None, help="attacks, defenses, families, or an entry's [family/]name"),
         as_json: bool = typer.Option(False, "--json", help="print JSON"),
     ) -> None:
         if what is None or what in catalog.KINDS:

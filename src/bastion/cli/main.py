@@ -26,7 +26,7 @@ COMMANDS = {
     "attack": ("attack", "Run one attack against a model (`bastion attack FAMILY NAME --help`)."),
     "defend": ("defend", "Run a defense: detect, repair or harden a model (`bastion defend NAME --help`)."),
     "scan": ("scan", "Scan model files for code that runs when they are loaded."),
-    "list": ("listing", "List attacks, defenses and probes, or one entry's parameters."),
+    "list": ("listing", "List attacks, defenses and threat families, or one entry's parameters."),
     "report": ("report", "Browse and compare recorded assessments."),
 }
 

@@ -1,4 +1,4 @@
-"""One registry: attacks, defenses and probes register under a short name used by the CLI and plans."""
+"""One registry: attacks, defenses and threat families register under a short name used by the CLI and plans."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from bastion.core.errors import BastionError
 
 C = TypeVar("C")
 
-KINDS = ("attacks", "defenses", "probes")
+KINDS = ("attacks", "defenses", "families")
 # Packages whose modules register entries when imported.
 _PACKAGES = {
     "attacks": "bastion.attacks",
     "defenses": "bastion.defenses",
-    "probes": "bastion.assess.probes",
+    "families": "bastion.families",
 }
 _entries: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in KINDS}
 _loaded: set[str] = set()

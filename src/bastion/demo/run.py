@@ -16,12 +16,12 @@ from torch import nn
 
 from bastion.assess.assessment import Assessment
 from bastion.assess.defaults import default_plan
-from bastion.assess.inputs import Inputs
 from bastion.assess.runner import Runner
 from bastion.core.errors import BastionError
 from bastion.demo.cache import DEMO_MODELS, DemoModel, demo_model
 from bastion.demo.datasets import breast_cancer
 from bastion.demo.models import tabular_mlp
+from bastion.families.inputs import Inputs
 from bastion.report import write_reports
 from bastion.report.markdown import render_markdown
 from bastion.store import RunStore

@@ -1,4 +1,4 @@
-"""Backdoor probe: is this model already backdoored? Model-only scans (Neural Cleanse) on clean --data, and
+"""The backdoor family: is this model already backdoored? Model-only scans (Neural Cleanse) on clean --data, and
 training-data screens (activation clustering, spectral signatures) on --train-data when it is given."""
 
 from __future__ import annotations
@@ -7,12 +7,23 @@ from typing import Any
 
 import numpy as np
 
-from bastion.assess.inputs import Inputs, ModelInfo
-from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, SanityCheck, done, sample_rows, select
-from bastion.assess.scoring import grade_of
 from bastion.core.params import accepts, construct
 from bastion.core.registry import get, register
 from bastion.core.results import Finding, Result
+from bastion.families.base import (
+    ENABLED,
+    Family,
+    FamilyReport,
+    Job,
+    JobOutcome,
+    Key,
+    SanityCheck,
+    done,
+    sample_rows,
+    select,
+)
+from bastion.families.grading import grade_of
+from bastion.families.inputs import Inputs, ModelInfo
 
 # Detectors that screen a training set (the rest scan the model with clean data).
 TRAINING_SCREENS = ("activation-clustering", "spectral")
@@ -22,12 +33,36 @@ def scanner_class(name: str) -> type:
     return get("defenses", name, "detect")
 
 
-@register("probes", "backdoor", family="backdoor")
-class BackdoorProbe(Probe):
+@register("families", "backdoor")
+class BackdoorFamily(Family):
     """Backdoor scanning: reverse-engineered triggers and training-data screens."""
 
-    family = "backdoor"
+    name = "backdoor"
     title = "Backdoors (poisoned models and data)"
+    order = 40
+    atlas = ("AML.T0018", "AML.T0020")
+    owasp = ("ML10:2023 Model Poisoning", "ML02:2023 Data Poisoning Attack")
+    schema = {
+        "enabled": ENABLED,
+        "n_samples": Key("int", "clean samples given to model-only scanners (Neural Cleanse)", minimum=2),
+        "scanners": Key("attacks", "backdoor detectors (defenses of family detect) and their parameters"),
+    }
+    sources = {"scanners": ("defenses", "detect")}
+    mitigations = ("Do not deploy a model with a flagged class; repair it with `bastion defend fine-prune` on "
+                   "trusted clean data.",
+                   "Vet training-data provenance and screen it with `activation-clustering` or `spectral`.")
+    plots = ("anomaly_index",)
+
+    @classmethod
+    def defaults(cls, inputs: Inputs, info: ModelInfo, device: str, seed: int = 0) -> dict[str, Any]:
+        """Neural Cleanse for white-box models with at least 3 classes; activation clustering of --train-data."""
+        scanners: dict[str, dict[str, Any]] = {}
+        if info.white_box and info.n_classes >= 3:
+            scanners["neural-cleanse"] = {"steps": 300}
+        if info.white_box and inputs.train_data is not None:
+            scanners["activation-clustering"] = {}
+        n = min(len(inputs.data), 500 if device.startswith("cuda") else 200)
+        return {"enabled": True, "n_samples": n, "scanners": scanners}
 
     def usable(self, inputs: Inputs, info: ModelInfo) -> dict[str, dict[str, Any]]:
         out = {}

@@ -1,11 +1,19 @@
-"""The probe contract: one probe per threat family turns its plan table into jobs and their results into findings.
+"""The family plug-in contract: one `Family` per threat family owns everything `bastion assess` knows about it.
 
-A probe is the only place that knows its family's attack API, so an API change touches one probe module:
+A family is registered with `@register("families", NAME)` and declares, as class attributes, its `name`, `title`,
+MITRE ATLAS and OWASP ids, its plan `schema` (`Key`s; `bastion.assess.plan` and docs/plan.md read them from the
+registry), its standard `mitigations` and the report `plots` it wants. Its methods:
 
+- `defaults(inputs, info, device, seed)` (class method): the family's default plan table, sized for the device
+  that will run it (decided before the plan is built);
 - `applicable(inputs, info)` says why the family cannot run on these inputs (or None);
 - `jobs(inputs, info)` lists independent jobs (one attack, one shard of samples, one scanner...);
-- `execute(inputs, job)` runs one job anywhere (this process or a Ray worker) and returns an Result;
-- `conclude(inputs, info, outcomes)` judges the results: findings, sanity checks, headline metrics, grade.
+- `execute(inputs, job)` runs one job anywhere (this process or a Ray worker) and returns the attack's `Result`
+  (measurements only);
+- `merge(groups)` turns the results of one job group (e.g. the shards of an attack) into one `Result`;
+- `judge(results)` turns measured results into findings (severity thresholds, ATLAS/OWASP ids);
+- `sanity(inputs, info, results)` checks the family's numbers;
+- `conclude(inputs, info, outcomes)` assembles the family's report: findings, sanity checks, headline, grade.
 
 A job is a pure function of the inputs, the plan and the seed, so both backends give the same findings.
 """
@@ -19,13 +27,28 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bastion.assess.inputs import Inputs, ModelInfo
-from bastion.assess.scoring import family_grade
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
-from bastion.core.registry import get
+from bastion.core.registry import entries, get
 from bastion.core.results import Finding, Result, Serializable
 from bastion.core.training import seed_everything
+from bastion.families.grading import family_grade, grade_of
+from bastion.families.inputs import Inputs, ModelInfo
+
+
+@dataclass(frozen=True)
+class Key:
+    """One plan key: its kind, a one-line description (docs/plan.md), and its valid range."""
+
+    kind: str  # bool, int, float, str, floats, ints, strs, attacks
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    exclusive_min: bool = False
+
+
+ENABLED = Key("bool", "run this family")
 
 
 @dataclass
@@ -104,14 +127,30 @@ def sample_rows(n_total: int, n: int, seed: int, salt: int = 0) -> np.ndarray:
     return np.sort(rng.permutation(n_total)[: min(n, n_total)])
 
 
-class Probe(ABC):
-    """Base class: subclasses set `family`, `title` and implement the four methods."""
+class Family(ABC):
+    """Base class of the threat-family plug-ins (see the module docstring for the contract)."""
 
-    family: ClassVar[str] = ""
+    name: ClassVar[str] = ""
     title: ClassVar[str] = ""
+    order: ClassVar[int] = 100  # position in plans and reports
+    atlas: ClassVar[tuple[str, ...]] = ()
+    owasp: ClassVar[tuple[str, ...]] = ()
+    schema: ClassVar[dict[str, Key]] = {"enabled": ENABLED}
+    # Where the names of an `attacks`-kind key live in the registry: (kind, registry family), and the parameters
+    # the family sets itself (a plan may not set them).
+    sources: ClassVar[dict[str, tuple[str, str]]] = {}
+    injected: ClassVar[tuple[str, ...]] = ("seed",)
+    mitigations: ClassVar[tuple[str, ...]] = ()
+    plots: ClassVar[tuple[str, ...]] = ()  # names of `bastion.report.plots` figures, in order
 
     def __init__(self, section: dict[str, Any], seed: int = 0):
         self.section, self.seed = section, int(seed)
+
+    @classmethod
+    @abstractmethod
+    def defaults(cls, inputs: Inputs, info: ModelInfo, device: str, seed: int = 0) -> dict[str, Any]:
+        """The default plan table for these inputs on `device` (cpu, cuda or cuda:N: already decided) and the
+        plan's seed."""  # pragma: no cover - abstract
 
     def applicable(self, inputs: Inputs, info: ModelInfo) -> str | None:
         return None
@@ -124,13 +163,46 @@ class Probe(ABC):
     def execute(self, inputs: Inputs, job: Job) -> Result:  # pragma: no cover - abstract
         ...
 
-    @abstractmethod
-    def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
-        ...
+    def merge(self, name: str, results: list[Result]) -> Result:
+        """One result from a group of jobs (the default: the group's only result)."""
+        return results[0]
 
-    # -- helpers shared by the probes ---------------------------------------------------------------------
+    def judge(self, results: list[Result]) -> list[Finding]:
+        """Findings from measured results (the default: the findings the measurements carry)."""
+        return [f for r in results for f in r.findings]
+
+    def sanity(self, inputs: Inputs, info: ModelInfo, results: list[Result]) -> list[SanityCheck]:
+        """Checks of the family's numbers (the default: none)."""
+        return []
+
+    def sanity_finding(self, check: SanityCheck) -> Finding:
+        """The finding of a failed sanity check."""
+        return Finding(title=f"sanity check '{check.name}' failed: the {self.name} figures may be too optimistic",
+                       family=self.name, severity="low", metric=f"sanity:{check.name}",
+                       evidence={"check": check.name, "detail": check.detail}, atlas=list(self.atlas),
+                       owasp=list(self.owasp), description=check.detail)
+
+    def headline(self, results: list[Result]) -> dict[str, float]:
+        """The family's headline numbers (the default: none)."""
+        return {}
+
+    def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
+        """Merge, check, judge: the family's report."""
+        groups: dict[str, list[Result]] = {}
+        names: dict[str, str] = {}
+        for outcome, result in done(outcomes):
+            group = outcome.key.split("/")[1]
+            groups.setdefault(group, []).append(result)
+            names[group] = outcome.name
+        results = [self.merge(names[g], rs) for g, rs in groups.items()]
+        checks = self.sanity(inputs, info, results)
+        findings = self.judge(results) + [self.sanity_finding(c) for c in checks if not c.passed]
+        return self.report("assessed", outcomes, findings=findings, sanity=checks, headline=self.headline(results),
+                           grade=grade_of(findings), results=results)
+
+    # -- helpers shared by the families -------------------------------------------------------------------
     def job(self, key: str, name: str, params: dict[str, Any], data: dict[str, Any], gpu: bool = False) -> Job:
-        return Job(key=f"{self.family}/{key}", family=self.family, name=name, params=params, data=data, gpu=gpu)
+        return Job(key=f"{self.name}/{key}", family=self.name, name=name, params=params, data=data, gpu=gpu)
 
     def run_job(self, inputs: Inputs, job: Job) -> Result:
         """Seed every generator from (seed, job key), then execute: the same job gives the same result anywhere."""
@@ -149,17 +221,33 @@ class Probe(ABC):
         errors = [f"{o.key}: {o.error}" for o in outcomes if o.status != "done"]
         if errors and status == "assessed":
             status = "partial" if results else "failed"
-        if status in ("partial", "failed"):  # never a letter for half a family (assess/scoring.py)
+        if status in ("partial", "failed"):  # never a letter for half a family (families/grading.py)
             kwargs["grade"] = family_grade([], status)
             failed = f"{len(errors)} job(s) failed, first {errors[0]}" if errors else "a job failed"
             reason = f"{reason}; {failed}" if reason else failed
-        return FamilyReport(family=self.family, title=self.title, status=status, reason=reason, results=results,
+        return FamilyReport(family=self.name, title=self.title, status=status, reason=reason, results=results,
                             errors=errors, seconds=sum(o.seconds for o in outcomes), **kwargs)
 
 
-def probe_for(family: str, section: dict[str, Any], seed: int) -> Probe:
-    """The registered probe of `family`, configured with its plan table."""
-    return get("probes", family, family)(section, seed)
+def registered(kind: str, family: str, name: str) -> bool:
+    """Whether `name` is registered as a `kind` of registry family `family` (defaults offer only what exists)."""
+    return any(e["name"] == name for e in entries(kind, family))
+
+
+def registry() -> dict[str, type[Family]]:
+    """Every registered family, by name, in plan and report order: the single source of truth."""
+    classes = [e["cls"] for e in entries("families")]
+    return {c.name: c for c in sorted(classes, key=lambda c: (c.order, c.name))}
+
+
+def get_family(name: str) -> type[Family]:
+    """The registered family `name`."""
+    return get("families", name)
+
+
+def family_for(name: str, section: dict[str, Any], seed: int) -> Family:
+    """The registered family `name`, configured with its plan table."""
+    return get_family(name)(section, seed)
 
 
 def done(outcomes: list[JobOutcome]) -> list[tuple[JobOutcome, Result]]:

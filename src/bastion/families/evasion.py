@@ -1,24 +1,43 @@
-"""Evasion probe: robustness curves of the planned attacks over sample shards, plus the sanity-check jobs."""
+"""The evasion family: robustness curves of the planned attacks over sample shards, plus the sanity-check jobs.
+
+Defaults: L∞ for images, L2 for feature vectors; the epsilons are fractions (5%, 10%, 20%, 40%) of the median
+distance from a sample to the nearest sample of another class, so they mean the same thing on every dataset;
+FGSM, PGD and APGD-CE for white-box models (the `auto` ensemble instead of APGD-CE on a GPU), Square for score
+APIs, HopSkipJump for label APIs. A GPU raises the sample count and the PGD steps.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
-from bastion.assess import sanity
-from bastion.assess.inputs import Inputs, ModelInfo
-from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, done, sample_rows, select
-from bastion.assess.scoring import black_box_reason, grade_of
 from bastion.core.params import construct
 from bastion.core.registry import get, register
 from bastion.core.results import Result
 from bastion.core.target import Access
 from bastion.evaluation.scoring import evasion_findings
+from bastion.families import sanity
+from bastion.families.base import (
+    ENABLED,
+    Family,
+    FamilyReport,
+    Job,
+    JobOutcome,
+    Key,
+    done,
+    registered,
+    sample_rows,
+    select,
+)
+from bastion.families.grading import black_box_reason, grade_of
+from bastion.families.inputs import Inputs, ModelInfo
 
 SANITY_DOUBLED, SANITY_LARGE, SANITY_SETUP = "sanity-doubled-steps", "sanity-large-eps", "sanity-setup"
 SETUP_SAMPLES = 256
+EPS_FRACTIONS = (0.05, 0.1, 0.2, 0.4)
 
 
 def full_range(info: ModelInfo, norm: str) -> float:
@@ -26,6 +45,49 @@ def full_range(info: ModelInfo, norm: str) -> float:
     dim = float(np.prod(info.input_shape))
     width = info.bounds[1] - info.bounds[0]
     return width * {"linf": 1.0, "l2": dim ** 0.5, "l1": dim}[norm]
+
+
+def _round2(value: float) -> float:
+    """Two significant digits."""
+    if value <= 0:
+        return value
+    digits = 1 - int(math.floor(math.log10(value)))
+    return round(value, digits)
+
+
+def class_distance(x: np.ndarray, y: np.ndarray, norm: str, seed: int, n_probe: int = 200,
+                   n_ref: int = 2000) -> float:
+    """Median distance from a sample to the nearest sample of another class (on seeded subsets)."""
+    rng = np.random.default_rng([seed, 7])
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    probe = rng.permutation(len(x))[:n_probe]
+    ref = rng.permutation(len(x))[:n_ref]
+    best = np.full(len(probe), np.inf)
+    for chunk in np.array_split(np.arange(len(ref)), max(1, len(ref) // 256)):
+        diff = flat[probe][:, None, :] - flat[ref[chunk]][None, :, :]
+        if norm == "linf":
+            dist = np.abs(diff).max(-1)
+        elif norm == "l1":
+            dist = np.abs(diff).sum(-1)
+        else:
+            dist = np.sqrt((diff ** 2).sum(-1))
+        other = y[probe][:, None] != y[ref[chunk]][None, :]
+        best = np.minimum(best, np.where(other, dist, np.inf).min(-1))
+    finite = best[np.isfinite(best)]
+    return float(np.median(finite)) if len(finite) else 0.0
+
+
+def default_eps(inputs: Inputs, info: ModelInfo, norm: str, seed: int) -> list[float]:
+    """Epsilons as fractions of the typical distance to another class, below half the input range."""
+    full = full_range(info, norm)
+    scale = class_distance(inputs.data.x, inputs.data.y, norm, seed) or 0.1 * full
+    eps = sorted({_round2(min(f * scale, 0.45 * full)) for f in EPS_FRACTIONS})
+    return [e for e in eps if e > 0] or [_round2(0.01 * full)]
+
+
+def default_norm(input_shape: tuple[int, ...] | list[int]) -> str:
+    """L∞ for images (two or more input dimensions), L2 for feature vectors: `assess` and `attack` agree."""
+    return "linf" if len(input_shape) >= 2 else "l2"
 
 
 def attack_class(name: str) -> type:
@@ -108,12 +170,51 @@ def as_curve(result: Result) -> sanity.Curve:
             "violations": m.get("constraint_violations", 0)}
 
 
-@register("probes", "evasion", family="evasion")
-class EvasionProbe(Probe):
+@register("families", "evasion")
+class EvasionFamily(Family):
     """Robust accuracy per epsilon for each planned attack, with automatic sanity checks."""
 
-    family = "evasion"
+    name = "evasion"
     title = "Evasion (adversarial examples)"
+    order = 10
+    atlas = ("AML.T0043", "AML.T0015")
+    owasp = ("ML01:2023 Input Manipulation Attack",)
+    schema = {
+        "enabled": ENABLED,
+        "n_samples": Key("int", "evaluation samples drawn (seeded) from --data", minimum=1),
+        "norm": Key("str", "norm of the perturbation budget", choices=("linf", "l2", "l1")),
+        "eps": Key("floats", "perturbation budgets, in the model's input units", minimum=0, exclusive_min=True),
+        "shards": Key("int", "independent sample shards, one job each (Ray runs them in parallel)", minimum=1),
+        "sanity": Key("bool", "add the sanity-check jobs: PGD with doubled steps and PGD at a very large epsilon"),
+        "attacks": Key("attacks", "evasion attacks (`bastion list attacks`) and their parameters"),
+    }
+    sources = {"attacks": ("attacks", "evasion")}
+    injected = ("eps", "norm", "seed")
+    mitigations = ("Adversarial training: `bastion defend adv-train` (PGD-AT) or `bastion defend trades`, then "
+                   "re-assess and compare the runs (`bastion report compare`).",
+                   "Certify critical decisions with randomized smoothing (`bastion defend smooth`).")
+    plots = ("robustness_curve",)
+
+    @classmethod
+    def defaults(cls, inputs: Inputs, info: ModelInfo, device: str, seed: int = 0) -> dict[str, Any]:
+        gpu = device.startswith("cuda")
+        norm = default_norm(info.input_shape)
+        n = min(len(inputs.data), 1000 if gpu else 500)
+        attacks: dict[str, dict[str, Any]] = {}
+        if info.access_level >= Access.GRADIENTS:
+            attacks = {"fgsm": {}, "pgd": {"steps": 50 if gpu else 20}}
+            strongest = "auto" if gpu and registered("attacks", "evasion", "auto") else "apgd-ce"
+            if registered("attacks", "evasion", strongest):
+                attacks[strongest] = {}
+        elif info.access_level >= Access.SCORES and registered("attacks", "evasion", "square"):
+            attacks = {"square": {}}
+        elif registered("attacks", "evasion", "hopskipjump"):
+            attacks = {"hopskipjump": {}}
+        return {"enabled": True, "n_samples": n, "norm": norm, "eps": default_eps(inputs, info, norm, seed),
+                "shards": max(1, math.ceil(n / 256)), "sanity": True, "attacks": attacks}
+
+    def merge(self, name: str, results: list[Result]) -> Result:
+        return merge_shards(name, results)
 
     def usable(self, info: ModelInfo) -> dict[str, dict[str, Any]]:
         """The planned attacks the model's access allows."""
@@ -169,7 +270,7 @@ class EvasionProbe(Probe):
             groups[group].append(result)
             names[group] = outcome.name
         setup = groups.pop(SANITY_SETUP, [])
-        merged = {g: merge_shards(names[g], rs) for g, rs in groups.items()}
+        merged = {g: self.merge(names[g], rs) for g, rs in groups.items()}
         main = {g: r for g, r in merged.items() if not g.startswith("sanity-")}
         curves = {g: as_curve(r) for g, r in main.items()}
         white_box = {g for g in main if attack_class(g).requires >= Access.GRADIENTS}

@@ -1,4 +1,4 @@
-"""Extraction probe: copies trained through the prediction API, scored by fidelity against the query budget.
+"""The extraction family: copies trained through the prediction API, scored by fidelity against the query budget.
 
 The evaluation data is split (seeded): a `pool_fraction` share is what the attacker may query, the rest measures
 how closely each copy agrees with the model.
@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from bastion.assess.inputs import Inputs, ModelInfo
-from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, SanityCheck, done, select
-from bastion.assess.scoring import grade_of
 from bastion.core.errors import ParameterError
 from bastion.core.params import accepts, construct
 from bastion.core.registry import get, register
 from bastion.core.results import Result
+from bastion.families.base import ENABLED, Family, FamilyReport, Job, JobOutcome, Key, SanityCheck, done, select
+from bastion.families.grading import grade_of
+from bastion.families.inputs import Inputs, ModelInfo
 
 
 def attack_class(name: str) -> type:
@@ -39,12 +39,34 @@ def curve_of(result: Result) -> list[dict[str, Any]]:
              "fidelity": result.metrics.get("fidelity"), "accuracy": result.metrics.get("accuracy")}]
 
 
-@register("probes", "extraction", family="extraction")
-class ExtractionProbe(Probe):
+@register("families", "extraction")
+class ExtractionFamily(Family):
     """Fidelity of stolen copies against the number of queries."""
 
-    family = "extraction"
+    name = "extraction"
     title = "Extraction (model stealing)"
+    order = 30
+    atlas = ("AML.T0024.002", "AML.T0005")
+    owasp = ("ML05:2023 Model Theft",)
+    schema = {
+        "enabled": ENABLED,
+        "budgets": Key("ints", "query budgets at which a copy is scored (fidelity vs queries)", minimum=1),
+        "pool_fraction": Key("float", "share of --data the attacker may query; the rest scores the copies",
+                             minimum=0.1, maximum=0.9),
+        "attacks": Key("attacks", "extraction attacks and their parameters"),
+    }
+    sources = {"attacks": ("attacks", "extraction")}
+    injected = ("budget", "seed")
+    mitigations = ("Return labels or rounded top-k scores only; add `reverse-sigmoid` output perturbation.",
+                   "Rate-limit and monitor query streams per client (`prada`).")
+    plots = ("fidelity_vs_queries",)
+
+    @classmethod
+    def defaults(cls, inputs: Inputs, info: ModelInfo, device: str, seed: int = 0) -> dict[str, Any]:
+        """Half of --data is the attacker's pool, budgets at 1/8, 1/4, 1/2 and all of it; Knockoff Nets."""
+        pool = max(1, int(round(0.5 * len(inputs.data))))
+        budgets = sorted({max(1, pool // k) for k in (8, 4, 2, 1)})
+        return {"enabled": True, "budgets": budgets, "pool_fraction": 0.5, "attacks": {"knockoff": {}}}
 
     def usable(self, info: ModelInfo) -> dict[str, dict[str, Any]]:
         return {n: p for n, p in self.section["attacks"].items() if attack_class(n).requires <= info.access_level}

@@ -1,4 +1,4 @@
-"""Grades, finding identity and mitigations: how an assessment's findings become a verdict.
+"""Grades, finding identity and mitigations: how an assessment's findings become a verdict (every family).
 
 A family's grade follows its worst finding: A (nothing above info), B (low), C (medium), D (high), F (critical).
 A family that could not run is N/A. A family with a failed job is graded "incomplete", never a letter: what ran
@@ -25,25 +25,6 @@ GRADE_MEANING = {
     "N/A": "not assessed",
     INCOMPLETE: "not graded: a job failed, and what ran alone could understate the risk",
 }
-
-# Family-level mitigations (Bastion commands where they exist), shown when a family has findings above info.
-MITIGATIONS = {
-    "evasion": ["Adversarial training: `bastion defend adv-train` (PGD-AT) or `bastion defend trades`, then "
-                "re-assess and compare the runs (`bastion report compare`).",
-                "Certify critical decisions with randomized smoothing (`bastion defend smooth`)."],
-    "privacy": ["Train with DP-SGD (`bastion defend dp-sgd`) and report the privacy budget; regularise and "
-                "stop early.",
-                "Return labels or rounded top-k scores (`label-only`, `round`, `top-k` output defenses)."],
-    "extraction": ["Return labels or rounded top-k scores only; add `reverse-sigmoid` output perturbation.",
-                   "Rate-limit and monitor query streams per client (`prada`)."],
-    "backdoor": ["Do not deploy a model with a flagged class; repair it with `bastion defend fine-prune` on "
-                 "trusted clean data.",
-                 "Vet training-data provenance and screen it with `activation-clustering` or `spectral`."],
-    "supply_chain": ["Distribute weights as safetensors or ONNX; never load pickle-based files from untrusted "
-                     "sources (`bastion scan`, `--convert-to-safetensors`).",
-                     "Record file hashes and verify them before loading (`bastion scan --manifest`)."],
-}
-
 
 def worst(findings: Iterable[Finding]) -> str | None:
     """The highest severity among findings, or None."""
@@ -100,12 +81,12 @@ def count_by_severity(findings: Iterable[Finding]) -> dict[str, int]:
     return counts
 
 
-def mitigations(family: str, findings: list[Finding]) -> list[str]:
-    """The recommendations of a family's findings above info, plus the family's standard mitigations."""
+def mitigations(standard: Iterable[str], findings: list[Finding]) -> list[str]:
+    """The recommendations of a family's findings above info, plus the family's `standard` mitigations."""
     out: list[str] = []
     for f in sort_findings(findings):
         if severity_rank(f.severity) > 0 and f.recommendation and f.recommendation not in out:
             out.append(f.recommendation)
     if out:
-        out += [m for m in MITIGATIONS.get(family, []) if m not in out]
+        out += [m for m in standard if m not in out]
     return out

@@ -1,4 +1,4 @@
-"""Privacy probe: membership inference on training records (--train-data) against held-out records (--data).
+"""The privacy family: membership inference on training records (--train-data) against held-out records (--data).
 
 Headline numbers are TPR at low FPR with bootstrap intervals; the ROC curve of each attack is kept (on a log
 grid) for the report's log-log plot.
@@ -10,12 +10,25 @@ from typing import Any
 
 import numpy as np
 
-from bastion.assess.inputs import Inputs, ModelInfo
-from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, SanityCheck, done, sample_rows, select
-from bastion.assess.scoring import grade_of
 from bastion.core.params import accepts, construct
 from bastion.core.registry import get, register
 from bastion.core.results import Finding, Result
+from bastion.core.target import Access
+from bastion.families.base import (
+    ENABLED,
+    Family,
+    FamilyReport,
+    Job,
+    JobOutcome,
+    Key,
+    SanityCheck,
+    done,
+    registered,
+    sample_rows,
+    select,
+)
+from bastion.families.grading import grade_of
+from bastion.families.inputs import Inputs, ModelInfo
 
 ROC_POINTS = 120
 
@@ -46,12 +59,42 @@ def privacy_sanity_finding(check: SanityCheck) -> Finding:
     )
 
 
-@register("probes", "privacy", family="privacy")
-class PrivacyProbe(Probe):
+@register("families", "privacy")
+class PrivacyFamily(Family):
     """Membership inference (LOSS, LiRA, ...) with TPR at low FPR and per-record risk."""
 
-    family = "privacy"
+    name = "privacy"
     title = "Privacy (membership inference)"
+    order = 20
+    atlas = ("AML.T0024.000",)
+    owasp = ("ML04:2023 Membership Inference Attack",)
+    schema = {
+        "enabled": ENABLED,
+        "n_members": Key("int", "training records (from --train-data) used as members", minimum=2),
+        "n_nonmembers": Key("int", "held-out records (from --data) used as non-members", minimum=2),
+        "attacks": Key("attacks", "membership-inference attacks (family privacy) and their parameters"),
+    }
+    sources = {"attacks": ("attacks", "privacy")}
+    mitigations = ("Train with DP-SGD (`bastion defend dp-sgd`) and report the privacy budget; regularise and "
+                   "stop early.",
+                   "Return labels or rounded top-k scores (`label-only`, `round`, `top-k` output defenses).")
+    plots = ("roc_loglog",)
+
+    @classmethod
+    def defaults(cls, inputs: Inputs, info: ModelInfo, device: str, seed: int = 0) -> dict[str, Any]:
+        """LOSS always (scores), LiRA when reference models can be trained (PyTorch with --arch, scikit-learn),
+        the label-only attack for label-only APIs; as many members as non-members (more on a GPU)."""
+        gpu = device.startswith("cuda")
+        n_train = len(inputs.train_data) if inputs.train_data is not None else 0
+        n = max(2, min(n_train or 2, max(2, 2 * len(inputs.data) // 3), 1000 if gpu else 500))
+        attacks: dict[str, dict[str, Any]] = {}
+        if info.access_level >= Access.SCORES:
+            attacks["loss"] = {}
+            if (info.white_box and inputs.arch) or info.estimator:
+                attacks["lira"] = {"n_reference": 8 if gpu else 4, "mode": "online"}
+        elif registered("attacks", "privacy", "label-only"):
+            attacks["label-only"] = {}
+        return {"enabled": True, "n_members": n, "n_nonmembers": n, "attacks": attacks}
 
     def usable(self, info: ModelInfo) -> dict[str, dict[str, Any]]:
         return {n: p for n, p in self.section["attacks"].items() if attack_class(n).requires <= info.access_level}

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bastion.assess.probes.base import SanityCheck
 from bastion.core.results import Finding
 from bastion.evaluation.scoring import EVASION_ATLAS, EVASION_OWASP
+from bastion.families.base import SanityCheck
 
 Curve = dict[str, Any]  # {"clean": float, "curve": [{"eps", "robust_accuracy"}], "n": int, "violations": int}
 

@@ -1,4 +1,4 @@
-"""Supply-chain probe: can the model file (and any other planned file) run code when it is loaded?
+"""The supply-chain family: can the model file (and any other planned file) run code when it is loaded?
 
 Scanning reads local files, so these jobs always run in the driver process (`local`), also under Ray.
 """
@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
-from bastion.assess.inputs import Inputs, ModelInfo
-from bastion.assess.probes.base import FamilyReport, Job, JobOutcome, Probe, SanityCheck, done
-from bastion.assess.scoring import count_by_severity, grade_of
 from bastion.core.registry import register
 from bastion.core.results import Finding, Result
+from bastion.families.base import ENABLED, Family, FamilyReport, Job, JobOutcome, Key, SanityCheck, done
+from bastion.families.grading import count_by_severity, grade_of
+from bastion.families.inputs import Inputs, ModelInfo
 
 
 def scan(paths: list[str]) -> Result:
@@ -37,12 +38,28 @@ def scan(paths: list[str]) -> Result:
                         seconds=time.perf_counter() - start, findings=findings)
 
 
-@register("probes", "supply_chain", family="supply_chain")
-class SupplyChainProbe(Probe):
+@register("families", "supply_chain")
+class SupplyChainFamily(Family):
     """Symbolic scan of the model file and planned extra paths for code that runs on load."""
 
-    family = "supply_chain"
+    name = "supply_chain"
     title = "Supply chain (model files)"
+    order = 50
+    atlas = ("AML.T0010.003", "AML.T0011.000")
+    owasp = ("ML06:2023 AI Supply Chain Attacks",)
+    schema = {
+        "enabled": ENABLED,
+        "paths": Key("strs", "extra files or folders to scan besides the model file"),
+    }
+    mitigations = ("Distribute weights as safetensors or ONNX; never load pickle-based files from untrusted "
+                   "sources (`bastion scan`, `--convert-to-safetensors`).",
+                   "Record file hashes and verify them before loading (`bastion scan --manifest`).")
+    plots = ("scan_findings",)
+
+    @classmethod
+    def defaults(cls, inputs: Inputs, info: ModelInfo, device: str, seed: int = 0) -> dict[str, Any]:
+        """The model file only."""
+        return {"enabled": True, "paths": []}
 
     def paths(self, inputs: Inputs) -> list[str]:
         out = [inputs.model] if Path(inputs.model).exists() else []

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.assess.assessment import Assessment
-from bastion.assess.scoring import finding_key
 from bastion.core.results import Finding, Serializable, severity_rank
+from bastion.families.grading import finding_key
 
 
 @dataclass

@@ -11,8 +11,9 @@ import jinja2
 import yaml
 
 from bastion.assess.assessment import Assessment
-from bastion.assess.scoring import GRADE_MEANING, count_by_severity, mitigations, sort_findings
 from bastion.core.results import severity_rank
+from bastion.families import registry
+from bastion.families.grading import GRADE_MEANING, count_by_severity, mitigations, sort_findings
 from bastion.report.plots import family_plots
 from bastion.report.template import CSS, TEMPLATE
 
@@ -71,13 +72,19 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def _standard_mitigations(family: str) -> tuple[str, ...]:
+    """The mitigations the family plug-in recommends (none for a family no longer registered)."""
+    cls = registry().get(family)
+    return cls.mitigations if cls else ()
+
+
 def render_html(a: Assessment) -> str:
     """The report page of an assessment."""
     families = []
     for report in a.families:
         ranked = sort_findings(report.findings)
         families.append({"report": report, "plots": family_plots(report),
-                         "mitigations": mitigations(report.family, report.findings),
+                         "mitigations": mitigations(_standard_mitigations(report.family), report.findings),
                          "top": ranked[0] if ranked and severity_rank(ranked[0].severity) > 0 else None})
     everything = [(f.family, x) for f in a.families for x in f.findings]
     top = sorted((p for p in everything if severity_rank(p[1].severity) > 0),

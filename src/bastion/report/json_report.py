@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from bastion.assess.assessment import Assessment
-from bastion.assess.scoring import count_by_severity
+from bastion.families.grading import count_by_severity
 
 SCHEMA_ID = "bastion-assessment/1"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 from bastion.assess.assessment import Assessment
-from bastion.assess.scoring import GRADE_MEANING, sort_findings
 from bastion.core.results import severity_rank
+from bastion.families.grading import GRADE_MEANING, sort_findings
 
 _HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
 _MARKDOWN = set("\\`*_{}[]#!|~@$")  # links, images, emphasis, code, tables, mentions, math

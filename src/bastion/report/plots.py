@@ -11,8 +11,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bastion.assess.probes.base import FamilyReport
-from bastion.assess.scoring import count_by_severity
+from bastion.families import registry
+from bastion.families.base import FamilyReport
+from bastion.families.grading import count_by_severity
 
 SEVERITY_COLORS = {"critical": "#7f1d1d", "high": "#dc2626", "medium": "#f59e0b", "low": "#0ea5e9", "info": "#94a3b8"}
 
@@ -159,16 +160,13 @@ def scan_findings(report: FamilyReport) -> Plot | None:
                 f"Findings of the symbolic scan over {files} file(s), by severity.", _encode(fig))
 
 
-PLOTS: dict[str, tuple[Callable[[FamilyReport], Plot | None], ...]] = {
-    "evasion": (robustness_curve,),
-    "privacy": (roc_loglog,),
-    "extraction": (fidelity_vs_queries,),
-    "backdoor": (anomaly_index,),
-    "supply_chain": (scan_findings,),
-}
+# Every figure the report can draw, by name; each family names the ones it wants (`Family.plots`).
+FIGURES: dict[str, Callable[[FamilyReport], Plot | None]] = {
+    f.__name__: f for f in (robustness_curve, roc_loglog, fidelity_vs_queries, anomaly_index, scan_findings)}
 
 
 def family_plots(report: FamilyReport) -> list[Plot]:
-    """The figures of one family (none when it was skipped)."""
-    plots = [make(report) for make in PLOTS.get(report.family, ())]
+    """The figures the report's family asks for (none when it was skipped or is no longer registered)."""
+    family = registry().get(report.family)
+    plots = [FIGURES[name](report) for name in (family.plots if family else ()) if name in FIGURES]
     return [p for p in plots if p is not None]

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bastion.assess.assessment import Assessment
-from bastion.assess.scoring import finding_key
 from bastion.core.results import Finding, severity_rank
+from bastion.families.grading import finding_key
 from bastion.report.markdown import md_escape
 from bastion.supplychain.scan_report import ScanReport
 from bastion.supplychain.verdicts import RULES

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bastion.assess.inputs import Inputs, ModelInfo
 from bastion.assess.plan import Plan
-from bastion.assess.probes.base import Job, JobOutcome
 from bastion.core.errors import BastionError
 from bastion.core.results import Finding, Result
+from bastion.families.base import Job, JobOutcome
+from bastion.families.inputs import Inputs, ModelInfo
 from bastion.sandbox.run import SandboxOptions, open_sandbox
 from bastion.sandbox.session import Sandbox
 
