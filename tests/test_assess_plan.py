@@ -137,3 +137,25 @@ def test_docs_example_plan_is_valid(base):
     plan = base.merged(yaml.safe_load(block))
     assert plan.section("evasion")["attacks"]["pgd"] == {"steps": 50, "restarts": 2}
     assert plan.section("extraction")["attacks"] == {"knockoff": {}, "copycat": {}}
+
+
+def test_budgets_follow_the_decided_device_not_the_machine(cancer_inputs):  # noqa: F811
+    """Issue 15: on a machine with a GPU (the model loaded on cuda), a plan that says `device: cpu` gets the
+    CPU-sized budgets; `auto` sizes for the GPU. The CLI decides the device before it builds the plan, once."""
+    from dataclasses import replace
+
+    from bastion.cli.assess import build_plan, choose_device
+
+    on_gpu = replace(cancer_inputs.describe(), device="cuda")  # the fake "GPU available" switch
+    cpu = default_plan(cancer_inputs, on_gpu, seed=0, device="cpu")
+    gpu = default_plan(cancer_inputs, on_gpu, seed=0, device="auto")
+    assert cpu.section("evasion")["attacks"]["pgd"]["steps"] == 20
+    assert gpu.section("evasion")["attacks"]["pgd"]["steps"] == 50
+    assert cpu.section("privacy")["attacks"]["lira"]["n_reference"] == 4
+    assert gpu.section("privacy")["attacks"]["lira"]["n_reference"] == 8
+    override = {"device": "cpu", "seed": 4}
+    device = choose_device(None, override)
+    plan = build_plan(cancer_inputs, on_gpu, override, None, device)
+    assert (plan.device, plan.seed) == ("cpu", 4)
+    assert plan.section("evasion")["attacks"]["pgd"]["steps"] == 20
+    assert choose_device("cuda", override) == "cuda"
