@@ -208,7 +208,8 @@ class TorchTarget(Target):
 class FunctionTarget(Target):
     """A black box answered by a function on NumPy arrays (ONNX, scikit-learn, HTTP endpoints).
 
-    `fn(x: ndarray float32) -> ndarray` returns logits, probabilities or labels as declared by `output`.
+    `fn(x: ndarray float32) -> ndarray` returns logits, probabilities or labels as declared by `output`;
+    `estimator` keeps the fitted scikit-learn classifier behind it (reference models clone it).
     """
 
     def __init__(
@@ -222,6 +223,7 @@ class FunctionTarget(Target):
         max_queries: int | None = None,
         batch_size: int = 512,
         name: str = "black-box model",
+        estimator: object = None,
     ):
         if output not in ("logits", "probabilities", "labels"):
             raise ParameterError(f"unknown output kind {output!r}")
@@ -229,6 +231,7 @@ class FunctionTarget(Target):
         super().__init__(n_classes, input_shape, bounds, device, access, max_queries, batch_size, name)
         self.fn = fn
         self.output_kind = output
+        self.estimator = estimator  # the fitted scikit-learn classifier behind `fn`, when there is one
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         out = np.asarray(self.fn(x.detach().cpu().numpy()))

@@ -16,7 +16,7 @@ from bastion.models.torch_backend import _target, load_export, load_safetensors,
 
 def load_pickled_model(path: Path, data: Dataset | None = None, trust: bool = False, device: str = "auto",
                        bounds: tuple[float, float] | None = None, batch_size: int | None = None,
-                       arch: str | None = None,
+                       arch: str | None = None, max_queries: int | None = None,
                        **_: object) -> Target:
     """Pickle-based files: scanned first, loaded only when the scan is clean and `trust` is set. They may hold a
     torch module, a state dict (with `--arch`) or a fitted scikit-learn classifier (joblib or pickle)."""
@@ -28,16 +28,16 @@ def load_pickled_model(path: Path, data: Dataset | None = None, trust: bool = Fa
 
     obj = load_pickled(Path(path), trust=trust)
     if is_estimator(obj):
-        return estimator_target(obj, Path(path), data, bounds, batch_size)
+        return estimator_target(obj, Path(path), data, bounds, batch_size, max_queries)
     if isinstance(obj, nn.Module):
-        return _target(obj, ModelMetadata(), Path(path), data, bounds, device, batch_size)
+        return _target(obj, ModelMetadata(), Path(path), data, bounds, device, batch_size, max_queries)
     if isinstance(obj, dict) and arch:
         model = build(arch)
         try:
             model.load_state_dict(obj, strict=True)
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: state dict does not fit --arch {arch} ({exc})") from None
-        return _target(model, ModelMetadata(), Path(path), data, bounds, device, batch_size)
+        return _target(model, ModelMetadata(), Path(path), data, bounds, device, batch_size, max_queries)
     raise ModelLoadError(
         f"{path}: holds a {type(obj).__name__}; expected a torch.nn.Module, a state dict with --arch or a fitted "
         "scikit-learn classifier"

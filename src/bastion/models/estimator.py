@@ -20,7 +20,7 @@ def is_estimator(obj: Any) -> bool:
 
 
 def estimator_target(estimator: Any, path: Path, data: Dataset | None, bounds: tuple[float, float] | None,
-                     batch_size: int | None = None) -> FunctionTarget:
+                     batch_size: int | None = None, max_queries: int | None = None) -> FunctionTarget:
     """Scores through `predict_proba` when the classifier has it, labels through `predict` otherwise."""
     classes = np.asarray(estimator.classes_)
     if not np.array_equal(classes, np.arange(len(classes))):
@@ -35,6 +35,6 @@ def estimator_target(estimator: Any, path: Path, data: Dataset | None, bounds: t
     kind, answer = (("probabilities", estimator.predict_proba) if hasattr(estimator, "predict_proba")
                     else ("labels", estimator.predict))
     target = FunctionTarget(lambda x: answer(flat(x)), len(classes), shape, kind, bounds,
-                            batch_size=batch_size or 4096, name=path.name)
-    target.estimator = estimator
+                            batch_size=batch_size or 4096, name=path.name, max_queries=max_queries,
+                            estimator=estimator)
     return target

@@ -236,7 +236,8 @@ def validate_output(answer: Any, output: str, n: int, n_classes: int, url: str) 
 
 
 def load_http(url: str, data: Dataset | None = None, bounds: tuple[float, float] | None = None,
-              batch_size: int = 256, client: HttpClient | None = None, **_: object) -> FunctionTarget:
+              batch_size: int = 256, client: HttpClient | None = None, max_queries: int | None = None,
+              **_: object) -> FunctionTarget:
     """A black-box target answered by the endpoint at `url` (its GET answer describes it)."""
     url, client = str(url), client or HttpClient()
     check_url(url)
@@ -262,4 +263,5 @@ def load_http(url: str, data: Dataset | None = None, bounds: tuple[float, float]
     def predict(x: np.ndarray) -> np.ndarray:
         return validate_output(client.post(url, {"inputs": x.tolist()}), output, len(x), n_classes, url)
 
-    return FunctionTarget(predict, n_classes, shape, output, bounds, batch_size=batch_size, name=url)
+    return FunctionTarget(predict, n_classes, shape, output, bounds, batch_size=batch_size, name=url,
+                          max_queries=max_queries)

@@ -61,9 +61,9 @@ def load_target(
 
     loader = backends.LOADERS[fmt]
     sizing = {} if batch_size is None else {"batch_size": batch_size}  # None: each backend's own default
-    target = loader(path, data=data, arch=arch, device=device, trust=trust, bounds=bounds, **sizing)
-    target.counter.budget = max_queries
-    target.name = Path(str(path)).name if fmt != "http" else str(path)
+    # every backend builds its target with the budget and its name (file name, or the URL) in the constructor
+    target = loader(path, data=data, arch=arch, device=device, trust=trust, bounds=bounds, max_queries=max_queries,
+                    **sizing)
     if access is not None:
         target = target.restrict(access)
     return target

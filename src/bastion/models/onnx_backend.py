@@ -14,7 +14,7 @@ from bastion.models.metadata import METADATA_KEY, ModelMetadata
 
 
 def load_onnx(path: Path, data: Dataset | None = None, bounds: tuple[float, float] | None = None,
-              batch_size: int = 512, **_: object) -> FunctionTarget:
+              batch_size: int = 512, max_queries: int | None = None, **_: object) -> FunctionTarget:
     import onnxruntime as ort
 
     try:
@@ -44,9 +44,10 @@ def load_onnx(path: Path, data: Dataset | None = None, bounds: tuple[float, floa
             raise ModelLoadError(f"{path}: no score or label output among {[o.name for o in outputs]}")
         n_classes = meta.n_classes or data.n_classes
         return FunctionTarget(lambda x: run(x)[label_index], n_classes, shape, "labels", bounds,
-                              batch_size=batch_size, name=path.name)
+                              batch_size=batch_size, name=path.name, max_queries=max_queries)
     sample = data.x[: min(len(data), 64)] if data is not None else np.zeros((1, *shape), np.float32)
     scores = run(sample)[score_index]
     is_prob = bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
     return FunctionTarget(lambda x: run(x)[score_index], meta.n_classes or scores.shape[1], shape,
-                          "probabilities" if is_prob else "logits", bounds, batch_size=batch_size, name=path.name)
+                          "probabilities" if is_prob else "logits", bounds, batch_size=batch_size, name=path.name,
+                          max_queries=max_queries)

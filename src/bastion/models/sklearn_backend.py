@@ -15,7 +15,8 @@ from bastion.supplychain.code_formats import refuse_unless_trusted
 
 
 def load_skops(path: Path, data: Dataset | None = None, bounds: tuple[float, float] | None = None,
-               trust: bool = False, batch_size: int = 4096, **_: object) -> FunctionTarget:
+               trust: bool = False, batch_size: int = 4096, max_queries: int | None = None,
+               **_: object) -> FunctionTarget:
     """Trust comes from Bastion's scan of the schema: every type and function skops would import is judged by the
     scanner's allow-list (a package prefix proves nothing: numpy.load and numpy.savetxt are NumPy too). Any
     finding of medium severity or above refuses the load unless `trust`."""
@@ -44,9 +45,10 @@ def load_skops(path: Path, data: Dataset | None = None, bounds: tuple[float, flo
 
     if hasattr(estimator, "predict_proba"):
         target = FunctionTarget(lambda x: estimator.predict_proba(flat(x)), len(classes), shape, "probabilities",
-                                bounds, batch_size=batch_size, name=path.name)
+                                bounds, batch_size=batch_size, name=path.name, max_queries=max_queries,
+                                estimator=estimator)
     else:
         target = FunctionTarget(lambda x: estimator.predict(flat(x)), len(classes), shape, "labels", bounds,
-                                batch_size=batch_size, name=path.name)
-    target.estimator = estimator
+                                batch_size=batch_size, name=path.name, max_queries=max_queries,
+                                estimator=estimator)
     return target

@@ -19,18 +19,19 @@ from bastion.supplychain.tensor_checks import read_safetensors_header
 
 
 def _target(model: nn.Module, meta: ModelMetadata, path: Path, data: Dataset | None,
-            bounds: tuple[float, float] | None, device: str, batch_size: int | None) -> TorchTarget:
+            bounds: tuple[float, float] | None, device: str, batch_size: int | None,
+            max_queries: int | None = None) -> TorchTarget:
     shape, bounds = resolve_shape_and_bounds(meta, data, bounds, path)
     try:
         return TorchTarget(model, shape, n_classes=meta.n_classes, bounds=bounds, device=device,
-                           batch_size=batch_size)
+                           max_queries=max_queries, batch_size=batch_size, name=path.name)
     except RuntimeError as exc:
         raise ModelLoadError(f"{path}: the model does not accept inputs of shape {shape} ({exc})") from None
 
 
 def load_torchscript(path: Path, data: Dataset | None = None, device: str = "auto",
                      bounds: tuple[float, float] | None = None, batch_size: int | None = None, trust: bool = False,
-                     **_: object) -> TorchTarget:
+                     max_queries: int | None = None, **_: object) -> TorchTarget:
     """TorchScript runs its own code (forward, a scripted __setstate__ at load): scanned first, refused on a high
     or critical finding unless `trust`."""
     refuse_unless_trusted(path, "torchscript", trust)
@@ -40,7 +41,7 @@ def load_torchscript(path: Path, data: Dataset | None = None, device: str = "aut
     except Exception as exc:  # torch raises RuntimeError or ValueError for corrupt archives
         raise ModelLoadError(f"{path}: corrupt TorchScript file ({type(exc).__name__})") from None
     meta = ModelMetadata.from_json(extra[METADATA_KEY])
-    return _target(PlainModule(model), meta, path, data, bounds, device, batch_size)
+    return _target(PlainModule(model), meta, path, data, bounds, device, batch_size, max_queries)
 
 
 class PlainModule(nn.Module):
@@ -80,7 +81,7 @@ def exported_in_training_mode(program: torch.export.ExportedProgram) -> bool:
 
 def load_export(path: Path, data: Dataset | None = None, device: str = "auto",
                 bounds: tuple[float, float] | None = None, batch_size: int | None = None, trust: bool = False,
-                **_: object) -> TorchTarget:
+                max_queries: int | None = None, **_: object) -> TorchTarget:
     """torch.export.load unpickles use_pickle payloads, opaque constants and (on fallback) sample inputs: the
     archive is scanned first, refused on a high or critical finding unless `trust`."""
     refuse_unless_trusted(path, "torch-export", trust)
@@ -99,12 +100,12 @@ def load_export(path: Path, data: Dataset | None = None, device: str = "auto",
         module(torch.zeros(2, *shape))
     except Exception:  # exported with a static batch size of 1
         batch_size = 1
-    return _target(module, meta, path, data, bounds, device, batch_size)
+    return _target(module, meta, path, data, bounds, device, batch_size, max_queries)
 
 
 def load_safetensors(path: Path, arch: str | None = None, data: Dataset | None = None, device: str = "auto",
                      bounds: tuple[float, float] | None = None, batch_size: int | None = None,
-                     **_: object) -> TorchTarget:
+                     max_queries: int | None = None, **_: object) -> TorchTarget:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -123,4 +124,4 @@ def load_safetensors(path: Path, arch: str | None = None, data: Dataset | None =
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise ModelLoadError(f"{path}: weights do not fit --arch {arch} ({first})") from None
-    return _target(model, meta, path, data, bounds, device, batch_size)
+    return _target(model, meta, path, data, bounds, device, batch_size, max_queries)
