@@ -1,0 +1,1 @@
+"""LLM family attacks: membership inference and memorisation (exposure, extraction) on causal LMs."""

@@ -1,0 +1,1 @@
+"""Language-model targets and tiny LMs for the LLM threat family."""
