@@ -50,6 +50,7 @@ KNOWN_UPWARD: set[tuple[str, str]] = {
     ("bastion.families.supply_chain", "bastion.sandbox"),        # the dynamic (sandboxed) supply-chain job
     ("bastion.families.supply_chain", "bastion.sandbox.assess"),
     ("bastion.assess.runner", "bastion.store.sqlite"),           # runner writes the store (inject it instead)
+    ("bastion.assess.api", "bastion.store.sqlite"),              # the one-call API opens the default store
     ("bastion.demo.run", "bastion.cli.assess"),                  # demo -> cli (cycle with cli.demo -> demo.run)
     ("bastion.attacks.evasion.base", "bastion.evaluation.scoring"),     # attacks only measure: judging moves
     ("bastion.attacks.evasion.wrappers", "bastion.evaluation.scoring"),  # into the evasion family

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import bastion.supplychain.api as api
 import bastion.supplychain.detect as detect
+import bastion.supplychain.file_scan as api
 from bastion.supplychain import Limits, scan_bytes, scan_path
 
 from .scan_corpus import OS_SYSTEM, POP, REDUCE, STOP, TUPLE1, _fanout, blob, glob, proto, zip_of

@@ -4,9 +4,9 @@
 which Bastion unpickles anything; `detect_format` names a file's format from its bytes.
 """
 
-from bastion.supplychain.api import scan_bytes, scan_file, scan_path, scan_paths
 from bastion.supplychain.convert import CONVERTIBLE, convert_to_safetensors
 from bastion.supplychain.detect import PICKLE_FORMATS, detect_format
+from bastion.supplychain.file_scan import scan_bytes, scan_file, scan_path, scan_paths
 from bastion.supplychain.limits import DEFAULT_LIMITS, Limits
 from bastion.supplychain.load import load_pickled
 from bastion.supplychain.manifest import manifest, write_manifest

@@ -224,7 +224,7 @@ class _Pt2:
 def refuse_unless_trusted(path: Path, expected: str, trust: bool, min_severity: str = "high") -> None:
     """Scan a model file before its loader runs. Without `trust`, refuse (one line) when the scanner reads the
     bytes as another format than the loader will, or when a finding reaches `min_severity`."""
-    from bastion.supplychain.api import scan_path
+    from bastion.supplychain.file_scan import scan_path
 
     if trust:
         return

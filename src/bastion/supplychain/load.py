@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from bastion.core.errors import ModelLoadError
-from bastion.supplychain.api import scan_path
 from bastion.supplychain.compression import InflateError, compression_of, inflate
 from bastion.supplychain.detect import PICKLE_FORMATS
+from bastion.supplychain.file_scan import scan_path
 from bastion.supplychain.import_policy import judge
 from bastion.supplychain.limits import DEFAULT_LIMITS
 from bastion.supplychain.scan_report import ScanReport
