@@ -42,6 +42,10 @@ def register(app: typer.Typer) -> None:
         timeout: float | None = timeout_option(),
     ) -> None:
         family = FORMER_NAMES.get(family, family)
+        if family == "llm":  # LM folders (safetensors only): their own options, until cli/llm.py dispatches them
+            from bastion.attacks.llm.commands import run_llm_attack
+
+            return emit(run_llm_attack(name, model, list(ctx.args), seed), as_json, fail_on)
         cls = registry.get("attacks", name, family)
         evaluation = load_data(data, label, n_samples)
         defaults = {"seed": seed, "arch": arch}
