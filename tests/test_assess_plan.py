@@ -144,7 +144,7 @@ def test_budgets_follow_the_decided_device_not_the_machine(cancer_inputs):  # no
     CPU-sized budgets; `auto` sizes for the GPU. The CLI decides the device before it builds the plan, once."""
     from dataclasses import replace
 
-    from bastion.cli.assess import build_plan, choose_device
+    from bastion.assess.api import build_plan, choose_device
 
     on_gpu = replace(cancer_inputs.describe(), device="cuda")  # the fake "GPU available" switch
     cpu = default_plan(cancer_inputs, on_gpu, seed=0, device="cpu")

@@ -133,6 +133,41 @@ def test_a_failing_job_is_recorded_not_fatal(cancer_inputs, quick_plan):  # noqa
     assert ev.status == "partial" and "boom" in ev.errors[0] and not a.complete
 
 
+def test_a_partial_job_is_reported_stored_and_resumed(cancer_inputs, quick_plan, tmp_path, monkeypatch):  # noqa: F811
+    """Issue 21 item 3: a job whose attack stopped at its budget (a Result with status "partial") keeps what it
+    measured, makes its family "partial" (grade "incomplete"), is stored, and `--resume` re-runs only it."""
+    plan = quick_plan.merged({"families": {"privacy": False, "extraction": False, "backdoor": False,
+                                           "supply_chain": False,
+                                           "evasion": {"attacks": {"fgsm": {}}, "sanity": False}}})
+    from bastion.families import evasion as evasion_family
+
+    original = evasion_family.EvasionFamily.execute
+
+    def stopped(self, inputs, job):
+        result = original(self, inputs, job)
+        if job.key.endswith("/1"):
+            result.status = "partial"
+        return result
+
+    monkeypatch.setattr(evasion_family.EvasionFamily, "execute", stopped)
+    store = RunStore(tmp_path / "runs.sqlite")
+    a = Runner(store, show_progress=False).run(cancer_inputs, plan, run_id="p1")
+    ev = a.family("evasion")
+    assert ev.status == "partial" and ev.grade == "incomplete" and "evasion/fgsm/1" in ev.reason
+    assert ev.results and not a.complete and not ev.errors
+    assert store.outcomes("p1", JobOutcome.from_json)["evasion/fgsm/1"].status == "partial"
+    monkeypatch.setattr(evasion_family.EvasionFamily, "execute", original)
+    ran = []
+
+    class Counting(LocalBackend):
+        def run(self, inputs, jobs, plan, on_done):
+            ran.extend(j.key for j in jobs)
+            super().run(inputs, jobs, plan, on_done)
+
+    resumed = Runner(store, Counting(), show_progress=False).run(cancer_inputs, plan, run_id="p1", resume=True)
+    assert ran == ["evasion/fgsm/1"] and resumed.complete and resumed.family("evasion").status == "assessed"
+
+
 def curve(points, n=100, violations=0):
     return {"clean": 0.9, "curve": [{"eps": e, "robust_accuracy": r} for e, r in points], "n": n,
             "violations": violations}

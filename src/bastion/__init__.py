@@ -20,12 +20,15 @@ _PUBLIC = {
     "Target": "bastion.core.target",
     "TorchTarget": "bastion.core.target",
     "load_dataset": "bastion.core.data_files",
+    "assess": "bastion.assess",  # the package is callable: bastion.assess(model, data, ...) -> Assessment
 }
 
 __all__ = [*_PUBLIC, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "assess":
+        return importlib.import_module("bastion.assess")
     if name in _PUBLIC:
         return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'bastion' has no attribute {name!r}")

@@ -69,8 +69,9 @@ class Assessment(Serializable):
 
     @property
     def complete(self) -> bool:
-        """True when every planned job finished without error."""
-        return self.status == "complete" and not any(fam.errors for fam in self.families)
+        """True when every planned job finished without error and none was stopped partway by a budget."""
+        return self.status == "complete" and not any(fam.errors or fam.status in ("partial", "failed")
+                                                     for fam in self.families)
 
     @property
     def title(self) -> str:

@@ -41,7 +41,8 @@ def execute_job(inputs: Inputs, job: Job, section: dict[str, Any], seed: int) ->
         return JobOutcome(job.key, job.family, job.name, "error",
                           error=f"internal error {type(exc).__name__}: {one_line(exc)}",
                           seconds=time.perf_counter() - start)
-    return JobOutcome(job.key, job.family, job.name, "done", result=result, seconds=time.perf_counter() - start)
+    status = "partial" if getattr(result, "status", "complete") == "partial" else "done"  # a budget stopped it
+    return JobOutcome(job.key, job.family, job.name, status, result=result, seconds=time.perf_counter() - start)
 
 
 class Backend(Protocol):
@@ -134,7 +135,7 @@ class Runner:
                     outcomes[outcome.key] = outcome
                     if self.store is not None:
                         self.store.save_job(run_id, outcome)
-                    mark = "done" if outcome.status == "done" else f"error: {outcome.error}"
+                    mark = outcome.status if outcome.status != "error" else f"error: {outcome.error}"
                     self.console.print(f"  {outcome.key}  {outcome.seconds:.1f} s  {mark}")
                     bar.advance()
 

@@ -4,21 +4,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
 
+from bastion.assess.api import assess_inputs, build_plan, choose_device
 from bastion.assess.assessment import Assessment
-from bastion.assess.defaults import default_plan
 from bastion.assess.plan import Plan, read_plan_file
-from bastion.assess.runner import Runner, make_backend
+from bastion.assess.runner import make_backend
 from bastion.cli.common import check_seed, console, fail_on_level, load_data
 from bastion.cli.outputs import check_report_files, prepare_output_dir
 from bastion.core.errors import ParameterError
 from bastion.core.results import severity_rank
 from bastion.families.grading import sort_findings
-from bastion.families.inputs import Inputs, ModelInfo, file_sha256
+from bastion.families.inputs import Inputs, file_sha256
 from bastion.report import FILE_NAMES, FORMATS, write_reports
 from bastion.sandbox import SandboxOptions, open_sandbox
 from bastion.sandbox.assess import SandboxBackend
@@ -80,23 +79,6 @@ def resume_inputs(store: RunStore, run_ref: str, device: str | None) -> tuple[st
                     trust=bool(saved.get("trust")), access=saved.get("access"), device=device or plan.device,
                     data_path=data_info["path"], train_path=train_info.get("path"), label=saved.get("label"))
     return row["id"], inputs, plan
-
-
-def choose_device(device: str | None, override: dict[str, Any]) -> str | None:
-    """The device of the run: --device, else the plan file's `device`, else None (auto)."""
-    if device is not None:
-        return device
-    planned = override.get("device")
-    return str(planned) if planned not in (None, "") else None
-
-
-def build_plan(inputs: Inputs, info: ModelInfo, override: dict[str, Any], seed: int | None,
-               device: str | None) -> Plan:
-    """The plan, built and merged once: the defaults sized for the decided device, the plan file on top, then
-    --seed and --device."""
-    extra = {k: v for k, v in (("seed", seed), ("device", device)) if v is not None}
-    base_seed = seed if seed is not None else int(override.get("seed", 0) or 0)
-    return default_plan(inputs, info, seed=base_seed, device=device or "auto").merged({**override, **extra})
 
 
 def register(app: typer.Typer) -> None:
@@ -161,16 +143,14 @@ def register(app: typer.Typer) -> None:
         elif sandbox is not None:  # Ray workers start their own sandboxes
             sandbox.close()
             sandbox = None
-        if not resume:
-            plan = build_plan(inputs, info, override, seed, device)
-            inputs.device = plan.device
         if print_plan:
             if sandbox is not None:
                 sandbox.close()
-            typer.echo(plan.to_yaml(), nl=False)
+            shown = plan if resume else build_plan(inputs, info, override, seed, device)
+            typer.echo(shown.to_yaml(), nl=False)
             return
-        runner = Runner(store, runner_backend, show_progress=not quiet)
-        result = runner.run(inputs, plan, run_id=run_id, resume=bool(resume), info=info)
+        result = assess_inputs(inputs, plan=override, seed=seed, device=device, store=store, backend=runner_backend,
+                               info=info, run_id=run_id, resume=plan if resume else None, show_progress=not quiet)
         paths = write_reports(result, out, fmts)
         print_summary(result, paths)
         code = exit_code(result, fail_on)

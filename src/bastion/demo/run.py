@@ -14,9 +14,8 @@ from typing import Any
 from rich.console import Console
 from torch import nn
 
+from bastion.assess.api import assess_inputs
 from bastion.assess.assessment import Assessment
-from bastion.assess.defaults import default_plan
-from bastion.assess.runner import Runner
 from bastion.core.errors import BastionError
 from bastion.demo.cache import DEMO_MODELS, DemoModel, demo_model
 from bastion.demo.datasets import breast_cancer
@@ -71,10 +70,10 @@ def assess_demo_model(name: str, seed: int = 0, device: str = "auto", store: Run
     """The full assessment of one demo model (trained and cached on first use)."""
     cached = demo_model(name, seed=seed, progress=show_progress)
     inputs = demo_inputs(cached, device)
-    info = inputs.describe()
-    plan = default_plan(inputs, info, seed=seed, device=device).merged(DEMO_SETTINGS[name]["plan"])
-    plan = plan.merged({"families": {"supply_chain": {"paths": [str(cached.train_path), str(cached.test_path)]}}})
-    return Runner(store, show_progress=show_progress).run(inputs, plan, info=info)
+    families = {**DEMO_SETTINGS[name]["plan"]["families"],
+                "supply_chain": {"paths": [str(cached.train_path), str(cached.test_path)]}}
+    return assess_inputs(inputs, plan={"families": families}, seed=seed, device=device, store=store,
+                         show_progress=show_progress)
 
 
 def _index(runs: list[tuple[str, Assessment]]) -> str:

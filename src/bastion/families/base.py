@@ -78,7 +78,7 @@ class JobOutcome(Serializable):
     key: str
     family: str
     name: str
-    status: str  # done | error
+    status: str  # done | partial (a budget or deadline stopped it; `result` holds what it measured) | error
     result: Result | None = None
     error: str = ""
     seconds: float = 0.0
@@ -217,13 +217,17 @@ class Family(ABC):
                results: list[Result] | None = None, **kwargs: Any) -> FamilyReport:
         """The family's report; `results` defaults to the finished jobs' results."""
         if results is None:
-            results = [o.result for o in outcomes if o.status == "done" and o.result is not None]
-        errors = [f"{o.key}: {o.error}" for o in outcomes if o.status != "done"]
-        if errors and status == "assessed":
+            results = [r for _, r in done(outcomes)]
+        errors = [f"{o.key}: {o.error}" for o in outcomes if o.status == "error"]
+        stopped = [o.key for o in outcomes if o.status == "partial"]
+        if (errors or stopped) and status == "assessed":
             status = "partial" if results else "failed"
         if status in ("partial", "failed"):  # never a letter for half a family (families/grading.py)
             kwargs["grade"] = family_grade([], status)
-            failed = f"{len(errors)} job(s) failed, first {errors[0]}" if errors else "a job failed"
+            why = [f"{len(errors)} job(s) failed, first {errors[0]}"] if errors else []
+            why += [f"{len(stopped)} job(s) stopped by a budget or deadline ({', '.join(stopped)}); "
+                    "resume the run to complete them"] if stopped else []
+            failed = "; ".join(why) or "a job failed"
             reason = f"{reason}; {failed}" if reason else failed
         return FamilyReport(family=self.name, title=self.title, status=status, reason=reason, results=results,
                             errors=errors, seconds=sum(o.seconds for o in outcomes), **kwargs)
@@ -251,5 +255,5 @@ def family_for(name: str, section: dict[str, Any], seed: int) -> Family:
 
 
 def done(outcomes: list[JobOutcome]) -> list[tuple[JobOutcome, Result]]:
-    """The finished jobs with their results."""
-    return [(o, o.result) for o in outcomes if o.status == "done" and o.result is not None]
+    """The jobs that measured something (finished, or stopped partway by a budget), with their results."""
+    return [(o, o.result) for o in outcomes if o.status in ("done", "partial") and o.result is not None]
