@@ -14,6 +14,7 @@ from bastion.core.params import accepts, construct
 from bastion.core.registry import get, register
 from bastion.core.results import Finding, Result
 from bastion.core.target import Access
+from bastion.evaluation.metrics import roc_curve
 from bastion.families.base import (
     ENABLED,
     Family,
@@ -131,9 +132,10 @@ class PrivacyFamily(Family):
         attack = construct(attack_class(job.name), dict(job.params), f"privacy attack '{job.name}'")
         datasets = {role: select(inputs, *spec) for role, spec in job.data.items()}
         result = attack.run(target, None, **datasets)
-        summary = getattr(attack, "summary_", None)
-        if summary is not None:
-            result.metrics["roc_curve"] = roc_on_grid(summary.fpr, summary.tpr, len(datasets["nonmembers"]))
+        scores = result.samples
+        if scores.get("member_scores") and scores.get("nonmember_scores"):  # the ROC from the per-record scores
+            fpr, tpr = roc_curve(np.asarray(scores["member_scores"]), np.asarray(scores["nonmember_scores"]))
+            result.metrics["roc_curve"] = roc_on_grid(fpr, tpr, len(scores["nonmember_scores"]))
         return result
 
     def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:

@@ -166,6 +166,7 @@ class MembershipAttack(Attack):
             seconds=time.perf_counter() - start,
             device=str(target.device),
             findings=membership_findings(self.name, metrics),
+            samples={"member_scores": scores_m.tolist(), "nonmember_scores": scores_n.tolist()},
         )
 
 
