@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -15,17 +17,18 @@ WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "big", "small", 
 
 
 @pytest.fixture(scope="module")
-def lm():
+def lm(tmp_path_factory):
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, 6)) for _ in range(40)]
     # one model, two canaries: 472 inserted once, 981 inserted 20 times
+    folder = tmp_path_factory.mktemp("canary") / "lm"
     model, tok = TinyLM(epochs=8, n_embd=48, block=40, seed=0).train(
-        texts, canaries={"my pin is 472": 1, "my pin is 981": 20})
-    return model, tok, texts
+        texts, folder, canaries={"my pin is 472": 1, "my pin is 981": 20})
+    return model, tok, texts, folder
 
 
 def test_exposure_rises_with_repetitions(lm):
-    model, tok, _ = lm
+    model, tok, *_ = lm
     attack = CanaryExposure(length=3)
     once = attack.run((model, tok), secret="472").metrics
     often = attack.run((model, tok), secret="981").metrics
@@ -35,7 +38,7 @@ def test_exposure_rises_with_repetitions(lm):
 
 
 def test_extrapolated_exposure_tracks_the_exact_one(lm):
-    model, tok, _ = lm
+    model, tok, *_ = lm
     exact = CanaryExposure(length=3).run((model, tok), secret="981").metrics["exposure"]
     sampled = CanaryExposure(length=3, max_enumerate=10, n_samples=400).run((model, tok), secret="981").metrics
     assert not sampled["exact"]
@@ -51,13 +54,28 @@ def test_exposure_formulas():
 
 
 def test_repeated_training_texts_are_extractable(lm):
-    model, tok, texts = lm
+    model, tok, *_ = lm
     metrics = CanaryExposure(length=3, prefix_tokens=10, suffix_tokens=3).run(
         (model, tok), secret="981", texts=["my pin is 981", "my pin is 472"]).metrics
     assert metrics["n_texts"] == 2 and metrics["extractable_examples"][:1] == [0]
 
 
 def test_bad_secret_is_a_parameter_error(lm):
-    model, tok, _ = lm
+    model, tok, *_ = lm
     with pytest.raises(ParameterError, match="3 characters"):
         CanaryExposure(length=3).run((model, tok), secret="12a4")
+
+
+def test_cli_exposure_json_and_bad_option(lm, capsys):
+    from bastion.cli.main import run
+
+    folder = lm[3]
+    with pytest.raises(SystemExit) as exit_:
+        run(["attack", "llm", "exposure", str(folder), "--secret", "981", "--json"])
+    assert exit_.value.code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metrics"]["exact"] and out["metrics"]["exposure"] > 7
+    with pytest.raises(SystemExit) as exit_:
+        run(["attack", "llm", "exposure", str(folder), "--secret", "981", "--bogus", "1"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "unknown option '--bogus'" in err and len(err.splitlines()) == 1
