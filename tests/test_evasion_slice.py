@@ -7,6 +7,7 @@ import torch
 
 from bastion.attacks.evasion.gradient import FGSM, PGD
 from bastion.core.errors import AccessError, ParameterError
+from bastion.families.evasion import EvasionFamily
 from bastion.models import load_target
 
 
@@ -22,7 +23,7 @@ def test_pgd_drives_accuracy_under_ten_percent_at_large_eps(demo):
     assert result.metrics["clean_accuracy"] > 0.9
     assert result.metrics["robust_accuracy"][-1]["robust_accuracy"] < 0.10
     assert result.metrics["constraint_violations"] == 0
-    assert result.findings[0].severity in ("high", "critical")
+    assert EvasionFamily({}, 0).judge([result])[0].severity in ("high", "critical")
 
 
 def test_fgsm_succeeds_no_more_often_than_pgd_per_sample(demo):

@@ -52,8 +52,6 @@ KNOWN_UPWARD: set[tuple[str, str]] = {
     ("bastion.assess.runner", "bastion.store.sqlite"),           # runner writes the store (inject it instead)
     ("bastion.assess.api", "bastion.store.sqlite"),              # the one-call API opens the default store
     ("bastion.demo.run", "bastion.cli.assess"),                  # demo -> cli (cycle with cli.demo -> demo.run)
-    ("bastion.attacks.evasion.base", "bastion.evaluation.scoring"),     # attacks only measure: judging moves
-    ("bastion.attacks.evasion.wrappers", "bastion.evaluation.scoring"),  # into the evasion family
 }
 
 

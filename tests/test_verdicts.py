@@ -9,7 +9,7 @@ from bastion.attacks.privacy.findings import membership_findings
 from bastion.cli.assess import exit_code
 from bastion.core.results import Finding, Result
 from bastion.defenses.before_after import gain_finding
-from bastion.evaluation.scoring import evasion_findings
+from bastion.families.evasion import evasion_findings
 from bastion.families.base import FamilyReport, JobOutcome
 from bastion.families.evasion import EvasionFamily
 from bastion.families.grading import BLACK_BOX_NOTE, INCOMPLETE, overall_grade

@@ -65,8 +65,14 @@ def fail_on_level(value: str | None) -> int | None:
 
 
 def emit(result: Result, as_json: bool, fail_on: str | None) -> None:
-    """Print a result (JSON or tables); exit 2 if it is incomplete, 1 if a finding reaches `--fail-on`."""
+    """Print a result (JSON or tables) with the findings its threat family judges from it; exit 2 if it is
+    incomplete, 1 if a finding reaches `--fail-on`."""
+    from bastion.families import registry
+
     level = fail_on_level(fail_on)
+    family = registry().get(result.family)
+    if family is not None:  # attacks measure; the family plug-in judges (bastion.families)
+        result.findings = family({}, 0).judge([result])
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
     else:

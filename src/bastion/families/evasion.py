@@ -16,9 +16,9 @@ import numpy as np
 
 from bastion.core.params import construct
 from bastion.core.registry import get, register
-from bastion.core.results import Result
+from bastion.core.results import Finding, Result
 from bastion.core.target import Access
-from bastion.evaluation.scoring import evasion_findings
+from bastion.evaluation.scoring import EVASION_ATLAS, EVASION_OWASP, evaluation_note
 from bastion.families import sanity
 from bastion.families.base import (
     ENABLED,
@@ -90,12 +90,56 @@ def default_norm(input_shape: tuple[int, ...] | list[int]) -> str:
     return "linf" if len(input_shape) >= 2 else "l2"
 
 
+def severity_from_drop(relative_drop: float) -> str:
+    """Severity of a relative loss of accuracy (0 = no loss, 1 = everything lost)."""
+    if relative_drop >= 0.9:
+        return "critical"
+    if relative_drop >= 0.6:
+        return "high"
+    if relative_drop >= 0.3:
+        return "medium"
+    if relative_drop >= 0.1:
+        return "low"
+    return "info"
+
+
+def evasion_findings(attack: str, norm: str, clean: float, curve: list[dict], violations: int) -> list[Finding]:
+    """One finding for the robustness curve (judged at its largest epsilon), one for constraint violations."""
+    findings = []
+    if curve:
+        last = curve[-1]
+        drop = (clean - last["robust_accuracy"]) / clean if clean > 0 else 0.0
+        findings.append(Finding(
+            title=f"{attack} lowers accuracy from {clean:.1%} to {last['robust_accuracy']:.1%} at "
+                  f"{norm} eps={last['eps']:g}",
+            family="evasion",
+            severity=severity_from_drop(drop),  # type: ignore[arg-type]
+            metric="robust_accuracy",
+            value=last["robust_accuracy"],
+            threshold=clean,
+            evidence={"attack": attack, "norm": norm, "clean_accuracy": clean, "curve": curve},
+            atlas=list(EVASION_ATLAS),
+            owasp=list(EVASION_OWASP),
+            description="Small input perturbations change the model's decisions.",
+            recommendation="Harden with adversarial training (PGD-AT or TRADES) and re-assess with `auto`.",
+        ))
+    if violations:  # about Bastion's evaluation (e.g. float32 rounding of an iterate), never about the model
+        findings.append(evaluation_note(
+            f"evaluation note: {violations} examples from {attack} left the {norm} ball or the input bounds "
+            "(Bastion's own numerics) and were not counted as fooling the model",
+            metric="constraint_violations", value=float(violations), evidence={"attack": attack, "norm": norm},
+            description="This is about the attack's arithmetic, not the model: the invalid examples were "
+                        "discarded, so robust accuracy may be slightly overestimated."))
+    return findings
+
+
 def attack_class(name: str) -> type:
     return get("attacks", name, "evasion")
 
 
 def merge_shards(name: str, results: list[Result]) -> Result:
-    """One result from the shards of an attack: sample-weighted accuracies, summed costs, findings redone."""
+    """One result from the shards of an attack: sample-weighted accuracies, summed costs, the attack's own findings
+    kept (the family judges the merged curve once, in `judge`)."""
     if len(results) == 1:
         return results[0]
     n = np.array([r.metrics["n_samples"] for r in results], dtype=float)
@@ -113,14 +157,15 @@ def merge_shards(name: str, results: list[Result]) -> Result:
                                 for c in curve],
         "constraint_violations": violations, "shards": len(results),
     }
+    if results[0].metrics.get("inner_attack"):
+        metrics["inner_attack"] = results[0].metrics["inner_attack"]
     if all("unbounded_success_rate" in r.metrics for r in results):
         metrics["unbounded_success_rate"] = float(np.dot(weights, [r.metrics["unbounded_success_rate"]
                                                                    for r in results]))
-    findings = evasion_findings(name, norm, clean, curve, violations)
-    seen = {f.title for f in findings}
-    for r in results:  # keep any other findings the attack produced (deduplicated)
+    findings, seen = [], set()
+    for r in results:  # the attack's own findings (e.g. auto's sanity checks), deduplicated
         for f in r.findings:
-            if f.metric not in ("robust_accuracy", "constraint_violations") and f.title not in seen:
+            if f.title not in seen:
                 seen.add(f.title)
                 findings.append(f)
     params = {k: v for k, v in results[0].params.items() if k != "job"}
@@ -216,6 +261,21 @@ class EvasionFamily(Family):
     def merge(self, name: str, results: list[Result]) -> Result:
         return merge_shards(name, results)
 
+    def judge(self, results: list[Result]) -> list[Finding]:
+        """Per attack: the robustness curve judged at its largest epsilon (and an evaluation note for discarded
+        examples), then the attack's own findings (e.g. the sanity checks `auto` runs)."""
+        out: list[Finding] = []
+        for r in results:
+            m = r.metrics
+            if "robust_accuracy" not in m:
+                out += r.findings
+                continue
+            label = f"{r.attack} ({m['inner_attack']})" if m.get("inner_attack") else r.attack
+            out += evasion_findings(label, m["norm"], m["clean_accuracy"], m["robust_accuracy"],
+                                    int(m.get("constraint_violations", 0)))
+            out += r.findings
+        return out
+
     def usable(self, info: ModelInfo) -> dict[str, dict[str, Any]]:
         """The planned attacks the model's access allows."""
         return {name: params for name, params in self.section["attacks"].items()
@@ -287,7 +347,7 @@ class EvasionFamily(Family):
         ]
         checks = [c for c in checks if c is not None]
         checks += reported_checks(setup + [r for g, rs in groups.items() if not g.startswith("sanity-") for r in rs])
-        findings = [f for r in main.values() for f in r.findings] + [f for r in setup for f in r.findings]
+        findings = self.judge(list(main.values())) + [f for r in setup for f in r.findings]
         findings += [sanity.sanity_finding(c) for c in checks if not c.passed]
         headline: dict[str, float] = {}
         if main:
