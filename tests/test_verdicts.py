@@ -9,9 +9,8 @@ from bastion.attacks.privacy.findings import membership_findings
 from bastion.cli.assess import exit_code
 from bastion.core.results import Finding, Result
 from bastion.defenses.before_after import gain_finding
-from bastion.families.evasion import evasion_findings
 from bastion.families.base import FamilyReport, JobOutcome
-from bastion.families.evasion import EvasionFamily
+from bastion.families.evasion import EvasionFamily, evasion_findings
 from bastion.families.grading import BLACK_BOX_NOTE, INCOMPLETE, overall_grade
 from bastion.families.inputs import ModelInfo
 from bastion.families.privacy import PrivacyFamily
