@@ -77,13 +77,22 @@ class ActivationClustering(TrainingDataScreen):
     `silhouette_threshold`. Each sample's score, for ROC metrics, is its class's silhouette times its relative
     margin toward the smaller cluster. `ground_truth` (an array, or an `.npz` with `is_poison`) adds TPR, FPR
     and AUROC against the known poison.
+
+    Example:
+        >>> from bastion.defenses.detect.activation_clustering import ActivationClustering
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = ActivationClustering(dims=10).run(target, data, train_data=train_data)
+        >>> result.findings
     """
 
     name = "activation-clustering"
     family = "detect"
     requires = Access.GRADIENTS
 
-    def __init__(self, dims: int = 10, reduction: str = "pca", size_threshold: float | None = None,
+    def __init__(self, dims: int = 10, *, reduction: str = "pca", size_threshold: float | None = None,
                  reclassify: bool = True, relabel_threshold: float = 0.5, silhouette_threshold: float = 0.15,
                  epochs: int = 20, lr: float = 1e-3, normalize: bool = True,
                  batch_size: int = 64, layer: str | None = None, ground_truth: str | np.ndarray | None = None,

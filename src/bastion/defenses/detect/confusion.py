@@ -61,13 +61,22 @@ class ConfusionTraining(TrainingDataScreen):
     `significance` (Bonferroni over classes), and only its candidates are flagged. A sample's score is the
     confusion model's log-probability of its own label. The pretraining should match the victim's training
     (`pretrain_epochs`) so that the backdoor is learnt before the confusion starts.
+
+    Example:
+        >>> from bastion.defenses.detect.confusion import ConfusionTraining
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = ConfusionTraining(rounds=4).run(target, data, train_data=train_data)
+        >>> result.findings
     """
 
     name = "confusion-training"
     family = "detect"
     requires = Access.GRADIENTS
 
-    def __init__(self, rounds: int = 4, pretrain_epochs: int = 20, round_epochs: int = 2,
+    def __init__(self, rounds: int = 4, *, pretrain_epochs: int = 20, round_epochs: int = 2,
                  confusion_factor: float = 5.0, confidence: float = 0.5, lr: float = 1e-3, batch_size: int = 64,
                  significance: float = 0.01, ground_truth: str | np.ndarray | None = None, seed: int = 0):
         if min(rounds, pretrain_epochs, round_epochs, batch_size) < 1 or lr <= 0 or confusion_factor <= 0:

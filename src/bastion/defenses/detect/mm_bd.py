@@ -72,13 +72,22 @@ class MMBD(Defense):
     0.05). Every class reports its statistic (`max_margin`) and its upper tail under the null (`null_tail`, not
     corrected for the number of classes). Like every detector here it can miss: a p-value above the threshold
     means "no evidence", not "clean".
+
+    Example:
+        >>> from bastion.defenses.detect.mm_bd import MMBD
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = MMBD(starts=8).run(target, data)
+        >>> result.findings
     """
 
     name = "mm-bd"
     family = "detect"
     requires = Access.GRADIENTS
 
-    def __init__(self, starts: int = 8, steps: int = 300, lr: float = 0.1, significance: float = 0.05, seed: int = 0):
+    def __init__(self, starts: int = 8, *, steps: int = 300, lr: float = 0.1, significance: float = 0.05,
+                 seed: int = 0):
         if starts < 1 or steps < 1 or lr <= 0 or not 0 < significance < 1:
             raise ParameterError("starts and steps must be at least 1, lr positive and significance in (0, 1)")
         self.starts, self.steps, self.lr, self.significance, self.seed = (int(starts), int(steps), float(lr),

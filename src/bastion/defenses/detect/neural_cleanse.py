@@ -39,13 +39,21 @@ class NeuralCleanse(Defense):
     norm, index and the attack success its trigger reached (`attack_success`): a class whose optimisation never
     reached `attack_threshold` has an unconverged, too large mask, which the report shows rather than hides.
     Inputs: clean data within the target's bounds, `(n, C, H, W)` or flat `(n, d)`.
+
+    Example:
+        >>> from bastion.defenses.detect.neural_cleanse import NeuralCleanse
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> result = NeuralCleanse(steps=300).run(target, data)
+        >>> result.findings
     """
 
     name = "neural-cleanse"
     family = "detect"
     requires = Access.GRADIENTS
 
-    def __init__(self, steps: int = 300, lr: float = 0.2, batch_size: int = 32, init_cost: float = 1e-3,
+    def __init__(self, steps: int = 300, *, lr: float = 0.2, batch_size: int = 32, init_cost: float = 1e-3,
                  cost_multiplier: float = 1.5, patience: int = 10, attack_threshold: float = 0.99,
                  anomaly_threshold: float = 2.0, class_batch: int = 16, eval_samples: int = 256, seed: int = 0,
                  scale: str = "norm"):

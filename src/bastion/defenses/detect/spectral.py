@@ -35,13 +35,22 @@ class SpectralSignatures(TrainingDataScreen):
     an upper bound on the poisoned fraction of any class (the paper's factor is 1.5). The method always removes
     that fraction: it cleans a training set, it does not say whether one is poisoned. Scores keep their raw scale
     so ROC metrics rank every sample of every class on one scale; `ground_truth` adds TPR, FPR and AUROC.
+
+    Example:
+        >>> from bastion.defenses.detect.spectral import SpectralSignatures
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = SpectralSignatures(eps=0.1).run(target, data, train_data=train_data)
+        >>> result.findings
     """
 
     name = "spectral"
     family = "detect"
     requires = Access.GRADIENTS
 
-    def __init__(self, eps: float = 0.1, removal_factor: float = 1.5, layer: str | None = None,
+    def __init__(self, eps: float = 0.1, *, removal_factor: float = 1.5, layer: str | None = None,
                  ground_truth: str | np.ndarray | None = None):
         if not 0 < eps < 1 or removal_factor <= 0:
             raise ParameterError("eps must lie in (0, 1) and removal_factor be positive")

@@ -83,13 +83,22 @@ class Spectre(TrainingDataScreen):
     breakdown point is one half).
     When `eps` (an upper bound on the poisoned fraction of a class) is given, the paper's
     rule is used instead: the 1.5·eps fraction of each class with the highest scores is removed.
+
+    Example:
+        >>> from bastion.defenses.detect.spectre import Spectre
+        >>> from bastion import load_dataset
+        >>> from bastion.models import load_target
+        >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
+        >>> train_data = load_dataset("train.npz")
+        >>> result = Spectre(dims=32).run(target, data, train_data=train_data)
+        >>> result.findings
     """
 
     name = "spectre"
     family = "detect"
     requires = Access.GRADIENTS
 
-    def __init__(self, dims: int = 32, alpha: float = 4.0, significance: float = 0.05, eps: float | None = None,
+    def __init__(self, dims: int = 32, *, alpha: float = 4.0, significance: float = 0.05, eps: float | None = None,
                  shrinkage: float = 0.1, tail: float = 0.05, layer: str | None = None,
                  ground_truth: str | np.ndarray | None = None, seed: int = 0):
         if dims < 1 or alpha <= 0 or not 0 < significance < 1 or shrinkage < 0 or not 0 < tail < 0.5:
