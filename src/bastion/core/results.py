@@ -12,6 +12,7 @@ import numpy as np
 
 Severity = Literal["info", "low", "medium", "high", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
+RESULT_STATUSES: tuple[str, ...] = ("complete", "partial")
 
 T = TypeVar("T", bound="Serializable")
 
@@ -110,6 +111,18 @@ class Result(Serializable):
     findings: list[Finding] = field(default_factory=list)
     # per-sample outcomes when the run has them; evasion: `eps`, `correct` (n,) and `robust` (n, len(eps)) booleans
     samples: dict[str, Any] = field(default_factory=dict)
+    # "complete", or "partial" when a query budget or deadline stopped the run; `reason` says which, and how far it got
+    status: str = "complete"
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in RESULT_STATUSES:
+            raise ValueError(f"unknown result status {self.status!r}: use one of {', '.join(RESULT_STATUSES)}")
+
+    @property
+    def partial(self) -> bool:
+        """True when a budget or deadline stopped the run before it finished."""
+        return self.status == "partial"
 
     def worst_severity(self) -> str | None:
         """The highest severity among the findings, or None when there are none."""
