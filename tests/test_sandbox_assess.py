@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from bastion.attacks.evasion.gradient import FGSM, PGD
+from bastion.core.data import save_npz
 from bastion.demo.datasets import digits
 from bastion.demo.models import digits_cnn
 from bastion.models.export import save_model
 from bastion.models.metadata import ModelMetadata
 from bastion.sandbox import SandboxOptions
 from bastion.sandbox.commands import sandboxed_attack
+from bastion.sandbox.spec import JobSpec
 
 from . import hostile_models as hostile
 from .test_sandbox_contain import linear_weights, needs_sandbox
@@ -85,20 +86,25 @@ def test_no_sandbox_is_recorded_in_the_report(tmp_path: Path) -> None:
     assert {c["name"]: c["passed"] for c in supply_chain(report)["sanity"]}["model-code-observed"] is False
 
 
-@pytest.mark.parametrize("attack", [FGSM(eps=0.1), PGD(eps=0.1, steps=5, seed=0)], ids=["fgsm", "pgd"])
-def test_results_through_the_sandbox_equal_in_process_results(tmp_path: Path, attack) -> None:
+@pytest.mark.parametrize(("name", "args"), [("fgsm", ["--eps", "0.1"]),
+                                           ("pgd", ["--eps", "0.1", "--steps", "5", "--seed", "0"])])
+def test_results_through_the_sandbox_equal_in_process_results(tmp_path: Path, name: str, args: list[str]) -> None:
     torch.manual_seed(0)
     _, test = digits(0)
-    data = test.head(48)
-    meta = ModelMetadata(n_classes=10, input_shape=list(data.input_shape), bounds=[0.0, 1.0])
+    save_npz(test.head(48), tmp_path / "test.npz")
+    meta = ModelMetadata(n_classes=10, input_shape=list(test.input_shape), bounds=[0.0, 1.0])
     model = save_model(digits_cnn(), tmp_path / "cnn.pt", meta)
-    load = {"path": str(model), "data": data, "device": "cpu"}
-    inside = sandboxed_attack(attack, data, {}, load, SandboxOptions(timeout=300), [])
-    outside = sandboxed_attack(attack, data, {}, load, SandboxOptions(enabled=False), [])
+    # the worker gets names, parameters and paths (relative ones read from the user's folder), never objects
+    spec = JobSpec("attacks", name, "evasion", args, data="test.npz", cwd=str(tmp_path),
+                   module="bastion.attacks.evasion.gradient")
+    load = {"path": str(model), "device": "cpu"}
+    inside = sandboxed_attack(spec, load, SandboxOptions(timeout=300))
+    outside = sandboxed_attack(spec, load, SandboxOptions(enabled=False))
     for result in (inside, outside):
         result.seconds = 0.0
         result.metrics.pop("sandbox")
     assert inside.to_dict() == outside.to_dict()
+    assert inside.metrics["n_samples"] == 48 and inside.findings  # judged by the evasion family in the job
 
 
 @needs_sandbox

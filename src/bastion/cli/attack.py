@@ -6,15 +6,26 @@ from pathlib import Path
 
 import typer
 
-from bastion.cli.common import EXTRA_ARGS, build_with_datasets, emit, load_data
-from bastion.core import registry
-from bastion.core.data import apply_classes
-from bastion.core.errors import ParameterError
-from bastion.sandbox import SandboxOptions
-from bastion.sandbox.commands import no_sandbox_option, path_arguments, sandboxed_attack, timeout_option
+from bastion.cli import catalog
+from bastion.cli.common import EXTRA_ARGS, emit, fail_on_level
+from bastion.core.errors import BastionError, ParameterError
+from bastion.sandbox.commands import no_sandbox_option, sandboxed_attack, timeout_option
+from bastion.sandbox.run import SandboxOptions
+from bastion.sandbox.spec import JobSpec
 
 # Family words of earlier releases, still accepted on the command line (JSON and docs use the new ones).
 FORMER_NAMES = {"inference": "privacy", "poisoning": "backdoor", "supply-chain": "supply_chain"}
+
+
+def _module(name: str, family: str) -> str:
+    """The module that registers the attack, read from the source (importing the attacks imports PyTorch, which
+    this process leaves to the worker); the registry's error for an unknown name."""
+    found = [e for e in catalog.entries("attacks") if e.family == family]
+    for entry in found:
+        if entry.name == name:
+            return entry.module
+    known = sorted(e.name for e in found)
+    raise BastionError(f"unknown {family} attack {name!r}; known: {', '.join(known) or 'none'}")
 
 
 def register(app: typer.Typer) -> None:
@@ -46,22 +57,14 @@ def register(app: typer.Typer) -> None:
             from bastion.attacks.llm.commands import run_llm_attack
 
             return emit(run_llm_attack(name, model, list(ctx.args), seed), as_json, fail_on)
-        cls = registry.get("attacks", name, family)
-        evaluation = load_data(data, label, n_samples)
-        defaults = {"seed": seed, "arch": arch}
-        if family == "evasion" and evaluation is not None:  # the norm `assess` would choose for this data
-            from bastion.assess.defaults import default_norm
-
-            defaults["norm"] = default_norm(evaluation.x.shape[1:])
-        attack_obj, extra_data = build_with_datasets(cls, ctx.args, defaults, label, f"{family} attack '{name}'")
-        if classes:
-            for dataset in (evaluation, *extra_data.values()):
-                if dataset is not None:
-                    apply_classes(dataset, [c.strip() for c in classes.split(",") if c.strip()])
-        if evaluation is None and not getattr(cls, "dataset_params", ()):
-            raise ParameterError(f"{family} attack '{name}' needs --data")
-        load = {"path": model, "data": evaluation or next(iter(extra_data.values()), None), "arch": arch,
-                "device": device, "trust": trust, "max_queries": max_queries, "access": access}
+        if max_queries is not None and max_queries < 1:
+            raise ParameterError(f"--max-queries must be at least 1, got {max_queries}")
+        fail_on_level(fail_on)
+        spec = JobSpec("attacks", name, family, list(ctx.args), {"seed": seed, "arch": arch},
+                       data=None if data is None else str(data), label=label, n_samples=n_samples,
+                       classes=[c.strip() for c in (classes or "").split(",") if c.strip()],
+                       module=_module(name, family))
+        load = {"path": model, "arch": arch, "device": device, "trust": trust, "max_queries": max_queries,
+                "access": access}
         options = SandboxOptions(enabled=not no_sandbox, timeout=timeout, device=device)
-        result = sandboxed_attack(attack_obj, evaluation, extra_data, load, options, path_arguments(ctx.args))
-        emit(result, as_json, fail_on)
+        emit(sandboxed_attack(spec, load, options), as_json, fail_on, judged=True)

@@ -4,56 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.core.data import Dataset
-from bastion.core.data_files import load_dataset
+from bastion.core.arguments import SEED_MAX, build_with_datasets, check_seed, load_data
 from bastion.core.errors import BastionError, ParameterError
-from bastion.core.params import accepts, construct, parse_extra
 from bastion.core.results import SEVERITIES, Result, severity_rank
 
 console = Console(stderr=False)
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def build_with_datasets(cls: type, args: list[str], defaults: dict[str, Any], label: str | None,
-                        what: str) -> tuple[Any, dict[str, Dataset]]:
-    """Build `cls` from `--name value` pairs (plus `defaults` it accepts) and load the paths it names as datasets.
-
-    Names in `cls.dataset_params` are data files handed to `run`; every other pair is an `__init__` parameter."""
-    params = parse_extra(args)
-    for key, value in defaults.items():
-        if value is not None and accepts(cls, key):
-            params.setdefault(key, value)
-    if "seed" in params:
-        check_seed(params["seed"])
-    paths = {role: params.pop(role) for role in getattr(cls, "dataset_params", ()) if role in params}
-    obj = construct(cls, params, what)
-    return obj, {role: load_data(Path(str(path)), label, None, role) for role, path in paths.items()}
-
-
-SEED_MAX = 2**32 - 1
-
-
-def check_seed(seed: Any, option: str = "--seed") -> int:
-    """A seed every random generator accepts (NumPy, torch, Python): a whole number in [0, 2^32 - 1]."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
-        raise ParameterError(f"{option} must be a whole number in [0, {SEED_MAX}], got {str(seed)[:40]}")
-    return seed
-
-
-def load_data(path: Path | None, label: str | None, n_samples: int | None, role: str = "data") -> Dataset | None:
-    if path is None:
-        return None
-    if n_samples is not None and n_samples < 1:
-        raise ParameterError(f"--n-samples must be at least 1, got {n_samples}")
-    data = load_dataset(path, label=label, name=f"{role} ({Path(path).name})")
-    return data.head(n_samples)
 
 
 def fail_on_level(value: str | None) -> int | None:
@@ -64,15 +25,20 @@ def fail_on_level(value: str | None) -> int | None:
     return severity_rank(value.lower())
 
 
-def emit(result: Result, as_json: bool, fail_on: str | None) -> None:
-    """Print a result (JSON or tables) with the findings its threat family judges from it; exit 2 if it is
-    incomplete, 1 if a finding reaches `--fail-on`."""
-    from bastion.families import registry
-
+def emit(result: Result, as_json: bool, fail_on: str | None, judged: bool = False) -> None:
+    """Print a result (JSON or tables) with the findings its threat family judges from it (`judged`: the job did
+    already); exit 2 if it is incomplete, 1 if a finding reaches `--fail-on` or, with `--fail-on`, if a budget or
+    deadline stopped it (a partial run is never a clean pass)."""
     level = fail_on_level(fail_on)
-    family = registry().get(result.family)
-    if family is not None:  # attacks measure; the family plug-in judges (bastion.families)
-        result.findings = family({}, 0).judge([result])
+    if not judged:
+        from bastion.families import registry
+
+        family = registry().get(result.family)
+        if family is not None:  # attacks measure; the family plug-in judges (bastion.families)
+            result.findings = family({}, 0).judge([result])
+    if result.partial:  # the first line says it, before any table (and on stderr beside the JSON)
+        line = f"{result.reason or 'stopped early'}; the figures cover only what was measured"
+        typer.echo(f"bastion: partial: {line}" if as_json else f"PARTIAL: {line}", err=as_json)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
     else:
@@ -83,6 +49,9 @@ def emit(result: Result, as_json: bool, fail_on: str | None) -> None:
         raise typer.Exit(2)
     worst = result.worst_severity()
     if level is not None and worst is not None and severity_rank(worst) >= level:
+        raise typer.Exit(1)
+    if level is not None and result.partial:
+        typer.echo("error: --fail-on: the run is partial, so it cannot pass", err=True)
         raise typer.Exit(1)
 
 
@@ -117,4 +86,4 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-__all__ = ["BastionError", "EXTRA_ARGS", "build_with_datasets", "emit", "load_data"]
+__all__ = ["BastionError", "EXTRA_ARGS", "SEED_MAX", "build_with_datasets", "check_seed", "emit", "load_data"]

@@ -6,11 +6,23 @@ from pathlib import Path
 
 import typer
 
-from bastion.cli.common import EXTRA_ARGS, build_with_datasets, emit, load_data
+from bastion.cli import catalog
+from bastion.cli.common import EXTRA_ARGS, emit, fail_on_level
 from bastion.cli.outputs import check_output_file
-from bastion.core import registry
-from bastion.sandbox import SandboxOptions
+from bastion.core.errors import BastionError
 from bastion.sandbox.commands import no_sandbox_option, path_arguments, sandboxed_defense, timeout_option
+from bastion.sandbox.run import SandboxOptions
+from bastion.sandbox.spec import JobSpec
+
+
+def _entry(name: str) -> catalog.Entry:
+    """The defense's registry entry, read from the source (without importing PyTorch here); the registry's error
+    for an unknown name."""
+    found = [e for e in catalog.entries("defenses") if e.name == name]
+    if len(found) != 1:
+        known = sorted(e.name for e in catalog.entries("defenses"))
+        raise BastionError(f"unknown defense {name!r}; known: {', '.join(known) or 'none'}")
+    return found[0]
 
 
 def register(app: typer.Typer) -> None:
@@ -34,16 +46,14 @@ def register(app: typer.Typer) -> None:
         no_sandbox: bool = no_sandbox_option(),
         timeout: float | None = timeout_option(),
     ) -> None:
-        cls = registry.get("defenses", name)
+        fail_on_level(fail_on)
+        entry = _entry(name)
         if out is not None:
             check_output_file(out, [model, data, train_data, *path_arguments(ctx.args)], "--out")
-        defense, datasets = build_with_datasets(cls, ctx.args, {"seed": seed, "arch": arch}, label,
-                                                f"defense '{name}'")
-        evaluation = load_data(data, label, n_samples)
-        training = load_data(train_data, label, None, "train data")
-        if training is not None:
-            datasets["train_data"] = training
-        load = {"path": model, "data": evaluation or training, "arch": arch, "device": device, "trust": trust}
+        spec = JobSpec("defenses", name, entry.family or None, list(ctx.args), {"seed": seed, "arch": arch},
+                       data=None if data is None else str(data),
+                       train_data=None if train_data is None else str(train_data), label=label, n_samples=n_samples,
+                       module=entry.module)
+        load = {"path": model, "arch": arch, "device": device, "trust": trust}
         options = SandboxOptions(enabled=not no_sandbox, timeout=timeout, device=device)
-        result = sandboxed_defense(defense, evaluation, datasets, load, options, path_arguments(ctx.args), name, out)
-        emit(result, as_json, fail_on)
+        emit(sandboxed_defense(spec, load, options, out), as_json, fail_on, judged=True)

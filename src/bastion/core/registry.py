@@ -55,7 +55,12 @@ def _load(kind: str) -> None:
 
 
 def get(kind: str, name: str, family: str | None = None) -> Any:
-    """The class registered as `kind/[family/]name`; a clear error listing the valid names otherwise."""
+    """The class registered as `kind/[family/]name`; a clear error listing the valid names otherwise.
+
+    With a family, an entry whose module is already imported is returned without importing the whole kind (the
+    sandboxed worker imports only the module of its attack)."""
+    if family and f"{family}/{name}" in _entries[kind]:
+        return _entries[kind][f"{family}/{name}"]["cls"]
     _load(kind)
     if family:
         entry = _entries[kind].get(f"{family}/{name}")

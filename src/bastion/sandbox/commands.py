@@ -12,6 +12,8 @@ from bastion.core.data import Dataset
 from bastion.core.errors import BastionError, ParameterError
 from bastion.core.results import Finding, Result
 from bastion.sandbox.run import SandboxOptions, SandboxRun, open_sandbox, run_job
+from bastion.sandbox.session import Sandbox
+from bastion.sandbox.spec import JobSpec
 
 NO_SANDBOX_HELP = "run the model's code in this process (no isolation, no dynamic analysis)"
 TIMEOUT_HELP = "wall-clock deadline in seconds for the job (and for loading the model); exit 2 past it"
@@ -53,21 +55,43 @@ def _finish(run: SandboxRun, options: SandboxOptions) -> Result:
     return result
 
 
-def sandboxed_attack(attack: Any, evaluation: Dataset | None, extra: dict[str, Dataset], load: dict[str, Any],
-                     options: SandboxOptions, paths: list[str]) -> Result:
-    """Load the model and run the attack, both inside one sandboxed worker when the model carries code."""
-    sandbox = open_sandbox(str(load["path"]), load.get("arch"), options, paths)
-    run = run_job(sandbox, "attack", {"attack": attack, "evaluation": evaluation, "extra": extra, "load": load})
+def _start(spec: JobSpec, load: dict[str, Any], options: SandboxOptions, job: str
+           ) -> tuple[Sandbox | None, Dataset | None, Dataset | None]:
+    """Start the worker first (it imports PyTorch meanwhile), then check the spec and load `--data` and
+    `--train-data` here; a bad spec or dataset stops the worker."""
+    sandbox = open_sandbox(str(load["path"]), load.get("arch"), options, spec.readable(), job=job)
+    try:
+        spec.check()
+        evaluation, training = spec.load_data()
+    except BaseException:
+        if sandbox is not None:
+            sandbox.abort()
+        raise
+    return sandbox, evaluation, training
+
+
+def sandboxed_attack(spec: JobSpec, load: dict[str, Any], options: SandboxOptions) -> Result:
+    """Build and run the attack of `spec` on the model of `load` (keyword arguments of `load_target`, without
+    data): inside one sandboxed worker when the model carries code, else in this process."""
+    sandbox, evaluation, _ = _start(spec, load, options, "attack")
+    payload: dict[str, Any] = {"spec": spec, "evaluation": evaluation, "load": load}
+    if options.timeout is not None:  # the attack stops itself before the sandbox's hard deadline and keeps results
+        payload.update(deadline=time.time() + soft_deadline(options.timeout), seconds=options.timeout)
+    run = run_job(sandbox, "attack", payload)
     return _finish(run, options)
 
 
-def sandboxed_defense(defense: Any, evaluation: Dataset | None, datasets: dict[str, Dataset], load: dict[str, Any],
-                      options: SandboxOptions, paths: list[str], name: str, out: Path | None) -> Result:
-    """Load the model and run the defense in one worker; a saved model leaves scratch for `out`."""
-    sandbox = open_sandbox(str(load["path"]), load.get("arch"), options, paths)
+def soft_deadline(timeout: float) -> float:
+    """Seconds after which an attack stops querying, leaving time within `timeout` to score and send its result."""
+    return timeout - min(max(1.0, 0.1 * timeout), 0.5 * timeout)
+
+
+def sandboxed_defense(spec: JobSpec, load: dict[str, Any], options: SandboxOptions, out: Path | None) -> Result:
+    """Build and run the defense of `spec` in one worker; a saved model leaves scratch for `out`."""
+    sandbox, evaluation, training = _start(spec, load, options, "defend")
     out = None if out is None else Path(out).absolute()
-    payload = {"defense": defense, "evaluation": evaluation, "datasets": datasets, "load": load,
-               "out_name": None if out is None else out.name, "name": name}
+    payload = {"spec": spec, "evaluation": evaluation, "training": training, "load": load,
+               "out_name": None if out is None else out.name}
     run = run_job(sandbox, "defend", payload, out_dir=None if out is None else out.parent)
     result = _finish(run, options)
     if out is not None:

@@ -11,17 +11,27 @@ from pathlib import Path
 from typing import Any
 
 from bastion.core.data import Dataset
+from bastion.core.results import Result
+from bastion.sandbox.spec import JobSpec, build
 
 Message = dict[str, Any]
 _LOADED: list[bool] = []  # this worker has loaded the model once already
 
 
-def preload() -> None:
-    """Import what every job needs (PyTorch, the loaders, the registries) before the request arrives."""
+def preload(job: str = "assess") -> None:
+    """Import what the coming job needs before its request arrives: PyTorch and the loaders; for `assess` the
+    runner, for `attack` and `defend` the threat families that judge the result (the request names the one
+    module of its attack or defense, imported then)."""
     import torch  # noqa: F401
 
-    import bastion.assess.runner  # noqa: F401
     import bastion.models  # noqa: F401
+
+    if job == "assess":
+        import bastion.assess.runner  # noqa: F401
+    else:
+        from bastion.families import registry
+
+        registry()
 
 
 def load_checked(load: dict[str, Any], datasets: list[Dataset | None]) -> Any:
@@ -35,23 +45,40 @@ def load_checked(load: dict[str, Any], datasets: list[Dataset | None]) -> Any:
     return target
 
 
-def attack_job(attack: Any, evaluation: Dataset | None, extra: dict[str, Dataset], load: dict[str, Any]
-               ) -> Iterator[Message]:
-    target = load_checked(load, [evaluation, *extra.values()])
+def judged(result: Result) -> Result:
+    """The result with the findings its threat family judges from its measurements (`bastion.families`)."""
+    from bastion.families import registry
+
+    family = registry().get(result.family)
+    if family is not None:
+        result.findings = family({}, 0).judge([result])
+    return result
+
+
+def attack_job(spec: JobSpec, evaluation: Dataset | None, load: dict[str, Any], deadline: float | None = None,
+               seconds: float | None = None) -> Iterator[Message]:
+    """Build the attack of `spec`, load its data and the model, run it, and send the judged result. After
+    `deadline` (a time.time() value; `seconds` long) the target answers no more queries: the attack stops at its
+    next batch boundary and the result is partial."""
+    built = build(spec, evaluation)
+    target = load_checked({**load, "data": built.model_data}, [built.evaluation, *built.datasets.values()])
+    target.counter.stop_at(deadline, seconds)
     yield {"type": "loaded"}
-    yield {"type": "result", "data": attack.run(target, evaluation, **extra).to_dict()}
+    yield {"type": "result", "data": judged(built.obj.run(target, built.evaluation, **built.datasets)).to_dict()}
 
 
-def defend_job(defense: Any, evaluation: Dataset | None, datasets: dict[str, Dataset], load: dict[str, Any],
-               out_name: str | None, name: str, out_dir: str | None = None) -> Iterator[Message]:
+def defend_job(spec: JobSpec, evaluation: Dataset | None, training: Dataset | None, load: dict[str, Any],
+               out_name: str | None, out_dir: str | None = None) -> Iterator[Message]:
     """Run a defense; with `out_name`, save under `out_dir` (scratch/out in the sandbox) what it produced: a
     training-data screen's cleaned set (.npz) or the defended model, and name the file."""
     from bastion.core.errors import ParameterError
     from bastion.models.metadata import ModelMetadata
 
-    target = load_checked(load, [evaluation, *datasets.values()])
+    built = build(spec, evaluation, training)
+    defense = built.obj
+    target = load_checked({**load, "data": built.model_data}, [built.evaluation, *built.datasets.values()])
     yield {"type": "loaded"}
-    result = defense.run(target, evaluation, **datasets)
+    result = judged(defense.run(target, built.evaluation, **built.datasets))
     if out_name is not None:
         folder = Path(out_dir or "out")
         folder.mkdir(parents=True, exist_ok=True)
@@ -64,10 +91,10 @@ def defend_job(defense: Any, evaluation: Dataset | None, datasets: dict[str, Dat
             from bastion.models.export import save_model
 
             meta = ModelMetadata(n_classes=target.n_classes, input_shape=list(target.input_shape),
-                                 bounds=list(target.bounds), name=f"{target.name} + {name}")
+                                 bounds=list(target.bounds), name=f"{target.name} + {spec.name}")
             save_model(artifact, folder / out_name, meta)
         else:
-            raise ParameterError(f"defense '{name}' produces no model to save with --out")
+            raise ParameterError(f"defense '{spec.name}' produces no model to save with --out")
         yield {"type": "file", "name": out_name}
     yield {"type": "result", "data": result.to_dict()}
 

@@ -17,3 +17,4 @@ import runpy
 runpy.run_module('bastion.sandbox.worker', run_name='__main__', alter_sys=True)
 """
 AUDIT_ENV = "BASTION_SANDBOX_AUDIT"  # =1: record Python audit events (the observer when strace is missing)
+JOB_ENV = "BASTION_SANDBOX_JOB"  # attack, defend or assess: what the worker imports before the request arrives

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bastion.core.errors import ParameterError
+from bastion.core.errors import ModelLoadError, ParameterError
 
 CODE_FORMATS = ("torchscript", "torch-export", "onnx", "skops", "pytorch-zip", "pickle", "safetensors")
 GIB = 1 << 30
@@ -57,6 +57,9 @@ def carries_code(model: str, arch: str | None = None) -> bool:
         return False
     if arch:
         return True
-    from bastion.models import sniff_format
+    from bastion.supplychain.detect import PICKLE_FORMATS, detect_format  # the loader's sniffer, without PyTorch
 
-    return sniff_format(model) in CODE_FORMATS
+    if not os.path.isfile(model):
+        raise ModelLoadError(f"model not found: {model}")
+    fmt = detect_format(model)
+    return fmt in CODE_FORMATS or fmt in PICKLE_FORMATS

@@ -28,11 +28,8 @@ class SandboxOptions:
 
 
 def _wants_gpu(device: str) -> bool:
-    if device == "cpu":
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
+    """Whether to bind the GPU devices into the sandbox (without importing PyTorch here: the worker decides)."""
+    return device != "cpu" and any(Path("/dev").glob("nvidia*"))
 
 
 @dataclass
@@ -84,8 +81,11 @@ def arch_paths(arch: str | None) -> tuple[list[str], list[str]]:
     return [str(location)], [str(location.parent)]
 
 
-def open_sandbox(model: str, arch: str | None, options: SandboxOptions, paths: Iterable[str] = ()) -> Sandbox | None:
-    """A started sandbox for jobs on MODEL, or None when it runs in-process (no code in it, or `--no-sandbox`)."""
+def open_sandbox(model: str, arch: str | None, options: SandboxOptions, paths: Iterable[str] = (),
+                 job: str = "assess") -> Sandbox | None:
+    """A started sandbox for jobs on MODEL, or None when it runs in-process (no code in it, or `--no-sandbox`).
+
+    The worker starts at once and imports what `job` needs (see `jobs.preload`) while the caller prepares it."""
     if not carries_code(model, arch):
         return None
     if not options.enabled:
@@ -93,7 +93,7 @@ def open_sandbox(model: str, arch: str | None, options: SandboxOptions, paths: I
         return None
     files, import_dirs = arch_paths(arch)
     read_only = [str(Path(model).absolute()), *files, *(p for p in paths if p and os.path.exists(p))]
-    return Sandbox(options.policy(), read_only + import_dirs, import_path=import_dirs).start()
+    return Sandbox(options.policy(), read_only + import_dirs, import_path=import_dirs, job=job).start()
 
 
 def run_job(sandbox: Sandbox | None, kind: str, payload: dict[str, Any], out_dir: Path | None = None,

@@ -27,7 +27,7 @@ from typing import Any
 
 from bastion.core.errors import BastionError
 from bastion.sandbox.bwrap import bwrap_command, bwrap_problem, readable_roots
-from bastion.sandbox.launcher import AUDIT_ENV, LAUNCHER
+from bastion.sandbox.launcher import AUDIT_ENV, JOB_ENV, LAUNCHER
 from bastion.sandbox.observe import Event, Observation, parse_log, strace_command
 from bastion.sandbox.paths import with_absolute_paths
 from bastion.sandbox.policy import SandboxPolicy
@@ -82,8 +82,9 @@ class Sandbox:
     with resource limits), observed with strace (or Python audit hooks where strace is missing)."""
 
     def __init__(self, policy: SandboxPolicy | None = None, read_only: list[str] | tuple[str, ...] = (),
-                 import_path: list[str] | tuple[str, ...] = ()):
+                 import_path: list[str] | tuple[str, ...] = (), job: str = "assess"):
         self.policy = policy or SandboxPolicy()
+        self.job = job  # what the worker imports while it waits for the first request (see jobs.preload)
         self.import_path = list(import_path)
         self.extra_read_only = [str(Path(p).absolute()) for p in read_only if p and Path(p).exists()]
         self.process: subprocess.Popen | None = None
@@ -115,7 +116,7 @@ class Sandbox:
         env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
         env.update(HOME=str(self.scratch), TMPDIR=str(self.scratch), PYTHONDONTWRITEBYTECODE="1",
                    BASTION_SANDBOX_LIMITS=json.dumps(self.policy.rlimits()), BASTION_SANDBOX_MARKER=self.marker,
-                   BASTION_IN_SANDBOX="1")
+                   BASTION_IN_SANDBOX="1", **{JOB_ENV: self.job})
         if strace is None:
             env[AUDIT_ENV] = "1"
         if self.import_path:
@@ -193,6 +194,11 @@ class Sandbox:
         shutil.rmtree(self.logdir, ignore_errors=True)
         self.process = None
         return observation
+
+    def abort(self) -> None:
+        """Stop the worker at once (the job will not be sent) and clean up."""
+        self._kill()
+        self.close()
 
     def _forward_output(self, stream: Any) -> None:
         """Copy what the worker prints to our stderr (never to stdout), until the worker is killed: a dying

@@ -74,8 +74,9 @@ def main() -> None:
 
         install(channel)
     from bastion.sandbox.jobs import HANDLERS, preload
+    from bastion.sandbox.launcher import JOB_ENV
 
-    preload()  # while the parent prepares the request
+    preload(os.environ.pop(JOB_ENV, "assess"))  # while the parent prepares the request
     serve(channel, HANDLERS)
     channel.out.flush()
     os._exit(0)  # results are sent: skip the interpreter's slow teardown
