@@ -17,7 +17,12 @@ class AccessError(BastionError):
     """An attack asked a target for more than the target grants (e.g. gradients of a label-only API)."""
 
 
-class QueryBudgetExceeded(BastionError):
+class BudgetSpent(BastionError):
+    """A query budget or a deadline stopped the run. Attacks catch it at a natural boundary (a batch of samples,
+    a budget point) and return what they measured, marked partial (`Result.status`)."""
+
+
+class QueryBudgetExceeded(BudgetSpent):
     """The target's query budget is spent."""
 
     def __init__(self, budget: int, used: int, requested: int):
@@ -25,6 +30,14 @@ class QueryBudgetExceeded(BastionError):
             f"query budget spent: {used} of {budget} queries used, {requested} more requested"
         )
         self.budget, self.used, self.requested = budget, used, requested
+
+
+class DeadlineExceeded(BudgetSpent):
+    """The run's deadline passed (checked before each query to the target)."""
+
+    def __init__(self, seconds: float | None = None):
+        super().__init__("deadline reached" + (f" ({seconds:g} s)" if seconds is not None else ""))
+        self.seconds = seconds
 
 
 class ParameterError(BastionError):

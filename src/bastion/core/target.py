@@ -7,6 +7,7 @@ an optional query budget raises `QueryBudgetExceeded` before the call that would
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from bastion.core.device import resolve_device
-from bastion.core.errors import AccessError, ParameterError, QueryBudgetExceeded
+from bastion.core.errors import AccessError, DeadlineExceeded, ParameterError, QueryBudgetExceeded
 from bastion.core.layout import apply_memory_format, auto_batch_size
 
 OutputKind = Literal["logits", "probabilities", "labels"]
@@ -47,11 +48,24 @@ class QueryCounter:
 
     used: int = 0
     budget: int | None = None
+    deadline: float | None = None  # time.time() after which no query is answered (DeadlineExceeded)
+    seconds: float | None = None  # the deadline's length, for the message
 
     def charge(self, n: int) -> None:
         if self.budget is not None and self.used + n > self.budget:
             raise QueryBudgetExceeded(self.budget, self.used, n)
+        if self.deadline is not None and time.time() > self.deadline:
+            raise DeadlineExceeded(self.seconds)
         self.used += n
+
+    def stop_at(self, deadline: float | None, seconds: float | None = None) -> None:
+        """Refuse queries after `deadline` (a time.time() value; None: no deadline)."""
+        self.deadline, self.seconds = deadline, seconds
+
+    @property
+    def limited(self) -> bool:
+        """Whether a budget or a deadline may stop the run (attacks then work in batches they can keep)."""
+        return self.budget is not None or self.deadline is not None
 
     @property
     def remaining(self) -> int | None:

@@ -33,7 +33,7 @@ from bastion.attacks.evasion.search import EpsSearch
 from bastion.attacks.evasion.transfer import Transfer
 from bastion.attacks.evasion.wrappers import BPDATarget, EOTTarget, masking_modules
 from bastion.core.data import Dataset
-from bastion.core.errors import ParameterError
+from bastion.core.errors import BudgetSpent, ParameterError
 from bastion.core.registry import register
 from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
@@ -104,12 +104,20 @@ class AutoAttack(EvasionAttack):
                                        any(s.name == "apgd-t" for s in stages)))
         self._cascade = Cascade(stages, plan.judge, self.norm)
         ran = [s.name for s in stages]
-        search = EpsSearch(plan.judge, x, y, self.eps, self.norm)
-        if search.k > 1 and plan.gradients is not None:
-            search.prepass(plan.gradients)
-        self.probe(plan.judge, search)
-        if self.checks and bool(search.correct.any()):
-            ran += self._post_checks(plan, search)
+
+        def part(xs: torch.Tensor, ys: torch.Tensor) -> EpsSearch:
+            search = EpsSearch(plan.judge, xs, ys, self.eps, self.norm)
+            if search.k > 1 and plan.gradients is not None:
+                search.prepass(plan.gradients)
+            self.probe(plan.judge, search)
+            return search
+
+        search = self.batched(plan.judge, x, y, part)  # in batches it can keep when a budget or deadline stops it
+        if self.checks and bool(search.correct.any()) and not search.stopped:
+            try:
+                ran += self._post_checks(plan, search)
+            except BudgetSpent as exc:
+                search.stopped = f"{exc} during the sanity checks after the attacks"
         extra = {
             "sanity_checks": [c.summary() for c in plan.checks],
             "escalations": plan.escalations,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,7 +20,7 @@ from bastion.attacks.base import Attack
 from bastion.attacks.evasion.norms import check_norm, lp_norm, project
 from bastion.attacks.evasion.search import EpsSearch, valid_examples
 from bastion.core.data import Dataset
-from bastion.core.errors import ParameterError
+from bastion.core.errors import BudgetSpent, ParameterError
 from bastion.core.results import Result
 from bastion.core.target import Access, Target
 
@@ -59,6 +59,7 @@ class EvasionAttack(Attack):
     requires: ClassVar[Access] = Access.GRADIENTS
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
     prepass: ClassVar[bool] = True  # white-box iterative attacks: the cheap minimum-norm pass before several eps
+    budget_batch: ClassVar[int] = 64  # samples per batch when a query budget or deadline may stop the run
 
     def __init__(self, eps: float | str | Sequence[float] = 8 / 255, *, norm: str = "linf", seed: int = 0):
         self.eps = parse_eps(eps)
@@ -101,14 +102,36 @@ class EvasionAttack(Attack):
         y = torch.as_tensor(data.y, dtype=torch.long, device=target.device)
         return x, y
 
+    def batched(self, target: Target, x: torch.Tensor, y: torch.Tensor,
+                part: Callable[[torch.Tensor, torch.Tensor], EpsSearch]) -> EpsSearch:
+        """`part(x, y)` on all samples at once; when a query budget or a deadline may stop the run, on batches of
+        `budget_batch` samples, so that a stop keeps every finished batch: the search then covers the samples
+        done and says why it stopped (`EpsSearch.stopped`; the result is partial). Nothing done: the error."""
+        size = self.budget_batch
+        if not target.counter.limited or len(x) <= size:
+            return part(x, y)
+        parts: list[EpsSearch] = []
+        for start in range(0, len(x), size):
+            try:
+                parts.append(part(x[start:start + size], y[start:start + size]))
+            except BudgetSpent as exc:
+                if not parts:
+                    raise
+                return EpsSearch.join(parts, f"{exc}: {start} of {len(x)} samples attacked")
+        return EpsSearch.join(parts)
+
     def search(self, target: Target, x: torch.Tensor, y: torch.Tensor) -> EpsSearch:
         """Run the attack over all epsilons, sharing work between them; return the filled-in search."""
-        search = EpsSearch(target, x, y, self.eps, self.norm)
         white_box = self.requires >= Access.GRADIENTS and target.access >= Access.GRADIENTS
-        if search.k > 1 and self.prepass and white_box:
-            search.prepass()
-        self.probe(target, search)
-        return search
+
+        def part(xs: torch.Tensor, ys: torch.Tensor) -> EpsSearch:
+            search = EpsSearch(target, xs, ys, self.eps, self.norm)
+            if search.k > 1 and self.prepass and white_box:
+                search.prepass()
+            self.probe(target, search)
+            return search
+
+        return self.batched(target, x, y, part)
 
     def probe(self, target: Target, search: EpsSearch) -> None:
         """Attack the undecided samples, each at its next epsilon, until every sample is decided."""
@@ -153,6 +176,8 @@ class EvasionAttack(Attack):
             findings=list(findings or []),  # the evasion family judges the curve (bastion.families.evasion)
             samples={"eps": list(search.eps_values), "correct": search.correct.cpu().tolist(),
                      "robust": torch.stack([search.robust_mask(k) for k in range(search.k)], 1).cpu().tolist()},
+            status="partial" if search.stopped else "complete",
+            reason=search.stopped or "",
         )
 
 
@@ -178,15 +203,20 @@ class MinNormAttack(EvasionAttack):
     def run(self, target: Target, data: Dataset, **_: Any) -> Result:
         x, y = self.prepare(target, data)
         start, queries = time.perf_counter(), target.queries
-        search = EpsSearch(target, x, y, self.eps, self.norm)
-        idx = search.correct.nonzero().flatten()
-        if len(idx):
-            adv = self.minimize(target, x[idx], y[idx]).float()
-            fooled = target.labels(adv) != y[idx]
-            valid = valid_examples(x[idx], adv, float("inf"), self.norm, target.bounds)
-            search.violations += int((fooled & ~valid).sum())
-            hit = (fooled & valid).nonzero().flatten()
-            search.accept(idx[hit], adv[hit], lp_norm(adv[hit] - x[idx[hit]], self.norm))
+
+        def part(xs: torch.Tensor, ys: torch.Tensor) -> EpsSearch:
+            search = EpsSearch(target, xs, ys, self.eps, self.norm)
+            idx = search.correct.nonzero().flatten()
+            if len(idx):
+                adv = self.minimize(target, xs[idx], ys[idx]).float()
+                fooled = target.labels(adv) != ys[idx]
+                valid = valid_examples(xs[idx], adv, float("inf"), self.norm, target.bounds)
+                search.violations += int((fooled & ~valid).sum())
+                hit = (fooled & valid).nonzero().flatten()
+                search.accept(idx[hit], adv[hit], lp_norm(adv[hit] - xs[idx[hit]], self.norm))
+            return search
+
+        search = self.batched(target, x, y, part)
         dist = search.dist[search.correct]
         found = torch.isfinite(dist)
         extra = {

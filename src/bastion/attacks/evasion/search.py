@@ -38,6 +38,21 @@ class EpsSearch:
         self.robust_upto = torch.full((n,), -1, dtype=torch.long, device=x.device)
         self.adv = x.clone()
         self.violations = 0
+        self.stopped: str | None = None  # why the search covers only some samples (a budget or deadline)
+
+    @classmethod
+    def join(cls, parts: list[EpsSearch], stopped: str | None = None) -> EpsSearch:
+        """One search over the samples of `parts`, searched batch by batch (their per-sample facts side by side)."""
+        if len(parts) == 1 and stopped is None:
+            return parts[0]
+        first = parts[0]
+        out = cls.__new__(cls)
+        out.target, out.norm, out.eps_values, out.eps = first.target, first.norm, first.eps_values, first.eps
+        for name in ("x", "y", "correct", "dist", "robust_upto", "adv"):
+            setattr(out, name, torch.cat([getattr(p, name) for p in parts]))
+        out.violations = sum(p.violations for p in parts)
+        out.stopped = stopped
+        return out
 
     @property
     def k(self) -> int:

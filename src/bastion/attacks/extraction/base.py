@@ -21,7 +21,7 @@ from torch import nn
 from bastion.attacks.base import Attack
 from bastion.attacks.extraction.evaluate import Evaluation
 from bastion.core.data import Dataset, validate_for_model
-from bastion.core.errors import ParameterError, QueryBudgetExceeded
+from bastion.core.errors import BudgetSpent, ParameterError
 from bastion.core.results import Finding, Result
 from bastion.core.target import Access, Target
 from bastion.defenses.detect.prada import PRADA, QueryLog
@@ -139,19 +139,20 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
                                 seed=self.seed)
         log = self.query_log_ = QueryLog(api)
         before = api.queries
-        rows, incomplete = [], None
+        rows, stopped = [], ""
+        budgets = parse_budgets(self.budget)
         try:
-            for budget, model in self.extract(log, pool, parse_budgets(self.budget)):
+            for budget, model in self.extract(log, pool, budgets):
                 rows.append({"budget": budget, "queries": len(log), **evaluation.score(model)})
                 self.substitute_ = model
-        except QueryBudgetExceeded as exc:  # the target's own budget: keep the copies made before it ran out
+        except BudgetSpent as exc:  # the target's budget or the deadline: keep the copies made before it
             if not rows:
                 raise
-            incomplete = str(exc)
+            total = f" of {len(budgets)}" if budgets else ""
+            stopped = (f"{exc}: copies at {len(rows)}{total} budget points "
+                       f"({', '.join(str(r['budget']) for r in rows)})")
         metrics: dict[str, Any] = {key: per_budget(rows, key)
                                    for key in ("fidelity", "fidelity_ood", "accuracy", "transfer_success")}
-        if incomplete:
-            metrics["incomplete"] = incomplete
         metrics.update(curve=rows, victim_accuracy=evaluation.victim_accuracy, access=log.access.name.lower(),
                        defense=api.name if self.defense else None, evaluation_queries=evaluation.queries,
                        n_samples=len(data))
@@ -162,7 +163,8 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
             metrics["prada"] = self._monitor(log, evaluation)
         return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=api.queries - before, seconds=time.perf_counter() - start,
-                            device=str(target.device), findings=self.findings(rows, metrics))
+                            device=str(target.device), findings=self.findings(rows, metrics),
+                            status="partial" if stopped else "complete", reason=stopped)
 
     def extra_metrics(self) -> dict[str, Any]:
         """Attack-specific metrics added after the copies are scored."""
