@@ -42,7 +42,8 @@ def register(app: typer.Typer) -> None:
 
     @group.command("show", help="Print a run's report (Markdown by default) or write its files with --out.")
     def show(
-        run: str = typer.Argument("last", help="run id, unique prefix, last or last~N"),
+        run: str = typer.Argument("last", help="run id, unique prefix, last or last~N "
+                                "(last~ is last~1, the run before the last)"),
         fmt: str = typer.Option("md", "--format", help=f"one of {', '.join(FORMATS)}"),
         out: Path | None = typer.Option(None, "--out", help="write every format into this folder instead"),
         store_path: Path | None = typer.Option(None, "--store", help=STORE_HELP),
@@ -57,7 +58,8 @@ def register(app: typer.Typer) -> None:
 
     @group.command("compare", help="What changed between two runs: grades, metrics, new and resolved findings.")
     def compare_runs(
-        before: str = typer.Argument(..., help="the earlier run (e.g. before hardening)"),
+        before: str = typer.Argument(..., help="the earlier run (e.g. before hardening; last~ is the run before "
+                                     "the last)"),
         after: str = typer.Argument("last", help="the later run"),
         as_json: bool = typer.Option(False, "--json"),
         fail_if_worse: bool = typer.Option(False, "--fail-if-worse",

@@ -1,7 +1,8 @@
 """Run history in SQLite: one row per assessment, one row per finished job (so an interrupted run can resume).
 
 The database lives at `--store PATH`, else `$BASTION_STORE`, else `~/.local/share/bastion/runs.sqlite`.
-A run is named by its id, any unique prefix of it, `last`, or `last~N` (the N-th run before the last).
+A run is named by its id, any unique prefix of it, `last`, or `last~N` (the N-th run before the last; `last~`
+is `last~1`, as in git).
 
 The store sits above the assessment layer's types but does not import them: it writes any object that has the
 fields of `StoredJob` / `StoredAssessment` and a `to_json()`, and reads back through the decoder its caller
@@ -154,9 +155,10 @@ class RunStore:
 
     # -- reading ------------------------------------------------------------------------------------------
     def resolve(self, run_ref: str) -> str:
-        """The full id of `last`, `last~N`, an id, or a unique id prefix; a clear error otherwise."""
+        """The full id of `last`, `last~N`, an id, or a unique id prefix; a clear error otherwise. As in git,
+        `last~` is `last~1` (the run before the last), never the last run itself."""
         if run_ref == "last" or run_ref.startswith("last~"):
-            back = run_ref[5:] or "0"
+            back = "0" if run_ref == "last" else run_ref[5:] or "1"
             if not back.isdigit() or len(back) > 9:
                 raise ParameterError(f"bad run {run_ref!r}: use last, or last~N for the N-th run before it")
             row = self.conn.execute("SELECT id FROM runs ORDER BY created DESC, id DESC LIMIT 1 OFFSET ?",
