@@ -1,0 +1,109 @@
+"""Budgets keep partial results (issue 21, item 3): a spent query budget or a deadline stops an attack at a natural
+boundary, and what it measured comes back marked partial, in the library, through the sandbox and on the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from itertools import count
+from types import SimpleNamespace
+
+import pytest
+
+import bastion.core.target as target_module
+from bastion.attacks.evasion.gradient import FGSM, PGD
+from bastion.attacks.extraction import Copycat
+from bastion.cli.main import run as cli
+from bastion.core.errors import QueryBudgetExceeded
+from bastion.models import load_target
+from bastion.store import RunStore
+from tests.extraction_fixtures import FAST
+
+N = 200  # samples: four batches of 64 (three whole, one of 8) when a budget may stop the run
+
+
+@pytest.fixture(scope="module")
+def digits(digits_demo):
+    return digits_demo, digits_demo.test.head(N)
+
+
+def test_spent_budget_keeps_the_finished_batches(digits):
+    demo, data = digits
+    full = FGSM(eps=0.1).run(load_target(demo.model_path, device="cpu", max_queries=10**9), data)
+    assert full.status == "complete" and full.reason == "" and full.metrics["n_samples"] == N
+    budget = full.queries // 2
+    part = FGSM(eps=0.1).run(load_target(demo.model_path, device="cpu", max_queries=budget), data)
+    done = part.metrics["n_samples"]
+    assert part.status == "partial" and "query budget spent" in part.reason
+    assert 0 < done < N and done % 64 == 0 and f"{done} of {N} samples attacked" in part.reason
+    assert part.queries <= budget
+    # FGSM is deterministic: the finished batches hold exactly the outcomes of the complete run on those samples
+    assert part.samples["correct"] == full.samples["correct"][:done]
+    assert part.samples["robust"] == full.samples["robust"][:done]
+    kept = sum(r[0] for r in full.samples["robust"][:done]) / done
+    assert part.metrics["robust_accuracy"][0]["robust_accuracy"] == pytest.approx(kept)
+    with pytest.raises(QueryBudgetExceeded):  # nothing finished: nothing to report, the one-line error
+        FGSM(eps=0.1).run(load_target(demo.model_path, device="cpu", max_queries=10), data)
+
+
+def test_deadline_stops_pgd_between_batches(digits, monkeypatch):
+    demo, data = digits
+    target = load_target(demo.model_path, device="cpu")
+    clock = count()  # one tick per query batch the target answers
+    monkeypatch.setattr(target_module, "time", SimpleNamespace(time=lambda: float(next(clock))))
+    target.counter.stop_at(12.0, 30.0)  # PGD-5 answers a batch of 64 in 8 query batches: the second one stops
+    result = PGD(eps=0.1, steps=5, seed=0).run(target, data)
+    assert result.status == "partial" and result.reason.startswith("deadline reached (30 s)")
+    assert result.metrics["n_samples"] == 64 == len(result.samples["correct"])
+    assert "64 of 200 samples attacked" in result.reason
+
+
+def test_extraction_keeps_the_copies_at_the_budget_points_reached(digits):
+    demo, _ = digits
+    limited = load_target(demo.model_path, device="cpu", max_queries=100)
+    result = Copycat(budget=[30, 60, 150], **FAST).run(limited, demo.test, pool=demo.train)
+    assert result.status == "partial" and "copies at 2 of 3 budget points (30, 60)" in result.reason
+    assert [c["budget"] for c in result.metrics["curve"]] == [30, 60] and result.queries == 60
+    assert result.metrics["fidelity"] == [{"budget": 30, "fidelity": result.metrics["curve"][0]["fidelity"]},
+                                          {"budget": 60, "fidelity": result.metrics["curve"][1]["fidelity"]}]
+
+
+def bastion(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bastion", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_prints_partial_first_and_exits_per_fail_on(digits, tmp_path):
+    """Sandboxed (the demo model is a .pt2: code runs in the worker, which sends the partial result back) and
+    in-process: the same partial result; the first line says so; --fail-on never passes a partial run."""
+    demo, _ = digits
+    common = ["attack", "evasion", "fgsm", str(demo.model_path), "--data", str(demo.test_path), "--eps", "0.1",
+              "--n-samples", str(N), "--device", "cpu", "--max-queries", "300"]
+    sandboxed = bastion(*common, "--json")
+    assert sandboxed.returncode == 0, sandboxed.stderr
+    result = json.loads(sandboxed.stdout)
+    assert result["status"] == "partial" and "query budget spent" in result["reason"]
+    assert 0 < result["metrics"]["n_samples"] < N and result["metrics"]["sandbox"]["no_sandbox"] is False
+    assert "bastion: partial: query budget spent" in sandboxed.stderr
+    text = bastion(*common, "--no-sandbox", "--fail-on", "critical")
+    assert text.returncode == 1, text.stderr
+    assert text.stdout.splitlines()[0].startswith("PARTIAL: query budget spent")
+    assert "the run is partial, so it cannot pass" in text.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_max_queries_below_one_is_one_line(digits, capsys, value):
+    demo, _ = digits
+    with pytest.raises(SystemExit) as done:
+        cli(["attack", "evasion", "fgsm", str(demo.model_path), "--data", str(demo.test_path),
+             f"--max-queries={value}"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err == f"error: --max-queries must be at least 1, got {value}\n"
+
+
+def test_last_tilde_is_the_run_before_the_last(tmp_path):
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        for run_id in ("20240101-000000-aaaaaa", "20240102-000000-bbbbbb"):
+            store.create_run(run_id, {"model": "m.pt"}, {}, None, "local", 0)
+        assert store.resolve("last") == "20240102-000000-bbbbbb"
+        assert store.resolve("last~") == store.resolve("last~1") == "20240101-000000-aaaaaa"
