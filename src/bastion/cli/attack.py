@@ -62,9 +62,12 @@ def register(app: typer.Typer) -> None:
         fail_on_level(fail_on)
         spec = JobSpec("attacks", name, family, list(ctx.args), {"seed": seed, "arch": arch},
                        data=None if data is None else str(data), label=label, n_samples=n_samples,
-                       classes=[c.strip() for c in (classes or "").split(",") if c.strip()],
-                       module=_module(name, family))
+                       classes=[c.strip() for c in (classes or "").split(",") if c.strip()])
         load = {"path": model, "arch": arch, "device": device, "trust": trust, "max_queries": max_queries,
                 "access": access}
         options = SandboxOptions(enabled=not no_sandbox, timeout=timeout, device=device)
-        emit(sandboxed_attack(spec, load, options), as_json, fail_on, judged=True)
+
+        def locate(job: JobSpec) -> None:  # once the worker has started: reading the source takes ~0.07 s
+            job.module = _module(name, family)
+
+        emit(sandboxed_attack(spec, load, options, locate), as_json, fail_on, judged=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +56,18 @@ def _finish(run: SandboxRun, options: SandboxOptions) -> Result:
     return result
 
 
-def _start(spec: JobSpec, load: dict[str, Any], options: SandboxOptions, job: str
+Locate = Callable[[JobSpec], None]
+
+
+def _start(spec: JobSpec, load: dict[str, Any], options: SandboxOptions, job: str, locate: Locate | None = None
            ) -> tuple[Sandbox | None, Dataset | None, Dataset | None]:
-    """Start the worker first (it imports PyTorch meanwhile), then check the spec and load `--data` and
-    `--train-data` here; a bad spec or dataset stops the worker."""
+    """Start the worker first (it imports PyTorch meanwhile); then, here, `locate` the spec's class (the CLI reads
+    the registry's source: an unknown name is its one-line error), check the spec and load `--data` and
+    `--train-data`. Any error stops the worker."""
     sandbox = open_sandbox(str(load["path"]), load.get("arch"), options, spec.readable(), job=job)
     try:
+        if locate is not None:
+            locate(spec)
         spec.check()
         evaluation, training = spec.load_data()
     except BaseException:
@@ -70,10 +77,11 @@ def _start(spec: JobSpec, load: dict[str, Any], options: SandboxOptions, job: st
     return sandbox, evaluation, training
 
 
-def sandboxed_attack(spec: JobSpec, load: dict[str, Any], options: SandboxOptions) -> Result:
+def sandboxed_attack(spec: JobSpec, load: dict[str, Any], options: SandboxOptions, locate: Locate | None = None
+                     ) -> Result:
     """Build and run the attack of `spec` on the model of `load` (keyword arguments of `load_target`, without
     data): inside one sandboxed worker when the model carries code, else in this process."""
-    sandbox, evaluation, _ = _start(spec, load, options, "attack")
+    sandbox, evaluation, _ = _start(spec, load, options, "attack", locate)
     payload: dict[str, Any] = {"spec": spec, "evaluation": evaluation, "load": load}
     if options.timeout is not None:  # the attack stops itself before the sandbox's hard deadline and keeps results
         payload.update(deadline=time.time() + soft_deadline(options.timeout), seconds=options.timeout)
@@ -86,9 +94,10 @@ def soft_deadline(timeout: float) -> float:
     return timeout - min(max(1.0, 0.1 * timeout), 0.5 * timeout)
 
 
-def sandboxed_defense(spec: JobSpec, load: dict[str, Any], options: SandboxOptions, out: Path | None) -> Result:
+def sandboxed_defense(spec: JobSpec, load: dict[str, Any], options: SandboxOptions, out: Path | None,
+                      locate: Locate | None = None) -> Result:
     """Build and run the defense of `spec` in one worker; a saved model leaves scratch for `out`."""
-    sandbox, evaluation, training = _start(spec, load, options, "defend")
+    sandbox, evaluation, training = _start(spec, load, options, "defend", locate)
     out = None if out is None else Path(out).absolute()
     payload = {"spec": spec, "evaluation": evaluation, "training": training, "load": load,
                "out_name": None if out is None else out.name}

@@ -44,8 +44,6 @@ class JobSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ParameterError(f"unknown job kind {self.kind!r}")
-        if self.module is not None and not self.module.startswith(f"bastion.{self.kind}."):
-            raise ParameterError(f"{self.module!r} is not a module of bastion.{self.kind}")
 
     @property
     def what(self) -> str:
@@ -53,8 +51,10 @@ class JobSpec:
         return f"{self.family} {noun} '{self.name}'" if self.kind == "attacks" else f"{noun} '{self.name}'"
 
     def check(self) -> None:
-        """What the parent can check without importing the registry: the syntax of the parameters, the seed and
-        the sample count (unknown parameters are named by the worker, which builds the object)."""
+        """What the parent can check without importing the registry: the module, the syntax of the parameters,
+        the seed and the sample count (unknown parameters are named by the worker, which builds the object)."""
+        if self.module is not None and not self.module.startswith(f"bastion.{self.kind}."):
+            raise ParameterError(f"{self.module!r} is not a module of bastion.{self.kind}")
         parse_extra(self.args)
         if self.defaults.get("seed") is not None:
             check_seed(self.defaults["seed"])
