@@ -118,3 +118,30 @@ def detection_rates(flagged: np.ndarray, is_poison: np.ndarray) -> dict[str, flo
     tpr = float(flagged[is_poison].mean()) if is_poison.any() else 0.0
     fpr = float(flagged[~is_poison].mean()) if (~is_poison).any() else 0.0
     return {"tpr": tpr, "fpr": fpr}
+
+
+def bootstrap_ratio(numerator: np.ndarray, denominator: np.ndarray, n_bootstrap: int = 1000,
+                    confidence: float = 0.95, seed: int = 0) -> Interval:
+    """mean(numerator) / mean(denominator) with a percentile-bootstrap interval (the two samples resampled
+    separately), e.g. the amplification of attack inputs' latency over natural inputs'. A zero denominator mean
+    gives an infinite ratio (and interval) unless the numerator's mean is zero too (ratio 1)."""
+    num = np.asarray(numerator, dtype=np.float64).ravel()
+    den = np.asarray(denominator, dtype=np.float64).ravel()
+    if len(num) == 0 or len(den) == 0:
+        raise ParameterError("a ratio needs at least one value on each side")
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        top, bottom = a.mean(axis=-1), b.mean(axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = top / bottom
+        return np.where(bottom == 0, np.where(top == 0, 1.0, np.inf), out)
+
+    point = float(ratio(num, den))
+    rng = np.random.default_rng(seed)
+    boot = ratio(rng.choice(num, (n_bootstrap, len(num))), rng.choice(den, (n_bootstrap, len(den))))
+    alpha = (1 - confidence) / 2
+    if not n_bootstrap:
+        return Interval(point, point, point)
+    ordered = np.sort(boot)  # order statistics: infinite resamples stay infinite (no interpolation between them)
+    lo, hi = ordered[int(alpha * (n_bootstrap - 1))], ordered[int(np.ceil((1 - alpha) * (n_bootstrap - 1)))]
+    return Interval(point, float(min(lo, point)), float(max(hi, point)))
