@@ -83,7 +83,8 @@ class AvailabilityAttack(Attack):
         torch.manual_seed(self.seed)
         start = time.perf_counter()
         natural = torch.as_tensor(data.x, dtype=torch.float32, device=target.device)
-        crafted = self.craft(target, natural).detach()
+        with measure.fixed_threads(self.threads):
+            crafted = self.craft(target, natural).detach()
         if crafted.shape != natural.shape:
             raise ParameterError("crafted inputs changed shape")  # pragma: no cover - subclasses keep the shape
         metrics = self.measure(target, natural, crafted)
@@ -108,6 +109,8 @@ class AvailabilityAttack(Attack):
                 att, per_att = probe.density(crafted)
                 dims.append(self._compare("density", att, nat))
                 metrics["density_per_layer"] = {"natural": per_nat, "attack": per_att}
+                if probe.skipped:
+                    metrics["density_note"] = f"layers not read from the graph: {', '.join(probe.skipped)}"
                 metrics["_natural_density"], metrics["_attack_density"] = nat.tolist(), att.tolist()
         nat_t = measure.latencies(target, natural, self.repeats, self.warmup, self.threads)
         att_t = measure.latencies(target, crafted, self.repeats, self.warmup, self.threads)

@@ -107,9 +107,18 @@ class ActivationProbe:
                                  "activation density needs them as modules, not functional calls")
         self._eager = not (isinstance(inner, torch.jit.ScriptModule) or intermediate.is_exported(inner))
         self._inner = inner
+        self.skipped: list[str] = []  # layers whose values the graph readers cannot isolate
         if not self._eager:
-            self._readers = [(intermediate.reader(model, n, read_input=True), intermediate.reader(model, n))
-                             for n in self.names]
+            self._readers = []
+            for name in list(self.names):
+                try:
+                    self._readers.append((intermediate.reader(model, name, read_input=True),
+                                          intermediate.reader(model, name)))
+                except ParameterError:
+                    self.skipped.append(name)
+            self.names = [n for n in self.names if n not in self.skipped]
+            if not self.names:
+                raise ParameterError("none of the model's activation layers can be read from its graph")
 
     def __call__(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(pre-activation, activation) of each activation layer for the batch `x`."""

@@ -49,8 +49,11 @@ class Sponge(AvailabilityAttack):
     """White-box sponge examples: gradient ascent on activation density (`objective` l0) or magnitude (l2).
 
     `steps` ascent steps of size `step` (a fraction of the input range, or of `eps` when set) under the optional
-    budget `eps` in norm `norm`; `tau` is the temperature of the L0 surrogate.
-    Example: `bastion attack availability sponge model.pt2 --data test.npz --steps 100 --json`."""
+    budget `eps` in norm `norm`; `tau` is the temperature of the L0 surrogate (Shumailov et al., EuroS&P 2021).
+
+    Example:
+        >>> result = Sponge(steps=100, objective="l0").run(target, data)  # doctest: +SKIP
+    """
 
     name = "sponge"
     requires = Access.GRADIENTS
@@ -99,7 +102,12 @@ class SpongeGA(AvailabilityAttack):
 
     `generations` rounds over a population of `population` inputs; the fittest `elite` fraction survive; children
     mix two parents coordinate-wise and get Gaussian noise of scale `mutation` (fraction of the input range) on a
-    `mutation_rate` fraction of their coordinates; `eps`/`norm` optionally bound the distance to natural inputs."""
+    `mutation_rate` fraction of their coordinates; `eps`/`norm` optionally bound the distance to natural inputs
+    (Shumailov et al., EuroS&P 2021).
+
+    Example:
+        >>> result = SpongeGA(population=64, generations=30, fitness="density").run(target, data)  # doctest: +SKIP
+    """
 
     name = "sponge-ga"
     requires = Access.LABELS
