@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bastion.attacks.availability.early_exit import EarlyExitSlowdown
+from bastion.attacks.availability.deepsloth import EarlyExitSlowdown
 from bastion.attacks.availability.energy import NOT_EXPOSED, EnergyMeter
 from bastion.attacks.availability.input_size import InputSize
 from bastion.attacks.availability.judge import judge_availability

@@ -8,10 +8,10 @@ from torch import nn
 
 from bastion.core.errors import ParameterError
 from bastion.defenses.detect.features import feature_layer, representation
-from bastion.defenses.detect.intermediate import layers
 from bastion.demo.models import digits_cnn
 from bastion.models import load_target
 from bastion.models.export import save_model
+from bastion.models.intermediate import layers
 from bastion.models.metadata import ModelMetadata
 from tests.poisoning_fixtures import single_thread
 

@@ -149,12 +149,17 @@ def test_native_members_of_a_pt2_are_flagged(tmp_path: Path) -> None:
     assert native.severity == "high" and native.evidence["member"].endswith("model.so")
 
 
-def test_a_pt2_the_scanner_reads_as_another_format_is_refused(tmp_path: Path) -> None:
-    """The loader picks torch.export from models/model.json; without archive_format the scanner does not: refuse."""
+def test_a_pt2_without_archive_format_is_still_scanned_as_torch_export(tmp_path: Path) -> None:
+    """The loader picks torch.export from models/model.json; the sniffer reads the same member, so the scanner runs
+    the pt2 checks on it (no format gap to slip a pickle through) and the broken archive is refused in one line."""
+    from bastion.supplychain.detect import detect_format
+
     path = H.export_pt2(tmp_path / "model.pt2", H.Bare())
     H._rewrite(path, {"archive_format": None})
-    with pytest.raises(ModelLoadError, match="its loader reads it as torch-export, but its bytes scan as"):
+    assert detect_format(path) == "torch-export"
+    with pytest.raises(ModelLoadError, match="corrupt torch.export file") as caught:
         load_target(path)
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize("config", [b"{not json", b'{"config": []}',

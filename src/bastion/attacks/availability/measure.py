@@ -93,11 +93,11 @@ class ActivationProbe:
     """Reads the activation layers of a white-box model: their inputs (pre-activations) and outputs.
 
     Eager modules: forward hooks, one forward pass. TorchScript and torch.export programs: the hook-free readers of
-    `bastion.defenses.detect.intermediate` (two passes per layer). Both keep the autograd graph, so sponge attacks
+    `bastion.models.intermediate` (two passes per layer). Both keep the autograd graph, so sponge attacks
     can ascend a function of the activations."""
 
     def __init__(self, model: nn.Module):
-        from bastion.defenses.detect import intermediate
+        from bastion.models import intermediate
 
         self.model = model
         inner = intermediate.unwrap(model)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from bastion.core.errors import DataError, ParameterError
-from bastion.defenses.detect.intermediate import layers, reader
 from bastion.evaluation.metrics import auc, detection_rates, roc_curve, tpr_at_fpr
+from bastion.models.intermediate import layers, reader
 
 CONV_TYPES = ("Conv1d", "Conv2d", "Conv3d")
 

@@ -30,7 +30,7 @@ from bastion.core.target import Access, Target
 
 def exit_model(target: Target) -> nn.Module:
     """The loaded module with an exit policy (`exit_logits`, `exit_depth`), or a clear error."""
-    from bastion.defenses.detect.intermediate import unwrap
+    from bastion.models.intermediate import unwrap
 
     model = unwrap(measure.white_box_model(target, "early-exit slowdown"))
     if not (hasattr(model, "exit_logits") and hasattr(model, "exit_depth")):
