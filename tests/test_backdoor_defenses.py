@@ -21,6 +21,7 @@ from bastion.defenses.detect.strip import STRIP
 from bastion.defenses.repair.fine_prune import FinePrune, prunable_layer
 from bastion.defenses.repair.fine_tune import FineTune
 from bastion.demo.models import digits_cnn, tabular_mlp
+from bastion.families import judged
 from tests.poisoning_fixtures import ARCH, badnets, clean_model, digits, single_thread, target_of
 
 
@@ -43,8 +44,8 @@ def test_activation_clustering_finds_the_poison():
     m = result.metrics
     assert m["tpr"] >= 0.8 and m["fpr"] <= 0.1
     assert 0 in m["poisoned_classes"] and m["auroc"] > 0.8
-    assert result.family == "defense" and result.attack == "activation-clustering"
-    assert result.findings[0].severity == "high"
+    assert result.family == "backdoor" and result.attack == "activation-clustering"
+    assert judged(result).findings[0].severity == "high"
 
 
 def test_spectral_signatures_rank_the_poison_first():
@@ -96,7 +97,7 @@ def test_neural_cleanse_cli_flags_the_backdoor_target(tmp_path):
                                    str(NC_STEPS), "--json"], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout)
-    assert result["family"] == "defense" and result["attack"] == "neural-cleanse"
+    assert result["family"] == "backdoor" and result["attack"] == "neural-cleanse"
     assert 0 in result["metrics"]["flagged_classes"] and result["metrics"]["anomaly_index"][0] > 2
     assert len(result["metrics"]["anomaly_index"]) == 10
     assert result["findings"][0]["severity"] == "critical"

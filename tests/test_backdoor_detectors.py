@@ -13,6 +13,7 @@ from bastion.core.errors import ParameterError
 from bastion.defenses.detect.confusion import ConfusionTraining
 from bastion.defenses.detect.mm_bd import MMBD, null_tails, order_statistic_p_value
 from bastion.defenses.detect.spectre import Spectre
+from bastion.families import judged
 from tests.poisoning_fixtures import badnets, clean_model, digits, single_thread, target_of
 
 
@@ -32,7 +33,7 @@ def test_spectre_finds_the_planted_poison():
     result = Spectre(ground_truth=is_poison).run(target, train_data=data)
     m = result.metrics
     assert m["tpr"] >= 0.9 and m["fpr"] <= 0.02 and m["auroc"] >= 0.98
-    assert m["poisoned_classes"] == [0] and result.findings[0].severity == "high"
+    assert m["poisoned_classes"] == [0] and judged(result).findings[0].severity == "high"
 
 
 def test_spectre_with_an_eps_bound_removes_the_papers_fraction():

@@ -15,6 +15,7 @@ from bastion.attacks.extraction import Copycat, EquationSolving, JacobianAugment
 from bastion.attacks.extraction.substitute import default_substitute
 from bastion.core.errors import AccessError, ParameterError, QueryBudgetExceeded
 from bastion.core.target import Access
+from bastion.families import judged
 from bastion.models import load_target
 from tests.extraction_fixtures import FAST, canonical, logistic_victim
 
@@ -38,7 +39,7 @@ def test_equation_solving_recovers_logistic_regression_exactly(loader, n_classes
     assert np.abs(attack.bias_ - bias).max() < 1e-6
     assert result.metrics["fidelity"] == 1.0 and result.metrics["fidelity_ood"] == 1.0
     assert np.allclose(result.metrics["parameters"]["weights"], weights, atol=1e-6)
-    assert result.findings[0].severity == "critical"
+    assert judged(result).findings[0].severity == "critical"
 
 
 def test_equation_solving_random_design_and_refusals():

@@ -22,6 +22,7 @@ from bastion.defenses.postprocess import (
     mad_perturb,
     unwrap,
 )
+from bastion.families import judged
 from bastion.models import load_target
 from tests.extraction_fixtures import FAST
 
@@ -154,11 +155,11 @@ def test_prada_monitor_defense_flags_a_logged_jacobian_stream(digits):
     logged = attack.query_log_.inputs.reshape(-1, 1, 8, 8).numpy()
     stream = Dataset(logged, np.zeros(len(logged), dtype=np.int64))
     result = PradaMonitor(n_benign=3).run(target, demo.train, queries=stream)
-    assert result.family == "defense" and result.attack == "prada"
+    assert result.family == "extraction" and result.attack == "prada"
     assert result.metrics["detected"] and result.metrics["benign_false_alarm_rate"] == 0.0
-    assert result.findings[0].severity == "high"
+    assert judged(result).findings[0].severity == "high"
     natural = Dataset(demo.train.x[:400], demo.train.y[:400])
     calibrated = PradaMonitor(calibrate=True, n_benign=3).run(target, demo.train, queries=natural)
-    assert not calibrated.metrics["detected"] and calibrated.findings[0].severity == "info"
+    assert not calibrated.metrics["detected"] and judged(calibrated).findings[0].severity == "info"
     with pytest.raises(ParameterError, match="--queries"):
         PradaMonitor().run(target, demo.train)

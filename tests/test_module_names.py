@@ -15,7 +15,6 @@ KNOWN = {
     "assess.py": "sandbox/assess.py (sandbox) and cli/assess.py (assess CLI)",
     "run.py": "sandbox/run.py (sandbox) and demo/run.py (demo)",
     "commands.py": "attacks/llm/commands.py (LLM family, new) and sandbox/commands.py (sandbox)",
-    "findings.py": "attacks/privacy/findings.py and attacks/backdoor/findings.py move into the family plug-ins",
 }
 
 

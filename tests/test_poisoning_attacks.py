@@ -17,6 +17,7 @@ from bastion.core.errors import ParameterError
 from bastion.core.results import Result
 from bastion.core.target import FunctionTarget
 from bastion.demo.models import digits_cnn
+from bastion.families import judged
 from tests.poisoning_fixtures import ARCH, EPOCHS, badnets, digits, single_thread, target_of
 
 
@@ -33,7 +34,7 @@ def test_badnets_at_5_percent_plants_a_backdoor_without_costing_accuracy():
     assert point["attack_success_rate"] >= 0.9
     assert result.metrics["clean_accuracy_drop"][0] <= 0.02
     assert result.metrics["attack_success_rate_baseline"] <= 0.1  # the clean model ignores the patch
-    assert result.findings[0].severity in ("high", "critical")
+    assert judged(result).findings[0].severity in ("high", "critical")
     poisoned = attack.poisoned_
     assert int(poisoned.is_poison.sum()) == 55 and (poisoned.y[poisoned.is_poison] == 0).all()
     assert Result.from_json(result.to_json()).to_dict() == result.to_dict()

@@ -13,6 +13,7 @@ from bastion.core.results import Result
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer, seed_everything
 from bastion.demo.models import tabular_mlp
+from bastion.families import judged
 from tests.privacy_fixtures import digits_split, mlp, overfit_target, single_thread
 
 
@@ -24,7 +25,7 @@ def test_inversion_recovers_every_digit_with_gradients():
     assert result.metrics["similarity"] > result.metrics["similarity_to_other_classes"] + 0.3
     assert min(result.metrics["confidence"]) > 0.9
     assert np.array(result.metrics["representatives"]).shape == (10, 64)
-    assert result.findings[0].severity == "high" and result.metrics["gradient"] == "exact"
+    assert judged(result).findings[0].severity == "high" and result.metrics["gradient"] == "exact"
     assert Result.from_json(result.to_json()).to_dict() == result.to_dict()
 
 
@@ -44,7 +45,7 @@ def test_inversion_of_an_untrained_model_finds_nothing():
     with single_thread():
         result = ModelInversion(steps=100).run(TorchTarget(mlp(), (64,), device="cpu"), population)
     assert result.metrics["similarity"] < 0.3
-    assert result.findings[0].severity in ("info", "low")
+    assert judged(result).findings[0].severity in ("info", "low")
 
 
 def test_inversion_needs_data_and_valid_classes():
@@ -83,7 +84,7 @@ def test_attribute_inference_exposes_an_overfit_model():
     assert result.metrics["n_values"] == 4  # a categorical attribute is tried value by value
     assert result.metrics["advantage"] > 0.15 and result.metrics["advantage_ci"][0] > 0.1
     assert result.metrics["accuracy_members"] > result.metrics["baseline_accuracy"] + 0.2
-    assert result.findings[0].severity in ("medium", "high")
+    assert judged(result).findings[0].severity in ("medium", "high")
     assert result.queries == 600 * 4
 
 
@@ -93,7 +94,7 @@ def test_attribute_inference_on_records_the_model_never_saw_has_no_advantage():
     result = AttributeInference(attribute=6).run(target, members=members, nonmembers=nonmembers)
     low, high = result.metrics["advantage_ci"]
     assert low < 0.03 and high - low < 0.2  # consistent with no advantage (sample composition varies)
-    assert result.findings[0].severity in ("info", "low")
+    assert judged(result).findings[0].severity in ("info", "low")
 
 
 def test_attribute_candidates_and_errors():

@@ -19,6 +19,7 @@ from bastion.core.results import Result, severity_rank
 from bastion.core.target import FunctionTarget
 from bastion.core.training import Trainer
 from bastion.evaluation.metrics import roc_summary
+from bastion.families import judged
 from tests.privacy_fixtures import TRAINING, attack, digits_split, mlp, overfit_target, single_thread, tpr
 
 LIRA = {"arch": mlp, "n_reference": 8, **TRAINING}
@@ -32,7 +33,7 @@ def test_lira_finds_the_leak_of_an_overfit_model():
     rate, ci = tpr(result, 0.01)
     assert rate >= 0.05 and ci[0] > 0.01  # well above the 1% of a random guess
     assert result.metrics["auc"] > 0.6
-    assert severity_rank(result.findings[0].severity) >= severity_rank("medium")
+    assert severity_rank(judged(result).findings[0].severity) >= severity_rank("medium")
     assert result.metrics["reference_train_accuracy"] == pytest.approx(1.0, abs=0.02)  # references overfit too
     assert result.queries == 600
 
@@ -89,7 +90,7 @@ def test_a_model_that_never_saw_the_members_stays_at_chance(name, params):
     rate, ci = tpr(result, 0.01)
     assert rate <= 0.04 and ci[0] <= 0.01
     assert 0.42 < result.metrics["auc"] < 0.58
-    assert result.findings[0].severity in ("info", "low")
+    assert judged(result).findings[0].severity in ("info", "low")
 
 
 @pytest.mark.parametrize("name, params", [("loss", {}), ("lira", LIRA4)])
@@ -98,7 +99,7 @@ def test_a_dp_trained_model_stays_near_chance(name, params):
     rate, ci = tpr(result, 0.01)
     assert rate <= 0.04 and ci[0] <= 0.01
     assert result.metrics["auc"] < 0.6
-    assert severity_rank(result.findings[0].severity) <= severity_rank("low")
+    assert severity_rank(judged(result).findings[0].severity) <= severity_rank("low")
 
 
 # -- intervals and reproducibility ---------------------------------------------------------------------------

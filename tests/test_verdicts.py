@@ -4,12 +4,11 @@ black-box grades say they are upper bounds, and Bastion's own numerics are never
 from __future__ import annotations
 
 from bastion.assess.assessment import Assessment
-from bastion.attacks.extraction.base import ExtractionAttack
-from bastion.attacks.privacy.findings import membership_findings
 from bastion.cli.assess import exit_code
 from bastion.core.results import Finding, Result
 from bastion.defenses.before_after import gain_finding
-from bastion.families.base import FamilyReport, JobOutcome
+from bastion.evaluation.privacy_verdicts import membership_findings
+from bastion.families.base import FamilyReport, JobOutcome, judged
 from bastion.families.evasion import EvasionFamily, evasion_findings
 from bastion.families.grading import BLACK_BOX_NOTE, INCOMPLETE, overall_grade
 from bastion.families.inputs import ModelInfo
@@ -53,19 +52,13 @@ def test_leakage_whose_auc_interval_excludes_chance_is_reported_as_leakage():
     assert chance.severity == "info" and "includes 0.5" in chance.description
 
 
-class _Copy(ExtractionAttack):
-    name = "copy"
-
-    def extract(self, api, pool, budgets):  # pragma: no cover - not run
-        return iter(())
-
-
 def test_extraction_words_follow_the_fidelity():
     metrics = {"access": "scores", "prada": {}}
     words = {}
     for fidelity in (0.38, 0.6, 0.8, 0.97):
         row = {"budget": 100, "queries": 100, "fidelity": fidelity, "transfer_success": 0.1}
-        words[fidelity] = _Copy().findings([row], metrics)[0].description
+        result = Result(family="extraction", attack="copy", metrics={**metrics, "curve": [row]})
+        words[fidelity] = judged(result).findings[0].description
     assert "most inputs" not in words[0.38] and "extraction failed" in words[0.38]
     assert "partial copy" in words[0.6] and "most inputs" in words[0.8] and "almost every" in words[0.97]
 

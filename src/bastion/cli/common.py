@@ -30,12 +30,10 @@ def emit(result: Result, as_json: bool, fail_on: str | None, judged: bool = Fals
     already); exit 2 if it is incomplete, 1 if a finding reaches `--fail-on` or, with `--fail-on`, if a budget or
     deadline stopped it (a partial run is never a clean pass)."""
     level = fail_on_level(fail_on)
-    if not judged:
-        from bastion.families import registry
+    if not judged:  # attacks measure; the family plug-in judges (bastion.families)
+        from bastion.families import judged as judge
 
-        family = registry().get(result.family)
-        if family is not None:  # attacks measure; the family plug-in judges (bastion.families)
-            result.findings = family({}, 0).judge([result])
+        judge(result)
     if result.partial:  # the first line says it, before any table (and on stderr beside the JSON)
         line = f"{result.reason or 'stopped early'}; the figures cover only what was measured"
         typer.echo(f"bastion: partial: {line}" if as_json else f"PARTIAL: {line}", err=as_json)

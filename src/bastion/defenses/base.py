@@ -1,7 +1,8 @@
 """The Defense contract shared by detection, repair and hardening defenses.
 
 Same conventions as `Attack`: parameters in `__init__` (validated there, no work done there), `run(target, data,
-**datasets)` does the work and returns an `Result` with `family="defense"` and `attack=<defense name>`.
+**datasets)` does the work and returns an `Result` with `attack=<defense name>` and `family` the threat family whose
+plug-in judges it (`threat`: "backdoor" for the backdoor detectors, else "defense"); defenses measure, families judge.
 `dataset_params` names extra datasets the CLI loads from paths; a defense that produces a new model (repair,
 hardening) leaves it in `artifact_`, which the CLI saves with `--out`.
 """
@@ -25,6 +26,7 @@ class Defense(ABC):
     """Base class: subclasses set `name`, `family` (e.g. "detect", "repair"), `requires` and implement `run`."""
 
     family: ClassVar[str] = ""
+    threat: ClassVar[str] = "defense"  # the family of its results: the bastion.families plug-in that judges them
     name: ClassVar[str] = ""
     requires: ClassVar[Access] = Access.LABELS
     dataset_params: ClassVar[tuple[str, ...]] = ()
@@ -43,8 +45,8 @@ class Defense(ABC):
 
     def result(self, target: Target, metrics: dict[str, Any], start: float, queries_before: int = 0,
                findings: list[Finding] | None = None) -> Result:
-        """Package metrics as the defense's `Result` (family "defense")."""
-        return Result(family="defense", attack=self.name, params=self.get_params(), metrics=metrics,
+        """Package metrics as the defense's `Result` (family `threat`)."""
+        return Result(family=self.threat, attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=target.queries - queries_before, seconds=time.perf_counter() - start,
                             device=str(target.device), findings=findings or [])
 

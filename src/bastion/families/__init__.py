@@ -7,6 +7,6 @@ all read from `registry()`. Adding a family is adding one module here (docs/arch
 
 from __future__ import annotations
 
-from bastion.families.base import Family, get_family, registry
+from bastion.families.base import Family, get_family, judged, registry
 
-__all__ = ["Family", "get_family", "registry"]
+__all__ = ["Family", "get_family", "judged", "registry"]

@@ -10,6 +10,7 @@ import numpy as np
 from bastion.core.params import accepts, construct
 from bastion.core.registry import get, register
 from bastion.core.results import Finding, Result
+from bastion.families.backdoor_verdicts import backdoor_findings
 from bastion.families.base import (
     ENABLED,
     Family,
@@ -101,15 +102,17 @@ class BackdoorFamily(Family):
     def execute(self, inputs: Inputs, job: Job) -> Result:
         target = inputs.load_target(eager=True)
         scanner = construct(scanner_class(job.name), dict(job.params), f"backdoor scanner '{job.name}'")
-        result = scanner.run(target, select(inputs, *job.data["data"]))
-        result.family = "backdoor"
-        return result
+        return scanner.run(target, select(inputs, *job.data["data"]))
+
+    def judge(self, results: list[Result]) -> list[Finding]:
+        """Findings of poisoning sweeps and detector runs (bastion.families.backdoor_verdicts)."""
+        return [f for r in results for f in backdoor_findings(r)]
 
     def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
         results = [r for _, r in done(outcomes)]
         checks: list[SanityCheck] = []
         headline: dict[str, float] = {}
-        findings: list[Finding] = [f for r in results for f in r.findings]
+        findings = self.judge(results)
         for r in results:
             m = r.metrics
             if "anomaly_index" in m:

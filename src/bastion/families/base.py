@@ -249,6 +249,15 @@ def get_family(name: str) -> type[Family]:
     return get("families", name)
 
 
+def judged(result: Result) -> Result:
+    """The result with the findings its threat family judges from its measurements (attacks and detectors only
+    measure); a result of no registered family (a repair or hardening defense) keeps its own findings."""
+    family = registry().get(result.family)
+    if family is not None:
+        result.findings = family({}, 0).judge([result])
+    return result
+
+
 def family_for(name: str, section: dict[str, Any], seed: int) -> Family:
     """The registered family `name`, configured with its plan table."""
     return get_family(name)(section, seed)

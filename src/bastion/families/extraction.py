@@ -13,8 +13,9 @@ import numpy as np
 from bastion.core.errors import ParameterError
 from bastion.core.params import accepts, construct
 from bastion.core.registry import get, register
-from bastion.core.results import Result
+from bastion.core.results import Finding, Result
 from bastion.families.base import ENABLED, Family, FamilyReport, Job, JobOutcome, Key, SanityCheck, done, select
+from bastion.families.extraction_verdicts import extraction_findings
 from bastion.families.grading import grade_of
 from bastion.families.inputs import Inputs, ModelInfo
 
@@ -104,6 +105,10 @@ class ExtractionFamily(Family):
         datasets = {role: select(inputs, *spec) for role, spec in job.data.items()}
         return attack.run(target, datasets.pop("data"), **datasets)
 
+    def judge(self, results: list[Result]) -> list[Finding]:
+        """Findings of fidelity curves and PRADA tests (bastion.families.extraction_verdicts)."""
+        return [f for r in results for f in extraction_findings(r)]
+
     def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
         results = [r for _, r in done(outcomes)]
         checks, headline = [], {}
@@ -123,6 +128,6 @@ class ExtractionFamily(Family):
                     "fidelity does not fall as the budget grows" if not drops else
                     "fidelity falls between budgets " + ", ".join(f"{a}->{b}" for a, b in drops)
                     + ": copies are under-trained, so the risk may be underestimated", family="extraction"))
-        findings = [f for r in results for f in r.findings]
+        findings = self.judge(results)
         return self.report("assessed", outcomes, findings=findings, sanity=checks, headline=headline,
                            grade=grade_of(findings))

@@ -15,6 +15,7 @@ from bastion.core.registry import get, register
 from bastion.core.results import Finding, Result
 from bastion.core.target import Access
 from bastion.evaluation.metrics import roc_curve
+from bastion.evaluation.privacy_verdicts import privacy_findings
 from bastion.families.base import (
     ENABLED,
     Family,
@@ -138,6 +139,10 @@ class PrivacyFamily(Family):
             result.metrics["roc_curve"] = roc_on_grid(fpr, tpr, len(scores["nonmember_scores"]))
         return result
 
+    def judge(self, results: list[Result]) -> list[Finding]:
+        """Findings of membership, inversion and attribute-inference results (bastion.evaluation.privacy_verdicts)."""
+        return [f for r in results for f in privacy_findings(r)]
+
     def conclude(self, inputs: Inputs, info: ModelInfo, outcomes: list[JobOutcome]) -> FamilyReport:
         results = [r for _, r in done(outcomes)]
         checks: list[SanityCheck] = []
@@ -157,7 +162,7 @@ class PrivacyFamily(Family):
                 "fpr-resolution", n_neg >= 100,
                 f"{n_neg} non-members: TPR is measurable down to {1 / max(n_neg, 1):.2%} FPR"
                 + ("" if n_neg >= 1000 else " (TPR at 0.1% FPR needs >= 1000 non-members)"), family="privacy"))
-        findings = [f for r in results for f in r.findings]
+        findings = self.judge(results)
         findings += [privacy_sanity_finding(c) for c in checks if not c.passed]
         headline: dict[str, float] = {}
         for r in results:

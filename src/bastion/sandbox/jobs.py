@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from bastion.core.data import Dataset
-from bastion.core.results import Result
 from bastion.sandbox.spec import JobSpec, build
 
 Message = dict[str, Any]
@@ -45,16 +44,6 @@ def load_checked(load: dict[str, Any], datasets: list[Dataset | None]) -> Any:
     return target
 
 
-def judged(result: Result) -> Result:
-    """The result with the findings its threat family judges from its measurements (`bastion.families`)."""
-    from bastion.families import registry
-
-    family = registry().get(result.family)
-    if family is not None:
-        result.findings = family({}, 0).judge([result])
-    return result
-
-
 def attack_job(spec: JobSpec, evaluation: Dataset | None, load: dict[str, Any], deadline: float | None = None,
                seconds: float | None = None) -> Iterator[Message]:
     """Build the attack of `spec`, load its data and the model, run it, and send the judged result. After
@@ -64,6 +53,8 @@ def attack_job(spec: JobSpec, evaluation: Dataset | None, load: dict[str, Any], 
     target = load_checked({**load, "data": built.model_data}, [built.evaluation, *built.datasets.values()])
     target.counter.stop_at(deadline, seconds)
     yield {"type": "loaded"}
+    from bastion.families import judged  # the family plug-in judges what the attack measured
+
     yield {"type": "result", "data": judged(built.obj.run(target, built.evaluation, **built.datasets)).to_dict()}
 
 
@@ -78,6 +69,8 @@ def defend_job(spec: JobSpec, evaluation: Dataset | None, training: Dataset | No
     defense = built.obj
     target = load_checked({**load, "data": built.model_data}, [built.evaluation, *built.datasets.values()])
     yield {"type": "loaded"}
+    from bastion.families import judged
+
     result = judged(defense.run(target, built.evaluation, **built.datasets))
     if out_name is not None:
         folder = Path(out_dir or "out")

@@ -51,7 +51,8 @@ class BadNets(DirtyLabelBackdoor):
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> train_data = load_dataset("train.npz")
         >>> result = BadNets().run(target, data, train_data=train_data)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "badnets"
@@ -86,7 +87,8 @@ class Blended(DirtyLabelBackdoor):
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> train_data = load_dataset("train.npz")
         >>> result = Blended().run(target, data, train_data=train_data)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "blended"

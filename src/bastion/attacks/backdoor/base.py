@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from bastion.attacks.backdoor.findings import poisoning_findings
 from bastion.attacks.base import Attack
 from bastion.core.data import Dataset, save_npz, validate_for_model
 from bastion.core.errors import ParameterError
@@ -169,8 +168,7 @@ class PoisoningAttack(Attack):
         if self.save_dir:
             metrics["saved"] = self.save(Path(self.save_dir), attack_inputs)
         return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
-                            queries=0, seconds=time.perf_counter() - start, device=str(device),
-                            findings=poisoning_findings(self.name, curve, self.target_label))
+                            queries=0, seconds=time.perf_counter() - start, device=str(device))
 
     def summarize(self, curve: list[dict], n_train: int, attack_inputs: Any) -> dict[str, Any]:
         clean, poisoned = curve[0], curve[1:]

@@ -34,7 +34,8 @@ class CleanLabel(PoisoningAttack):
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> train_data = load_dataset("train.npz")
         >>> result = CleanLabel().run(target, data, train_data=train_data)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "clean-label"

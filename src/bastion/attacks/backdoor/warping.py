@@ -64,7 +64,8 @@ class WaNet(DirtyLabelBackdoor):
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> train_data = load_dataset("train.npz")
         >>> result = WaNet().run(target, data, train_data=train_data)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "wanet"

@@ -22,14 +22,10 @@ from bastion.attacks.base import Attack
 from bastion.attacks.extraction.evaluate import Evaluation
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import BudgetSpent, ParameterError
-from bastion.core.results import Finding, Result
+from bastion.core.results import Result
 from bastion.core.target import Access, Target
 from bastion.defenses.detect.prada import PRADA, QueryLog
 from bastion.defenses.postprocess import harden, unwrap
-
-# MITRE ATLAS: AML.T0024.002 Extract ML Model, AML.T0005 Create Proxy ML Model. OWASP ML Top 10: ML05 Model Theft.
-EXTRACTION_ATLAS = ["AML.T0024.002", "AML.T0005"]
-EXTRACTION_OWASP = ["ML05:2023 Model Theft"]
 
 
 def parse_budgets(budget: int | str | Sequence[int] | None) -> list[int]:
@@ -68,25 +64,6 @@ def feature_range(api: Target, pool: Dataset | None) -> tuple[torch.Tensor, torc
         low = torch.where(varies, flat.amin(0).clamp(lo, hi), low)
         high = torch.where(varies, flat.amax(0).clamp(lo, hi), high)
     return low, high
-
-
-def severity_of(fidelity: float, budget: int) -> str:
-    if fidelity >= 0.9:
-        return "critical" if budget <= 1000 else "high"
-    if fidelity >= 0.75:
-        return "medium"
-    return "low" if fidelity >= 0.5 else "info"
-
-
-def agreement_words(fidelity: float) -> str:
-    """How much of the model a copy of this fidelity reproduces, in words that follow the number."""
-    if fidelity >= 0.9:
-        return f"agrees with the model on almost every input ({fidelity:.1%})"
-    if fidelity >= 0.75:
-        return f"agrees with the model on most inputs ({fidelity:.1%})"
-    if fidelity >= 0.5:
-        return f"agrees with the model on only {fidelity:.1%} of inputs: a partial copy"
-    return f"agrees with the model on only {fidelity:.1%} of inputs: extraction failed at this budget"
 
 
 class ExtractionAttack(Attack, metaclass=ABCMeta):
@@ -163,7 +140,7 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
             metrics["prada"] = self._monitor(log, evaluation)
         return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=api.queries - before, seconds=time.perf_counter() - start,
-                            device=str(target.device), findings=self.findings(rows, metrics),
+                            device=str(target.device),
                             status="partial" if stopped else "complete", reason=stopped)
 
     def extra_metrics(self) -> dict[str, Any]:
@@ -175,27 +152,3 @@ class ExtractionAttack(Attack, metaclass=ABCMeta):
         attack = detector.detect_log(log).to_dict()
         benign = detector.detect(evaluation.x.reshape(len(evaluation.x), -1), evaluation.victim_labels)
         return {**attack, "benign_stream_flagged": benign.detected, "benign_stream_queries": benign.n_queries}
-
-    def findings(self, rows: list[dict], metrics: dict[str, Any]) -> list[Finding]:
-        if not rows:
-            return []
-        last = rows[-1]
-        prada = metrics.get("prada") or {}
-        detected = prada.get("detected")
-        return [Finding(
-            title=f"{self.name} copies the model with {last['fidelity']:.1%} fidelity from {last['queries']} queries",
-            family="extraction",
-            severity=severity_of(last["fidelity"], last["queries"]),  # type: ignore[arg-type]
-            metric="fidelity",
-            value=last["fidelity"],
-            threshold=0.9,
-            evidence={"attack": self.name, "curve": rows, "access": metrics["access"],
-                      "defense": metrics.get("defense"), "prada_detected": detected},
-            atlas=EXTRACTION_ATLAS,
-            owasp=EXTRACTION_OWASP,
-            description=f"A copy made from the prediction API's answers {agreement_words(last['fidelity'])}; "
-                        f"{last['transfer_success']:.1%} of adversarial examples crafted on the copy transfer "
-                        "to the model at the largest budget.",
-            recommendation="Return labels or rounded top-k scores only, rate-limit and monitor query streams "
-                           "(PRADA), and consider prediction poisoning; re-assess with the defense in place.",
-        )]

@@ -37,7 +37,6 @@ from bastion.attacks.extraction.base import ExtractionAttack, feature_range
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding
 from bastion.core.target import Access, Target
 
 MAX_REPORTED_PARAMETERS = 4096
@@ -179,19 +178,6 @@ class EquationSolving(ExtractionAttack):
         if self.residual_ is None:
             return None if not self.saturated_ else False
         return self.residual_ <= self.tolerance and not self.saturated_
-
-    def findings(self, rows: list[dict], metrics: dict[str, Any]) -> list[Finding]:
-        out = super().findings(rows, metrics)
-        if out and self.assumption_holds is False:
-            residual = "no usable answer" if self.residual_ in (None, float("inf")) else \
-                f"relative residual {self.residual_:.2g}"
-            note = (f"equation solving's assumption does not hold: the answers are not those of a logistic "
-                    f"model over the queried range, or are rounded ({residual}, {self.saturated_} saturated "
-                    "answers); the fidelity measures the attack's misfit, not the model's resistance to extraction. "
-                    "Pass --pool with typical inputs, or use knockoff or copycat.")
-            out[0].description = f"{note} {out[0].description}"
-            out[0].evidence["assumption_holds"] = False
-        return out
 
     def extra_metrics(self) -> dict[str, Any]:
         metrics: dict[str, Any] = {"unknowns_per_class": int(self.weights_.shape[1]) + 1,

@@ -46,7 +46,6 @@ from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.progress import progress
 from bastion.core.registry import register
-from bastion.core.results import Finding
 from bastion.core.target import Access, Target
 
 MIN_CHECKED = 20  # boxes checked before the single-tree test may stop the exploration
@@ -264,21 +263,6 @@ class TreePathFinding(ExtractionAttack):
             for budget, cap in zip(budgets or [None], caps, strict=True):
                 explorer.run(cap, deadline, self.max_inconsistent, bar)
                 yield (explorer.spent if budget is None else budget), explorer.copy()
-
-    def findings(self, rows: list[dict], metrics: dict[str, Any]) -> list[Finding]:
-        out = super().findings(rows, metrics)
-        explorer = self.explorer_
-        if out and explorer.stopped == "not a single tree":
-            out[0].description = (
-                f"path finding's assumption does not hold: {explorer.inconsistent} of {explorer.checked} boxes "
-                "answer differently inside, so the model is not a single decision tree (a random forest or "
-                "boosted ensemble?); exploration stopped and the fidelity measures the attack's misfit. Use "
-                "knockoff or copycat for ensembles. " + out[0].description)
-            out[0].evidence["assumption_holds"] = False
-        elif out and explorer.stopped == "deadline":
-            out[0].description = (f"Exploration stopped at the {self.deadline:g} s deadline with "
-                                  f"{len(explorer.box_low)} boxes: the copy is partial. " + out[0].description)
-        return out
 
     def extra_metrics(self) -> dict[str, Any]:
         explorer = self.explorer_

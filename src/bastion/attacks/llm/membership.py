@@ -14,12 +14,12 @@ import numpy as np
 
 from bastion.attacks.base import Attack
 from bastion.attacks.privacy.base import check_int, most_at_risk, roc_points
-from bastion.attacks.privacy.findings import membership_findings
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.results import Result
 from bastion.core.target import Access
 from bastion.evaluation.metrics import roc_summary
+from bastion.evaluation.privacy_verdicts import membership_findings
 
 from .token_scores import TokenStats, check_same_tokenizer, model_and_tokenizer, token_stats
 

@@ -24,7 +24,6 @@ from bastion.core.results import Result
 from bastion.core.target import Access, Target
 
 from .base import check_int
-from .findings import attribute_finding
 
 
 def candidate_values(column: np.ndarray, n_values: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +53,8 @@ class AttributeInference(Attack):
         >>> population = load_dataset("population.npz")
         >>> attack = AttributeInference(attribute=0)
         >>> result = attack.run(target, data, members=members, nonmembers=nonmembers, population=population)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     family: ClassVar[str] = "privacy"
@@ -116,8 +116,6 @@ class AttributeInference(Attack):
             "advantage_ci": [float(advantage - 1.96 * se), float(advantage + 1.96 * se)],
             "gain_over_prior": acc["members"] - baseline,
         }
-        finding = attribute_finding(metrics["advantage_ci"][0], metrics["gain_over_prior"],
-                                    f"feature {self.attribute}", advantage)
         return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=target.queries - queries_before, seconds=time.perf_counter() - start,
-                            device=str(target.device), findings=[finding])
+                            device=str(target.device))

@@ -22,8 +22,6 @@ from bastion.core.results import Result
 from bastion.core.target import Access, Target
 from bastion.evaluation.metrics import RocSummary, roc_summary
 
-from .findings import membership_findings
-
 
 def logit_confidence(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Carlini et al.'s logit-scaled confidence log(p_y / (1 - p_y)), computed stably from log-probabilities.
@@ -165,7 +163,6 @@ class MembershipAttack(Attack):
             queries=target.queries - queries_before,
             seconds=time.perf_counter() - start,
             device=str(target.device),
-            findings=membership_findings(self.name, metrics),
             samples={"member_scores": scores_m.tolist(), "nonmember_scores": scores_n.tolist()},
         )
 

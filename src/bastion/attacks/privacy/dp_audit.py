@@ -24,9 +24,9 @@ from torch import nn
 from bastion.core.data import Dataset
 from bastion.core.errors import DataError, ParameterError
 from bastion.core.results import Finding, Result
+from bastion.evaluation.privacy_verdicts import MEMBERSHIP_ATLAS, MEMBERSHIP_OWASP
 
 from .base import check_int
-from .findings import MEMBERSHIP_ATLAS, MEMBERSHIP_OWASP
 from .references import estimator_log_probs, module_log_probs
 
 

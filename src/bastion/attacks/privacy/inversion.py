@@ -26,7 +26,6 @@ from bastion.core.results import Result
 from bastion.core.target import Access, Target
 
 from .base import check_int
-from .findings import inversion_finding
 
 MAX_REPORTED_VALUES = 20_000
 
@@ -82,7 +81,8 @@ class ModelInversion(Attack):
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> members = load_dataset("members.npz")
         >>> result = ModelInversion(steps=300).run(target, data, members=members)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     family: ClassVar[str] = "privacy"
@@ -155,11 +155,9 @@ class ModelInversion(Attack):
         metrics["gradient"] = "exact" if target.access >= Access.GRADIENTS else "estimated"
         if self.representatives_.size <= MAX_REPORTED_VALUES:
             metrics["representatives"] = self.representatives_.tolist()
-        finding = inversion_finding(metrics["matching_rate"], metrics["chance"], metrics["similarity"],
-                                    len(classes))
         return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=target.queries - queries_before, seconds=time.perf_counter() - start,
-                            device=str(target.device), findings=[finding])
+                            device=str(target.device))
 
 
 def similarity_metrics(reps: np.ndarray, real: Dataset, classes: list[int]) -> dict[str, Any]:

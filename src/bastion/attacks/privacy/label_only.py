@@ -36,7 +36,8 @@ class LabelOnlyAttack(MembershipAttack):
         >>> population = load_dataset("population.npz")
         >>> attack = LabelOnlyAttack(method='boundary')
         >>> result = attack.run(target, data, members=members, nonmembers=nonmembers, population=population)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "label-only"

@@ -71,7 +71,8 @@ class LiRA(ReferenceAttack):
         >>> nonmembers = load_dataset("nonmembers.npz")
         >>> population = load_dataset("population.npz")
         >>> result = LiRA().run(target, data, members=members, nonmembers=nonmembers, population=population)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "lira"

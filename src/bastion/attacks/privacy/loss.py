@@ -31,7 +31,8 @@ class LossAttack(MembershipAttack):
         >>> population = load_dataset("population.npz")
         >>> attack = LossAttack(n_bootstrap=200)
         >>> result = attack.run(target, data, members=members, nonmembers=nonmembers, population=population)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "loss"

@@ -59,7 +59,8 @@ class RMIA(ReferenceAttack):
         >>> nonmembers = load_dataset("nonmembers.npz")
         >>> population = load_dataset("population.npz")
         >>> result = RMIA().run(target, data, members=members, nonmembers=nonmembers, population=population)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "rmia"

@@ -52,7 +52,8 @@ class ShadowModelAttack(ReferenceAttack):
         >>> population = load_dataset("population.npz")
         >>> attack = ShadowModelAttack()
         >>> result = attack.run(target, data, members=members, nonmembers=nonmembers, population=population)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "shadow"

@@ -9,11 +9,9 @@ import numpy as np
 import torch
 
 from bastion.attacks.backdoor.base import reset_copy
-from bastion.attacks.backdoor.findings import POISON_ATLAS, POISON_OWASP
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding
 from bastion.core.target import Access, Target
 from bastion.core.training import Trainer, seed_everything
 from bastion.defenses.base import torch_module
@@ -85,11 +83,13 @@ class ActivationClustering(TrainingDataScreen):
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> train_data = load_dataset("train.npz")
         >>> result = ActivationClustering(dims=10).run(target, data, train_data=train_data)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "activation-clustering"
     family = "detect"
+    threat = "backdoor"
     requires = Access.GRADIENTS
 
     def __init__(self, dims: int = 10, *, reduction: str = "pca", size_threshold: float | None = None,
@@ -161,26 +161,3 @@ class ActivationClustering(TrainingDataScreen):
         if self.reclassify and candidate.any():
             flagged = self.exclusionary_reclassification(model, x, y, candidate, classes)
         return flagged, scores + 2.0 * flagged, classes  # flagged samples rank first, then by their margin
-
-    def findings(self, metrics: dict[str, Any]) -> list[Finding]:
-        metrics["poisoned_classes"] = [c["class"] for c in metrics["classes"] if c["poisoned"]]
-        return screening_findings(self.name, metrics)
-
-
-def screening_findings(defense: str, metrics: dict) -> list[Finding]:
-    """A finding when a training-data screen flags poisoned classes (critical with no ground truth to check)."""
-    suspects = metrics.get("poisoned_classes", [])
-    if not suspects:
-        return [Finding(title=f"{defense} finds no poisoned class", family="backdoor", severity="info",
-                        metric="n_flagged", value=0.0, evidence={"defense": defense}, atlas=["AML.T0020"],
-                        description="No class's samples stand out in the model's representation. This is not proof "
-                                    "of a clean set: poison the model did not learn, or input-specific triggers "
-                                    "(e.g. WaNet's warping), can leave no separate cluster.")]
-    return [Finding(
-        title=f"{defense} flags {metrics['n_flagged']} training samples in class(es) "
-              f"{', '.join(map(str, suspects))}",
-        family="backdoor", severity="high", metric="n_flagged", value=float(metrics["n_flagged"]),
-        evidence={k: v for k, v in metrics.items() if k != "classes"}, atlas=POISON_ATLAS, owasp=POISON_OWASP,
-        description="Part of the training set forms a separate cluster in the model's representation.",
-        recommendation="Inspect the flagged samples, remove them and retrain.",
-    )]

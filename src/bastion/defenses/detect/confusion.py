@@ -12,11 +12,10 @@ from bastion.attacks.backdoor.base import reset_copy
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding, Result
+from bastion.core.results import Result
 from bastion.core.target import Access, Target
 from bastion.core.training import Trainer, seed_everything
 from bastion.defenses.base import require_data, torch_module
-from bastion.defenses.detect.activation_clustering import screening_findings
 from bastion.defenses.detect.screening import TrainingDataScreen
 
 
@@ -69,11 +68,13 @@ class ConfusionTraining(TrainingDataScreen):
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> train_data = load_dataset("train.npz")
         >>> result = ConfusionTraining(rounds=4).run(target, data, train_data=train_data)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "confusion-training"
     family = "detect"
+    threat = "backdoor"
     requires = Access.GRADIENTS
 
     def __init__(self, rounds: int = 4, *, pretrain_epochs: int = 20, round_epochs: int = 2,
@@ -134,6 +135,3 @@ class ConfusionTraining(TrainingDataScreen):
         poisoned, classes = class_excess(consistent, data.y, self.significance)
         return consistent & poisoned, scores, classes
 
-    def findings(self, metrics: dict[str, Any]) -> list[Finding]:
-        metrics["poisoned_classes"] = [c["class"] for c in metrics["classes"] if c["poisoned"]]
-        return screening_findings(self.name, metrics)

@@ -8,11 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from bastion.attacks.backdoor.findings import POISON_ATLAS
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding, Result
+from bastion.core.results import Result
 from bastion.core.target import Access, Target
 from bastion.defenses.base import Defense, torch_module
 
@@ -79,11 +78,13 @@ class MMBD(Defense):
         >>> from bastion.models import load_target
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> result = MMBD(starts=8).run(target, data)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "mm-bd"
     family = "detect"
+    threat = "backdoor"
     requires = Access.GRADIENTS
 
     def __init__(self, starts: int = 8, *, steps: int = 300, lr: float = 0.1, significance: float = 0.05,
@@ -114,27 +115,4 @@ class MMBD(Defense):
         metrics: dict[str, Any] = {"max_margin": margins.tolist(), "null_tail": null_tails(margins)[1].tolist(),
                                    "top_class": top, "p_value": p_value, "significance": self.significance,
                                    "flagged_classes": flagged}
-        return self.result(target, metrics, start, findings=[mm_bd_finding(metrics)])
-
-
-def mm_bd_finding(metrics: dict[str, Any]) -> Finding:
-    """Critical when a class's maximum margin is an outlier of the null; otherwise an explicit 'no evidence'."""
-    evidence = {k: metrics[k] for k in ("max_margin", "top_class", "p_value", "significance")}
-    if metrics["flagged_classes"]:
-        return Finding(
-            title=f"mm-bd: class {metrics['top_class']} reaches an abnormally large logit margin "
-                  f"(p = {metrics['p_value']:.2g})",
-            family="backdoor", severity="critical", metric="p_value", value=metrics["p_value"],
-            threshold=metrics["significance"], evidence=evidence, atlas=POISON_ATLAS,
-            owasp=["ML10:2023 Model Poisoning"],
-            description="Some input pattern drives the model to this class far more strongly than any input drives "
-                        "the other classes: the signature of a backdoor target.",
-            recommendation="Do not deploy; confirm with neural-cleanse, repair with fine-prune or retrain from "
-                           "vetted data.")
-    return Finding(
-        title=f"mm-bd finds no evidence of a backdoor (largest margin: class {metrics['top_class']}, "
-              f"p = {metrics['p_value']:.2g})",
-        family="backdoor", severity="info", metric="p_value", value=metrics["p_value"],
-        threshold=metrics["significance"], evidence=evidence, atlas=["AML.T0018"],
-        description="No class's maximum margin stands out from the others. This is not proof of a clean model: "
-                    "input-specific triggers (e.g. WaNet's warping) can evade margin statistics.")
+        return self.result(target, metrics, start)

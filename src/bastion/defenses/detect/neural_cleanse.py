@@ -9,7 +9,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bastion.attacks.backdoor.findings import backdoor_finding
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
@@ -46,11 +45,13 @@ class NeuralCleanse(Defense):
         >>> from bastion.models import load_target
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> result = NeuralCleanse(steps=300).run(target, data)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "neural-cleanse"
     family = "detect"
+    threat = "backdoor"
     requires = Access.GRADIENTS
 
     def __init__(self, steps: int = 300, *, lr: float = 0.2, batch_size: int = 32, init_cost: float = 1e-3,
@@ -159,5 +160,4 @@ class NeuralCleanse(Defense):
             "scale": self.scale,
             "n_samples": len(data),
         }
-        evidence = {k: metrics[k] for k in ("anomaly_index", "mask_l1", "threshold")}
-        return self.result(target, metrics, start, findings=[backdoor_finding(self.name, flagged, evidence)])
+        return self.result(target, metrics, start)

@@ -32,7 +32,7 @@ from scipy import stats
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding, Result
+from bastion.core.results import Result
 from bastion.core.target import Access, Target, TargetView
 from bastion.defenses.base import Defense
 
@@ -204,11 +204,13 @@ class PradaMonitor(Defense):
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> queries = load_dataset("queries.npz")
         >>> result = PradaMonitor(delta=0.96).run(target, data, queries=queries)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "prada"
     family = "detect"
+    threat = "extraction"
     requires = Access.LABELS
     dataset_params = ("queries",)
 
@@ -246,16 +248,4 @@ class PradaMonitor(Defense):
         metrics: dict[str, Any] = {**verdict.to_dict(), "delta": detector.delta}
         if benign:
             metrics["benign_false_alarm_rate"] = float(np.mean([detector.detect(x, y).detected for x, y in benign]))
-        finding = Finding(
-            title=f"PRADA {'flags' if verdict.detected else 'does not flag'} the query stream "
-                  f"({verdict.n_queries} queries, lowest W {verdict.min_w if verdict.min_w is not None else 'n/a'})",
-            family="extraction", severity="high" if verdict.detected else "info", metric="shapiro_wilk_w",
-            value=verdict.min_w, threshold=detector.delta, evidence=metrics,
-            atlas=["AML.T0024.002"], owasp=["ML05:2023 Model Theft"],
-            description="Minimum distances between a client's queries are far from normally distributed, as when "
-                        "queries are synthesised from earlier ones (Jacobian augmentation)." if verdict.detected
-                        else "The stream's distance profile looks like natural traffic; PRADA does not see "
-                             "extraction from natural inputs (Knockoff Nets, copycat).",
-            recommendation="Throttle or block the client and review its queries." if verdict.detected else "",
-        )
-        return self.result(target, metrics, start, before, [finding])
+        return self.result(target, metrics, start, before)

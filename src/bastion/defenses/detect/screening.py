@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from bastion.core.data import Dataset, validate_for_model
-from bastion.core.results import Finding, Result
+from bastion.core.results import Result
 from bastion.core.target import Target
 from bastion.defenses.base import Defense, require_data
 from bastion.defenses.detect.features import detection_metrics, load_ground_truth
@@ -23,7 +23,7 @@ def suspects(flagged: np.ndarray, scores: np.ndarray) -> list[dict[str, float]]:
 
 
 class TrainingDataScreen(Defense):
-    """A defense that flags suspect training samples; subclasses implement `screen` and `findings`.
+    """A defense that flags suspect training samples; subclasses implement `screen` (the backdoor family judges).
 
     `ground_truth` (set by the subclass's `__init__`) adds TPR, FPR and AUROC against the known poison. After
     `run`, `flagged` and `scores` hold the per-sample verdicts and `cleaned` the training set without the suspects
@@ -35,10 +35,6 @@ class TrainingDataScreen(Defense):
     @abstractmethod
     def screen(self, target: Target, data: Dataset) -> tuple[np.ndarray, np.ndarray, list[dict]]:
         """(flagged mask, suspicion scores, per-class summaries) for every sample of `data`."""
-
-    @abstractmethod
-    def findings(self, metrics: dict[str, Any]) -> list[Finding]:
-        """The judged findings of a screen's metrics."""
 
     def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
             **_: Dataset) -> Result:
@@ -54,4 +50,6 @@ class TrainingDataScreen(Defense):
         metrics = detection_metrics(flagged, scores, is_poison)
         metrics["classes"] = classes
         metrics["suspects"] = suspects(flagged, scores)
-        return self.result(target, metrics, start, findings=self.findings(metrics))
+        if any("poisoned" in c for c in classes):  # screens that decide per class
+            metrics["poisoned_classes"] = [c["class"] for c in classes if c["poisoned"]]
+        return self.result(target, metrics, start)

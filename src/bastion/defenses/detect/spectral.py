@@ -10,7 +10,6 @@ import torch
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding
 from bastion.core.target import Access, Target
 from bastion.defenses.base import torch_module
 from bastion.defenses.detect.features import representation
@@ -43,11 +42,13 @@ class SpectralSignatures(TrainingDataScreen):
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> train_data = load_dataset("train.npz")
         >>> result = SpectralSignatures(eps=0.1).run(target, data, train_data=train_data)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "spectral"
     family = "detect"
+    threat = "backdoor"
     requires = Access.GRADIENTS
 
     def __init__(self, eps: float = 0.1, *, removal_factor: float = 1.5, layer: str | None = None,
@@ -76,20 +77,3 @@ class SpectralSignatures(TrainingDataScreen):
             scores[idx] = s
             classes.append({"class": int(c), "n": len(idx), "n_flagged": k, "top_score": float(s.max())})
         return flagged.cpu().numpy(), scores.cpu().numpy(), classes
-
-    def findings(self, metrics: dict[str, Any]) -> list[Finding]:
-        return [removal_finding(metrics)]
-
-
-def removal_finding(metrics: dict) -> Finding:
-    """Spectral Signatures always removes a fixed fraction: an informational finding, graded by ground truth."""
-    checked = ""
-    if "tpr" in metrics:
-        checked = f" (TPR {metrics['tpr']:.1%}, FPR {metrics['fpr']:.1%} against the known poison)"
-    return Finding(
-        title=f"spectral marks {metrics['n_flagged']} training samples as the likeliest poison{checked}",
-        family="backdoor", severity="info", metric="n_flagged", value=float(metrics["n_flagged"]),
-        evidence={k: v for k, v in metrics.items() if k != "classes"}, atlas=["AML.T0020"],
-        description="The samples with the strongest spectral signature in each class.",
-        recommendation="Remove the flagged samples and retrain; confirm with activation-clustering.",
-    )

@@ -11,10 +11,8 @@ import torch
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding
 from bastion.core.target import Access, Target
 from bastion.defenses.base import torch_module
-from bastion.defenses.detect.activation_clustering import screening_findings
 from bastion.defenses.detect.features import representation
 from bastion.defenses.detect.screening import TrainingDataScreen
 
@@ -91,11 +89,13 @@ class Spectre(TrainingDataScreen):
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> train_data = load_dataset("train.npz")
         >>> result = Spectre(dims=32).run(target, data, train_data=train_data)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "spectre"
     family = "detect"
+    threat = "backdoor"
     requires = Access.GRADIENTS
 
     def __init__(self, dims: int = 32, *, alpha: float = 4.0, significance: float = 0.05, eps: float | None = None,
@@ -139,6 +139,3 @@ class Spectre(TrainingDataScreen):
             classes.append(info)
         return flagged, scores, classes
 
-    def findings(self, metrics: dict[str, Any]) -> list[Finding]:
-        metrics["poisoned_classes"] = [c["class"] for c in metrics["classes"] if c["poisoned"]]
-        return screening_findings(self.name, metrics)

@@ -10,7 +10,6 @@ import torch
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding
 from bastion.core.target import Access, Target
 from bastion.defenses.base import Defense, require_data
 from bastion.evaluation.metrics import auc, roc_curve
@@ -37,11 +36,13 @@ class STRIP(Defense):
         >>> target, data = load_target("model.pt2"), load_dataset("test.npz")
         >>> suspect = load_dataset("suspect.npz")
         >>> result = STRIP(n_overlays=20).run(target, data, suspect=suspect)
-        >>> result.findings
+        >>> from bastion.families import judged  # the threat family judges what the run measured
+        >>> judged(result).findings
     """
 
     name = "strip"
     family = "detect"
+    threat = "backdoor"
     requires = Access.SCORES
     dataset_params = ("suspect",)
 
@@ -85,7 +86,6 @@ class STRIP(Defense):
             "threshold": float(threshold), "frr_target": self.frr, "frr": float((clean < threshold).float().mean()),
             "clean_entropy_mean": float(clean.mean()), "n_clean": len(data),
         }
-        findings = []
         if suspect is not None and len(suspect):
             xs = torch.as_tensor(suspect.x, dtype=torch.float32, device=target.device)
             with torch.no_grad():
@@ -95,17 +95,4 @@ class STRIP(Defense):
             metrics.update({"detection_rate": float(flagged.float().mean()), "n_suspect": len(suspect),
                             "suspect_entropy_mean": float(scores.mean()), "auroc": auc(fpr, tpr)})
             self.flagged_ = flagged.cpu().numpy()
-            findings.append(strip_finding(metrics))
-        return self.result(target, metrics, start, before, findings)
-
-
-def strip_finding(metrics: dict) -> Finding:
-    rate = metrics["detection_rate"]
-    return Finding(
-        title=f"STRIP flags {rate:.1%} of the suspect inputs as triggered at {metrics['frr']:.1%} false rejection",
-        family="backdoor", severity="high" if rate >= 0.5 else "medium" if rate >= 0.1 else "info",
-        metric="detection_rate", value=rate, threshold=metrics["frr"],
-        evidence={k: v for k, v in metrics.items()}, atlas=["AML.T0018"], owasp=["ML10:2023 Model Poisoning"],
-        description="Inputs whose prediction survives superimposition carry a trigger the model obeys.",
-        recommendation="Reject flagged inputs at inference; scan the model with neural-cleanse and repair it.",
-    )
+        return self.result(target, metrics, start, before)

@@ -1,4 +1,6 @@
-"""Grading privacy results into Findings (MITRE ATLAS and OWASP ML Top 10 mappings).
+"""Privacy verdicts: findings from measured membership, inversion and attribute-inference results (MITRE ATLAS
+and OWASP ML Top 10 mappings). Attacks only measure; the privacy family (`bastion.families.privacy`) and the LLM
+family judge with these.
 
 Membership leakage is judged on the lower end of the bootstrap interval of TPR at low FPR, so that a lucky
 estimate on few records never raises an alarm and a real leak is never hidden behind a good AUC.
@@ -129,3 +131,16 @@ def attribute_finding(advantage_low: float, gain: float, attribute: str, advanta
         description="The model's scores reveal a sensitive attribute of the records it was trained on.",
         recommendation="Remove the attribute's influence (feature selection), regularise, or train with DP-SGD.",
     )
+
+
+def privacy_findings(result: Any) -> list[Finding]:
+    """The findings of one measured privacy result (a `bastion.core.results.Result`), by what it measured."""
+    m = result.metrics
+    if "tpr_at_fpr" in m:
+        return membership_findings(result.attack, m)
+    if "matching_rate" in m:
+        return [inversion_finding(m["matching_rate"], m["chance"], m["similarity"], len(m["confidence"]))]
+    if "advantage_ci" in m:
+        return [attribute_finding(m["advantage_ci"][0], m["gain_over_prior"], f"feature {m['attribute']}",
+                                  m["advantage"])]
+    return []
