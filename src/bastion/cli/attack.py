@@ -53,10 +53,12 @@ def register(app: typer.Typer) -> None:
         timeout: float | None = timeout_option(),
     ) -> None:
         family = FORMER_NAMES.get(family, family)
-        if family == "llm":  # LM folders (safetensors only): their own options, until cli/llm.py dispatches them
-            from bastion.attacks.llm.commands import run_llm_attack
+        if family == "llm":  # language models (folder, .gguf, /v1 URL): bastion.cli.llm opens the target
+            from bastion.cli.llm import run_llm
 
-            return emit(run_llm_attack(name, model, list(ctx.args), seed), as_json, fail_on)
+            fail_on_level(fail_on)
+            return emit(run_llm(name, model, list(ctx.args), seed=seed, max_queries=max_queries, trust=trust),
+                        as_json, fail_on)
         if max_queries is not None and max_queries < 1:
             raise ParameterError(f"--max-queries must be at least 1, got {max_queries}")
         fail_on_level(fail_on)

@@ -11,10 +11,11 @@ The fallback format (exact, byte for byte), for messages m1..mn and `add_generat
     <system>\\n{system content}\\n<user>\\n{user content}\\n<assistant>\\n{assistant content}\\n ... <assistant>\\n
 
 i.e. each message is `"<" + role + ">\\n" + content + "\\n"`, and the generation prompt is `"<assistant>\\n"`.
-Generation under the fallback stops at the tokenizer's EOS token or at the start of a new turn (`FALLBACK_STOPS`,
-the text from the stop string on is cut off). The model input is the tokenizer's BOS token (when it has one, else
-its EOS token, as `TinyLM` trains) followed by the tokens of the rendered text. To train a tiny LM that answers in
-this format, train on `render_fallback(messages, add_generation_prompt=True) + reply + "\\n<user>\\n"`.
+Generation under the fallback stops at the tokenizer's EOS token or at the start of a new turn (`FALLBACK_STOPS`:
+`"\\n<user>"`, `"\\n<system>"` or `"\\n<assistant>"`); the text from the stop string on is cut off, and generation
+halts as soon as one appears. The model input is the tokenizer's BOS token (when it has one, else its EOS token, as
+`TinyLM` trains) followed by the tokens of the rendered text. To train a tiny LM that answers in this format, train
+on `render_fallback(messages, add_generation_prompt=True) + reply + "\\n<user>\\n"`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from bastion.core.errors import ModelLoadError, ParameterError
 
 ROLES = ("system", "user", "assistant")
-FALLBACK_STOPS = ("\n<user>\n", "\n<system>\n", "\n<assistant>\n")
+FALLBACK_STOPS = ("\n<user>", "\n<system>", "\n<assistant>")
 
 
 def check_messages(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:

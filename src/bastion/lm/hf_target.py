@@ -9,8 +9,14 @@ chat templates in tokenizer configs and GGUF metadata, pickles, archives).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -83,31 +89,97 @@ def check_folder(folder: Path, trust: bool) -> bool:
     return False
 
 
+def cache_root() -> Path | None:
+    """Where converted GGUF files are kept: $BASTION_LM_CACHE, else ~/.cache/bastion/lm; None when set to "0"."""
+    value = os.environ.get("BASTION_LM_CACHE")
+    if value == "0":
+        return None
+    return Path(value) if value else Path.home() / ".cache" / "bastion" / "lm"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _gguf_cache(path: Path) -> Path | None:
+    """The safetensors folder converted from this GGUF file (by content hash), or None."""
+    root = cache_root()
+    return None if root is None else root / f"gguf-{_sha256(path)[:32]}"
+
+
+def _save_cache(model: Any, tokenizer: Any, cache: Path) -> None:
+    """Keep transformers' conversion of a GGUF file (dequantised weights as safetensors, the tokenizer) so that
+    the next load skips the conversion (~50 s for Gemma 3 270M on 2 cores); written atomically, best effort."""
+    tmp: Path | None = None
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=cache.parent))
+        from safetensors.torch import save_model
+
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # the weights are dequantised (float32)
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / ".complete").write_text("converted by bastion from a GGUF file\n")
+        os.replace(tmp, cache)
+    except (OSError, ValueError, RuntimeError):
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_hf(spec: str | Path, trust: bool = False) -> tuple[Any, Any]:
-    """The one loader of local LMs: a folder or a `.gguf` file -> (causal LM in eval mode, tokenizer)."""
+    """The one loader of local LMs: a folder or a `.gguf` file -> (causal LM in eval mode, tokenizer).
+
+    A GGUF file is converted by transformers' GGUF loader once; the conversion is cached as a safetensors folder
+    keyed by the file's sha256 (`cache_root()`), scanned again like any folder when it is loaded."""
     path = Path(spec)
     if not path.exists():
         raise ModelLoadError(f"no such model folder or file: {spec}")
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        _scan(path)
+        cache = _gguf_cache(path)
+        if cache is not None and (cache / ".complete").is_file():
+            return load_hf(cache)
+        model, tokenizer = _load_gguf(path)
+        if cache is not None:
+            _save_cache(model, tokenizer, cache)
+        return model, tokenizer
     if path.is_dir():
         safetensors = check_folder(path, trust)
         folder, extra = path, {"use_safetensors": safetensors}
-    elif path.suffix.lower() == ".gguf":
-        with path.open("rb") as f:
-            if f.read(4) != b"GGUF":
-                raise ModelLoadError(f"{path.name}: not a GGUF file (bad magic)")
-        folder, extra = path.parent, {"gguf_file": path.name}
     else:
         raise ModelLoadError(f"{spec}: not a language model (expected a Hugging Face folder, a .gguf file or an "
                              "http(s)://host/v1 URL)")
     _scan(path)
+    return _from_pretrained(path, str(folder), {}, extra)
+
+
+def _load_gguf(path: Path) -> tuple[Any, Any]:
+    with path.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelLoadError(f"{path.name}: not a GGUF file (bad magic)")
+    try:
+        import gguf  # noqa: F401 - transformers' GGUF loader needs it
+    except ImportError:
+        raise ModelLoadError("GGUF files need the llm extra: pip install 'bastion[llm]' (package gguf)") from None
+    with contextlib.redirect_stderr(io.StringIO()):  # the GGUF loader's progress bar: stderr stays one line
+        return _from_pretrained(path, str(path.parent), {"gguf_file": path.name}, {"gguf_file": path.name})
+
+
+def _from_pretrained(path: Path, folder: str, tok_extra: dict, extra: dict) -> tuple[Any, Any]:
     tf = _transformers()
     try:
-        tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False,
-                                                     **({"gguf_file": extra["gguf_file"]} if "gguf_file" in extra
-                                                        else {}))
-        model = tf.AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=False,
-                                                        dtype=torch.float32, **extra)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as exc:
+        tokenizer = tf.AutoTokenizer.from_pretrained(folder, trust_remote_code=False, **tok_extra)
+        model = tf.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, dtype=torch.float32,
+                                                        **extra)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError, AttributeError) as exc:
         raise ModelLoadError(f"{path.name}: cannot load the model: {_first_line(exc)}") from None
     return model.eval(), tokenizer
 
@@ -177,7 +249,8 @@ class HFTarget(LMTarget):
             out = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                       max_new_tokens=max_new_tokens, eos_token_id=eos or None,
                                       pad_token_id=(eos or [0])[0], return_dict_in_generate=True,
-                                      output_logits=True, **options)
+                                      output_logits=True, stopping_criteria=self._stop_criteria(len(ids), stops),
+                                      **options)
         new = out.sequences[0, len(ids):].tolist()
         finished = "stop" if new and new[-1] in eos else "length"
         if finished == "stop":
@@ -190,6 +263,20 @@ class HFTarget(LMTarget):
             finished = "stop" if hit else finished
         logprobs = [x if math.isfinite(x) else -1e30 for x in logprobs]
         return Reply(text, len(ids), len(new), finished, 0.0, logprobs)
+
+    def _stop_criteria(self, start: int, stops: tuple[str, ...]) -> Any:
+        """Halt generation once the new text contains a stop string (the text is cut there afterwards)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tokenizer = self.tokenizer
+
+        class _Stops(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+                text = tokenizer.decode(input_ids[0, start:].tolist(), skip_special_tokens=True)
+                hit = any(s in text for s in stops)
+                return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)
+
+        return StoppingCriteriaList([_Stops()] if stops else [])
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()

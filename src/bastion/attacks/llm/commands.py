@@ -1,4 +1,6 @@
-"""`bastion attack llm membership|exposure MODEL --option value ...`: the options, parsed and checked, to a Result."""
+"""`bastion attack llm membership|exposure MODEL --option value ...`: the probe's own options, parsed and checked,
+to a Result. The target (`bastion.lm.LMTarget`) is opened by the CLI (`bastion.cli.llm`), which also owns the options
+every LLM probe shares (--system-prompt, --max-new-tokens, --api-key-env, ...)."""
 
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def _number(opts: dict[str, str], key: str, kind: Callable[[str], Any]) -> dict[
         raise ParameterError(f"--{key} must be a number, got {opts[key]!r}") from exc
 
 
-def run_membership(model: str, opts: dict[str, str], seed: int) -> Result:
+def run_membership(target: Any, opts: dict[str, str], seed: int) -> Result:
     for key in ("members", "nonmembers"):
         if key not in opts:
             raise ParameterError(f"llm membership needs --{key} FILE (one record per line, or .jsonl)")
@@ -51,10 +53,10 @@ def run_membership(model: str, opts: dict[str, str], seed: int) -> Result:
     attack = LMMembership(**_number(opts, "k", float), **_number(opts, "max-tokens", int),
                           **_number(opts, "n-bootstrap", int), seed=seed)
     reference = load_lm(opts["reference"]) if "reference" in opts else None
-    return attack.run(load_lm(model), members=members, nonmembers=nonmembers, reference=reference)
+    return attack.run(target, members=members, nonmembers=nonmembers, reference=reference)
 
 
-def run_exposure(model: str, opts: dict[str, str], seed: int) -> Result:
+def run_exposure(target: Any, opts: dict[str, str], seed: int) -> Result:
     if "secret" not in opts:
         raise ParameterError("llm exposure needs --secret (the inserted canary's random part)")
     params: dict[str, Any] = {k: opts[k] for k in ("prefix", "alphabet") if k in opts}
@@ -62,17 +64,18 @@ def run_exposure(model: str, opts: dict[str, str], seed: int) -> Result:
     for key in ("max-enumerate", "n-samples", "prefix-tokens", "suffix-tokens"):
         params.update(_number(opts, key, int))
     texts = read_texts(opts["texts"], "texts") if "texts" in opts else None
-    return CanaryExposure(**params, seed=seed).run(load_lm(model), secret=opts["secret"], texts=texts)
+    return CanaryExposure(**params, seed=seed).run(target, secret=opts["secret"], texts=texts)
 
 
-COMMANDS: dict[str, Callable[[str, dict[str, str], int], Result]] = {
+COMMANDS: dict[str, Callable[[Any, dict[str, str], int], Result]] = {
     "membership": run_membership,
     "exposure": run_exposure,
 }
 
 
-def run_llm_attack(name: str, model: str, args: list[str], seed: int = 0) -> Result:
-    """Dispatch `bastion attack llm NAME MODEL ...`."""
+def run_llm_attack(name: str, model: Any, args: list[str], seed: int = 0) -> Result:
+    """Run membership or exposure on `model` (an LMTarget, a (model, tokenizer) pair, or a local path)."""
     if name not in COMMANDS:
         raise ParameterError(f"unknown llm attack {name!r}: use one of {', '.join(sorted(COMMANDS))}")
-    return COMMANDS[name](model, parse_options(name, args), seed)
+    target = load_lm(model) if isinstance(model, str) else model
+    return COMMANDS[name](target, parse_options(name, args), seed)

@@ -27,36 +27,24 @@ class TokenStats:
 
 
 def model_and_tokenizer(target: Any) -> tuple[Any, Any]:
-    """The (torch model, tokenizer) behind a white-box LM target, or a clear error."""
+    """The (torch model, tokenizer) behind a white-box LM target (an `LMTarget`, an object with `.model` and
+    `.tokenizer`, or a pair), or a clear error."""
     if isinstance(target, tuple) and len(target) == 2:
         return target
+    if callable(getattr(target, "model_and_tokenizer", None)):
+        return target.model_and_tokenizer()
     model, tokenizer = getattr(target, "model", None), getattr(target, "tokenizer", None)
     if model is None or tokenizer is None:
         raise ParameterError("this LLM attack needs white-box access (a local model folder with its tokenizer)")
     return model, tokenizer
 
 
-def load_lm(path: str | Path) -> tuple[Any, Any]:
-    """A local Hugging Face folder (safetensors weights only, never pickles) as (model, tokenizer)."""
-    folder = Path(path)
-    if not folder.is_dir() or not (folder / "config.json").is_file():
-        raise ParameterError(f"{path}: not a Hugging Face model folder (no config.json)")
-    if not any(folder.glob("*.safetensors")):
-        raise ParameterError(f"{path}: no .safetensors weights (pickled weights are not loaded)")
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise ParameterError("LLM attacks need the llm extra: pip install 'bastion[llm]'") from exc
-    from transformers.utils import logging as hf_logging
+def load_lm(path: str | Path, trust: bool = False) -> tuple[Any, Any]:
+    """A local Hugging Face folder or GGUF file as (model, tokenizer): the one LM loader, `bastion.lm.hf_target`
+    (scanned first, safetensors/GGUF only unless `trust`, never remote code)."""
+    from bastion.lm.hf_target import load_hf
 
-    hf_logging.disable_progress_bar()  # stderr stays one line on errors
-    hf_logging.set_verbosity_error()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ParameterError(f"{path}: cannot load the model: {str(exc).splitlines()[0]}") from exc
-    return model.eval(), tokenizer
+    return load_hf(path, trust)
 
 
 def read_texts(path: str | Path, what: str) -> list[str]:
