@@ -26,3 +26,16 @@ def gemma_path(cache_dir: str | None = None) -> Path:
         return Path(gemma.assemble(out))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot assemble the Gemma GGUF: {exc}") from None
+
+
+def prepare() -> Path:
+    """Assemble the GGUF and convert it once for transformers (cached; `make venv` runs this ahead of the tests)."""
+    from bastion.lm.hf_target import load_hf
+
+    path = gemma_path()
+    load_hf(path)
+    return path
+
+
+if __name__ == "__main__":
+    print(prepare())
