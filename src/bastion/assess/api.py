@@ -17,12 +17,11 @@ from typing import Any
 from bastion.assess.assessment import Assessment
 from bastion.assess.defaults import default_plan
 from bastion.assess.plan import Plan, read_plan_file
-from bastion.assess.runner import Backend, LocalBackend, Runner
+from bastion.assess.runner import Backend, LocalBackend, Runner, RunRecorder
 from bastion.core.data import Dataset
 from bastion.core.data_files import load_dataset
 from bastion.core.errors import ParameterError
 from bastion.families.inputs import Inputs, ModelInfo
-from bastion.store.sqlite import RunStore
 
 PlanLike = Plan | dict[str, Any] | str | Path | None
 
@@ -65,7 +64,7 @@ def _dataset(data: Dataset | str | Path | None, label: str | None, role: str) ->
 
 
 def assess_inputs(inputs: Inputs, *, plan: PlanLike = None, seed: int | None = None, device: str | None = None,
-                  store: RunStore | None = None, backend: Backend | None = None, info: ModelInfo | None = None,
+                  store: RunRecorder | None = None, backend: Backend | None = None, info: ModelInfo | None = None,
                   run_id: str | None = None, resume: Plan | None = None, show_progress: bool = False) -> Assessment:
     """Assess prepared inputs. `backend` is injected (LocalBackend, RayBackend, the sandbox's); `info` is the
     model's description when the caller already has it (e.g. from the sandbox); `resume` is the stored plan of
@@ -86,7 +85,7 @@ def assess_inputs(inputs: Inputs, *, plan: PlanLike = None, seed: int | None = N
 
 def assess(model: str | Path, data: Dataset | str | Path, *, train_data: Dataset | str | Path | None = None,
            plan: PlanLike = None, device: str | None = "auto", seed: int | None = 0, arch: str | None = None,
-           access: str | None = None, trust: bool = False, label: str | None = None, store: RunStore | None = None,
+           access: str | None = None, trust: bool = False, label: str | None = None, store: RunRecorder | None = None,
            backend: Backend | None = None, show_progress: bool = False) -> Assessment:
     """Assess `model` (a file or an http(s) URL) on `data` (a Dataset or a data file) against every registered
     threat family and return the Assessment (grades, findings, sanity checks, results).

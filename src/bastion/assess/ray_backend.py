@@ -9,6 +9,7 @@ jobs marked `local` (file scans) run in the driver process meanwhile.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,14 @@ def _ray() -> Any:
 
 
 def _task(inputs: Inputs, job: dict[str, Any], section: dict[str, Any], seed: int,
-          gpu_fraction: float, sandbox: Any = None) -> dict[str, Any]:
+          gpu_fraction: float, run_sandboxed: Callable[..., JobOutcome | None] | None = None) -> dict[str, Any]:
     """What a Ray worker runs: one job (its reference models as further tasks), returned as a plain dictionary.
-    With `sandbox` (SandboxOptions, enabled) a model that carries code runs inside a sandbox on the worker."""
+    With `run_sandboxed` (injected by the CLI) a model that carries code runs inside a sandbox on the worker."""
     from bastion.assess.ray_references import references_on_ray
     from bastion.assess.runner import execute_job
 
-    if sandbox is not None and sandbox.enabled:
-        from bastion.sandbox.assess import run_job_sandboxed
-
-        outcome = run_job_sandboxed(inputs, Job.from_dict(job), section, seed, sandbox)
+    if run_sandboxed is not None:
+        outcome = run_sandboxed(inputs, Job.from_dict(job), section, seed)
         if outcome is not None:
             return outcome.to_dict()
     with references_on_ray(gpu_fraction):
@@ -50,9 +49,16 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, gpu_fraction: float = 0.25,
-                 sandbox: Any = None):
+                 describe: Callable[[Inputs], dict[str, Any]] | None = None,
+                 run_sandboxed: Callable[..., JobOutcome | None] | None = None):
         self.address, self.num_cpus, self.gpu_fraction = address, num_cpus, float(gpu_fraction)
-        self.options = sandbox  # SandboxOptions: jobs on models that carry code run sandboxed on the workers
+        self.describe = describe  # how the model's code runs, for the report
+        self.run_sandboxed = run_sandboxed  # jobs on models that carry code run sandboxed on the workers
+
+    def isolation(self, inputs: Inputs) -> dict[str, Any]:
+        from bastion.assess.runner import NOT_SANDBOXED
+
+        return self.describe(inputs) if self.describe is not None else dict(NOT_SANDBOXED)
 
     def _shipped(self, inputs: Inputs) -> Inputs:
         """Inputs with the model's bytes attached, so that any worker can load it."""
@@ -83,7 +89,7 @@ class RayBackend:
                 options = {"num_cpus": 1, "num_gpus": self.gpu_fraction if job.gpu and gpus else 0,
                            "max_retries": 0}
                 ref = remote.options(**options).remote(shared, job.to_dict(), plan.section(job.family), plan.seed,
-                                                       self.gpu_fraction, self.options)
+                                                       self.gpu_fraction, self.run_sandboxed)
                 pending[ref] = job
             for job in (j for j in jobs if j.local):
                 on_done(execute_job(inputs, job, plan.section(job.family), plan.seed))

@@ -15,12 +15,12 @@ from rich.console import Console
 
 from bastion.assess.assessment import Assessment, environment
 from bastion.assess.plan import Plan, family_names
+from bastion.core.clock import new_run_id, now
 from bastion.core.errors import BastionError
 from bastion.core.progress import progress
 from bastion.families.base import Family, FamilyReport, Job, JobOutcome, family_for, get_family
 from bastion.families.grading import overall_grade
 from bastion.families.inputs import Inputs, ModelInfo, one_line
-from bastion.store.sqlite import RunStore, new_run_id, now
 
 OnDone = Callable[[JobOutcome], None]
 
@@ -45,36 +45,66 @@ def execute_job(inputs: Inputs, job: Job, section: dict[str, Any], seed: int) ->
     return JobOutcome(job.key, job.family, job.name, status, result=result, seconds=time.perf_counter() - start)
 
 
+# How the model's code ran, for the report's reproducibility section, when the backend cannot say (the API).
+NOT_SANDBOXED = {"sandboxed": False, "no_sandbox": False, "reason": "no model code to run"}
+Isolation = Callable[[Inputs], dict[str, Any]]
+
+
 class Backend(Protocol):
     name: str
 
     def run(self, inputs: Inputs, jobs: list[Job], plan: Plan, on_done: OnDone) -> None: ...
 
+    def isolation(self, inputs: Inputs) -> dict[str, Any]: ...
+
+
+class RunRecorder(Protocol):
+    """Where a run is recorded as its jobs finish (`bastion.store.RunStore`; injected, None records nothing)."""
+
+    def create_run(self, run_id: str, inputs: dict[str, Any], plan: dict[str, Any], model_sha256: str | None,
+                   backend: str, seed: int) -> None: ...
+
+    def save_job(self, run_id: str, outcome: JobOutcome) -> None: ...
+
+    def set_status(self, run_id: str, status: str) -> None: ...
+
+    def finish(self, assessment: Assessment) -> None: ...
+
+    def run(self, run_ref: str) -> dict[str, Any]: ...
+
+    def outcomes(self, run_ref: str, decode: Callable[[str], JobOutcome]) -> dict[str, JobOutcome]: ...
+
 
 class LocalBackend:
-    """Jobs one after another in this process (`options`: the SandboxOptions, for the report)."""
+    """Jobs one after another in this process. `describe` (injected by the CLI, which knows the sandbox options)
+    says how the model's code ran, for the report."""
 
     name = "local"
 
-    def __init__(self, options: Any = None):
-        self.options = options
+    def __init__(self, describe: Isolation | None = None):
+        self.describe = describe
+
+    def isolation(self, inputs: Inputs) -> dict[str, Any]:
+        return self.describe(inputs) if self.describe is not None else dict(NOT_SANDBOXED)
 
     def run(self, inputs: Inputs, jobs: list[Job], plan: Plan, on_done: OnDone) -> None:
         for job in jobs:
             on_done(execute_job(inputs, job, plan.section(job.family), plan.seed))
 
 
-def make_backend(name: str, address: str | None = None, sandbox: Any = None) -> Backend:
-    """`sandbox`: the SandboxOptions Ray workers run their jobs under (the local backend's sandbox is
-    `bastion.sandbox.assess.SandboxBackend`)."""
+def make_backend(name: str, address: str | None = None, describe: Isolation | None = None,
+                 run_sandboxed: Callable[..., JobOutcome | None] | None = None) -> Backend:
+    """The backend `name` (local or ray). Injected by the CLI: `describe`, how the model's code runs (for the
+    report), and `run_sandboxed(inputs, job, section, seed)`, the sandboxed job runner of Ray workers (the local
+    backend's sandbox is the CLI's `SandboxBackend`)."""
     if name == "local":
         if address:
             raise BastionError("--address is only used with --backend ray")
-        return LocalBackend(sandbox)
+        return LocalBackend(describe)
     if name == "ray":
         from bastion.assess.ray_backend import RayBackend
 
-        return RayBackend(address=address, sandbox=sandbox)
+        return RayBackend(address=address, describe=describe, run_sandboxed=run_sandboxed)
     raise BastionError(f"unknown backend {name!r}: use local or ray")
 
 
@@ -86,14 +116,10 @@ def plan_jobs(inputs: Inputs, info: ModelInfo, plan: Plan) -> tuple[dict[str, Fa
     return plugins, skipped, jobs
 
 
-def sandbox_info(options: Any, inputs: Inputs) -> dict[str, Any]:
-    """How the model's code ran, for the reproducibility section (`--no-sandbox`, the fallback)."""
-    from bastion.sandbox import carries_code
-    from bastion.sandbox.assess import sandbox_info as describe
-
-    local_file = os.path.isfile(inputs.model)
-    return describe(options, bool(options is not None and options.enabled and local_file
-                                  and carries_code(inputs.model, inputs.arch)))
+def isolation_of(backend: Any, inputs: Inputs) -> dict[str, Any]:
+    """How the model's code ran under `backend` (for the reproducibility section)."""
+    describe = getattr(backend, "isolation", None)
+    return describe(inputs) if describe is not None else dict(NOT_SANDBOXED)
 
 
 def _skipped(fam: str, reason: str) -> FamilyReport:
@@ -103,7 +129,7 @@ def _skipped(fam: str, reason: str) -> FamilyReport:
 class Runner:
     """Plans, executes and records one assessment."""
 
-    def __init__(self, store: RunStore | None = None, backend: Backend | None = None,
+    def __init__(self, store: RunRecorder | None = None, backend: Backend | None = None,
                  console: Console | None = None, show_progress: bool = True):
         self.store, self.backend = store, backend or LocalBackend()
         self.console = console or Console(stderr=True, quiet=not show_progress)
@@ -157,8 +183,8 @@ class Runner:
                 families.append(plugins[fam].conclude(inputs, info, mine))
         assessment = Assessment(
             run_id=run_id, created=created, status="complete", model=vars(info).copy(), inputs=inputs.summary(),
-            plan=plan.to_dict(), environment={**environment(self.backend.name), "sandbox": sandbox_info(
-                getattr(self.backend, "options", None), inputs)}, seed=plan.seed,
+            plan=plan.to_dict(), environment={**environment(self.backend.name), "sandbox": isolation_of(
+                self.backend, inputs)}, seed=plan.seed,
             backend=self.backend.name, families=families, grade=overall_grade(f.grade for f in families),
             finished=now(), seconds=time.perf_counter() - started + sum(o.seconds for o in previous.values()))
         if self.store is not None:
@@ -166,7 +192,7 @@ class Runner:
         return assessment
 
 
-def assess(inputs: Inputs, plan: Plan, store: RunStore | None = None, backend: str = "local",
+def assess(inputs: Inputs, plan: Plan, store: RunRecorder | None = None, backend: str = "local",
            address: str | None = None, show_progress: bool = False) -> Assessment:
     """One call: run every family of `plan` on `inputs` and return the Assessment."""
     return Runner(store, make_backend(backend, address), show_progress=show_progress).run(inputs, plan)

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from bastion.assess.api import assess_inputs, build_plan, choose_device
 from bastion.assess.assessment import Assessment
@@ -16,31 +16,14 @@ from bastion.cli.common import check_seed, console, fail_on_level, load_data
 from bastion.cli.outputs import check_report_files, prepare_output_dir
 from bastion.core.errors import ParameterError
 from bastion.core.results import severity_rank
-from bastion.families.grading import sort_findings
 from bastion.families.inputs import Inputs, file_sha256
 from bastion.report import FILE_NAMES, FORMATS, write_reports
+from bastion.report.terminal import print_summary
 from bastion.sandbox import SandboxOptions, open_sandbox
-from bastion.sandbox.assess import SandboxBackend
+from bastion.sandbox.assess import SandboxBackend, isolation, run_job_sandboxed
 from bastion.sandbox.assess import describe as describe_in
 from bastion.sandbox.commands import no_sandbox_option, timeout_option
 from bastion.store import RunStore
-
-
-def print_summary(a: Assessment, paths: dict[str, Path] | None = None) -> None:
-    """The grade table on stdout."""
-    table = Table(title=f"Bastion assessment of {a.title}: grade {a.grade}  (run {a.run_id})")
-    for col in ("family", "grade", "status", "worst finding"):
-        table.add_column(col, overflow="fold")
-    for f in a.families:
-        ranked = sort_findings(f.findings)
-        worst = f"{ranked[0].severity}: {ranked[0].title}" if ranked and severity_rank(ranked[0].severity) else "-"
-        table.add_row(f.title, f.grade, f.status + (f" ({f.reason})" if f.reason else ""), worst)
-    console.print(table)
-    for fam in a.families:
-        for err in fam.errors:
-            console.print(f"[yellow]job failed[/yellow] {err}")
-    for fmt, path in (paths or {}).items():
-        console.print(f"{fmt:>6}: {path}")
 
 
 def exit_code(a: Assessment, fail_on: str | None) -> int:
@@ -115,7 +98,9 @@ def register(app: typer.Typer) -> None:
         override = read_plan_file(plan_file) if plan_file and not resume else {}
         device = choose_device(device, override)  # decided before the plan is sized
         options = SandboxOptions(enabled=not no_sandbox, timeout=timeout, device=device or "auto")
-        runner_backend = make_backend(backend, address, sandbox=options)
+        runner_backend = make_backend(backend, address, describe=partial(isolation, options),
+                                      run_sandboxed=partial(run_job_sandboxed, options=options)
+                                      if options.enabled else None)
         store = None if no_store else RunStore(store_path)
         if resume:
             if no_store:
@@ -152,7 +137,7 @@ def register(app: typer.Typer) -> None:
         result = assess_inputs(inputs, plan=override, seed=seed, device=device, store=store, backend=runner_backend,
                                info=info, run_id=run_id, resume=plan if resume else None, show_progress=not quiet)
         paths = write_reports(result, out, fmts)
-        print_summary(result, paths)
+        print_summary(result, paths, console)
         code = exit_code(result, fail_on)
         if code:
             raise typer.Exit(code)

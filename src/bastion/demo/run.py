@@ -23,6 +23,7 @@ from bastion.demo.models import tabular_mlp
 from bastion.families.inputs import Inputs
 from bastion.report import write_reports
 from bastion.report.markdown import render_markdown
+from bastion.report.terminal import print_summary
 from bastion.store import RunStore
 
 
@@ -106,8 +107,6 @@ def run_demo(out: Path, seed: int = 0, device: str = "auto", console: Console | 
 
 def _run_demo(out: Path, seed: int, device: str, console: Console, store: RunStore | None,
               show_progress: bool) -> list[Assessment]:
-    from bastion.cli.assess import print_summary
-
     if store is None:
         try:
             store = RunStore()
@@ -119,7 +118,7 @@ def _run_demo(out: Path, seed: int, device: str, console: Console, store: RunSto
         console.print(f"[bold]assessing the demo model {name}[/bold]")
         a = assess_demo_model(name, seed=seed, device=device, store=store, show_progress=show_progress)
         paths = write_reports(a, out / name)
-        print_summary(a, paths)
+        print_summary(a, paths, console)
         assessments.append(a)
     (out / "index.html").write_text(_index(list(zip(DEMO_MODELS, assessments, strict=True))), encoding="utf-8")
     (out / "summary.md").write_text("\n".join(render_markdown(a) for a in assessments), encoding="utf-8")

@@ -14,6 +14,7 @@ from bastion.core.results import Finding, Result
 from bastion.families.base import ENABLED, Family, FamilyReport, Job, JobOutcome, Key, SanityCheck, done
 from bastion.families.grading import count_by_severity, grade_of
 from bastion.families.inputs import Inputs, ModelInfo
+from bastion.supplychain.detect import carries_code
 
 
 def scan(paths: list[str]) -> Result:
@@ -36,6 +37,23 @@ def scan(paths: list[str]) -> Result:
                         metrics={"files": files, "errors": list(report.errors),
                                  "counts": count_by_severity(findings)},
                         seconds=time.perf_counter() - start, findings=findings)
+
+
+def forward_probe(inputs: Inputs) -> Result:
+    """The dynamic job: load the model and run forward passes on the first evaluation samples and on noise in
+    bounds, so that its load-time and inference-time code runs where the sandbox observes it (the sandbox adds
+    what it saw to the result)."""
+    import torch
+
+    start = time.perf_counter()
+    target = inputs.load_target()
+    low, high = target.bounds
+    first = torch.as_tensor(inputs.data.x[:8], dtype=torch.float32)
+    noise = low + (high - low) * torch.rand(4, *target.input_shape, generator=torch.Generator().manual_seed(0))
+    labels = target.labels(torch.cat([first, noise]).to(target.device))
+    return Result(family="supply_chain", attack="dynamic", params={},
+                  metrics={"files": [], "errors": [], "observed": False, "samples": int(labels.shape[0])},
+                  seconds=time.perf_counter() - start)
 
 
 @register("families", "supply_chain")
@@ -71,8 +89,6 @@ class SupplyChainFamily(Family):
         return None
 
     def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:
-        from bastion.sandbox import carries_code
-
         job = self.job("scan", "scan", {}, {"paths": self.paths(inputs)})
         job.local = True
         if Path(inputs.model).is_file() and carries_code(inputs.model, inputs.arch):
@@ -81,8 +97,6 @@ class SupplyChainFamily(Family):
 
     def execute(self, inputs: Inputs, job: Job) -> Result:
         if job.name == "dynamic":
-            from bastion.sandbox.assess import forward_probe
-
             return forward_probe(inputs)
         return scan(list(job.data["paths"]))
 

@@ -7,6 +7,7 @@ description and every job's forward passes).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from bastion.core.errors import BastionError
 from bastion.core.results import Finding, Result
 from bastion.families.base import Job, JobOutcome
 from bastion.families.inputs import Inputs, ModelInfo
+from bastion.sandbox.policy import carries_code
 from bastion.sandbox.run import SandboxOptions, open_sandbox
 from bastion.sandbox.session import Sandbox
 
@@ -98,6 +100,9 @@ class SandboxBackend:
     def __init__(self, sandbox: Sandbox, options: SandboxOptions):
         self.sandbox, self.options = sandbox, options
 
+    def isolation(self, inputs: Inputs) -> dict[str, Any]:
+        return isolation(self.options, inputs)
+
     def run(self, inputs: Inputs, jobs: list[Job], plan: Plan, on_done: Any) -> None:
         from bastion.assess.runner import execute_job
 
@@ -131,6 +136,14 @@ class _OnePlan:
         return self._section
 
 
+def isolation(options: SandboxOptions | None, inputs: Inputs) -> dict[str, Any]:
+    """How the model's code of `inputs` runs under `options` (the report's reproducibility section): sandboxed
+    when the sandbox is on and loading the local model file runs its author's code."""
+    sandboxed = bool(options is not None and options.enabled and os.path.isfile(inputs.model)
+                     and carries_code(inputs.model, inputs.arch))
+    return sandbox_info(options, sandboxed)
+
+
 def sandbox_info(options: SandboxOptions | None, sandboxed: bool) -> dict[str, Any]:
     """For the report's reproducibility section: whether model code ran sandboxed, and why not."""
     from bastion.sandbox.bwrap import bwrap_problem
@@ -145,17 +158,3 @@ def sandbox_info(options: SandboxOptions | None, sandboxed: bool) -> dict[str, A
             "reason": problem or "", "timeout": options.timeout}
 
 
-def forward_probe(inputs: Inputs) -> Result:
-    """The dynamic job: load the model and run forward passes on the first evaluation samples and on noise in
-    bounds, so that its load-time and inference-time code runs where it is observed."""
-    import torch
-
-    start = time.perf_counter()
-    target = inputs.load_target()
-    low, high = target.bounds
-    first = torch.as_tensor(inputs.data.x[:8], dtype=torch.float32)
-    noise = low + (high - low) * torch.rand(4, *target.input_shape, generator=torch.Generator().manual_seed(0))
-    labels = target.labels(torch.cat([first, noise]).to(target.device))
-    return Result(family="supply_chain", attack="dynamic", params={},
-                        metrics={"files": [], "errors": [], "observed": False, "samples": int(labels.shape[0])},
-                        seconds=time.perf_counter() - start)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bastion.core.errors import ModelLoadError, ParameterError
+from bastion.core.errors import ParameterError
+from bastion.supplychain.detect import CODE_FORMATS, carries_code  # noqa: F401  (re-exported: bastion.sandbox)
 
-CODE_FORMATS = ("torchscript", "torch-export", "onnx", "skops", "pytorch-zip", "pickle", "safetensors")
 GIB = 1 << 30
 
 
@@ -49,17 +49,3 @@ class SandboxPolicy:
         if cpu is not None:
             limits["RLIMIT_CPU"] = cpu
         return limits
-
-
-def carries_code(model: str, arch: str | None = None) -> bool:
-    """True when loading MODEL runs code of its author: every local format Bastion loads, and any --arch."""
-    if "://" in str(model):
-        return False
-    if arch:
-        return True
-    from bastion.supplychain.detect import PICKLE_FORMATS, detect_format  # the loader's sniffer, without PyTorch
-
-    if not os.path.isfile(model):
-        raise ModelLoadError(f"model not found: {model}")
-    fmt = detect_format(model)
-    return fmt in CODE_FORMATS or fmt in PICKLE_FORMATS

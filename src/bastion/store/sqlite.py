@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from bastion.core.clock import new_run_id, now  # noqa: F401  (new_run_id: re-exported by bastion.store)
 from bastion.core.data_files import data_fingerprint
 from bastion.core.errors import BastionError, ParameterError
 
@@ -72,15 +71,6 @@ def default_store_path() -> Path:
         return Path(os.environ["BASTION_STORE"])
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "bastion" / "runs.sqlite"
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def new_run_id() -> str:
-    """Sortable by time, unique by a random suffix: 20240501-120304-3fa9c1."""
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 class RunStore:

@@ -27,6 +27,8 @@ from bastion.supplychain.verdicts import Cursor, Sink
 
 TORCH_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 PICKLE_FORMATS = frozenset({"pickle", "joblib", "pytorch-zip", "pytorch-legacy", "pytorch-tar"})
+# Formats whose loading runs code of the model's author (the sandbox runs them; bastion.sandbox.policy).
+CODE_FORMATS = ("torchscript", "torch-export", "onnx", "skops", "pytorch-zip", "pickle", "safetensors")
 ZIP_FORMATS = frozenset({"pytorch-zip", "torchscript", "torch-export", "keras", "skops", "npz", "zip"})
 COMPRESSED = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "lz4", "zfile"})
 # containers the scanner cannot open: flagged as unverifiable, never passed
@@ -222,3 +224,15 @@ def _detect_head(path: Path, head: bytes, size: int) -> str:
     if looks_like_onnx(head, truncated=True):
         return "onnx"
     return detect_bytes(head)
+
+
+def carries_code(model: str, arch: str | None = None) -> bool:
+    """True when loading MODEL runs code of its author: every local format Bastion loads, and any --arch."""
+    if "://" in str(model):
+        return False
+    if arch:
+        return True
+    if not os.path.isfile(model):
+        raise ModelLoadError(f"model not found: {model}")
+    fmt = detect_format(model)
+    return fmt in CODE_FORMATS or fmt in PICKLE_FORMATS
