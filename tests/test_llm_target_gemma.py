@@ -27,3 +27,18 @@ def test_gemma_gguf_generates_greedily():
     assert sum(first.logprobs) / 6 > -3
     model, tokenizer = lm.model_and_tokenizer()
     assert model.config.model_type.startswith("gemma3") and len(tokenizer) > 200_000
+
+
+def test_llama_cpp_backend_when_installed():
+    from bastion.core.errors import ModelLoadError
+    from bastion.lm.llamacpp_target import llama_cpp_available
+
+    path = gemma_path()
+    if not llama_cpp_available():
+        with pytest.raises(ModelLoadError, match="needs llama-cpp-python"):
+            open_lm(path, backend="llama-cpp")
+        pytest.skip("llama-cpp-python is not installed (an optional backend, never a dependency)")
+    lm = open_lm(path, backend="llama-cpp", max_queries=2)
+    first = lm.complete("The capital of France is", max_new_tokens=6)
+    assert lm.access == "text" and first.completion_tokens == 6 and first.finished == "length"
+    assert lm.complete("The capital of France is", max_new_tokens=6).text == first.text

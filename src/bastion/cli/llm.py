@@ -9,6 +9,7 @@ MODEL is a Hugging Face folder, a `.gguf` file or an OpenAI-compatible `http(s):
     --api-key-env NAME     endpoint API key read from this environment variable (never from argv)
     --api-model NAME       endpoint model name (default: the first one /v1/models lists)
     --timeout S            endpoint request timeout in seconds (default 60)
+    --backend NAME         auto (default), transformers, or llama-cpp (a .gguf through llama-cpp-python, text only)
 --max-queries, --trust, --seed, --json and --fail-on are the `bastion attack` options. Everything else goes to
 the probe (its own `--key value` options).
 
@@ -41,7 +42,8 @@ PROBES: dict[str, Probe] = {
     # helper J: "gcg" (GCG adversarial suffix), "jailbreak"
 }
 
-SHARED = {"system-prompt", "max-new-tokens", "temperature", "top-p", "api-key-env", "api-model", "timeout"}
+SHARED = {"system-prompt", "max-new-tokens", "temperature", "top-p", "api-key-env", "api-model", "timeout",
+          "backend"}
 
 
 def _membership(target: Any, args: list[str], seed: int) -> Result:
@@ -100,7 +102,8 @@ def open_target(model: str, shared: dict[str, str], *, seed: int, max_queries: i
                         max_new_tokens=_number(shared, "max-new-tokens", int) if "max-new-tokens" in shared else 256)
     return open_lm(model, system_prompt=system, sampling=sampling, max_queries=max_queries, trust=trust,
                    api_key_env=shared.get("api-key-env"), api_model=shared.get("api-model"),
-                   timeout=_number(shared, "timeout", float) if "timeout" in shared else 60.0)
+                   timeout=_number(shared, "timeout", float) if "timeout" in shared else 60.0,
+                   backend=shared.get("backend", "auto"))
 
 
 def run_llm(name: str, model: str, args: list[str], *, seed: int = 0, max_queries: int | None = None,

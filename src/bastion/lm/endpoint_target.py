@@ -35,6 +35,44 @@ def _int_field(value: Any, what: str) -> int:
     return value
 
 
+def parse_reply(reply: dict, chat: bool, where: str) -> Reply:
+    """An OpenAI-schema completion (chat or text) as a Reply, every field checked (one TargetError line if not)."""
+    choices = reply.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise TargetError(f"{where}: the reply has no 'choices'")
+    choice = choices[0]
+    if chat:
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else None
+        text = "" if text is None and isinstance(message, dict) else text
+    else:
+        text = choice.get("text")
+    if not isinstance(text, str):
+        raise TargetError(f"{where}: the reply's {'message content' if chat else 'text'} is not a string")
+    finished = "length" if choice.get("finish_reason") == "length" else "stop"
+    usage = reply.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    prompt_tokens = _int_field(usage.get("prompt_tokens", 0), "prompt_tokens")
+    completion_tokens = _int_field(usage.get("completion_tokens", 0), "completion_tokens")
+    return Reply(text, prompt_tokens, completion_tokens, finished, 0.0, _logprobs(choice.get("logprobs"), chat),
+                 {"usage_reported": bool(usage)})
+
+
+def _logprobs(block: Any, chat: bool) -> list[float] | None:
+    if not isinstance(block, dict):
+        return None
+    items = ([c.get("logprob") if isinstance(c, dict) else None for c in block.get("content") or []]
+             if chat else block.get("token_logprobs"))
+    if not isinstance(items, list) or not items:
+        return None
+    out = []
+    for x in items:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not (math.isfinite(x) or x == -math.inf):
+            return None
+        out.append(max(float(x), -1e30) if x <= 0 else 0.0)
+    return out
+
+
 class EndpointTarget(LMTarget):
     """Text access to a served LM; the server applies its own chat template."""
 
@@ -115,51 +153,16 @@ class EndpointTarget(LMTarget):
                 self.offers_logprobs = False  # a server that rejects the field: ask without from now on
         return self._request(path, body)
 
-    # -- parsing ---------------------------------------------------------------------------------------------------
-    def _parse(self, reply: dict, chat: bool) -> Reply:
-        choices = reply.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise TargetError(f"{self.base}: the reply has no 'choices'")
-        choice = choices[0]
-        if chat:
-            message = choice.get("message")
-            text = message.get("content") if isinstance(message, dict) else None
-            text = "" if text is None and isinstance(message, dict) else text
-        else:
-            text = choice.get("text")
-        if not isinstance(text, str):
-            raise TargetError(f"{self.base}: the reply's {'message content' if chat else 'text'} is not a string")
-        reason = choice.get("finish_reason")
-        finished = "length" if reason == "length" else "stop"
-        usage = reply.get("usage")
-        usage = usage if isinstance(usage, dict) else {}
-        prompt_tokens = _int_field(usage.get("prompt_tokens", 0), "prompt_tokens")
-        completion_tokens = _int_field(usage.get("completion_tokens", 0), "completion_tokens")
-        logprobs = self._logprobs(choice.get("logprobs"), chat)
-        if self.offers_logprobs is None:
-            self.offers_logprobs = logprobs is not None
-        return Reply(text, prompt_tokens, completion_tokens, finished, 0.0, logprobs,
-                     {"usage_reported": bool(usage)})
-
-    @staticmethod
-    def _logprobs(block: Any, chat: bool) -> list[float] | None:
-        if not isinstance(block, dict):
-            return None
-        items = ([c.get("logprob") if isinstance(c, dict) else None for c in block.get("content") or []]
-                 if chat else block.get("token_logprobs"))
-        if not isinstance(items, list) or not items:
-            return None
-        out = []
-        for x in items:
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or not (math.isfinite(x) or x == -math.inf):
-                return None
-            out.append(max(float(x), -1e30) if x <= 0 else 0.0)
-        return out
-
     # -- backend ---------------------------------------------------------------------------------------------------
     def _chat(self, messages: list[dict[str, str]], max_new_tokens: int) -> Reply:
         return self._parse(self._post("/chat/completions", {"messages": messages, "max_tokens": max_new_tokens}),
                            chat=True)
+
+    def _parse(self, reply: dict, chat: bool) -> Reply:
+        out = parse_reply(reply, chat, self.base)
+        if self.offers_logprobs is None:
+            self.offers_logprobs = out.logprobs is not None
+        return out
 
     def _complete(self, prompt: str, max_new_tokens: int) -> Reply:
         return self._parse(self._post("/completions", {"prompt": prompt, "max_tokens": max_new_tokens}), chat=False)

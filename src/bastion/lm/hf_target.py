@@ -57,7 +57,8 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _scan(path: Path) -> None:
+def scan_or_refuse(path: Path) -> None:
+    """Scan a model file or folder with the supply-chain scanner; refuse it (one line) at medium severity or above."""
     from bastion.supplychain import scan_path
 
     report = scan_path(path, digest=False)
@@ -143,7 +144,7 @@ def load_hf(spec: str | Path, trust: bool = False) -> tuple[Any, Any]:
     if not path.exists():
         raise ModelLoadError(f"no such model folder or file: {spec}")
     if path.is_file() and path.suffix.lower() == ".gguf":
-        _scan(path)
+        scan_or_refuse(path)
         cache = _gguf_cache(path)
         if cache is not None and (cache / ".complete").is_file():
             return load_hf(cache)
@@ -157,7 +158,7 @@ def load_hf(spec: str | Path, trust: bool = False) -> tuple[Any, Any]:
     else:
         raise ModelLoadError(f"{spec}: not a language model (expected a Hugging Face folder, a .gguf file or an "
                              "http(s)://host/v1 URL)")
-    _scan(path)
+    scan_or_refuse(path)
     return _from_pretrained(path, str(folder), {}, extra)
 
 

@@ -4,7 +4,7 @@ Public interface (stable; the LLM probes, GCG/jailbreaks and availability attack
 
     from bastion.lm import open_lm, Sampling
     lm = open_lm(spec, system_prompt=None, sampling=Sampling(), max_queries=None, trust=False,
-                 api_key_env=None, api_model=None, timeout=60.0)
+                 api_key_env=None, api_model=None, timeout=60.0, backend="auto")
     reply = lm.chat([{"role": "user", "content": "hi"}], max_new_tokens=None)   # -> Reply
     reply = lm.complete("Once upon a time", max_new_tokens=None)                  # raw continuation -> Reply
     reply.text, reply.prompt_tokens, reply.completion_tokens, reply.finished ("stop" | "length"), reply.seconds,
@@ -159,16 +159,24 @@ def is_url(spec: str) -> bool:
 
 def open_lm(spec: str | Path, *, system_prompt: str | None = None, sampling: Sampling | None = None,
             max_queries: int | None = None, trust: bool = False, api_key_env: str | None = None,
-            api_model: str | None = None, timeout: float = 60.0) -> LMTarget:
+            api_model: str | None = None, timeout: float = 60.0, backend: str = "auto") -> LMTarget:
     """Open a language model: a Hugging Face folder, a `.gguf` file or an OpenAI-compatible `http(s)://.../v1` URL.
 
     Local files are scanned by the supply-chain scanner first and loaded only when clean (pickled weights only with
-    `trust`); endpoints take an API key from the environment variable named `api_key_env` (never from argv)."""
+    `trust`); endpoints take an API key from the environment variable named `api_key_env` (never from argv).
+    `backend`: "auto" (transformers for local files), "transformers", or "llama-cpp" (a `.gguf` file through
+    llama-cpp-python when it is installed: faster, text access only)."""
+    if backend not in ("auto", "transformers", "llama-cpp"):
+        raise ParameterError(f"unknown LM backend {backend!r}: use auto, transformers or llama-cpp")
     common = {"system_prompt": system_prompt, "sampling": sampling, "max_queries": max_queries}
     if is_url(str(spec)):
         from bastion.lm.endpoint_target import EndpointTarget
 
         return EndpointTarget(str(spec), api_key_env=api_key_env, api_model=api_model, timeout=timeout, **common)
+    if backend == "llama-cpp":
+        from bastion.lm.llamacpp_target import LlamaCppTarget
+
+        return LlamaCppTarget(str(spec), **common)
     from bastion.lm.hf_target import HFTarget
 
     return HFTarget(str(spec), trust=trust, **common)
