@@ -202,6 +202,7 @@ class HFTarget(LMTarget):
         cfg = model.config
         limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
         self.context = int(limit) if isinstance(limit, int) and limit > 0 else None
+        self.eos_ids = self._eos_ids()
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, **kwargs: Any) -> HFTarget:
@@ -244,7 +245,7 @@ class HFTarget(LMTarget):
         s = self.sampling
         options: dict[str, Any] = {"do_sample": False} if s.temperature == 0 else {
             "do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": 0}
-        eos = self._eos_ids()
+        eos = self.eos_ids
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s.seed * 1_000_003 + self.queries)
             out = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),

@@ -13,6 +13,7 @@ Public interface (stable; the LLM probes, GCG/jailbreaks and availability attack
     lm.access            # "white-box" (HF folder, GGUF through transformers) or "text" (endpoints)
     lm.model_and_tokenizer()   # white-box only: the torch causal LM (eval mode) and its HF tokenizer
     lm.render(messages)        # the prompt string the model sees (system prompt included)
+    HFTarget.from_model(model, tokenizer, system_prompt=...)   # bastion.lm.hf_target: wrap an in-memory LM
 
 `spec` is a Hugging Face folder (config.json + safetensors + tokenizer), a `.gguf` file, or an OpenAI-compatible
 base URL `http(s)://host[:port]/v1`. The target's system prompt is prepended to `chat` messages unless they already
