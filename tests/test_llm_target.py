@@ -147,3 +147,22 @@ def test_cli_runs_probes_and_fails_in_one_line(folder, tmp_path, capsys):
             run(argv)
         err = capsys.readouterr().err.strip()
         assert exit_.value.code == 2 and message in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_gguf_chat_template_is_read_from_the_header(tmp_path):
+    gguf = pytest.importorskip("gguf", reason="needs the llm extra (gguf)")
+    from bastion.lm.gguf_meta import gguf_chat_template, gguf_strings
+
+    path = tmp_path / "meta.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["a", "bb", "ccc"])
+    writer.add_uint32("llama.context_length", 64)
+    writer.add_string("tokenizer.chat_template", "{% for m in messages %}{{ m.content }}{% endfor %}")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    assert gguf_chat_template(path) == "{% for m in messages %}{{ m.content }}{% endfor %}"
+    assert gguf_strings(path, {"general.architecture"}) == {"general.architecture": "llama"}
+    (tmp_path / "cut.gguf").write_bytes(path.read_bytes()[:60])
+    with pytest.raises(ModelLoadError, match="past the end"):
+        gguf_chat_template(tmp_path / "cut.gguf")

@@ -171,7 +171,15 @@ def _load_gguf(path: Path) -> tuple[Any, Any]:
     except ImportError:
         raise ModelLoadError("GGUF files need the llm extra: pip install 'bastion[llm]' (package gguf)") from None
     with contextlib.redirect_stderr(io.StringIO()):  # the GGUF loader's progress bar: stderr stays one line
-        return _from_pretrained(path, str(path.parent), {"gguf_file": path.name}, {"gguf_file": path.name})
+        model, tokenizer = _from_pretrained(path, str(path.parent), {"gguf_file": path.name},
+                                            {"gguf_file": path.name})
+    if not getattr(tokenizer, "chat_template", None):  # the template in the GGUF header (scanned above)
+        from bastion.lm.gguf_meta import gguf_chat_template
+
+        template = gguf_chat_template(path)
+        if template:
+            tokenizer.chat_template = template
+    return model, tokenizer
 
 
 def _from_pretrained(path: Path, folder: str, tok_extra: dict, extra: dict) -> tuple[Any, Any]:
