@@ -105,7 +105,7 @@ def library(name: str, model: str, data: str, n: int, sandbox: bool) -> tuple[di
     from bastion.core.registry import get
     from bastion.models import load_target
     from bastion.sandbox import SandboxOptions
-    from bastion.sandbox.commands import sandboxed_attack
+    from bastion.sandbox.cli_jobs import sandboxed_attack
     from bastion.sandbox.spec import JobSpec
 
     spec = JobSpec("attacks", name, "evasion", PARAMS[name], data=data, n_samples=n)

@@ -10,12 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bastion"
 # `__init__.py` is a package, not a module name; `base.py` is each package's contract (one per package, imported
 # as `<package>.base`), a convention kept on purpose.
 CONVENTIONAL = {"__init__.py", "base.py"}
-# Pairs other helpers are renaming in this round (assess, sandbox, families): the lead empties this at the end.
-KNOWN = {
-    "assess.py": "sandbox/assess.py (sandbox) and cli/assess.py (assess CLI)",
-    "run.py": "sandbox/run.py (sandbox) and demo/run.py (demo)",
-    "commands.py": "attacks/llm/commands.py (LLM family, new) and sandbox/commands.py (sandbox)",
-}
+# Known duplicates: none left (the sandbox modules were renamed: assess_backend, sandboxed_run, cli_jobs).
+KNOWN: dict[str, str] = {}
 
 
 def duplicates() -> dict[str, list[str]]:

@@ -17,7 +17,7 @@ from bastion.demo.models import digits_cnn
 from bastion.models.export import save_model
 from bastion.models.metadata import ModelMetadata
 from bastion.sandbox import SandboxOptions
-from bastion.sandbox.commands import sandboxed_attack
+from bastion.sandbox.cli_jobs import sandboxed_attack
 from bastion.sandbox.spec import JobSpec
 
 from . import hostile_models as hostile

@@ -17,7 +17,7 @@ import torch
 from bastion.models.export import save_model
 from bastion.sandbox import SandboxOptions
 from bastion.sandbox.bwrap import bwrap_problem
-from bastion.sandbox.commands import dynamic_scan
+from bastion.sandbox.cli_jobs import dynamic_scan
 
 from . import hostile_models as hostile
 

@@ -13,7 +13,7 @@ import pytest
 
 from bastion.sandbox import SandboxOptions
 from bastion.sandbox.bwrap import bwrap_problem
-from bastion.sandbox.commands import dynamic_scan
+from bastion.sandbox.cli_jobs import dynamic_scan
 
 from . import hostile_models as hostile
 from .test_sandbox_contain import linear_weights

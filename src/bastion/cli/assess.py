@@ -20,9 +20,9 @@ from bastion.families.inputs import Inputs, file_sha256
 from bastion.report import FILE_NAMES, FORMATS, write_reports
 from bastion.report.terminal import print_summary
 from bastion.sandbox import SandboxOptions, open_sandbox
-from bastion.sandbox.assess import SandboxBackend, isolation, run_job_sandboxed
-from bastion.sandbox.assess import describe as describe_in
-from bastion.sandbox.commands import no_sandbox_option, timeout_option
+from bastion.sandbox.assess_backend import SandboxBackend, isolation, run_job_sandboxed
+from bastion.sandbox.assess_backend import describe as describe_in
+from bastion.sandbox.cli_jobs import no_sandbox_option, timeout_option
 from bastion.store import RunStore
 
 

@@ -9,8 +9,8 @@ import typer
 from bastion.cli import catalog
 from bastion.cli.common import EXTRA_ARGS, emit, fail_on_level
 from bastion.core.errors import BastionError, ParameterError
-from bastion.sandbox.commands import no_sandbox_option, sandboxed_attack, timeout_option
-from bastion.sandbox.run import SandboxOptions
+from bastion.sandbox.cli_jobs import no_sandbox_option, sandboxed_attack, timeout_option
+from bastion.sandbox.sandboxed_run import SandboxOptions
 from bastion.sandbox.spec import JobSpec
 
 # Family words of earlier releases, still accepted on the command line (JSON and docs use the new ones).

@@ -10,8 +10,8 @@ from bastion.cli import catalog
 from bastion.cli.common import EXTRA_ARGS, emit, fail_on_level
 from bastion.cli.outputs import check_output_file
 from bastion.core.errors import BastionError
-from bastion.sandbox.commands import no_sandbox_option, path_arguments, sandboxed_defense, timeout_option
-from bastion.sandbox.run import SandboxOptions
+from bastion.sandbox.cli_jobs import no_sandbox_option, path_arguments, sandboxed_defense, timeout_option
+from bastion.sandbox.sandboxed_run import SandboxOptions
 from bastion.sandbox.spec import JobSpec
 
 

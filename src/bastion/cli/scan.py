@@ -17,7 +17,7 @@ from bastion.cli.common import fail_on_level, load_data
 from bastion.cli.outputs import check_output_file, prepare_output_dir, same_file
 from bastion.core.errors import BastionError, ParameterError
 from bastion.core.results import severity_rank
-from bastion.sandbox.commands import dynamic_scan, timeout_option
+from bastion.sandbox.cli_jobs import dynamic_scan, timeout_option
 from bastion.supplychain import CONVERTIBLE, ScanReport, convert_to_safetensors, scan_paths, write_manifest
 from bastion.supplychain.convert import is_conversion_of, safetensors_destination
 from bastion.supplychain.scan_report import ScannedFile

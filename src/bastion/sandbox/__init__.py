@@ -4,7 +4,7 @@ See docs/sandbox.md."""
 
 from bastion.sandbox.observe import Observation
 from bastion.sandbox.policy import SandboxPolicy, carries_code
-from bastion.sandbox.run import SandboxOptions, SandboxRun, open_sandbox, run_job
+from bastion.sandbox.sandboxed_run import SandboxOptions, SandboxRun, open_sandbox, run_job
 from bastion.sandbox.session import Sandbox, SandboxError, SandboxTimeout
 
 __all__ = ["Observation", "Sandbox", "SandboxError", "SandboxOptions", "SandboxPolicy", "SandboxRun",

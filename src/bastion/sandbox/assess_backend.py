@@ -17,7 +17,7 @@ from bastion.core.results import Finding, Result
 from bastion.families.base import Job, JobOutcome
 from bastion.families.inputs import Inputs, ModelInfo
 from bastion.sandbox.policy import carries_code
-from bastion.sandbox.run import SandboxOptions, open_sandbox
+from bastion.sandbox.sandboxed_run import SandboxOptions, open_sandbox
 from bastion.sandbox.session import Sandbox
 
 DYNAMIC_KEY = "supply_chain/dynamic"

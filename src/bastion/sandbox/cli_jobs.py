@@ -12,7 +12,7 @@ import typer
 from bastion.core.data import Dataset
 from bastion.core.errors import BastionError, ParameterError
 from bastion.core.results import Finding, Result
-from bastion.sandbox.run import SandboxOptions, SandboxRun, open_sandbox, run_job
+from bastion.sandbox.sandboxed_run import SandboxOptions, SandboxRun, open_sandbox, run_job
 from bastion.sandbox.session import Sandbox
 from bastion.sandbox.spec import JobSpec
 
