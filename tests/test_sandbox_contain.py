@@ -121,3 +121,28 @@ def test_a_model_writing_its_own_read_only_file_is_reported(tmp_path: Path) -> N
     result = dynamic_scan(str(model), None, None, SandboxOptions(timeout=120))
     assert digest(model) == before
     assert str(model) in targets(result.findings)["dynamic-write"]
+
+
+def probe_arch(folder: Path, body: str) -> str:
+    """An --arch factory file that runs `body`, then builds the Linear(4, 3) of hostile_models."""
+    source = folder / "probe_arch.py"
+    source.write_text("import torch\n\n\ndef factory():\n" + "".join(f"    {line}\n" for line in body.splitlines())
+                      + "    return torch.nn.Linear(4, 3)\n")
+    return f"{source}:factory"
+
+
+PROGRAM = "import subprocess\ntry:\n    subprocess.run(['lscpu', '--parse=core'])\nexcept OSError:\n    pass"
+
+
+@needs_sandbox
+def test_a_librarys_cpu_probe_is_not_the_models_but_a_model_running_it_is(tmp_path: Path) -> None:
+    """joblib counts physical cores with `lscpu --parse=core` once per process (scikit-learn's KMeans asks):
+    the worker's warm-up runs it before any model code, so a library asking again is no finding, while a model
+    that runs the same program itself is reported."""
+    weights = str(linear_weights(tmp_path))
+    library = dynamic_scan(weights, probe_arch(tmp_path, "import joblib\njoblib.cpu_count(only_physical_cores=True)"),
+                           None, SandboxOptions(timeout=120))
+    assert library.findings == [], targets(library.findings)
+    model = dynamic_scan(weights, probe_arch(tmp_path, PROGRAM),
+                         None, SandboxOptions(timeout=120))
+    assert "lscpu --parse=core" in targets(model.findings)["dynamic-exec"]

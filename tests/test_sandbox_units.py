@@ -98,6 +98,31 @@ def test_the_log_reader_keeps_what_the_model_did_and_nothing_else() -> None:
     assert severity["dynamic-write"] == severity["dynamic-exec"] == severity["dynamic-connect"] == "critical"
 
 
+WARMUP_LOG = """\
+101 openat(AT_FDCWD, "/.bastion-observe-abc", O_RDONLY) = -1 ENOENT (No such file or directory)
+101 openat(AT_FDCWD, "/.bastion-observe-abc-warmup-begin", O_RDONLY) = -1 ENOENT (No such file or directory)
+101 clone(child_stack=NULL, flags=CLONE_VM|CLONE_VFORK|SIGCHLD) = 104
+104 execve("/usr/bin/lscpu", ["lscpu", "--parse=core"], 0x7ffd /* 9 vars */) = 0
+104 openat(AT_FDCWD, "/home/probe.so", O_RDONLY|O_CLOEXEC) = 3</home/probe.so>
+101 openat(AT_FDCWD, "/.bastion-observe-abc-warmup-end", O_RDONLY) = -1 ENOENT (No such file or directory)
+104 execve("/bin/late", ["late"], 0x7ffd /* 9 vars */) = 0
+101 openat(AT_FDCWD, "/.bastion-observe-abc-warmup-begin", O_RDONLY) = -1 ENOENT (No such file or directory)
+101 clone(child_stack=NULL, flags=CLONE_VM|CLONE_VFORK|SIGCHLD) = 105
+105 execve("/usr/bin/lscpu", ["lscpu", "--parse=core"], 0x7ffd /* 9 vars */) = 0
+101 openat(AT_FDCWD, "/.bastion-observe-abc-warmup-end", O_RDONLY) = -1 ENOENT (No such file or directory)
+"""
+
+
+def test_the_workers_warm_up_is_skipped_once_and_a_model_running_the_same_probe_is_reported() -> None:
+    """Only the worker's first warm-up window (before any model code: joblib's `lscpu` core count) is skipped;
+    a process acting after it (even one the warm-up started, or a reused pid) and a model opening the marker
+    paths later are observed."""
+    observation = parse_log(WARMUP_LOG, "/.bastion-observe-abc", "/scratch/x", ["/venv"])
+    found = {f.metric: f.evidence["targets"] for f in observation.findings()}
+    assert found == {"dynamic-exec": ["late", "lscpu --parse=core"], "dynamic-spawn": ["clone by pid 101"]}
+    assert [e.pid for e in observation.events if e.kind == "exec"] == [104, 105]
+
+
 def test_a_log_without_the_marker_reports_nothing() -> None:
     assert parse_log(LOG, "/.bastion-observe-other", "/scratch/x", ["/venv"]).findings() == []
 

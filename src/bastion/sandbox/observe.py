@@ -4,8 +4,11 @@ strace (outside the sandbox, so the model cannot tamper with the log) follows th
 spawns, stopping only at the calls that matter (`--seccomp-bpf`): file creation, writes, renames and deletions,
 program execution, process creation, sockets, and opening native libraries. Events before the worker's start
 marker (bubblewrap's own set-up) are ignored, and so is the worker's normal activity: scratch, /dev/null,
-/proc/self, and libraries of the Python install and the system library folders. What remains is what the model
-did, and each kind becomes one Finding.
+/proc/self, libraries of the Python install and the system library folders, and its warm-up — the one window,
+before the first request (so before any model code exists in the sandbox), between the worker's two warm-up
+markers, where libraries run their one-time machine probes (`bastion.sandbox.worker.warm_up`). Only the first
+window counts: a model opening the marker paths later hides nothing. What remains is what the model did, and
+each kind becomes one Finding.
 """
 
 from __future__ import annotations
@@ -102,11 +105,17 @@ def strace_command(log: Path) -> list[str] | None:
             "-e", "trace=" + ",".join("?" + c for c in TRACED), "-o", str(log)]
 
 
+def warmup_markers(marker: str) -> tuple[str, str]:
+    """The paths the worker opens before and after its warm-up (derived from the session's start marker)."""
+    return f"{marker}-warmup-begin", f"{marker}-warmup-end"
+
+
 class _Parser:
     def __init__(self, marker: str, scratch: str, allowed_roots: list[str]):
         self.marker, self.scratch = marker, scratch.rstrip("/") + "/"
         self.allowed = tuple(r.rstrip("/") + "/" for r in allowed_roots) + SYSTEM_LIB_DIRS
         self.started = False
+        self.warmup, self.warming, self.warmed = warmup_markers(marker), False, False
         self.setup_pids: set[int] = set()
         self.cwd: dict[int, str] = {}
         self.events: list[Event] = []
@@ -125,9 +134,23 @@ class _Parser:
             return
         if pid in self.setup_pids and pid != self.worker:
             return
+        if self._in_warmup(pid, call, args):
+            return
         ret = m["ret"]
         ok = ret is not None and ret != "?" and not ret.startswith("-")
         self._classify(pid, call, args, ok)
+
+    def _in_warmup(self, pid: int, call: str, args: str) -> bool:
+        """True for the events of the worker's one warm-up window, whatever process made them (the probes it
+        starts have exited when it ends: a process, or a reused pid, acting later is observed)."""
+        if not self.warmed and pid == self.worker and call.startswith("open"):
+            if not self.warming and self.warmup[0] in args:
+                self.warming = True
+                return True
+            if self.warming and self.warmup[1] in args:
+                self.warming, self.warmed = False, True
+                return True
+        return self.warming
 
     def _path(self, pid: int, raw: str) -> str:
         if raw.startswith("/"):

@@ -116,6 +116,7 @@ class Sandbox:
         env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
         env.update(HOME=str(self.scratch), TMPDIR=str(self.scratch), PYTHONDONTWRITEBYTECODE="1",
                    BASTION_SANDBOX_LIMITS=json.dumps(self.policy.rlimits()), BASTION_SANDBOX_MARKER=self.marker,
+                   BASTION_SANDBOX_WARMUP=self.marker,
                    BASTION_IN_SANDBOX="1", **{JOB_ENV: self.job})
         if strace is None:
             env[AUDIT_ENV] = "1"

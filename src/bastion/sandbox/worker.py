@@ -10,6 +10,7 @@ next, while the parent prepares the request).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -64,11 +65,45 @@ def serve(channel: Channel, handlers: dict[str, Callable[..., Iterator[dict[str,
                           "traceback": detail})
 
 
+def _touch(path: str) -> None:
+    with contextlib.suppress(OSError):  # the observer sees the attempt; the file need not exist
+        os.close(os.open(path, os.O_RDONLY))
+
+
+def warm_up(marker: str | None) -> None:
+    """Run libraries' one-time probes of the machine now, before the first request (so before any model code
+    is in the sandbox), between the two warm-up markers that the strace observer skips
+    (`bastion.sandbox.observe.warmup_markers`) and before the audit hooks are installed.
+
+    joblib counts physical cores with `lscpu --parse=core` (else `cat /proc/cpuinfo`) the first time
+    scikit-learn sizes its OpenMP pool (KMeans in activation clustering, HistGradientBoosting's predict), and
+    keeps the count for the process; run later, that probe read as "model code executed programs"."""
+    import importlib.util
+
+    if importlib.util.find_spec("joblib") is None:
+        return
+    from bastion.sandbox.observe import warmup_markers
+
+    begin, end = warmup_markers(marker) if marker else ("", "")
+    if marker:
+        _touch(begin)
+    try:
+        from joblib import cpu_count
+
+        cpu_count(only_physical_cores=True)
+    except Exception:  # noqa: BLE001 - a failed probe only means joblib probes again later, observed
+        pass
+    finally:
+        if marker:
+            _touch(end)
+
+
 def main() -> None:
     from bastion.core.quiet import quiet_torch_deprecations
 
     quiet_torch_deprecations()  # torch.jit's FutureWarning would reach the user's terminal through our stdout
     channel = Channel(int(sys.argv[1]))
+    warm_up(os.environ.pop("BASTION_SANDBOX_WARMUP", None))
     if os.environ.get("BASTION_SANDBOX_AUDIT") == "1":
         from bastion.sandbox.audit import install
 
