@@ -145,3 +145,19 @@ def bootstrap_ratio(numerator: np.ndarray, denominator: np.ndarray, n_bootstrap:
     ordered = np.sort(boot)  # order statistics: infinite resamples stay infinite (no interpolation between them)
     lo, hi = ordered[int(alpha * (n_bootstrap - 1))], ordered[int(np.ceil((1 - alpha) * (n_bootstrap - 1)))]
     return Interval(point, float(min(lo, point)), float(max(hi, point)))
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interval:
+    """A proportion successes/n with the Wilson score interval (Wilson, JASA 1927): sound near 0 and 1 and for
+    small n, unlike the normal approximation. n = 0 gives the uninformative interval [0, 1] around 0."""
+    from scipy.stats import norm
+
+    if isinstance(n, bool) or int(n) != n or n < 0 or not 0 <= successes <= n:
+        raise ParameterError(f"a proportion needs 0 <= successes <= n, got {successes}/{n}")
+    if n == 0:
+        return Interval(0.0, 0.0, 1.0)
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Interval(p, float(max(0.0, centre - half)), float(min(1.0, centre + half)))
