@@ -186,9 +186,9 @@ def screen(method: str, cell: dict, clean: Dataset, seed: int, rate: float, epoc
         defense = (ConfusionTraining(pretrain_epochs=epochs, seed=seed) if method == "confusion"
                    else SCREENS[method](seed, rate))
         defense.run(target, clean, train_data=cell["data"])
-        flags = defense.flagged
+        flags = defense.flagged_
         rates = detection_rates(flags, cell["truth"])
-        out = score_rates(defense.scores, cell["truth"])
+        out = score_rates(defense.scores_, cell["truth"])
     return {**out, "flag_tpr": rates["tpr"], "flag_fpr": rates["fpr"], "seconds": time.perf_counter() - start}
 
 

@@ -132,7 +132,7 @@ def screening(name: str, seed: int, eps: float) -> list[dict]:
 
 def _flags(target: TorchTarget, data: Dataset, defense: ActivationClustering | SpectralSignatures) -> np.ndarray:
     defense.run(target, data)
-    return defense.flagged
+    return defense.flagged_
 
 
 def art_strip(model: nn.Module, clean: Dataset, inputs: list[np.ndarray]) -> list[float]:

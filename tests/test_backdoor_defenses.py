@@ -189,8 +189,8 @@ def test_neural_cleanse_handles_flat_tabular_inputs():
     target = TorchTarget(tabular_mlp(30, 3), (30,), device="cpu")
     defense = NeuralCleanse(steps=5, class_batch=2)
     m = defense.run(target, Dataset(x, np.arange(40) % 3)).metrics
-    assert len(m["anomaly_index"]) == 3 and defense.masks.shape == (3, 30) and defense.patterns.shape == (3, 30)
-    assert ((defense.masks >= 0) & (defense.masks <= 1)).all()
+    assert len(m["anomaly_index"]) == 3 and defense.masks_.shape == (3, 30) and defense.patterns_.shape == (3, 30)
+    assert ((defense.masks_ >= 0) & (defense.masks_ <= 1)).all()
 
 
 def test_neural_cleanse_index_is_the_papers_mad_of_mask_norms_or_their_logs():

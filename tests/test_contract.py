@@ -2,13 +2,16 @@
 
 It builds from its defaults; `get_params()` covers the constructor and rebuilds an equal object; parameters after
 the first are keyword-only; `name`, `family` and `requires` are declared on the class and match the registry; the
-docstring cites a paper and has an Example; evasion results carry each sample's outcome.
+docstring cites a paper and has an Example; evasion results carry each sample's outcome; what `run`/`fit` leaves on
+the object (fitted state) ends in `_`.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
+import textwrap
 
 import numpy as np
 import pytest
@@ -76,6 +79,70 @@ def test_docstring_cites_a_paper_and_has_an_example(kind, entry):
     example = re.search(r"^Example:?\n((?:\s+>>> .+\n?)+)", doc, re.M)
     assert example, "the class docstring must end with an `Example:` section of `>>>` lines"
     assert f"{entry['cls'].__name__}(" in example.group(1), "the example builds the class itself"
+
+
+def assigned_outside_the_constructor(cls: type) -> dict[str, str]:
+    """`self.NAME = ...` assignments in the methods of `cls` and its Bastion bases, other than the constructors
+    and the helpers they call (transitively): {NAME: "Class.method"}."""
+    methods: dict[str, tuple[str, ast.AST]] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's method overrides its base's
+        if not klass.__module__.startswith(("bastion.", "tests.")):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        for f in tree.body[0].body:
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                methods[f.name if f.name != "__init__" else f"__init__.{klass.__name__}"] = (klass.__name__, f)
+    construction, todo = set(), [name for name in methods if name.startswith("__init__.")]
+    while todo:  # helpers the constructors call set parameters, not fitted state
+        name = todo.pop()
+        if name in construction or name not in methods:
+            continue
+        construction.add(name)
+        todo += [n.func.attr for n in ast.walk(methods[name][1]) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+                 and n.func.value.id == "self"]
+    found: dict[str, str] = {}
+    for name, (owner, fn) in methods.items():
+        if name in construction:
+            continue
+        for node in ast.walk(fn):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+            for target in targets:
+                for el in target.elts if isinstance(target, ast.Tuple) else [target]:
+                    if isinstance(el, ast.Attribute) and isinstance(el.value, ast.Name) and el.value.id == "self":
+                        found.setdefault(el.attr, f"{owner}.{name}")
+    return found
+
+
+@pytest.mark.parametrize(("kind", "entry"), ENTRIES, ids=IDS)
+def test_fitted_state_ends_in_an_underscore(kind, entry):
+    """What `run` or `fit` sets on the object, other than its parameters, ends in `_` (scikit-learn's rule), so
+    that fitted state is never mistaken for a parameter."""
+    params = {p.name for p in own_parameters(entry["cls"])}
+    bad = {name: where for name, where in assigned_outside_the_constructor(entry["cls"]).items()
+           if not name.endswith("_") and not name.startswith("_") and name not in params}
+    assert not bad, f"fitted attributes must end in `_`: {bad}"
+
+
+class _Fits:
+    def __init__(self, k: int = 1):
+        self._setup(k)
+
+    def _setup(self, k: int) -> None:
+        self.k = k
+
+    def run(self) -> None:
+        self.k, self.centres = 2, [0.0]
+        self.labels_ = [0]
+
+
+def test_the_fitted_state_check_can_fail():
+    assert assigned_outside_the_constructor(_Fits) == {"k": "_Fits.run", "centres": "_Fits.run",
+                                                       "labels_": "_Fits.run"}
 
 
 def test_the_citation_check_can_fail():

@@ -75,7 +75,7 @@ def defend_job(spec: JobSpec, evaluation: Dataset | None, training: Dataset | No
     if out_name is not None:
         folder = Path(out_dir or "out")
         folder.mkdir(parents=True, exist_ok=True)
-        artifact, cleaned = getattr(defense, "artifact_", None), getattr(defense, "cleaned", None)
+        artifact, cleaned = getattr(defense, "artifact_", None), getattr(defense, "cleaned_", None)
         if cleaned is not None:
             from bastion.core.data import save_npz
 
@@ -135,5 +135,29 @@ def probe_forward(load: dict[str, Any], batch: int = 4, seed: int = 0) -> dict[s
             "seconds": time.perf_counter() - start}
 
 
+_SERVED: dict[str, Any] = {}  # the model `bastion guard` serves from this worker (loaded once by serve_load)
+
+
+def serve_load(load: dict[str, Any]) -> Iterator[Message]:
+    """Load the model `bastion guard` serves and keep it for `serve_predict`; answer its description."""
+    from bastion.models import load_target
+
+    target = _SERVED["target"] = load_target(**load)
+    yield {"type": "loaded"}
+    yield {"type": "result", "data": {"n_classes": target.n_classes, "input_shape": list(target.input_shape),
+                                      "bounds": list(target.bounds), "output": target.output_kind}}
+
+
+def serve_predict(inputs: Any) -> Iterator[Message]:
+    """One batch through the served model: probabilities (labels for a label-only model), as nested lists."""
+    from bastion.core.errors import BastionError
+
+    target = _SERVED.get("target")
+    if target is None:
+        raise BastionError("no model loaded in this worker")
+    out = target.labels(inputs) if target.output_kind == "labels" else target.probabilities(inputs)
+    yield {"type": "result", "data": out.detach().cpu().tolist()}
+
+
 HANDLERS = {"attack": attack_job, "defend": defend_job, "describe": describe_job, "jobs": assess_jobs,
-            "probe": probe_job}
+            "probe": probe_job, "serve_load": serve_load, "serve_predict": serve_predict}

@@ -88,13 +88,13 @@ class ConfusionTraining(TrainingDataScreen):
         self.confusion_factor, self.lr, self.batch_size = float(confusion_factor), float(lr), int(batch_size)
         self.significance, self.confidence = float(significance), float(confidence)
         self.ground_truth, self.seed = ground_truth, int(seed)
-        self.clean: Dataset | None = None
+        self.clean_: Dataset | None = None
 
     def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
             **_: Dataset) -> Result:
         """Screen `train_data` using `data` as the defender's small clean set."""
-        self.clean = require_data(data, self.name, "--data CLEAN_DATA (a small trusted set)")
-        validate_for_model(self.clean, target.n_classes, target.input_shape)
+        self.clean_ = require_data(data, self.name, "--data CLEAN_DATA (a small trusted set)")
+        validate_for_model(self.clean_, target.n_classes, target.input_shape)
         return super().run(target, train_data=require_data(train_data, self.name, "--train-data FILE"))
 
     def confuse(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, xc: torch.Tensor,
@@ -118,7 +118,7 @@ class ConfusionTraining(TrainingDataScreen):
         device = target.device
         x = torch.as_tensor(data.x, dtype=torch.float32, device=device)
         y = torch.as_tensor(data.y, dtype=torch.long, device=device)
-        xc = torch.as_tensor(self.clean.x, dtype=torch.float32, device=device)
+        xc = torch.as_tensor(self.clean_.x, dtype=torch.float32, device=device)
         seed_everything(self.seed)
         model = Trainer(epochs=self.pretrain_epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
                         device=str(device)).fit(reset_copy(torch_module(target, self.name)), x, y)

@@ -146,8 +146,8 @@ class NeuralCleanse(Defense):
             for p, flag in zip(model.parameters(), trainable, strict=True):
                 p.requires_grad_(flag)
             model.train(was_training)
-        self.masks, self.patterns = torch.cat(masks), torch.cat(patterns)
-        norms = self.masks.flatten(1).sum(1).cpu().numpy()
+        self.masks_, self.patterns_ = torch.cat(masks), torch.cat(patterns)
+        norms = self.masks_.flatten(1).sum(1).cpu().numpy()
         index = anomaly_index(np.log(np.maximum(norms, 1e-6)) if self.scale == "log" else norms)
         small = norms < np.median(norms)
         flagged = [int(c) for c in np.nonzero(small & (index > self.anomaly_threshold))[0]]

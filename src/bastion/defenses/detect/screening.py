@@ -26,11 +26,11 @@ class TrainingDataScreen(Defense):
     """A defense that flags suspect training samples; subclasses implement `screen` (the backdoor family judges).
 
     `ground_truth` (set by the subclass's `__init__`) adds TPR, FPR and AUROC against the known poison. After
-    `run`, `flagged` and `scores` hold the per-sample verdicts and `cleaned` the training set without the suspects
+    `run`, `flagged_` and `scores_` hold the per-sample verdicts and `cleaned_` the training set without the suspects
     (what `bastion defend ... --out clean.npz` writes)."""
 
     ground_truth: Any = None
-    cleaned: Dataset | None = None
+    cleaned_: Dataset | None = None
 
     @abstractmethod
     def screen(self, target: Target, data: Dataset) -> tuple[np.ndarray, np.ndarray, list[dict]]:
@@ -45,8 +45,8 @@ class TrainingDataScreen(Defense):
         start = time.perf_counter()
         is_poison = load_ground_truth(self.ground_truth, len(data))
         flagged, scores, classes = self.screen(target, data)
-        self.flagged, self.scores = flagged, scores
-        self.cleaned = data.subset(np.nonzero(~flagged)[0], f"{data.name} without {int(flagged.sum())} suspects")
+        self.flagged_, self.scores_ = flagged, scores
+        self.cleaned_ = data.subset(np.nonzero(~flagged)[0], f"{data.name} without {int(flagged.sum())} suspects")
         metrics = detection_metrics(flagged, scores, is_poison)
         metrics["classes"] = classes
         metrics["suspects"] = suspects(flagged, scores)
