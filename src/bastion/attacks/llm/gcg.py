@@ -298,3 +298,20 @@ class GCG(Attack):
         return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
                       queries=evaluations + len(rows), seconds=time.perf_counter() - start,
                       samples={"success": success.tolist()}, status=status, reason=reason)
+
+
+GCG_OPTIONS = {"set", "behaviours", "limit", "steps", "suffix-len", "top-k", "batch", "eval-batch"}
+
+
+def run_gcg_cli(target: Any, args: list[str], seed: int) -> Result:
+    """`bastion attack llm gcg MODEL [--set bastion|harmbench|all | --behaviours FILE] [--limit N] [--steps N]
+    [--suffix-len N] [--top-k N] [--batch N]`; `--max-queries` caps the candidate forwards (white-box queries)."""
+    from .jailbreak import integer, parse_args, read_behaviours
+
+    opts = parse_args("gcg", args, GCG_OPTIONS)
+    budget, target.max_queries = target.max_queries, None  # the budget counts candidate forwards here
+    attack = GCG(suffix_len=integer(opts, "suffix-len", 20), steps=integer(opts, "steps", 250),
+                 top_k=integer(opts, "top-k", 256), batch=integer(opts, "batch", 512),
+                 eval_batch=integer(opts, "eval-batch", 512), max_queries=budget,
+                 max_new_tokens=target.sampling.max_new_tokens, seed=seed)
+    return attack.run(target, behaviours=read_behaviours({"limit": "5", **opts}))

@@ -7,8 +7,9 @@ on a separate hand-labelled validation set (`data/judge_validation.tsv`, ≥ 200
 with Wilson intervals, and an observed success rate is corrected with the Rogan–Gladen estimator (Rogan & Gladen,
 "Estimating prevalence from the results of a screening test", Am. J. Epidemiology 1978),
     corrected = (observed + specificity - 1) / (sensitivity + specificity - 1),
-with a parametric bootstrap over the validation labels and the observed outcomes (Lang & Reiczigel 2014 discuss
-the intervals). `python -m bastion.attacks.llm.jailbreak_judge` prints the measured card (also `data/judge_card.json`).
+with a bootstrap over the validation labels and the observed outcomes (Jeffreys-smoothed draws; Lang & Reiczigel
+2014 discuss such intervals). `python -m bastion.attacks.llm.jailbreak_judge` prints the measured card (also
+`data/judge_card.json`).
 """
 
 from __future__ import annotations
@@ -159,15 +160,15 @@ def rogan_gladen(observed: float, sensitivity: float, specificity: float) -> flo
 
 def corrected_rate(successes: int, n: int, card: JudgeCard, *, n_bootstrap: int = 2000, confidence: float = 0.95,
                    seed: int = 0) -> dict[str, Any]:
-    """Raw rate (Wilson interval) and the Rogan–Gladen corrected rate with a parametric bootstrap interval that
-    resamples the judge's validation outcomes (its sensitivity and specificity) and the observed outcomes."""
+    """Raw rate (Wilson interval) and the Rogan–Gladen corrected rate with a bootstrap interval that redraws the
+    judge's sensitivity and specificity (from its validation counts) and the observed rate, each from its Jeffreys
+    Beta(k + 1/2, n - k + 1/2) distribution (a smoothed parametric bootstrap that stays informative at 0/n)."""
     raw = wilson_interval(int(successes), int(n))
-    n_pos, n_neg = card.tp + card.fn, card.tn + card.fp
     point = rogan_gladen(raw.estimate, card.sensitivity, card.specificity) if n else 0.0
     rng = np.random.default_rng(seed)
-    se = rng.binomial(n_pos, card.sensitivity, n_bootstrap) / n_pos
-    sp = rng.binomial(n_neg, card.specificity, n_bootstrap) / n_neg
-    obs = rng.binomial(max(int(n), 1), raw.estimate, n_bootstrap) / max(int(n), 1)
+    se = rng.beta(card.tp + 0.5, card.fn + 0.5, n_bootstrap)  # Jeffreys draws: never degenerate at 0 or 1
+    sp = rng.beta(card.tn + 0.5, card.fp + 0.5, n_bootstrap)
+    obs = rng.beta(int(successes) + 0.5, int(n) - int(successes) + 0.5, n_bootstrap)
     youden = se + sp - 1.0
     ok = youden > 0
     boot = np.clip((obs[ok] + sp[ok] - 1.0) / youden[ok], 0.0, 1.0)
