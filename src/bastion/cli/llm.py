@@ -39,7 +39,9 @@ PROBES: dict[str, Probe] = {
                         "Min-K%++, reference model)"),
     "exposure": Probe("bastion.cli.llm", "_exposure", True, "Secret-Sharer canary exposure"),
     # helper L: "leak" (system-prompt and secret leakage), "inject" (prompt injection)
-    # helper J: "gcg" (GCG adversarial suffix), "jailbreak"
+    "gcg": Probe("bastion.attacks.llm.gcg", "run_gcg_cli", True, "GCG adversarial suffix (Zou et al. 2023)"),
+    "jailbreak": Probe("bastion.attacks.llm.jailbreak", "run_jailbreak_cli", False,
+                       "black-box jailbreaks (templates, encodings, many-shot, PAIR), judge-corrected rates"),
 }
 
 SHARED = {"system-prompt", "max-new-tokens", "temperature", "top-p", "api-key-env", "api-model", "timeout",
