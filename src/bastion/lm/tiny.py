@@ -53,13 +53,15 @@ def _next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
-def encode_blocks(tokenizer: Any, texts: list[str], block: int) -> tuple[np.ndarray, np.ndarray]:
-    """One row per text: `<eos>` + tokens (truncated to `block`), padded; targets are the next tokens (-100 = pad)."""
+def encode_blocks(tokenizer: Any, texts: list[str], block: int,
+                  end_with_eos: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One row per text: `<eos>` + tokens (+ `<eos>` when `end_with_eos`: the model learns to stop), truncated to
+    `block`, padded; targets are the next tokens (-100 = pad)."""
     bos = tokenizer.convert_tokens_to_ids(EOS)
     x = np.full((len(texts), block), bos, np.int64)
     y = np.full((len(texts), block), -100, np.int64)
     for i, text in enumerate(texts):
-        ids = [bos, *tokenizer(text)["input_ids"]][: block + 1]
+        ids = [bos, *tokenizer(text)["input_ids"], *([bos] if end_with_eos else [])][: block + 1]
         x[i, : len(ids) - 1] = ids[:-1]
         y[i, : len(ids) - 1] = ids[1:]
     return x, y
@@ -77,6 +79,7 @@ class TinyLM:
     lr: float = 3e-3
     batch_size: int = 32
     seed: int = 0
+    end_with_eos: bool = False  # each text ends with <eos> (a model that stops, for the availability attacks)
 
     def train(self, texts: list[str], out_dir: str | Path | None = None, *,
               canaries: dict[str, int] | None = None, tokenizer: Any = None) -> tuple[nn.Module, Any]:
@@ -92,7 +95,7 @@ class TinyLM:
                             n_layer=self.n_layer, n_head=self.n_head, bos_token_id=tokenizer.bos_token_id,
                             eos_token_id=tokenizer.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         model = GPT2LMHeadModel(config)
-        x, y = encode_blocks(tokenizer, corpus, self.block)
+        x, y = encode_blocks(tokenizer, corpus, self.block, self.end_with_eos)
         if self.epochs:
             Trainer(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer="adamw", seed=self.seed,
                     device="cpu", loss_fn=_next_token_loss, description="tiny LM").fit(_Logits(model), x, y)
