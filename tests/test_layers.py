@@ -36,6 +36,9 @@ LAYERS: dict[str, int] = {
     "report": 6, "store": 6, "sandbox": 6,
     # 7 -- the faces: command line and the embedded demo; `python -m bastion`
     "cli": 7, "demo": 7, "__main__": 7,
+    # guard: the protected inference service, a face like the CLI; it serves a model through the sandbox (6) and
+    # applies defenses (4, 2) per request
+    "guard": 7,
 }
 
 # Edges that must not exist even though they go down: a report reads the Assessment, never probe internals.

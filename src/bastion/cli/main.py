@@ -28,6 +28,7 @@ COMMANDS = {
     "scan": ("scan", "Scan model files for code that runs when they are loaded."),
     "list": ("listing", "List attacks, defenses and threat families, or one entry's parameters."),
     "report": ("report", "Browse and compare recorded assessments."),
+    "guard": ("guard", "Serve a model behind a policy of protective rules; read its audit log."),
 }
 
 

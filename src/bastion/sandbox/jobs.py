@@ -156,7 +156,7 @@ def serve_predict(inputs: Any) -> Iterator[Message]:
     if target is None:
         raise BastionError("no model loaded in this worker")
     out = target.labels(inputs) if target.output_kind == "labels" else target.probabilities(inputs)
-    yield {"type": "result", "data": out.detach().cpu().tolist()}
+    yield {"type": "result", "data": {"outputs": out.detach().cpu().tolist()}}
 
 
 HANDLERS = {"attack": attack_job, "defend": defend_job, "describe": describe_job, "jobs": assess_jobs,

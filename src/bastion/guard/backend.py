@@ -1,0 +1,88 @@
+"""The model behind the guard: loaded in the sandboxed worker when its file carries code, queried one batch at a time.
+
+The worker (`bastion.sandbox.jobs.serve_load` / `serve_predict`) keeps the model loaded between requests; each
+batch crosses the boundary as a pickled float32 array (parent -> worker, trusted direction) and comes back as a
+JSON line of numbers (never unpickled). One batch is in the worker at a time (a lock), so concurrent requests queue.
+Models that carry no code (HTTP endpoints) and `--no-sandbox` load in this process.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bastion.core.errors import ModelLoadError
+from bastion.core.target import FunctionTarget
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    n_classes: int
+    input_shape: tuple[int, ...]
+    bounds: tuple[float, float]
+    output: str  # "probabilities" or "labels": what the backend answers
+
+    def describe(self) -> dict[str, Any]:
+        return {"n_classes": self.n_classes, "input_shape": list(self.input_shape), "output": self.output,
+                "bounds": list(self.bounds)}
+
+
+class ServedModel:
+    """`predict(x)` -> probabilities (n, classes) or labels (n,) as float32 / int64 arrays."""
+
+    def __init__(self, model: str, *, arch: str | None = None, data: Any = None, trust: bool = False,
+                 sandbox: bool = True):
+        from bastion.sandbox.sandboxed_run import SandboxOptions, open_sandbox
+
+        self.lock = threading.Lock()
+        self.sandbox = open_sandbox(model, arch, SandboxOptions(enabled=sandbox), job="serve")
+        load = {"path": model, "arch": arch, "trust": trust, "device": "cpu", "data": data}
+        if self.sandbox is not None:
+            from bastion.sandbox.session import SandboxError
+
+            try:
+                described = [m for m in self.sandbox.request("serve_load", load=load) if m["type"] == "result"]
+            except SandboxError as exc:
+                self.close()
+                raise ModelLoadError(str(exc)) from None
+            d = described[0]["data"]
+            self.isolation = self.sandbox.isolation
+            self.target = None
+        else:
+            from bastion.models import load_target
+
+            self.target = load_target(**load)
+            d = {"n_classes": self.target.n_classes, "input_shape": list(self.target.input_shape),
+                 "bounds": list(self.target.bounds), "output": self.target.output_kind}
+            self.isolation = "in-process"
+        output = "labels" if d["output"] == "labels" else "probabilities"
+        self.info = ModelInfo(int(d["n_classes"]), tuple(int(v) for v in d["input_shape"]),
+                              (float(d["bounds"][0]), float(d["bounds"][1])), output)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        with self.lock:
+            if self.sandbox is not None:
+                answer = [m for m in self.sandbox.request("serve_predict", inputs=x) if m["type"] == "result"]
+                out = np.asarray(answer[0]["data"].get("outputs"), dtype=np.float32)
+            elif self.info.output == "labels":
+                out = self.target.labels(x).cpu().numpy()
+            else:
+                out = self.target.probabilities(x).detach().cpu().numpy()
+        expected = (len(x),) if self.info.output == "labels" else (len(x), self.info.n_classes)
+        if out.shape != expected or not np.all(np.isfinite(out)):
+            raise ModelLoadError(f"the served model answered shape {out.shape} (expected {expected}) or non-finite")
+        return out.astype(np.int64) if self.info.output == "labels" else out
+
+    def as_target(self) -> FunctionTarget:
+        """The served model as a Target (for output hardening and the detectors); queries are not charged."""
+        i = self.info
+        return FunctionTarget(self.predict, i.n_classes, i.input_shape, i.output, i.bounds, name="guarded model")
+
+    def close(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.close()
+            self.sandbox = None

@@ -1,0 +1,244 @@
+"""The guard's rules, per API key: input checks, token-bucket rate limits and budgets, the extraction monitor,
+the adversarial-input and backdoor-trigger detectors, and output hardening.
+
+- Extraction: PRADA (Juuti et al., EuroS&P 2019; `bastion.defenses.detect.prada.PRADA`) over the key's recent
+  queries, and a query-distribution detector: the share of the key's queries whose distance to the nearest
+  reference sample (`--data`) exceeds the `ood_quantile` of held-out reference samples' own distances. Natural
+  traffic sits near the data; Knockoff Nets' surrogate queries (Orekondy et al., CVPR 2019) and Jacobian
+  augmentation's synthetic steps (Papernot et al., AsiaCCS 2017) do not.
+- Adversarial inputs: feature squeezing (Xu, Evans & Qi, NDSS 2018): the L1 distance between the prediction for
+  x and for its bit-depth-reduced (and, for images, 2x2 median-smoothed) copy; the threshold is the (1 - fpr)
+  quantile of that score on `--data`.
+- Backdoor triggers: STRIP (Gao et al., ACSAC 2019; `bastion.defenses.detect.strip.STRIP.entropy`): the mean
+  entropy over copies superimposed with reference samples; below the `frr` quantile on `--data` is a trigger.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bastion.core.data import Dataset
+from bastion.core.target import Target
+from bastion.defenses.detect.prada import PRADA
+from bastion.defenses.postprocess import OutputDefense, harden
+from bastion.guard.backend import ModelInfo
+from bastion.guard.guard_policy import ExtractionRules, Tier
+
+
+class Refused(Exception):
+    """A request the guard answers with a 4xx: `status`, one-line `message`, the `rule` that refused it."""
+
+    def __init__(self, status: int, message: str, rule: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.message, self.rule, self.retry_after = status, message, rule, retry_after
+
+
+def check_inputs(raw: object, info: ModelInfo, tier: Tier) -> np.ndarray:
+    """The request's inputs as a float32 array of shape (n, *input_shape), or Refused (400/413/422)."""
+    if not isinstance(raw, dict) or "inputs" not in raw:
+        raise Refused(400, 'expected a JSON object {"inputs": [...]}', "input.schema")
+    try:
+        with np.errstate(over="ignore"):  # numbers beyond float32 become inf, refused below
+            x = np.asarray(raw["inputs"], dtype=np.float32)
+    except (ValueError, TypeError, OverflowError):
+        raise Refused(422, "inputs must be a (nested) list of numbers of one shape", "input.dtype") from None
+    if x.dtype != np.float32 or x.ndim == 0:
+        raise Refused(422, "inputs must be a list of inputs", "input.dtype")
+    if x.shape[1:] != info.input_shape:
+        if x.shape == info.input_shape:
+            raise Refused(422, f"inputs must be a batch: wrap the one input in a list (shape (1, "
+                          f"{', '.join(map(str, info.input_shape))}))", "input.shape")
+        raise Refused(422, f"inputs have shape {list(x.shape)}; expected (n, {', '.join(map(str, info.input_shape))})",
+                      "input.shape")
+    if len(x) == 0:
+        raise Refused(422, "inputs is empty", "input.shape")
+    if len(x) > tier.inputs.max_batch:
+        raise Refused(413, f"{len(x)} inputs in one request; this tier allows {tier.inputs.max_batch}", "input.size")
+    if not np.all(np.isfinite(x)):
+        raise Refused(422, "inputs contain NaN or infinite values", "input.nan")
+    low, high = info.bounds
+    if tier.inputs.check_range and (x.min() < low or x.max() > high):
+        raise Refused(422, f"inputs must lie in [{low:g}, {high:g}]; got values in [{x.min():g}, {x.max():g}]",
+                      "input.range")
+    return x
+
+
+@dataclass
+class TokenBucket:
+    """`rate` tokens per second up to `burst`; `take(n)` returns the seconds to wait (0: allowed, tokens spent)."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    stamp: float = field(default_factory=time.monotonic)
+
+    def take(self, n: float, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        if self.tokens < 0:
+            self.tokens = self.burst
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if n <= self.tokens:
+            self.tokens -= n
+            return 0.0
+        return (n - self.tokens) / self.rate
+
+
+class Reference:
+    """Reference data (`--data`) for the distribution detector, STRIP overlays and detector calibration."""
+
+    def __init__(self, data: Dataset, seed: int = 0, max_samples: int = 2000):
+        x = np.asarray(data.x, dtype=np.float32)
+        order = np.random.default_rng(seed).permutation(len(x))[:max_samples]
+        half = max(1, len(order) // 2)
+        self.index = torch.as_tensor(x[order[:half]]).reshape(half, -1)
+        self.held_out = torch.as_tensor(x[order[half:]] if len(order) > half else x[order[:half]])
+        self.pool = torch.as_tensor(x[order[:half]])
+        self.held_out_distance = self.nearest(self.held_out.numpy())
+
+    def nearest(self, x: np.ndarray) -> np.ndarray:
+        """Each input's L2 distance to its nearest reference sample."""
+        flat = torch.as_tensor(x, dtype=torch.float32).reshape(len(x), -1)
+        return torch.cat([torch.cdist(c, self.index).min(dim=1).values for c in flat.split(512)]).numpy()
+
+
+class ExtractionMonitor:
+    """One key's stream: PRADA and the out-of-distribution share, over its last `window` queries."""
+
+    def __init__(self, rules: ExtractionRules, reference: Reference | None):
+        self.rules = rules
+        self.prada = None if rules.prada_delta is None else PRADA(rules.prada_delta, rules.prada_min_queries)
+        self.reference = reference
+        self.ood_threshold = (None if reference is None or rules.ood_share is None
+                              else float(np.quantile(reference.held_out_distance, rules.ood_quantile)))
+        self.inputs: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.far: list[np.ndarray] = []
+        self.seen = 0
+        self.checked = 0
+        self.flagged: list[str] = []  # the detectors that flagged this stream (sticky)
+        self.flagged_at: int | None = None
+
+    def observe(self, x: np.ndarray, labels: np.ndarray) -> list[str]:
+        """Add a batch; return the detectors that flag the stream now (empty: not flagged)."""
+        r = self.rules
+        self.inputs.append(x.reshape(len(x), -1))
+        self.labels.append(labels)
+        if self.ood_threshold is not None and self.reference is not None:
+            self.far.append(self.reference.nearest(x) > self.ood_threshold)
+        self.seen += len(x)
+        while sum(len(b) for b in self.inputs) > r.window + len(self.inputs[0]) and len(self.inputs) > 1:
+            self.inputs.pop(0), self.labels.pop(0)
+            if self.far:
+                self.far.pop(0)
+        hits: list[str] = []
+        if self.far and self.seen >= r.ood_min_queries and r.ood_share is not None:
+            far = np.concatenate(self.far)[-r.window:]
+            if far.mean() > r.ood_share:
+                hits.append("extraction.distribution")
+        if self.prada is not None and self.seen - self.checked >= 50 and self.seen >= r.prada_min_queries:
+            self.checked = self.seen
+            stream = np.concatenate(self.inputs)[-r.window:]
+            if self.prada.detect(stream, np.concatenate(self.labels)[-r.window:]).detected:
+                hits.append("extraction.prada")
+        if hits and not self.flagged:
+            self.flagged_at = self.seen
+        self.flagged = sorted(set(self.flagged) | set(hits))
+        return hits
+
+
+class Detectors:
+    """Feature squeezing and STRIP scores of inputs, with thresholds calibrated on reference data."""
+
+    def __init__(self, target: Target, reference: Reference, squeeze_bits: set[int], strip_overlays: set[int],
+                 seed: int = 0):
+        self.target, self.reference, self.seed = target, reference, seed
+        calibration = reference.held_out[:500]
+        self.squeeze_scores = {b: self.squeeze(calibration.numpy(), b) for b in squeeze_bits}
+        self.strip_scores = {k: self.strip(calibration.numpy(), k) for k in strip_overlays}
+
+    def squeeze(self, x: np.ndarray, bits: int) -> np.ndarray:
+        """Xu et al.'s score: max L1 distance between p(x) and p(squeezed x) over the squeezers."""
+        from bastion.defenses.preprocess.transforms import MedianSmooth, bit_depth
+
+        t = torch.as_tensor(x)
+        p = self.target.probabilities(t)
+        squeezers = [bit_depth(bits, self.target.bounds)]
+        if len(self.target.input_shape) >= 2 and min(self.target.input_shape[-2:]) >= 4:
+            squeezers.append(MedianSmooth(2, self.target.bounds))
+        with torch.no_grad():
+            scores = [(self.target.probabilities(s(t)) - p).abs().sum(-1) for s in squeezers]
+        return torch.stack(scores).amax(0).numpy()
+
+    def strip(self, x: np.ndarray, overlays: int) -> np.ndarray:
+        """STRIP entropy (nats) of each input over `overlays` superimposed reference samples."""
+        from bastion.defenses.detect.strip import STRIP
+
+        gen = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            return STRIP(overlays).entropy(self.target, torch.as_tensor(x), self.reference.pool, gen).numpy()
+
+    def check(self, x: np.ndarray, tier: Tier) -> list[str]:
+        """The detectors that flag any input of the batch."""
+        d, hits = tier.detectors, []
+        if d.squeeze_fpr is not None:
+            threshold = np.quantile(self.squeeze_scores[d.squeeze_bits], 1 - d.squeeze_fpr)
+            if (self.squeeze(x, d.squeeze_bits) > threshold).any():
+                hits.append("adversarial.squeeze")
+        if d.strip_frr is not None:
+            threshold = np.quantile(self.strip_scores[d.strip_overlays], d.strip_frr)
+            if (self.strip(x, d.strip_overlays) < threshold).any():
+                hits.append("backdoor.strip")
+        return hits
+
+
+class KeyState:
+    """Everything the guard tracks for one API key."""
+
+    def __init__(self, tier: Tier, reference: Reference | None, used: int = 0):
+        self.tier = tier
+        self.lock = threading.Lock()
+        self.bucket = None if tier.rate.per_second is None else TokenBucket(tier.rate.per_second, tier.rate.burst)
+        self.throttle: TokenBucket | None = None
+        self.used = used
+        self.monitor = ExtractionMonitor(tier.extraction, reference)
+        self.blocked = False
+
+    def admit(self, n: int) -> None:
+        """Budget, block and rate checks before inference (Refused 403/429)."""
+        if self.blocked:
+            raise Refused(403, "this key is blocked: its queries look like model extraction", "extraction.block")
+        budget = self.tier.rate.budget
+        if budget is not None and self.used + n > budget:
+            raise Refused(429, f"query budget of {budget} spent ({self.used} used)", "rate.budget")
+        for bucket, rule in ((self.bucket, "rate.limit"), (self.throttle, "extraction.throttle")):
+            if bucket is not None:
+                if n > bucket.burst:
+                    raise Refused(429, f"{n} inputs exceed this key's burst of {bucket.burst:g}", rule)
+                wait = bucket.take(n)
+                if wait > 0:
+                    raise Refused(429, f"rate limit: retry in {wait:.2f} s", rule, retry_after=wait)
+        self.used += n
+
+    def respond(self, hits: list[str]) -> str | None:
+        """Apply the tier's extraction action to a flagged stream; the rule hit it adds."""
+        if not hits:
+            return None
+        rules = self.tier.extraction
+        if rules.action == "block":
+            self.blocked = True
+            return "extraction.block"
+        if rules.action == "throttle" and self.throttle is None:
+            self.throttle = TokenBucket(rules.throttle_per_second, max(1.0, rules.throttle_per_second))
+            return "extraction.throttle"
+        return "extraction.alert"
+
+
+def hardener(target: Target, spec: str | None) -> OutputDefense | None:
+    """The output defense of a tier's `output` spec (None: answers go out as computed)."""
+    return None if spec is None else harden(target, spec)

@@ -1,0 +1,283 @@
+"""`bastion guard`: the server on a free loopback port, each rule's allow and deny paths, policy validation,
+hostile requests (never a 5xx), and the audit log (tests/test_guard_durability.py kills a server process)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
+
+from bastion.core.errors import ParameterError  # noqa: E402
+from bastion.guard.guard_policy import parse_policy  # noqa: E402
+
+
+def _sha(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+POLICY = {
+    "default_tier": "open",
+    "tiers": {
+        "open": {"inputs": {"max_batch": 64, "max_body_bytes": 400_000}},
+        "limited": {"rate": {"per_second": 0.5, "burst": 5}},
+        "budget": {"rate": {"budget": 10}},
+        "watched": {"extraction": {"prada_delta": 0.96, "prada_min_queries": 100, "action": "block"}},
+        "ood": {"extraction": {"ood_share": 0.3, "ood_min_queries": 40, "action": "throttle",
+                               "throttle_per_second": 0.2}},
+        "labels": {"output": "label_only"},
+        "rounded": {"output": "rounding:1"},
+        "screened": {"detectors": {"squeeze_fpr": 0.02, "strip_frr": 0.02, "action": "reject"}},
+    },
+    "keys": [{"id": name, "sha256": _sha(f"secret-{name}"), "tier": name}
+             for name in ("limited", "budget", "watched", "ood", "labels", "rounded", "screened")],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def guard_url(digits_demo, tmp_path_factory):
+    import uvicorn
+
+    from bastion.guard.app import Guard, make_app
+    from bastion.guard.audit_log import AuditLog
+    from bastion.guard.backend import ServedModel
+    from bastion.guard.rules import Reference
+
+    folder = tmp_path_factory.mktemp("guard")
+    served = ServedModel(str(digits_demo.model_path), sandbox=False)  # the sandboxed path: test_guard_durability
+    guard = Guard(served, parse_policy(POLICY), AuditLog(folder / "audit.sqlite"), Reference(digits_demo.train))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(make_app(guard), host="127.0.0.1", port=port, log_level="error",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", folder / "audit.sqlite", guard
+    server.should_exit = True
+    thread.join(10)
+    guard.audit.close()
+
+
+def _call(url: str, body: bytes | None = None, key: str | None = None, path: str = "/predict",
+          headers: dict | None = None) -> tuple[int, dict, dict]:
+    full = url + path + (f"?api_key=secret-{key}" if key else "")
+    request = urllib.request.Request(full, data=body, headers={"Content-Type": "application/json", **(headers or {})},
+                                     method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            raw = answer.read()
+            return answer.status, json.loads(raw) if path != "/metrics" else {"text": raw.decode()}, \
+                dict(answer.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}"), dict(exc.headers)
+
+
+def _post(url: str, x, key: str | None = None) -> tuple[int, dict, dict]:
+    return _call(url, json.dumps({"inputs": np.asarray(x).tolist()}).encode(), key)
+
+
+# -- policy validation ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw, where", [
+    ({"tiers": {"a": {"rate": {"per_second": -1}}}}, "tiers.a.rate.per_second"),
+    ({"tiers": {"a": {"rate": {"budget": 1.5}}}}, "tiers.a.rate.budget"),
+    ({"tiers": {"a": {"extraction": {"action": "explode"}}}}, "tiers.a.extraction.action"),
+    ({"tiers": {"a": {"output": "shuffle"}}}, "tiers.a.output"),
+    ({"tiers": {"a": {"inputs": {"max_batsh": 3}}}}, "tiers.a.inputs.max_batsh"),
+    ({"tiers": {"a": {}}, "keys": [{"id": "x", "sha256": "00", "tier": "a"}]}, "keys[0].sha256"),
+    ({"tiers": {"a": {}}, "keys": [{"id": "x", "sha256": "0" * 64, "tier": "b"}]}, "keys[0].tier"),
+    ({"tiers": {"a": {}}, "default_tier": "b"}, "default_tier"),
+    ({"tiers": {}}, "tiers"),
+])
+def test_policy_errors_name_the_key(raw, where):
+    with pytest.raises(ParameterError) as caught:
+        parse_policy(raw)
+    message = str(caught.value)
+    assert where in message and "\n" not in message
+
+
+def test_policy_file_errors(tmp_path):
+    from bastion.guard.guard_policy import load_policy
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: [unclosed")
+    with pytest.raises(ParameterError, match="not valid YAML"):
+        load_policy(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("tiers:\n  default:\n    rate: {per_second: 5, burst: 10}\n")
+    assert load_policy(good).resolve(None)[1].rate.per_second == 5.0
+
+
+def test_token_bucket_refills():
+    from bastion.guard.rules import TokenBucket
+
+    bucket = TokenBucket(rate=2.0, burst=4.0, stamp=0.0)
+    assert bucket.take(4, now=0.0) == 0.0
+    assert bucket.take(1, now=0.0) == pytest.approx(0.5)
+    assert bucket.take(1, now=0.5) == 0.0
+
+
+def test_prada_alarm_on_a_synthetic_extraction_stream(digits_demo):
+    """Jacobian-style stream (seeds, then small sign steps from earlier queries) is flagged; a replay of the test
+    data is not."""
+    from bastion.guard.guard_policy import ExtractionRules
+    from bastion.guard.rules import ExtractionMonitor
+
+    rules = ExtractionRules(prada_delta=0.96, prada_min_queries=100)
+    rng = np.random.default_rng(0)
+    seeds = digits_demo.test.x[:10].reshape(10, -1)
+    stream = [seeds]
+    while sum(len(s) for s in stream) < 600:
+        base = np.concatenate(stream)[-len(seeds) * 4:]
+        stream.append(np.clip(base + 0.1 * rng.choice([-1, 1], size=base.shape), 0, 1))
+    synthetic = np.concatenate(stream)[:600].astype(np.float32)
+    labels = rng.integers(0, 10, len(synthetic))
+    attacked = ExtractionMonitor(rules, None)
+    flagged = [attacked.observe(synthetic[i:i + 20], labels[i:i + 20]) for i in range(0, 600, 20)]
+    assert any("extraction.prada" in f for f in flagged) and attacked.flagged_at <= 600
+    benign = ExtractionMonitor(rules, None)
+    x, y = digits_demo.test.x.reshape(len(digits_demo.test.x), -1), digits_demo.test.y
+    assert not any(benign.observe(x[i:i + 20], y[i:i + 20]) for i in range(0, min(len(x), 600), 20))
+
+
+# -- the server ---------------------------------------------------------------------------------------------------
+def test_protocol_and_endpoints(guard_url, digits_demo):
+    from bastion.models.http_backend import load_http
+
+    url, _, _ = guard_url
+    target = load_http(url + "/predict")  # Bastion's own client reads and validates the guard's answers
+    x = digits_demo.test.x[:16]
+    assert (target.labels(x).numpy() == digits_demo.test.y[:16]).mean() > 0.8
+    assert _call(url, path="/healthz")[1]["status"] == "ok"
+    spec = _call(url, path="/openapi.json")[1]
+    assert spec["openapi"].startswith("3.") and "post" in spec["paths"]["/predict"]
+    text = _call(url, path="/metrics")[1]["text"]
+    assert "guard_requests_total" in text and "guard_latency_seconds_bucket" in text
+
+
+@pytest.mark.parametrize("body, status", [
+    (b"not json", 400),
+    (b'{"x": 1}', 400),
+    (b'{"inputs": [[[[NaN]]]]}', 422),
+    (b'{"inputs": "abc"}', 422),
+    (b'{"inputs": [[1, [2]]]}', 422),
+    (b'{"inputs": []}', 422),
+    (b"[" * 100_000, 400),
+])
+def test_hostile_bodies_are_4xx(guard_url, body, status):
+    assert _call(guard_url[0], body)[0] == status
+
+
+def test_input_rules(guard_url, digits_demo):
+    url = guard_url[0]
+    x = digits_demo.test.x[:2]
+    assert _post(url, x)[0] == 200
+    nan = x.copy()
+    nan[0, 0, 0, 0] = np.nan
+    assert _call(url, json.dumps({"inputs": nan.tolist()}).encode())[0] == 422
+    assert _post(url, x + 2)[1]["error"].startswith("inputs must lie in")  # range
+    assert _post(url, x[:, :, :4])[0] == 422  # shape
+    assert _post(url, np.zeros((65, 1, 8, 8)))[0] == 413  # batch size
+    assert _call(url, b'{"inputs": [' + b"0," * 300_000 + b"0]}")[0] == 413  # body size
+    assert _post(url, x, key="nobody")[0] == 401
+
+
+def test_rate_limit_and_budget(guard_url, digits_demo):
+    url, x = guard_url[0], digits_demo.test.x
+    assert _post(url, x[:5], key="limited")[0] == 200
+    status, answer, headers = _post(url, x[:1], key="limited")
+    assert status == 429 and "retry-after" in {k.lower() for k in headers}
+    assert _post(url, x[:10], key="budget")[0] == 200
+    assert _post(url, x[:1], key="budget")[1]["error"].startswith("query budget of 10 spent")
+
+
+def test_output_hardening(guard_url, digits_demo):
+    url, x = guard_url[0], digits_demo.test.x[:4]
+    assert _call(url, key="labels")[1]["output"] == "labels"
+    labels = _post(url, x, key="labels")[1]["labels"]
+    assert labels == np.argmax(_post(url, x)[1]["probabilities"], 1).tolist()
+    rounded = np.asarray(_post(url, x, key="rounded")[1]["probabilities"])
+    assert np.allclose(rounded, np.round(rounded, 1))
+
+
+def test_extraction_monitor_blocks_and_throttles(guard_url, digits_demo):
+    url = guard_url[0]
+    rng = np.random.default_rng(1)
+    seeds = digits_demo.test.x[:10]
+    blocked_at = None
+    queries = seeds
+    for sent in range(0, 800, 20):
+        status, answer, _ = _post(url, queries[:20], key="watched")
+        if status == 403:
+            blocked_at = sent
+            break
+        queries = np.clip(np.concatenate([queries[20:], queries[:20] + 0.1 * rng.choice([-1, 1], (20, 1, 8, 8))]),
+                          0, 1) if len(queries) > 20 else np.clip(
+            np.concatenate([queries, queries + 0.1 * rng.choice([-1, 1], queries.shape)]), 0, 1)
+    assert blocked_at is not None and blocked_at <= 800
+    noise = rng.random((20, 1, 8, 8)).astype(np.float32)  # far from the data: the distribution detector
+    statuses = [_post(url, noise, key="ood")[0] for _ in range(4)]
+    assert statuses[:2] == [200, 200] and 429 in statuses
+    entries = _call(url, key="ood")  # GET still answers (described), only predictions are throttled
+    assert entries[0] == 200
+
+
+def test_detectors_reject_suspicious_inputs(guard_url, digits_demo):
+    """Most clean inputs pass; the inputs whose squeezing score or STRIP entropy crosses the calibrated threshold
+    (the most extreme of the test set under the guard's own detectors) are refused with 422."""
+    url, _, guard = guard_url
+    clean = [_post(url, digits_demo.test.x[i:i + 1], key="screened")[0] for i in range(10)]
+    assert clean.count(200) >= 8
+    x = digits_demo.test.x[:300]
+    for score, pick in ((guard.detectors.squeeze(x, 4), np.argmax), (guard.detectors.strip(x, 8), np.argmin)):
+        status, answer, _ = _post(url, x[pick(score)][None], key="screened")
+        assert status == 422 and "rejected by" in answer["error"]
+
+
+def test_audit_log_records_every_request(guard_url):
+    from bastion.guard.audit_log import read_log
+
+    url, path, guard = guard_url
+    _post(url, np.zeros((1, 1, 8, 8)))
+    entries = read_log(path)
+    assert entries and {e.verdict for e in entries} >= {"allow", "deny"}
+    assert all(e.inputs is None for e in entries)  # raw inputs only with --log-inputs
+    assert any("rate.limit" in e.rules for e in read_log(path, key="limited"))
+
+
+def test_fuzz_never_5xx(guard_url):
+    """Property-based fuzz of the POST body against the OpenAPI schema's shape: no 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    url = guard_url[0]
+    number = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**30, 10**30), st.booleans(),
+                       st.none(), st.text(max_size=3))
+    nested = st.recursive(number, lambda inner: st.lists(inner, max_size=9), max_leaves=80)
+    bodies = st.one_of(st.fixed_dictionaries({"inputs": nested}), nested,
+                       st.dictionaries(st.text(max_size=5), nested, max_size=3))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(bodies)
+    def check(body):
+        raw = json.dumps(body, allow_nan=True).encode()
+        assert _call(url, raw)[0] < 500
+
+    check()
