@@ -35,12 +35,13 @@ POLICY = {
         "watched": {"extraction": {"prada_delta": 0.96, "prada_min_queries": 100, "action": "block"}},
         "ood": {"extraction": {"ood_share": 0.3, "ood_min_queries": 40, "action": "throttle",
                                "throttle_per_second": 0.2}},
+        "degraded": {"extraction": {"ood_share": 0.3, "ood_min_queries": 40, "action": "degrade"}},
         "labels": {"output": "label_only"},
         "rounded": {"output": "rounding:1"},
         "screened": {"detectors": {"squeeze_fpr": 0.02, "strip_frr": 0.02, "action": "reject"}},
     },
     "keys": [{"id": name, "sha256": _sha(f"secret-{name}"), "tier": name}
-             for name in ("limited", "budget", "watched", "ood", "labels", "rounded", "screened")],
+             for name in ("limited", "budget", "watched", "ood", "degraded", "labels", "rounded", "screened")],
 }
 
 
@@ -235,8 +236,11 @@ def test_extraction_monitor_blocks_and_throttles(guard_url, digits_demo):
     noise = rng.random((20, 1, 8, 8)).astype(np.float32)  # far from the data: the distribution detector
     statuses = [_post(url, noise, key="ood")[0] for _ in range(4)]
     assert statuses[:2] == [200, 200] and 429 in statuses
-    entries = _call(url, key="ood")  # GET still answers (described), only predictions are throttled
-    assert entries[0] == 200
+    assert _call(url, key="ood")[0] == 200  # GET still answers (described), only predictions are throttled
+    honest = np.asarray(_post(url, noise)[1]["probabilities"])
+    answers = [np.asarray(_post(url, noise, key="degraded")[1]["probabilities"]) for _ in range(3)]
+    assert np.allclose(answers[0], honest, atol=1e-5)  # below ood_min_queries: not flagged yet
+    assert not np.allclose(answers[-1], honest, atol=0.05)  # flagged: MAD-poisoned answers from then on
 
 
 def test_detectors_reject_suspicious_inputs(guard_url, digits_demo):

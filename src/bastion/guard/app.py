@@ -56,6 +56,8 @@ class Guard:
             {t.detectors.squeeze_bits for t in wants if t.detectors.squeeze_fpr is not None},
             {t.detectors.strip_overlays for t in wants if t.detectors.strip_frr is not None})
         self.hardeners = {t.name: hardener(self.target, t.output) for t in tiers}
+        self.degraders = {t.name: hardener(self.target, t.extraction.degrade_output) for t in tiers
+                          if t.extraction.action == "degrade"}
         self.registry = CollectorRegistry()
         self.requests = Counter("guard_requests", "Prediction requests by HTTP status", ["status"],
                                 registry=self.registry)
@@ -94,7 +96,7 @@ class Guard:
             response = state.respond(flagged)
         if response:
             hits.append(response)
-        defense = self.hardeners[tier.name]
+        defense = self.degraders[tier.name] if state.degraded else self.hardeners[tier.name]
         if defense is not None and out.ndim == 2:
             with torch.no_grad():
                 out = defense.transform(torch.as_tensor(out), torch.as_tensor(x)).numpy()

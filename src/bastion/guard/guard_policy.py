@@ -15,7 +15,7 @@ from typing import Any
 from bastion.core.errors import ParameterError
 from bastion.defenses.postprocess import OUTPUT_DEFENSES
 
-ACTIONS = ("alert", "throttle", "block")
+ACTIONS = ("alert", "throttle", "degrade", "block")
 REJECT_ACTIONS = ("alert", "reject")
 
 
@@ -43,6 +43,7 @@ class ExtractionRules:
     window: int = 2000
     action: str = "alert"
     throttle_per_second: float = 1.0
+    degrade_output: str = "poisoning:1.0"  # what a flagged key's answers become with action "degrade"
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def parse_tier(name: str, raw: Any) -> Tier:
                                                                       integer=True)))
     e = _section(raw.get("extraction"), f"{where}.extraction",
                  {"prada_delta", "prada_min_queries", "ood_share", "ood_quantile", "ood_min_queries", "window",
-                  "action", "throttle_per_second"})
+                  "action", "throttle_per_second", "degrade_output"})
     ew = f"{where}.extraction"
     extraction = ExtractionRules(
         None if e.get("prada_delta") is None else float(_number(e["prada_delta"], f"{ew}.prada_delta", 0, 1,
@@ -160,7 +161,8 @@ def parse_tier(name: str, raw: Any) -> Tier:
         int(_number(e.get("ood_min_queries", 100), f"{ew}.ood_min_queries", 1, integer=True)),
         int(_number(e.get("window", 2000), f"{ew}.window", 10, 100000, integer=True)),
         _choice(e.get("action", "alert"), f"{ew}.action", ACTIONS),
-        float(_number(e.get("throttle_per_second", 1.0), f"{ew}.throttle_per_second", 0, open_low=True)))
+        float(_number(e.get("throttle_per_second", 1.0), f"{ew}.throttle_per_second", 0, open_low=True)),
+        _output(e.get("degrade_output", "poisoning:1.0"), f"{ew}.degrade_output") or "poisoning:1.0")
     d = _section(raw.get("detectors"), f"{where}.detectors",
                  {"squeeze_fpr", "squeeze_bits", "strip_frr", "strip_overlays", "action"})
     dw = f"{where}.detectors"

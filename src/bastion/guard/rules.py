@@ -208,6 +208,7 @@ class KeyState:
         self.used = used
         self.monitor = ExtractionMonitor(tier.extraction, reference)
         self.blocked = False
+        self.degraded = False  # answers go through the tier's extraction.degrade_output from now on
 
     def admit(self, n: int) -> None:
         """Budget, block and rate checks before inference (Refused 403/429)."""
@@ -233,6 +234,9 @@ class KeyState:
         if rules.action == "block":
             self.blocked = True
             return "extraction.block"
+        if rules.action == "degrade":
+            self.degraded = True
+            return "extraction.degrade"
         if rules.action == "throttle" and self.throttle is None:
             self.throttle = TokenBucket(rules.throttle_per_second, max(1.0, rules.throttle_per_second))
             return "extraction.throttle"

@@ -1,0 +1,167 @@
+"""Load on `bastion guard`: throughput and p50/p99 latency of the demo digits CNN, with and without the guard.
+
+    OMP_NUM_THREADS=1 python benchmarks/guard_load.py [--seconds 8] [--batch 1] [--concurrency 4] [--json out.json]
+
+Each server runs in its own process on 127.0.0.1; this process is the load generator (bounded: a fixed number of
+worker threads, a fixed duration, one request in flight per worker in the closed loop).
+Servers: `plain`: the model loaded in-process behind Bastion's standard-library server
+(`bastion.models.http_server`, no rules); `guard`: `bastion guard serve` with the default policy (input checks
+only; the model in the sandboxed worker); `guard+rules`: `bastion guard serve` with PRADA, the query-distribution
+monitor (action alert), a token bucket that does not bind, and rounding of the outputs.
+1. Saturation: `--concurrency` closed-loop workers for `--seconds`; requests per second.
+2. Latency at 80% of the plain server's saturation throughput: an open loop (requests scheduled at fixed times;
+   latency measured from the scheduled time, so queueing counts) against every server; p50 and p99.
+Target (issue 19): the guard adds at most 15% to p99 at that rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+PLAIN = """
+import sys
+from bastion.models import load_target
+from bastion.models.http_server import make_server
+target = load_target(sys.argv[1], device="cpu")
+info = {"n_classes": target.n_classes, "input_shape": list(target.input_shape), "output": "probabilities",
+        "bounds": list(target.bounds)}
+make_server(lambda x: target.probabilities(x).numpy(), info, port=int(sys.argv[2])).serve_forever()
+"""
+
+POLICY = """tiers:
+  default:
+    rate: {per_second: 100000, burst: 100000}
+    extraction: {prada_delta: 0.96, prada_min_queries: 200, ood_share: 0.3, action: alert}
+    output: rounding:3
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(kind: str, model: Path, data: Path, folder: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    if kind == "plain":
+        command = [sys.executable, "-c", PLAIN, str(model), str(port)]
+    else:
+        command = [sys.executable, "-m", "bastion", "guard", "serve", str(model), "--port", str(port),
+                   "--audit", str(folder / f"{kind}.sqlite")]
+        if kind == "guard+rules":
+            (folder / "policy.yaml").write_text(POLICY)
+            command += ["--policy", str(folder / "policy.yaml"), "--data", str(data)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/predict"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return process, url
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"{kind}: the server did not start")
+
+
+def post(url: str, body: bytes) -> float:
+    start = time.perf_counter()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"HTTP {answer.status}")
+    return time.perf_counter() - start
+
+
+def saturation(url: str, bodies: list[bytes], seconds: float, concurrency: int) -> float:
+    done = [0] * concurrency
+    stop = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        n = 0
+        while time.perf_counter() < stop:
+            post(url, bodies[(i + n * concurrency) % len(bodies)])
+            n += 1
+        done[i] = n
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    begin = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - begin)
+
+
+def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) -> dict[str, float]:
+    n = int(rate * seconds)
+    begin = time.perf_counter() + 0.1
+    latencies = np.zeros(n)
+
+    def one(i: int) -> None:
+        scheduled = begin + i / rate
+        wait = scheduled - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        post(url, bodies[i % len(bodies)])
+        latencies[i] = time.perf_counter() - scheduled
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        list(pool.map(one, range(n)))
+    return {"rate": rate, "requests": n, "p50_ms": float(np.percentile(latencies, 50) * 1000),
+            "p99_ms": float(np.percentile(latencies, 99) * 1000)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    from bastion.demo.cache import demo_model
+
+    demo = demo_model("digits-cnn", progress=False)
+    x = np.asarray(demo.test.x, dtype=np.float32)
+    bodies = [json.dumps({"inputs": x[i:i + args.batch].tolist()}).encode() for i in range(0, len(x), args.batch)]
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = {kind: start(kind, demo.model_path, demo.train_path, Path(tmp))
+                   for kind in ("plain", "guard", "guard+rules")}
+        try:
+            for kind, (_, url) in servers.items():
+                saturation(url, bodies, 1.0, args.concurrency)  # warm-up
+                results[kind] = {"saturation_rps": saturation(url, bodies, args.seconds, args.concurrency)}
+            rate = 0.8 * results["plain"]["saturation_rps"]
+            for kind, (_, url) in servers.items():
+                results[kind].update(open_loop(url, bodies, rate, args.seconds))
+        finally:
+            for process, _ in servers.values():
+                process.terminate()
+                process.wait(30)
+    base = results["plain"]["p99_ms"]
+    for kind, row in results.items():
+        row["p99_added_pct"] = 100 * (row["p99_ms"] - base) / base
+        print(f"{kind:12s} saturation {row['saturation_rps']:7.1f} req/s | at {row['rate']:.1f} req/s: "
+              f"p50 {row['p50_ms']:6.2f} ms, p99 {row['p99_ms']:7.2f} ms ({row['p99_added_pct']:+.0f}% p99)")
+    if args.json:
+        args.json.write_text(json.dumps({"batch": args.batch, "concurrency": args.concurrency,
+                                         "seconds": args.seconds, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
