@@ -107,3 +107,95 @@ def test_last_tilde_is_the_run_before_the_last(tmp_path):
             store.create_run(run_id, {"model": "m.pt"}, {}, None, "local", 0)
         assert store.resolve("last") == "20240102-000000-bbbbbb"
         assert store.resolve("last~") == store.resolve("last~1") == "20240101-000000-aaaaaa"
+
+
+def test_membership_scores_in_chunks_and_keeps_them_on_a_spent_budget(digits_demo):
+    """LOSS with a budget: the records are scored in chunks of 64 (32 members, 32 non-members); a spent budget
+    keeps the chunks scored, whose scores are the complete run's."""
+    from bastion.attacks.privacy.loss import LossAttack
+
+    members, nonmembers = digits_demo.train.head(100), digits_demo.test.head(100)
+    full = LossAttack(n_bootstrap=20).run(load_target(digits_demo.model_path, device="cpu"), None,
+                                          members=members, nonmembers=nonmembers)
+    part = LossAttack(n_bootstrap=20).run(load_target(digits_demo.model_path, device="cpu", max_queries=150), None,
+                                          members=members, nonmembers=nonmembers)
+    assert full.status == "complete" and part.status == "partial" and part.queries <= 150
+    assert "query budget spent" in part.reason and "64 of 100 members and 64 of 100 non-members" in part.reason
+    assert part.samples["member_scores"] == pytest.approx(full.samples["member_scores"][:64])
+    assert part.samples["nonmember_scores"] == pytest.approx(full.samples["nonmember_scores"][:64])
+    assert part.metrics["n_members"] == 64 and "threshold_attack" in part.metrics
+    limited = LossAttack(n_bootstrap=20).run(load_target(digits_demo.model_path, device="cpu", max_queries=10**6),
+                                             None, members=members, nonmembers=nonmembers)
+    assert limited.status == "complete" and limited.metrics["auc"] == pytest.approx(full.metrics["auc"])
+    assert limited.metrics["threshold_attack"] == pytest.approx(full.metrics["threshold_attack"])
+
+
+def test_a_deadline_stops_a_poisoning_sweep_between_rates():
+    """The sweep checks the deadline between poison rates: what it trained (clean and 2%) comes back partial."""
+    from bastion.attacks.backdoor.badnets import BadNets
+    from bastion.demo.models import digits_cnn
+    from tests.poisoning_fixtures import digits, target_of
+
+    train, _, test = digits()
+    target = target_of(digits_cnn())
+    target.counter.stop_at(0.0, 1.0)  # long past: the first check after a measured rate stops the sweep
+    result = BadNets(poison_rate="0.02,0.1", epochs=1).run(target, test, train_data=train.subset(slice(0, 300)))
+    assert result.status == "partial" and "1 of 2 poison rates trained" in result.reason
+    assert [p["poison_rate"] for p in result.metrics["curve"]] == [0.02]
+
+
+def test_shards_merge_from_per_sample_outcomes():
+    """merge_shards counts accuracy and attack success over every sample of every shard, carries the pooled
+    outcomes, and stays partial when a shard was stopped."""
+    from bastion.core.results import Result
+    from bastion.families.evasion import merge_shards
+
+    def shard(correct, robust, status="complete"):
+        n, clean = len(correct), sum(correct) / len(correct)
+        curve = [{"eps": e, "robust_accuracy": sum(r[k] for r in robust) / n} for k, e in enumerate((0.1, 0.2))]
+        return Result(family="evasion", attack="pgd", metrics={"n_samples": n, "clean_accuracy": clean,
+                                                               "robust_accuracy": curve, "norm": "linf"},
+                      samples={"eps": [0.1, 0.2], "correct": correct, "robust": robust}, status=status,
+                      reason="query budget spent" if status == "partial" else "")
+
+    a = shard([True, True, True, False], [[True, False], [True, True], [False, False], [False, False]])
+    b = shard([False, True], [[False, False], [False, False]], status="partial")
+    merged = merge_shards("pgd", [a, b])
+    assert merged.metrics["clean_accuracy"] == pytest.approx(4 / 6)
+    assert [c["robust_accuracy"] for c in merged.metrics["robust_accuracy"]] == pytest.approx([2 / 6, 1 / 6])
+    assert [r["rate"] for r in merged.metrics["attack_success_rate"]] == pytest.approx([2 / 4, 3 / 4])
+    assert len(merged.samples["correct"]) == 6 and merged.status == "partial"
+
+
+def test_assess_max_queries_keeps_a_partial_family_that_resume_completes(cancer_demo, tmp_path, capsys):
+    """`bastion assess --max-queries N` (sandboxed): the evasion job stops at its budget, the family is partial
+    and graded incomplete, the run is stored, and `--resume` (no budget) completes it."""
+    import yaml
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"families": {
+        "evasion": {"n_samples": 100, "eps": [0.5], "shards": 1, "sanity": False, "attacks": {"fgsm": {}}},
+        **{name: {"enabled": False} for name in ("privacy", "extraction", "backdoor", "supply_chain",
+                                                                  "availability")}}}))
+    store = str(tmp_path / "runs.sqlite")
+
+    def assess(*args: str) -> tuple[int, dict]:
+        out = tmp_path / f"report{len(list(tmp_path.iterdir()))}"
+        with pytest.raises(SystemExit) as done:
+            cli(["assess", *args, "--store", store, "--quiet", "--format", "json", "--out", str(out)])
+        capsys.readouterr()
+        report = json.loads((out / "report.json").read_text())
+        return done.value.code, next(f for f in report["families"] if f["family"] == "evasion")
+
+    code, family = assess(str(cancer_demo.model_path), "--data", str(cancer_demo.test_path), "--arch",
+                          cancer_demo.arch, "--plan", str(plan), "--max-queries", "220", "--fail-on", "critical")
+    (result,) = family["results"]
+    assert code == 1 and family["status"] == "partial" and family["grade"] == "incomplete"
+    assert result["status"] == "partial" and result["metrics"]["n_samples"] == 64 and result["queries"] <= 220
+    with RunStore(tmp_path / "runs.sqlite") as runs:  # stored: the partial job, with what it measured
+        (stored,) = runs.outcomes("last", json.loads).values()
+        assert stored["status"] == "partial" and stored["result"]["metrics"]["n_samples"] == 64
+    code, family = assess("--resume", "last")
+    (result,) = family["results"]
+    assert code == 0 and family["status"] == "assessed" and family["grade"] != "incomplete"
+    assert result["status"] == "complete" and result["metrics"]["n_samples"] == 100

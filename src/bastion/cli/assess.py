@@ -87,12 +87,16 @@ def register(app: typer.Typer) -> None:
         access: str | None = typer.Option(None, "--access", help="restrict to gradients, scores or labels"),
         trust: bool = typer.Option(False, "--trust", help="allow pickle-based files that scanned clean"),
         fail_on: str | None = typer.Option(None, "--fail-on", help="exit 1 at this severity or above"),
+        max_queries: int | None = typer.Option(None, "--max-queries", help="query budget of each job: a spent "
+                                               "budget keeps what was measured (partial; --resume reruns it)"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
         no_sandbox: bool = no_sandbox_option(),
         timeout: float | None = timeout_option(),
     ) -> None:
         fmts = parse_formats(formats)
         fail_on_level(fail_on)
+        if max_queries is not None and max_queries < 1:
+            raise ParameterError(f"--max-queries must be at least 1, got {max_queries}")
         if seed is not None:
             check_seed(seed)
         override = read_plan_file(plan_file) if plan_file and not resume else {}
@@ -108,6 +112,7 @@ def register(app: typer.Typer) -> None:
             if plan_file is not None or model is not None:
                 raise ParameterError("--resume takes the model, data and plan from the stored run; pass neither")
             run_id, inputs, plan = resume_inputs(store, resume, device)
+            inputs.max_queries = max_queries  # a resumed run gets the budget given now (none: unlimited)
         else:
             if model is None or data is None:
                 raise ParameterError("bastion assess needs MODEL and --data (or --resume RUN)")
@@ -115,7 +120,8 @@ def register(app: typer.Typer) -> None:
             training = load_data(train_data, label, None, "train") if train_data else None
             inputs = Inputs(model=model, data=evaluation, train_data=training, arch=arch, trust=trust,
                             access=access, device=device or "auto", data_path=str(data),
-                            train_path=str(train_data) if train_data else None, label=label)
+                            train_path=str(train_data) if train_data else None, label=label,
+                            max_queries=max_queries)
             run_id = None
         if not print_plan:  # an unusable report folder is found now, not after the run
             sources = [inputs.model, inputs.data_path, inputs.train_path, plan_file, store and store.path]

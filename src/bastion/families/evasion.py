@@ -137,24 +137,53 @@ def attack_class(name: str) -> type:
     return get("attacks", name, "evasion")
 
 
+def pooled_outcomes(results: list[Result]) -> dict[str, Any] | None:
+    """The shards' per-sample outcomes side by side ({eps, correct, robust}), or None when a shard lacks them or
+    the shards were attacked at different epsilons."""
+    parts = [r.samples for r in results]
+    if not all(p.get("correct") is not None and p.get("robust") is not None and p.get("eps") is not None
+               for p in parts) or any(p["eps"] != parts[0]["eps"] for p in parts):
+        return None
+    return {"eps": list(parts[0]["eps"]), "correct": [c for p in parts for c in p["correct"]],
+            "robust": [row for p in parts for row in p["robust"]]}
+
+
+def curves_from_outcomes(outcomes: dict[str, Any]) -> tuple[float, list[dict], list[dict]]:
+    """Clean accuracy, robust accuracy per eps and attack success per eps (the share of correctly classified
+    samples with a valid adversarial example within eps), counted over every sample."""
+    correct = np.asarray(outcomes["correct"], bool)
+    robust = np.asarray(outcomes["robust"], bool).reshape(len(correct), len(outcomes["eps"]))
+    n_correct = int(correct.sum())
+    curve = [{"eps": e, "robust_accuracy": float(robust[:, k].mean()) if len(correct) else 0.0}
+             for k, e in enumerate(outcomes["eps"])]
+    success = [{"eps": e, "rate": float((correct & ~robust[:, k]).sum() / n_correct) if n_correct else 0.0}
+               for k, e in enumerate(outcomes["eps"])]
+    return float(correct.mean()) if len(correct) else 0.0, curve, success
+
+
 def merge_shards(name: str, results: list[Result]) -> Result:
-    """One result from the shards of an attack: sample-weighted accuracies, summed costs, the attack's own findings
-    kept (the family judges the merged curve once, in `judge`)."""
+    """One result from the shards of an attack: accuracies and attack success counted from the shards' per-sample
+    outcomes (`Result.samples`; sample-weighted shard figures for an attack without them), summed costs, the
+    attack's own findings kept (the family judges the merged curve once, in `judge`)."""
     if len(results) == 1:
         return results[0]
     n = np.array([r.metrics["n_samples"] for r in results], dtype=float)
     weights = n / n.sum()
-    clean = float(np.dot(weights, [r.metrics["clean_accuracy"] for r in results]))
-    eps = [p["eps"] for p in results[0].metrics["robust_accuracy"]]
-    curve = [{"eps": e, "robust_accuracy": float(np.dot(weights, [r.metrics["robust_accuracy"][k]["robust_accuracy"]
-                                                                  for r in results]))}
-             for k, e in enumerate(eps)]
+    outcomes = pooled_outcomes(results)
+    if outcomes is not None:
+        clean, curve, success = curves_from_outcomes(outcomes)
+    else:
+        clean = float(np.dot(weights, [r.metrics["clean_accuracy"] for r in results]))
+        eps = [p["eps"] for p in results[0].metrics["robust_accuracy"]]
+        curve = [{"eps": e, "robust_accuracy": float(np.dot(weights, [r.metrics["robust_accuracy"][k]
+                                                                      ["robust_accuracy"] for r in results]))}
+                 for k, e in enumerate(eps)]
+        success = [{"eps": c["eps"], "rate": (1 - c["robust_accuracy"] / clean) if clean else 0.0} for c in curve]
     violations = int(sum(r.metrics.get("constraint_violations", 0) for r in results))
     norm = results[0].metrics["norm"]
     metrics: dict[str, Any] = {
         "clean_accuracy": clean, "robust_accuracy": curve, "n_samples": int(n.sum()), "norm": norm,
-        "attack_success_rate": [{"eps": c["eps"], "rate": (1 - c["robust_accuracy"] / clean) if clean else 0.0}
-                                for c in curve],
+        "attack_success_rate": success,
         "constraint_violations": violations, "shards": len(results),
     }
     if results[0].metrics.get("inner_attack"):
@@ -169,9 +198,11 @@ def merge_shards(name: str, results: list[Result]) -> Result:
                 seen.add(f.title)
                 findings.append(f)
     params = {k: v for k, v in results[0].params.items() if k != "job"}
+    partial = [r for r in results if r.partial]
     return Result(family="evasion", attack=name, params=params, metrics=metrics,
-                        queries=sum(r.queries for r in results), seconds=sum(r.seconds for r in results),
-                        device=results[0].device, findings=findings)
+                  queries=sum(r.queries for r in results), seconds=sum(r.seconds for r in results),
+                  device=results[0].device, findings=findings, samples=outcomes or {},
+                  status="partial" if partial else "complete", reason="; ".join(r.reason for r in partial if r.reason))
 
 
 def setup_checks(inputs: Inputs, rows: list[int]) -> Result:

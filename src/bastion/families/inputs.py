@@ -89,6 +89,7 @@ class Inputs:
     label: str | None = None
     model_bytes: bytes | None = field(default=None, repr=False)
     model_sha256: str | None = None
+    max_queries: int | None = None  # each job's query budget (`--max-queries`): a spent budget keeps partial results
 
     def model_path(self) -> str:
         """The model's local path; shipped bytes are written once per process to a private temp file."""
@@ -110,7 +111,8 @@ class Inputs:
         from bastion.models import load_target
 
         target = load_target(self.model_path(), data=self.data, arch=self.arch, device=device or self.device,
-                             trust=self.trust, max_queries=max_queries, access=self.access)
+                             trust=self.trust, max_queries=max_queries if max_queries is not None else self.max_queries,
+                             access=self.access)
         validate_for_model(self.data, target.n_classes, target.input_shape)
         if self.train_data is not None:
             validate_for_model(self.train_data, target.n_classes, target.input_shape)
@@ -158,4 +160,5 @@ class Inputs:
                     "input_shape": list(d.input_shape)}
         return {"model": self.model, "arch": self.arch, "access": self.access, "trust": self.trust,
                 "label": self.label, "data": data_info(self.data, self.data_path),
-                "train_data": data_info(self.train_data, self.train_path)}
+                "train_data": data_info(self.train_data, self.train_path),
+                **({"max_queries": self.max_queries} if self.max_queries is not None else {})}

@@ -40,7 +40,7 @@ def describe(sandbox: Sandbox, inputs: Inputs) -> ModelInfo:
 
 def _outcome(data: dict[str, Any]) -> JobOutcome:
     outcome = JobOutcome.from_dict(data)
-    if not isinstance(outcome.key, str) or outcome.status not in ("done", "error") or (
+    if not isinstance(outcome.key, str) or outcome.status not in ("done", "partial", "error") or (
             outcome.result is not None and not isinstance(outcome.result, Result)):
         raise BastionError("the sandboxed worker returned a malformed job outcome")
     return outcome

@@ -24,7 +24,7 @@ from torch import nn
 
 from bastion.attacks.base import Attack
 from bastion.core.data import Dataset, save_npz, validate_for_model
-from bastion.core.errors import ParameterError
+from bastion.core.errors import BudgetSpent, ParameterError
 from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.core.training import Trainer, accuracy, seed_everything
@@ -153,8 +153,14 @@ class PoisoningAttack(Attack):
         yt = torch.as_tensor(data.y, dtype=torch.long, device=device)
         self.prepare(factory, x, y)
         attack_inputs = self.triggered(xt, yt)
-        curve = []
+        curve, stopped = [], ""
         for rate in [0.0, *self.poison_rate]:
+            if len(curve) >= 2:  # a deadline or spent budget stops the sweep between rates; what it measured stays
+                try:
+                    target.counter.charge(0)
+                except BudgetSpent as exc:
+                    stopped = f"{exc}: {len(curve) - 1} of {len(self.poison_rate)} poison rates trained"
+                    break
             gen = torch.Generator().manual_seed(self.seed)
             poisoned = self.poison(x, y, rate, gen) if rate > 0 else Poisoned(x, y, torch.zeros_like(y, dtype=bool))
             model = self.train(factory, poisoned.x, poisoned.y)
@@ -168,7 +174,8 @@ class PoisoningAttack(Attack):
         if self.save_dir:
             metrics["saved"] = self.save(Path(self.save_dir), attack_inputs)
         return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
-                            queries=0, seconds=time.perf_counter() - start, device=str(device))
+                            queries=0, seconds=time.perf_counter() - start, device=str(device),
+                            status="partial" if stopped else "complete", reason=stopped)
 
     def summarize(self, curve: list[dict], n_train: int, attack_inputs: Any) -> dict[str, Any]:
         clean, poisoned = curve[0], curve[1:]

@@ -17,7 +17,7 @@ import torch
 
 from bastion.attacks.base import Attack
 from bastion.core.data import Dataset, validate_for_model
-from bastion.core.errors import DataError, ParameterError
+from bastion.core.errors import BudgetSpent, DataError, ParameterError
 from bastion.core.results import Result
 from bastion.core.target import Access, Target
 from bastion.evaluation.metrics import RocSummary, roc_summary
@@ -125,6 +125,10 @@ class MembershipAttack(Attack):
     requires: ClassVar[Access] = Access.SCORES
     dataset_params: ClassVar[tuple[str, ...]] = ("members", "nonmembers", "population")
     needs_population: ClassVar[bool] = False
+    # Records scored per chunk (half members, half non-members) when a query budget or a deadline may stop the
+    # run, so that a stop keeps the chunks scored (the result is partial). Attacks whose scoring trains reference
+    # models on each call (LiRA, RMIA, shadow models) set 0: they are not chunked, and a stop is an error.
+    budget_batch: ClassVar[int] = 64
 
     def __init__(self, n_bootstrap: int = 200, *, seed: int = 0):
         self.n_bootstrap = check_int(n_bootstrap, "n_bootstrap", 0)
@@ -140,7 +144,7 @@ class MembershipAttack(Attack):
         mdata = prepare_membership_data(target, members, nonmembers, population, data, self.needs_population,
                                         self.seed)
         start, queries_before = time.perf_counter(), target.queries
-        scores_m, scores_n, extra = self.score(target, mdata)
+        scores_m, scores_n, extra, stopped = self.scored(target, mdata)
         scores_m, scores_n = np.asarray(scores_m, np.float64), np.asarray(scores_n, np.float64)
         summary = roc_summary(scores_m, scores_n, n_bootstrap=self.n_bootstrap, seed=self.seed)
         self.summary_: RocSummary = summary
@@ -164,7 +168,45 @@ class MembershipAttack(Attack):
             seconds=time.perf_counter() - start,
             device=str(target.device),
             samples={"member_scores": scores_m.tolist(), "nonmember_scores": scores_n.tolist()},
+            status="partial" if stopped else "complete",
+            reason=stopped,
         )
+
+    def scored(self, target: Target, data: MembershipData) -> tuple[np.ndarray, np.ndarray, dict[str, Any], str]:
+        """(member scores, non-member scores, extra metrics, why it stopped or ""): all records at once, or, when
+        a budget or deadline may stop the run, in chunks of `budget_batch` records (members and non-members
+        alike), keeping the chunks scored when it stops. Nothing of either side scored: the error."""
+        half = self.budget_batch // 2
+        if not target.counter.limited or half < 1 or len(data.x) <= self.budget_batch:
+            return (*self.score(target, data), "")
+        members, nonmembers = data.members, data.nonmembers
+        parts: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
+        for start in range(0, max(len(members), len(nonmembers)), half):
+            chunk = MembershipData(members.subset(slice(start, start + half)),
+                                   nonmembers.subset(slice(start, start + half)), data.population,
+                                   data.population_from_nonmembers)
+            try:
+                parts.append(self.score(target, chunk))
+            except BudgetSpent as exc:
+                m, n = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in (0, 1))
+                if not len(m) or not len(n):
+                    raise
+                reason = (f"{exc}: {len(m)} of {len(members)} members and {len(n)} of {len(nonmembers)} "
+                          "non-members scored")
+                return m, n, self.merge_extra(m, n, [p[2] for p in parts], sizes(parts)), reason
+        m, n = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
+        return m, n, self.merge_extra(m, n, [p[2] for p in parts], sizes(parts)), ""
+
+    def merge_extra(self, scores_m: np.ndarray, scores_n: np.ndarray, extras: list[dict[str, Any]],
+                    sizes: list[tuple[int, int]]) -> dict[str, Any]:
+        """The extra metrics of chunked scoring (`sizes`: members and non-members of each chunk): those of a
+        single chunk; else nothing (attacks with extra metrics recompute them from all the scores)."""
+        return extras[0] if len(extras) == 1 else {}
+
+
+def sizes(parts: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]) -> list[tuple[int, int]]:
+    """Members and non-members scored in each chunk."""
+    return [(len(m), len(n)) for m, n, _ in parts]
 
 
 def check_int(value: Any, name: str, minimum: int) -> int:

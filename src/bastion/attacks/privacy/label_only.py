@@ -71,3 +71,14 @@ class LabelOnlyAttack(MembershipAttack):
         extra = {"method": self.method, "member_accuracy": float(correct[:m].float().mean()),
                  "nonmember_accuracy": float(correct[m:].float().mean())}
         return scores[:m], scores[m:], extra
+
+    def merge_extra(self, scores_m: np.ndarray, scores_n: np.ndarray, extras: list[dict[str, Any]],
+                    sizes: list[tuple[int, int]]) -> dict[str, Any]:
+        """The chunks' accuracies, weighted by the records each chunk scored."""
+        if len(extras) == 1:
+            return extras[0]
+        out: dict[str, Any] = {"method": self.method}
+        for side, key in ((0, "member_accuracy"), (1, "nonmember_accuracy")):
+            rows = [(e[key], n[side]) for e, n in zip(extras, sizes, strict=True) if n[side]]
+            out[key] = float(np.average([a for a, _ in rows], weights=[w for _, w in rows])) if rows else 0.0
+        return out

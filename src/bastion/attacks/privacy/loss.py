@@ -41,7 +41,13 @@ class LossAttack(MembershipAttack):
         y = torch.as_tensor(data.y, device=target.device)
         scores = true_log_prob(target_log_probs(target, data.x), y).double().cpu().numpy()
         m, n = scores[: data.n_members], scores[data.n_members:]
-        threshold = float(m.mean())  # -(mean training loss)
-        tpr, fpr = float((m >= threshold).mean()), float((n >= threshold).mean())
-        yeom = {"threshold_loss": -threshold, "tpr": tpr, "fpr": fpr, "advantage": tpr - fpr}
-        return m, n, {"threshold_attack": yeom}
+        return m, n, self.merge_extra(m, n, [], [])
+
+    def merge_extra(self, scores_m: np.ndarray, scores_n: np.ndarray, extras: list[dict[str, Any]],
+                    sizes: list[tuple[int, int]]) -> dict[str, Any]:
+        """Yeom et al.'s threshold attack (member if the loss is below the mean training loss), on all scores."""
+        if not len(scores_m) or not len(scores_n):
+            return {}
+        threshold = float(scores_m.mean())  # -(mean training loss)
+        tpr, fpr = float((scores_m >= threshold).mean()), float((scores_n >= threshold).mean())
+        return {"threshold_attack": {"threshold_loss": -threshold, "tpr": tpr, "fpr": fpr, "advantage": tpr - fpr}}

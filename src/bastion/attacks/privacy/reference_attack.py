@@ -69,6 +69,8 @@ def reference_fit(log_probs: np.ndarray, y: np.ndarray, in_mask: np.ndarray) -> 
 class ReferenceAttack(MembershipAttack):
     """Shared parameters of attacks that train reference models through the Trainer."""
 
+    budget_batch = 0  # each `score` call trains its reference models: scoring is never chunked
+
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None, *, n_reference: int = 8,
                  mode: str = "online", epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
                  optimizer: str = "adam", weight_decay: float = 0.0, n_jobs: int | None = None,
