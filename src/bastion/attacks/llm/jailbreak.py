@@ -327,7 +327,11 @@ class Jailbreak(Attack):
                                   "category": b.get("category") or categorise(b["prompt"]), **out})
             refusals = []
             for item in benign or []:
-                reply = chat.chat(_user(item["prompt"]))
+                try:
+                    reply = chat.chat(_user(item["prompt"]))
+                except ParameterError as exc:  # longer than the context (e.g. with a long system prompt)
+                    skipped["benign"] = f"some benign prompts could not be sent: {exc}"
+                    continue
                 refusals.append({"prompt": item["prompt"], "category": item.get("category", "other"),
                                  "reply": reply, "refused": is_refusal(reply)})
         except BudgetSpent as exc:
@@ -467,7 +471,8 @@ def read_behaviours(opts: dict[str, str]) -> list[dict[str, str]]:
 
 
 JAILBREAK_OPTIONS = {"set", "behaviours", "limit", "techniques", "attacker", "translator", "benign",
-                     "pair-iterations", "pair-streams", "many-shots", "judge-mode", "judge-llm", "n-bootstrap"}
+                     "pair-iterations", "pair-streams", "many-shots", "judge-mode", "judge-llm", "n-bootstrap",
+                     "mitigations", "reference"}
 
 
 def run_jailbreak_cli(target: Any, args: list[str], seed: int) -> Result:
@@ -488,6 +493,18 @@ def run_jailbreak_cli(target: Any, args: list[str], seed: int) -> Result:
         raise ParameterError("--benign must be builtin or none")
     judge_llm = open_lm(opts["judge-llm"]) if "judge-llm" in opts else None
     judge = Judge(mode=opts.get("judge-mode", "both" if judge_llm else "classifier"), llm=judge_llm)
+    if opts.get("mitigations", "off") not in ("on", "off"):
+        raise ParameterError("--mitigations must be on or off")
+    if opts.get("mitigations") == "on":  # before/after for each mitigation, re-attacked adaptively
+        from .jailbreak_mitigations import mitigation_study
+
+        reference = open_lm(opts["reference"]) if "reference" in opts else None
+        study = mitigation_study(target, read_behaviours(opts), overrefusal_prompts(), techniques=attack.techniques,
+                                 reference=reference, max_new_tokens=attack.max_new_tokens,
+                                 n_bootstrap=attack.n_bootstrap, seed=seed)
+        return Result(family="llm", attack="jailbreak", params={**attack.get_params(), "mitigations": True},
+                      metrics={"mitigations": study, "overall": study["before"]["overall"]},
+                      queries=target.queries)
     return attack.run(target, behaviours=read_behaviours(opts), judge=judge,
                       benign=None if opts.get("benign") == "none" else overrefusal_prompts(),
                       attacker=open_lm(opts["attacker"]) if "attacker" in opts else None,
