@@ -172,11 +172,12 @@ def test_assess_max_queries_keeps_a_partial_family_that_resume_completes(cancer_
     and graded incomplete, the run is stored, and `--resume` (no budget) completes it."""
     import yaml
 
+    from bastion.families import registry
+
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({"families": {
         "evasion": {"n_samples": 100, "eps": [0.5], "shards": 1, "sanity": False, "attacks": {"fgsm": {}}},
-        **{name: {"enabled": False} for name in ("privacy", "extraction", "backdoor", "supply_chain",
-                                                                  "availability")}}}))
+        **{name: {"enabled": False} for name in registry() if name != "evasion"}}}))
     store = str(tmp_path / "runs.sqlite")
 
     def assess(*args: str) -> tuple[int, dict]:
