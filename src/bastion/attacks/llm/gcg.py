@@ -162,7 +162,9 @@ def gcg_search(model: Any, problem: GCGProblem, *, steps: int = 250, top_k: int 
         cands = torch.unique(cands, dim=0)
         cands = cands[(cands != suffix.cpu()).any(1)]
         if tokenizer is not None:
-            cands = cands[retokenises(tokenizer, cands)]
+            keep_rows = retokenises(tokenizer, cands)
+            if keep_rows.any():  # none re-tokenise (e.g. a merged initial suffix): search unfiltered this step
+                cands = cands[keep_rows]
         if max_evaluations is not None:
             left = max_evaluations - run.evaluations
             if left <= 0:
@@ -208,10 +210,14 @@ def chat_problem(target: Any, prompt: str, target_text: str, suffix_len: int, in
     if getattr(target, "template", None) is None or not ids:  # the fallback format starts from BOS (as HFTarget)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         ids = [bos, *ids]
-    init_ids = list(tokenizer(init, add_special_tokens=False)["input_ids"])
-    if allowed is not None and (len(init_ids) != 1 or not bool(allowed[init_ids[0]])):
-        init_ids = [int(allowed.nonzero()[0])]  # "!" is not a token of this vocabulary: the first allowed token
-    suffix = (init_ids * suffix_len)[:suffix_len]
+    # "! ! ! ..." as the paper (spaces keep BPE from merging the run into one token), if it re-tokenises to itself
+    suffix = list(tokenizer(" ".join([init] * suffix_len), add_special_tokens=False)["input_ids"])[:suffix_len]
+    ok = len(suffix) == suffix_len and bool(retokenises(tokenizer, torch.tensor([suffix]))[0])
+    if not ok or (allowed is not None and not bool(allowed[suffix].all())):
+        init_ids = list(tokenizer(init, add_special_tokens=False)["input_ids"])
+        if allowed is not None and (len(init_ids) != 1 or not bool(allowed[init_ids[0]])):
+            init_ids = [int(allowed.nonzero()[0])]  # "!" is not a token of this vocabulary: the first allowed one
+        suffix = (init_ids * suffix_len)[:suffix_len]
     return GCGProblem(before=ids, suffix=suffix, after=list(tokenizer(after, add_special_tokens=False)["input_ids"]),
                       target=list(tokenizer(target_text, add_special_tokens=False)["input_ids"]))
 
