@@ -2,7 +2,8 @@
 
 The worker (`bastion.sandbox.jobs.serve_load` / `serve_predict`) keeps the model loaded between requests; each
 batch crosses the boundary as a pickled float32 array (parent -> worker, trusted direction) and comes back as a
-JSON line of numbers (never unpickled). One batch is in the worker at a time (a lock), so concurrent requests queue.
+JSON line of numbers (never unpickled). One batch is in the worker at a time; requests that arrive meanwhile are
+coalesced into the next forward pass.
 Models that carry no code (HTTP endpoints) and `--no-sandbox` load in this process.
 """
 
@@ -30,6 +31,14 @@ class ModelInfo:
                 "bounds": list(self.bounds)}
 
 
+@dataclass
+class _Pending:
+    x: np.ndarray
+    out: Any = None
+    error: BaseException | None = None
+    done: bool = False
+
+
 class ServedModel:
     """`predict(x)` -> probabilities (n, classes) or labels (n,) as float32 / int64 arrays."""
 
@@ -37,7 +46,9 @@ class ServedModel:
                  sandbox: bool = True):
         from bastion.sandbox.sandboxed_run import SandboxOptions, open_sandbox
 
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # one batch in the worker at a time
+        self.queue_lock = threading.Lock()
+        self.queue: list[_Pending] = []
         self.sandbox = open_sandbox(model, arch, SandboxOptions(enabled=sandbox), job="serve")
         load = {"path": model, "arch": arch, "trust": trust, "device": "cpu", "data": data}
         if self.sandbox is not None:
@@ -63,15 +74,37 @@ class ServedModel:
                               (float(d["bounds"][0]), float(d["bounds"][1])), output)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        """Outputs for one batch. Concurrent callers are coalesced: whoever holds the worker runs every batch
+        queued meanwhile as one forward pass (micro-batching), so the worker's round trip is paid once."""
+        pending = _Pending(np.ascontiguousarray(x, dtype=np.float32))
+        with self.queue_lock:
+            self.queue.append(pending)
         with self.lock:
-            if self.sandbox is not None:
-                answer = [m for m in self.sandbox.request("serve_predict", inputs=x) if m["type"] == "result"]
-                out = np.asarray(answer[0]["data"].get("outputs"), dtype=np.float32)
-            elif self.info.output == "labels":
-                out = self.target.labels(x).cpu().numpy()
-            else:
-                out = self.target.probabilities(x).detach().cpu().numpy()
+            if not pending.done:
+                with self.queue_lock:
+                    batch, self.queue = self.queue, []
+                try:
+                    out = self._forward(np.concatenate([p.x for p in batch]))
+                    bounds = np.cumsum([len(p.x) for p in batch])[:-1]
+                    for p, part in zip(batch, np.split(out, bounds), strict=True):
+                        p.out = part
+                except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the failure
+                    for p in batch:
+                        p.error = exc
+                for p in batch:
+                    p.done = True
+        if pending.error is not None:
+            raise pending.error
+        return pending.out
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        if self.sandbox is not None:
+            answer = [m for m in self.sandbox.request("serve_predict", inputs=x) if m["type"] == "result"]
+            out = np.asarray(answer[0]["data"].get("outputs"), dtype=np.float32)
+        elif self.info.output == "labels":
+            out = self.target.labels(x).cpu().numpy()
+        else:
+            out = self.target.probabilities(x).detach().cpu().numpy()
         expected = (len(x),) if self.info.output == "labels" else (len(x), self.info.n_classes)
         if out.shape != expected or not np.all(np.isfinite(out)):
             raise ModelLoadError(f"the served model answered shape {out.shape} (expected {expected}) or non-finite")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,9 +117,9 @@ class ExtractionMonitor:
         self.reference = reference
         self.ood_threshold = (None if reference is None or rules.ood_share is None
                               else float(np.quantile(reference.held_out_distance, rules.ood_quantile)))
-        self.inputs: list[np.ndarray] = []
-        self.labels: list[np.ndarray] = []
-        self.far: list[np.ndarray] = []
+        self.batches: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()  # (inputs, labels, far)
+        self.in_window = 0
+        self.far_in_window = 0
         self.seen = 0
         self.checked = 0
         self.flagged: list[str] = []  # the detectors that flagged this stream (sticky)
@@ -127,24 +128,24 @@ class ExtractionMonitor:
     def observe(self, x: np.ndarray, labels: np.ndarray) -> list[str]:
         """Add a batch; return the detectors that flag the stream now (empty: not flagged)."""
         r = self.rules
-        self.inputs.append(x.reshape(len(x), -1))
-        self.labels.append(labels)
-        if self.ood_threshold is not None and self.reference is not None:
-            self.far.append(self.reference.nearest(x) > self.ood_threshold)
+        far = (self.reference.nearest(x) > self.ood_threshold if self.ood_threshold is not None
+               and self.reference is not None else np.zeros(len(x), dtype=bool))
+        self.batches.append((x.reshape(len(x), -1), labels, far))
+        self.in_window += len(x)
+        self.far_in_window += int(far.sum())
         self.seen += len(x)
-        while sum(len(b) for b in self.inputs) > r.window + len(self.inputs[0]) and len(self.inputs) > 1:
-            self.inputs.pop(0), self.labels.pop(0)
-            if self.far:
-                self.far.pop(0)
+        while len(self.batches) > 1 and self.in_window - len(self.batches[0][0]) >= r.window:
+            old = self.batches.popleft()
+            self.in_window -= len(old[0])
+            self.far_in_window -= int(old[2].sum())
         hits: list[str] = []
-        if self.far and self.seen >= r.ood_min_queries and r.ood_share is not None:
-            far = np.concatenate(self.far)[-r.window:]
-            if far.mean() > r.ood_share:
-                hits.append("extraction.distribution")
+        if (r.ood_share is not None and self.ood_threshold is not None and self.seen >= r.ood_min_queries
+                and self.far_in_window / self.in_window > r.ood_share):
+            hits.append("extraction.distribution")
         if self.prada is not None and self.seen - self.checked >= 50 and self.seen >= r.prada_min_queries:
             self.checked = self.seen
-            stream = np.concatenate(self.inputs)[-r.window:]
-            if self.prada.detect(stream, np.concatenate(self.labels)[-r.window:]).detected:
+            stream = np.concatenate([b[0] for b in self.batches])[-r.window:]
+            if self.prada.detect(stream, np.concatenate([b[1] for b in self.batches])[-r.window:]).detected:
                 hits.append("extraction.prada")
         if hits and not self.flagged:
             self.flagged_at = self.seen
