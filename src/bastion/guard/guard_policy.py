@@ -218,4 +218,7 @@ def load_policy(path: str | Path) -> Policy:
         raise ParameterError(f"{path}: cannot read the policy ({exc.strerror or exc})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ParameterError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_policy(raw, str(path))
+    try:
+        return parse_policy(raw, "policy")
+    except ParameterError as exc:
+        raise ParameterError(f"{path}: {str(exc).removeprefix('policy: ')}") from None
