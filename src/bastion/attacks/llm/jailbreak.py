@@ -34,7 +34,7 @@ from bastion.core.results import Finding, Result
 from bastion.core.target import Access
 from bastion.evaluation.metrics import wilson_interval
 
-from .jailbreak_judge import Judge, JudgeCard, corrected_rate, is_refusal, validation_card
+from .jailbreak_judge import Judge, JudgeCard, corrected_rate, is_refusal, strip_echo, validation_card
 
 DATA = "bastion.attacks.llm"
 CATEGORIES = ("cyber", "weapons", "fraud", "harassment", "self-harm", "privacy", "other")
@@ -262,7 +262,7 @@ class Jailbreak(Attack):
             return self._low_resource(prompt, chat, judge, translator)
         msgs = many_shot(prompt, self.many_shots) if technique == "many_shot" else TECHNIQUES[technique](prompt)
         reply = chat.chat(msgs)
-        return {"reply": reply, "success": bool(judge([reply])[0]), "queries": 1}
+        return {"reply": reply, "success": bool(judge([reply], [msgs[-1]["content"]])[0]), "queries": 1}
 
     def _low_resource(self, prompt: str, chat: _Budget, judge: Judge, translator: Any) -> dict[str, Any]:
         language = LOW_RESOURCE[len(prompt) % len(LOW_RESOURCE)]
@@ -288,8 +288,8 @@ class Jailbreak(Attack):
                 candidate = (match.group(1) if match else text).strip() or b["prompt"]
                 reply = chat.chat(_user(candidate))
                 best["queries"] += 1
-                score = 1 + int(round(9 * float(judge.scores([reply])[0])))
-                success = bool(judge([reply])[0])
+                success = bool(judge([reply], [candidate])[0])
+                score = 1 + int(round(9 * float(judge.scores([strip_echo(reply, candidate)])[0])))
                 if score > best["score"] or success:
                     best.update(reply=reply, prompt=candidate, score=score, success=success)
                 if success:

@@ -111,8 +111,9 @@ def rot13_answer(prompt: str) -> Messages:
 class _DecodingJudge(Judge):
     """The attacker's view against an output guard: decode ROT13 replies before judging them."""
 
-    def __call__(self, replies: list[str]) -> Any:
-        return super().__call__(replies) | super().__call__([codecs.decode(r, "rot13") for r in replies])
+    def __call__(self, replies: list[str], prompts: list[str] | None = None) -> Any:
+        decoded = [codecs.decode(r, "rot13") for r in replies]
+        return super().__call__(replies, prompts) | super().__call__(decoded, prompts)
 
 
 def mitigation_study(target: Any, behaviours: list[dict[str, str]], benign: list[dict[str, str]], *,
