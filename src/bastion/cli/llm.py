@@ -38,7 +38,8 @@ PROBES: dict[str, Probe] = {
     "membership": Probe("bastion.cli.llm", "_membership", True, "LM membership inference (LOSS, zlib, Min-K%, "
                         "Min-K%++, reference model)"),
     "exposure": Probe("bastion.cli.llm", "_exposure", True, "Secret-Sharer canary exposure"),
-    # helper L: "leak" (system-prompt and secret leakage), "inject" (prompt injection)
+    "leak": Probe("bastion.attacks.llm.leakage", "run_leak_cli", False, "system-prompt and secret leakage (canary)"),
+    "inject": Probe("bastion.attacks.llm.injection", "run_inject_cli", False, "prompt injection, direct and indirect"),
     "gcg": Probe("bastion.attacks.llm.gcg", "run_gcg_cli", True, "GCG adversarial suffix (Zou et al. 2023)"),
     "jailbreak": Probe("bastion.attacks.llm.jailbreak", "run_jailbreak_cli", False,
                        "black-box jailbreaks (templates, encodings, many-shot, PAIR), judge-corrected rates"),

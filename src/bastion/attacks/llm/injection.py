@@ -180,3 +180,12 @@ def summarise(cells: list[dict[str, Any]], baseline: list[dict[str, Any]], examp
     for task in dict.fromkeys(b["task"] for b in baseline):
         out["baseline"][task] = _rate([b for b in baseline if b["task"] == task], "correct")
     return out
+
+
+def run_inject_cli(target: Any, args: list[str], seed: int) -> Result:
+    """`bastion attack llm inject MODEL [--techniques a,b] [--placements direct,indirect] [--tasks a,b]`."""
+    from .jailbreak import parse_args
+
+    opts = parse_args("inject", args, {"techniques", "placements", "tasks"})
+    lists = {k: opts[k].split(",") if k in opts else None for k in ("techniques", "placements", "tasks")}
+    return Inject(**lists, max_new_tokens=target.sampling.max_new_tokens).run(target)
