@@ -20,7 +20,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 def test_every_family_declares_its_contract():
     fams = registry()
-    assert list(fams) == ["evasion", "privacy", "extraction", "backdoor", "supply_chain"]
+    assert list(fams) == ["evasion", "privacy", "extraction", "backdoor", "supply_chain", "availability"]
     for name, cls in fams.items():
         assert issubclass(cls, Family) and cls.name == name and get_family(name) is cls
         assert cls.title and cls.atlas and cls.owasp and cls.mitigations
@@ -32,29 +32,29 @@ def test_every_family_declares_its_contract():
 
 
 @pytest.fixture
-def availability():
+def timing():
     """The docs' example family, registered for one test and removed after it."""
     code = re.search(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S).group(1)
-    namespace: dict = {"__name__": "bastion.families.availability_example"}
+    namespace: dict = {"__name__": "bastion.families.timing_example"}
     exec(compile(code, str(DOC), "exec"), namespace)  # noqa: S102 - the project's own documentation
-    yield namespace["AvailabilityFamily"]
-    core_registry._entries["families"].pop("availability", None)
+    yield namespace["TimingFamily"]
+    core_registry._entries["families"].pop("timing", None)
 
 
-def test_the_documented_family_plugs_in_with_one_module(availability, cancer_inputs):  # noqa: F811
+def test_the_documented_family_plugs_in_with_one_module(timing, cancer_inputs):  # noqa: F811
     from bastion.assess.api import assess_inputs
     from bastion.assess.defaults import default_plan
     from bastion.assess.plan import schema_markdown
 
-    assert list(registry())[-1] == "availability"
+    assert list(registry())[-1] == "timing"
     info = cancer_inputs.describe()
     plan = default_plan(cancer_inputs, info, device="cpu")
-    assert plan.section("availability") == {"enabled": True, "n_samples": 50, "max_ratio": 10.0}
-    assert "`families.availability`:" in schema_markdown()
-    others = {name: False for name in registry() if name != "availability"}
-    a = assess_inputs(cancer_inputs, plan={"families": {**others, "availability": {"n_samples": 20, "max_ratio": 1.0}}},
+    assert plan.section("timing") == {"enabled": True, "n_samples": 50, "max_ratio": 10.0}
+    assert "`families.timing`:" in schema_markdown()
+    others = {name: False for name in registry() if name != "timing"}
+    a = assess_inputs(cancer_inputs, plan={"families": {**others, "timing": {"n_samples": 20, "max_ratio": 1.0}}},
                       device="cpu", info=info)
-    report = {f.family: f for f in a.families}["availability"]
-    assert report.status == "assessed" and report.title == "Availability (latency)"
+    report = {f.family: f for f in a.families}["timing"]
+    assert report.status == "assessed" and report.title == "Timing (latency spread)"
     assert report.headline["latency.ratio"] >= 1.0
     assert [f.metric for f in report.findings] == ["latency_ratio"] and report.grade == "C"

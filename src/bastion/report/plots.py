@@ -160,9 +160,38 @@ def scan_findings(report: FamilyReport) -> Plot | None:
                 f"Findings of the symbolic scan over {files} file(s), by severity.", _encode(fig))
 
 
+def availability_distributions(report: FamilyReport) -> Plot | None:
+    """Per-input latency and activation density (or tokens per request), natural vs attack, one box pair each."""
+    panels = []
+    for unit, key in (("latency per input (ms)", "latency_ms"), ("activation density", "density"),
+                      ("generated tokens per request", "tokens")):
+        pairs = [(r.attack, r.samples.get(f"natural_{key}"), r.samples.get(f"attack_{key}")) for r in report.results]
+        pairs = [(name, nat, att) for name, nat, att in pairs if nat and att]
+        if pairs:
+            panels.append((unit, pairs))
+    if not panels:
+        return None
+    fig = Figure(figsize=(3.4 * len(panels), 3.6), dpi=110)
+    FigureCanvasAgg(fig)
+    for k, (unit, pairs) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        ax.grid(True, alpha=0.3)
+        data = [np.asarray(v, float) for _, nat, att in pairs for v in (nat, att)]
+        boxes = ax.boxplot(data, patch_artist=True, widths=0.6)
+        for i, patch in enumerate(boxes["boxes"]):
+            patch.set_facecolor("#94a3b8" if i % 2 == 0 else SEVERITY_COLORS["high"])
+        ax.set_xticks(np.arange(1, len(data) + 1))
+        ax.set_xticklabels([f"{name}\n{side}" for name, _, _ in pairs for side in ("natural", "attack")], fontsize=7)
+        ax.set_ylabel(unit)
+    return Plot("availability-distributions", "Natural vs attack inputs",
+                "Per-input cost of natural inputs (grey) and of the attack's inputs (red): latency, activation "
+                "density (the energy proxy of sponge examples) and tokens per request.", _encode(fig))
+
+
 # Every figure the report can draw, by name; each family names the ones it wants (`Family.plots`).
 FIGURES: dict[str, Callable[[FamilyReport], Plot | None]] = {
-    f.__name__: f for f in (robustness_curve, roc_loglog, fidelity_vs_queries, anomaly_index, scan_findings)}
+    f.__name__: f for f in (robustness_curve, roc_loglog, fidelity_vs_queries, anomaly_index, scan_findings,
+                            availability_distributions)}
 
 
 def family_plots(report: FamilyReport) -> list[Plot]:

@@ -26,6 +26,8 @@ from bastion.core.errors import ParameterError
 from bastion.core.results import Result
 from bastion.core.target import Access, Target
 
+SAMPLES = ("natural_density", "attack_density", "natural_latency_ms", "attack_latency_ms")  # per input, in samples
+
 
 def check_budget(eps: float | None, norm: str) -> tuple[float | None, str]:
     """Validate an optional Lp budget (None: anywhere within the model's input bounds)."""
@@ -91,8 +93,7 @@ class AvailabilityAttack(Attack):
         metrics.update(self.details())
         return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
                       queries=target.queries, seconds=time.perf_counter() - start, device=str(target.device),
-                      samples={"natural_density": metrics.pop("_natural_density", []),
-                               "attack_density": metrics.pop("_attack_density", [])})
+                      samples={key: metrics.pop(f"_{key}", []) for key in SAMPLES})
 
     def measure(self, target: Target, natural: torch.Tensor, crafted: torch.Tensor) -> dict[str, Any]:
         """Every dimension this machine and target allow, natural vs crafted."""
@@ -115,6 +116,7 @@ class AvailabilityAttack(Attack):
         nat_t = measure.latencies(target, natural, self.repeats, self.warmup, self.threads)
         att_t = measure.latencies(target, crafted, self.repeats, self.warmup, self.threads)
         dims.append(self._compare("latency_ms", att_t * 1e3, nat_t * 1e3, measure.percentiles_ms))
+        metrics["_natural_latency_ms"], metrics["_attack_latency_ms"] = (nat_t * 1e3).tolist(), (att_t * 1e3).tolist()
         tp_nat = measure.throughput(target, natural, threads=self.threads)
         tp_att = measure.throughput(target, crafted, threads=self.threads)
         metrics["throughput"] = {"natural": tp_nat, "attack": tp_att, "slowdown": tp_nat / max(tp_att, 1e-12)}

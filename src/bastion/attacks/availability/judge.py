@@ -50,6 +50,13 @@ def judge_availability(result: Result) -> list[Finding]:
     return findings
 
 
+def _evidence(result: Result, dim: dict[str, Any]) -> dict[str, Any]:
+    """A dimension as evidence: the attack's name stays under `attack` (findings are keyed on it), the measured
+    summaries go under `natural_summary` and `attack_summary`."""
+    rest = {k: v for k, v in dim.items() if k not in ("natural", "attack")}
+    return {"attack": result.attack, **rest, "natural_summary": dim.get("natural"), "attack_summary": dim.get("attack")}
+
+
 def _dimension_finding(result: Result, dim: dict[str, Any]) -> Finding:
     ratio = dim["ratio"]
     estimate = float(ratio["estimate"])
@@ -58,6 +65,6 @@ def _dimension_finding(result: Result, dim: dict[str, Any]) -> Finding:
     return Finding(
         title=f"{result.attack}: {name} ×{estimate:.2f} against natural inputs (95% CI {low:.2f}–{high:.2f})",
         family="availability", severity=grade(estimate), metric=f"{dim['metric']}_ratio", value=estimate,
-        threshold=MEDIUM, evidence={"attack": result.attack, **dim}, atlas=list(ATLAS), owasp=list(OWASP),
+        threshold=MEDIUM, evidence=_evidence(result, dim), atlas=list(ATLAS), owasp=list(OWASP),
         description=f"Crafted inputs change the {name} by ×{estimate:.2f} (mean over inputs, attack over natural).",
         recommendation=ADVICE if estimate >= MEDIUM else "")

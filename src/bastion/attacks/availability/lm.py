@@ -142,8 +142,8 @@ class GenerationAttack(Attack):
                       status=status, reason="" if status == "complete" else
                       f"query budget or deadline spent after {n} of {len(prompts)} prompt pairs",
                       samples={"natural_tokens": natural["tokens"].tolist(), "attack_tokens": attack["tokens"].tolist(),
-                               "natural_ms": (natural["seconds"] * 1e3).tolist(),
-                               "attack_ms": (attack["seconds"] * 1e3).tolist(),
+                               "natural_latency_ms": (natural["seconds"] * 1e3).tolist(),
+                               "attack_latency_ms": (attack["seconds"] * 1e3).tolist(),
                                "attack_capped": attack["capped"].tolist()})
 
     def compare(self, natural: dict[str, np.ndarray], attack: dict[str, np.ndarray], n: int) -> dict[str, Any]:

@@ -1,0 +1,122 @@
+"""The availability family: sponge examples, early-exit slowdown and input-size growth, measured as amplification.
+
+Default plan: white-box targets get `sponge` (Shumailov et al., 2021), `early-exit` (DeepSloth, Hong et al., 2021;
+it reports itself not applicable when the model has no exits Bastion can read) and `input-size` (not applicable
+when the model accepts no larger input); score/label-only targets get the genetic `sponge-ga` on latency. Each job
+measures natural against crafted inputs (`bastion.attacks.availability`); `judge` grades every ratio (≥2× medium,
+≥10× high, a hard cap reached high; `bastion.attacks.availability.judge`) and adds the budget gates: attack
+latency (p95) above `latency_budget_ms`, or attack tokens per request above `token_budget` (LM results), is a high
+finding, so `bastion assess --latency-budget MS --token-budget N --fail-on high` fails a CI job on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bastion.attacks.availability.judge import ATLAS, OWASP, judge_availability
+from bastion.core.errors import ParameterError
+from bastion.core.registry import get, register
+from bastion.core.results import Finding, Result
+from bastion.core.target import Access
+from bastion.families.base import ENABLED, Family, Job, Key, registered, sample_rows, select
+from bastion.families.inputs import Inputs, ModelInfo
+
+FAST = {"repeats": 3, "warmup": 1, "n_bootstrap": 500}  # timing settings of the default plan (2-core budget)
+NOT_APPLICABLE = "not_applicable"
+
+
+@register("families", "availability")
+class AvailabilityFamily(Family):
+    """Energy/latency amplification of crafted inputs against natural ones, with latency and token budgets."""
+
+    name = "availability"
+    title = "Availability (energy, latency, tokens)"
+    order = 60
+    atlas = tuple(ATLAS)  # AML.T0029 Denial of ML Service
+    owasp = tuple(OWASP)
+    schema = {
+        "enabled": ENABLED,
+        "n_samples": Key("int", "records of --data measured (natural, then crafted from them)", minimum=2),
+        "attacks": Key("attacks", "availability attacks (`bastion list attacks`) and their parameters"),
+        "latency_budget_ms": Key("float", "per-input latency (p95 over attack inputs, ms) above which a high finding "
+                                 "is raised; 0: no budget", minimum=0),
+        "token_budget": Key("int", "generated tokens per request (attack mean) above which a high finding is "
+                            "raised (LM results); 0: no budget", minimum=0),
+    }
+    sources = {"attacks": ("attacks", "availability")}
+    mitigations = (
+        "Bound the work per request: input-size limits, generation caps (max_new_tokens) and per-request deadlines.",
+        "Put a density/latency anomaly detector (`bastion defend availability sponge-detect`) in front of the model "
+        "and rate-limit each client.",
+    )
+    plots = ("availability_distributions",)
+
+    @classmethod
+    def defaults(cls, inputs: Inputs, info: ModelInfo, device: str, seed: int = 0) -> dict[str, Any]:
+        gpu = device.startswith("cuda")
+        attacks: dict[str, dict[str, Any]] = {}
+        if info.access_level >= Access.GRADIENTS:
+            for name, params in (("sponge", {"steps": 100 if gpu else 30, **FAST}),
+                                 ("early-exit", {"steps": 50 if gpu else 30, **FAST}),
+                                 ("input-size", {"max_scale": 8, "n_inputs": 4, "repeats": 3, "n_bootstrap": 500})):
+                if registered("attacks", "availability", name):
+                    attacks[name] = params
+        elif registered("attacks", "availability", "sponge-ga"):
+            attacks["sponge-ga"] = {"fitness": "latency", "population": 16, "generations": 10, **FAST}
+        return {"enabled": True, "n_samples": min(len(inputs.data), 64 if gpu else 16), "attacks": attacks,
+                "latency_budget_ms": 0.0, "token_budget": 0}
+
+    def applicable(self, inputs: Inputs, info: ModelInfo) -> str | None:
+        return None if self.section["attacks"] else "no availability attack in the plan"
+
+    def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:
+        rows = sample_rows(len(inputs.data), self.section["n_samples"], self.seed, salt=6).tolist()
+        return [self.job(name, name, dict(params), {"data": ["data", rows]}, gpu=name != "input-size")
+                for name, params in self.section["attacks"].items()]
+
+    def execute(self, inputs: Inputs, job: Job) -> Result:
+        target, data = inputs.load_target(max_queries=inputs.max_queries), select(inputs, *job.data["data"])
+        attack = get("attacks", job.name, "availability")(**job.params, seed=self.seed)
+        try:
+            return attack.run(target, data)
+        except ParameterError as exc:  # no exits / no activation layers: this attack does not apply to the model
+            if job.name not in ("early-exit", "input-size", "sponge"):
+                raise
+            return Result(family=self.name, attack=job.name, params=attack.get_params(),
+                          metrics={NOT_APPLICABLE: str(exc)}, queries=target.queries, device=str(target.device))
+
+    def judge(self, results: list[Result]) -> list[Finding]:
+        findings: list[Finding] = []
+        for result in results:
+            if NOT_APPLICABLE in result.metrics:
+                continue
+            findings += judge_availability(result) + self._budgets(result)
+        return findings
+
+    def _budgets(self, result: Result) -> list[Finding]:
+        """High findings where the attack inputs exceed the plan's latency or token budget."""
+        limits = {"latency_ms": ("latency_budget_ms", "p95", "ms", "latency per input (p95)"),
+                  "tokens": ("token_budget", "mean", "tokens", "generated tokens per request (mean)")}
+        out = []
+        for dim in result.metrics.get("dimensions", []):
+            if dim["metric"] not in limits:
+                continue
+            key, stat, unit, what = limits[dim["metric"]]
+            budget = float(self.section.get(key) or 0)
+            value = float(dim["attack"].get(stat, dim["attack"].get("mean", 0.0)))
+            if budget > 0 and value > budget:
+                natural = float(dim["natural"].get(stat, dim["natural"].get("mean", 0.0)))
+                out.append(Finding(
+                    title=f"{result.attack}: {what} {value:.3g} {unit} exceeds the budget of {budget:g} {unit} "
+                          f"(natural inputs: {natural:.3g} {unit})",
+                    family=self.name, severity="high", metric=f"{key}_exceeded", value=value, threshold=budget,
+                    evidence={"attack": result.attack, "natural": natural, "budget": budget,
+                              "lower_bound": bool(dim.get("lower_bound", False))},
+                    atlas=list(self.atlas), owasp=list(self.owasp),
+                    description=f"Crafted inputs push the {what} past the budget the plan sets.",
+                    recommendation=self.mitigations[0]))
+        return out
+
+    def headline(self, results: list[Result]) -> dict[str, float]:
+        return {f"{r.attack}.{d['metric']}_ratio": float(d["ratio"]["estimate"])
+                for r in results for d in r.metrics.get("dimensions", [])}
