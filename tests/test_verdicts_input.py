@@ -20,6 +20,7 @@ from bastion.core.data import Dataset
 from bastion.core.data_files import load_dataset
 from bastion.core.errors import DataError
 from bastion.core.target import FunctionTarget
+from bastion.families import judged
 from bastion.models.export import save_model
 from bastion.models.loader import load_target
 from bastion.models.metadata import ModelMetadata
@@ -110,8 +111,8 @@ def test_equation_extracts_a_standardising_pipeline_and_says_when_a_model_is_not
     forest = RandomForestClassifier(30, random_state=0).fit(pool.x, pool.y)
     result = EquationSolving(**QUIET).run(sklearn_target(forest, 2, x), test, pool=pool)
     assert result.metrics["assumption_holds"] is False
-    assert "assumption does not hold" in result.findings[0].description
-    assert result.findings[0].evidence["assumption_holds"] is False
+    assert "assumption does not hold" in judged(result).findings[0].description
+    assert judged(result).findings[0].evidence["assumption_holds"] is False
 
 
 def test_tree_says_a_random_forest_is_not_a_single_tree_and_stops():
@@ -125,7 +126,7 @@ def test_tree_says_a_random_forest_is_not_a_single_tree_and_stops():
     result = TreePathFinding(**QUIET).run(sklearn_target(forest, 4, x), test)
     assert result.metrics["stopped"] == "not a single tree" and not result.metrics["assumption_holds"]
     assert result.metrics["boxes"] < 200  # stopped early, not after thousands of boxes
-    assert "not a single decision tree" in result.findings[0].description
+    assert "not a single decision tree" in judged(result).findings[0].description
 
 
 def test_tree_stops_at_its_deadline():
@@ -136,4 +137,4 @@ def test_tree_stops_at_its_deadline():
     result = TreePathFinding(deadline=1e-6, max_inconsistent=1.0, **QUIET).run(sklearn_target(forest, 4, x),
                                                                                Dataset(x[1500:], y[1500:]))
     assert result.metrics["stopped"] == "deadline" and not result.metrics["finished"]
-    assert "deadline" in result.findings[0].description
+    assert "deadline" in judged(result).findings[0].description
