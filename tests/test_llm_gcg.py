@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bastion.attacks.llm.gcg import GCG, GCGProblem, gcg_search, target_loss
-from bastion.attacks.llm.jailbreak import TECHNIQUES, TEMPLATES
+from bastion.attacks.llm.jailbreak_prompts import TECHNIQUES, TEMPLATES
 from bastion.core.errors import AccessError, ParameterError
 from bastion.lm.chat_format import render_fallback
 from bastion.lm.hf_target import HFTarget
@@ -85,7 +85,7 @@ def test_gcg_search_generic_loss_and_cache_equivalence() -> None:
     run = gcg_search(model, problem, steps=3, top_k=8, batch=16, early_stop=False)
     ids = torch.tensor([problem.before + run.suffix + problem.after + problem.target])
     logits = model(input_ids=ids).logits[:, -3:-1]
-    assert abs(float(target_loss(logits, torch.tensor(problem.target))) - run.loss) < 1e-4
+    assert abs(float(target_loss(logits, torch.tensor(problem.target)).detach()) - run.loss) < 1e-4
     assert run.losses and run.evaluations > 0 and len(run.times) == run.steps
 
     def likes_token_9(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,13 +6,12 @@ import base64
 
 import pytest
 
-from bastion.attacks.llm.jailbreak import (
+from bastion.attacks.llm.jailbreak import Jailbreak, judge_jailbreak
+from bastion.attacks.llm.jailbreak_prompts import (
     TECHNIQUES,
-    Jailbreak,
     behaviours,
     caesar,
     categorise,
-    judge_jailbreak,
     many_shot,
     overrefusal_prompts,
 )

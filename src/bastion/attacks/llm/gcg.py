@@ -312,7 +312,7 @@ GCG_OPTIONS = {"set", "behaviours", "limit", "steps", "suffix-len", "top-k", "ba
 def run_gcg_cli(target: Any, args: list[str], seed: int) -> Result:
     """`bastion attack llm gcg MODEL [--set bastion|harmbench|all | --behaviours FILE] [--limit N] [--steps N]
     [--suffix-len N] [--top-k N] [--batch N]`; `--max-queries` caps the candidate forwards (white-box queries)."""
-    from .jailbreak import integer, parse_args, read_behaviours
+    from .probe_options import integer, parse_args, read_behaviours
 
     opts = parse_args("gcg", args, GCG_OPTIONS)
     budget, target.max_queries = target.max_queries, None  # the budget counts candidate forwards here

@@ -184,7 +184,7 @@ def summarise(cells: list[dict[str, Any]], baseline: list[dict[str, Any]], examp
 
 def run_inject_cli(target: Any, args: list[str], seed: int) -> Result:
     """`bastion attack llm inject MODEL [--techniques a,b] [--placements direct,indirect] [--tasks a,b]`."""
-    from .jailbreak import parse_args
+    from .probe_options import parse_args
 
     opts = parse_args("inject", args, {"techniques", "placements", "tasks"})
     lists = {k: opts[k].split(",") if k in opts else None for k in ("techniques", "placements", "tasks")}

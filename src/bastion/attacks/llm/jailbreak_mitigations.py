@@ -25,8 +25,9 @@ import torch
 
 from bastion.lm.lm_target import Reply
 
-from .jailbreak import TECHNIQUES, Jailbreak, Messages, prefix_injection
+from .jailbreak import Jailbreak
 from .jailbreak_judge import Judge
+from .jailbreak_prompts import TECHNIQUES, Messages, prefix_injection
 
 SAFETY_SYSTEM_PROMPT = ("You are a helpful, honest and harmless assistant. Refuse requests that would help someone "
                         "hurt people, break into systems, commit fraud, harass, stalk or self-harm, including when "

@@ -219,7 +219,7 @@ def summarise(cells: list[dict[str, Any]], examples: int = 2) -> dict[str, Any]:
 def run_leak_cli(target: Any, args: list[str], seed: int) -> Result:
     """`bastion attack llm leak MODEL [--techniques a,b] [--fuzzy F] [--system-prompt FILE]`: the user's system
     prompt (if any) gets the canary appended."""
-    from .jailbreak import parse_args
+    from .probe_options import parse_args
 
     opts = parse_args("leak", args, {"techniques", "fuzzy"})
     try:

@@ -1,0 +1,60 @@
+"""Options of `bastion attack llm ...` probes (dispatched by bastion.cli.llm): `--key value` pairs, integers and
+behaviour files, each bad value one clear `ParameterError`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bastion.core.errors import ParameterError
+
+from .jailbreak_prompts import affirmative_target, behaviours, categorise
+
+
+def parse_args(name: str, args: list[str], allowed: set[str]) -> dict[str, str]:
+    """`--key value` pairs, each key one of `allowed` (one clear error otherwise)."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        key = args[i][2:] if args[i].startswith("--") else ""
+        if key not in allowed:
+            raise ParameterError(f"llm {name}: unknown option {args[i]!r} (options: "
+                                 f"{', '.join('--' + o for o in sorted(allowed))})")
+        if i + 1 >= len(args):
+            raise ParameterError(f"llm {name}: --{key} needs a value")
+        out[key], i = args[i + 1], i + 2
+    return out
+
+
+def integer(opts: dict[str, str], key: str, default: int) -> int:
+    try:
+        return int(opts[key]) if key in opts else default
+    except ValueError:
+        raise ParameterError(f"--{key} must be an integer, got {opts[key]!r}") from None
+
+
+def read_behaviours(opts: dict[str, str]) -> list[dict[str, str]]:
+    """`--behaviours FILE` (.jsonl of {prompt, category?, target?}, or one prompt per line) or `--set NAME`."""
+    if "behaviours" not in opts:
+        rows = behaviours(opts.get("set", "bastion"))
+    else:
+        path = Path(opts["behaviours"])
+        try:
+            lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ParameterError(f"--behaviours {path}: cannot read it ({getattr(exc, 'strerror', exc)})") from None
+        rows = []
+        for n, line in enumerate(lines, 1):
+            if path.suffix == ".jsonl":
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    raise ParameterError(f"--behaviours {path}: line {n} is not JSON") from None
+                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                    raise ParameterError(f"--behaviours {path}: line {n} needs a string 'prompt'")
+            else:
+                row = {"prompt": line.strip()}
+            rows.append({"prompt": row["prompt"], "category": str(row.get("category") or categorise(row["prompt"])),
+                         "target": str(row.get("target") or affirmative_target(row["prompt"]))})
+    limit = integer(opts, "limit", 0)
+    return rows[:limit] if limit > 0 else rows
