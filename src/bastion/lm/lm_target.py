@@ -27,6 +27,7 @@ Chat templates: see `bastion.lm.chat_format` (sandboxed rendering, and the fallb
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,7 @@ class Reply:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class LMTarget:
+class LMTarget(ABC):
     """Base of the backends: system prompt, sampling, counting and budget; backends implement `_chat`/`_complete`."""
 
     access = "text"
@@ -128,6 +129,7 @@ class LMTarget:
 
     def close(self) -> None:
         """Release what the backend holds (nothing by default)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"spec": str(self.spec), "access": self.access, "queries": self.queries,
@@ -135,11 +137,13 @@ class LMTarget:
                 "max_queries": self.max_queries, "backend": type(self).__name__}
 
     # -- backends --------------------------------------------------------------------------------------------------
+    @abstractmethod
     def _chat(self, messages: list[dict[str, str]], max_new_tokens: int) -> Reply:
-        raise NotImplementedError
+        """One chat turn from the backend."""
 
     def _complete(self, prompt: str, max_new_tokens: int) -> Reply:
-        raise NotImplementedError
+        """A raw completion; a backend that serves chat only keeps this default."""
+        raise TargetError(f"{self.spec}: this target serves chat only; raw completion is not available")
 
     def _query(self, call: Any, max_new_tokens: int | None) -> Reply:
         n = check_new_tokens(self.sampling.max_new_tokens if max_new_tokens is None else max_new_tokens)

@@ -21,6 +21,7 @@ Attacks:
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -114,9 +115,9 @@ class GenerationAttack(Attack):
         self.mode, self.max_new_tokens = mode, int(max_new_tokens)
         self.n_bootstrap, self.seed = int(n_bootstrap), int(seed)
 
+    @abstractmethod
     def craft(self, target: LMTarget, prompts: list[str]) -> list[str]:
         """The attack prompts, one per natural prompt."""
-        raise NotImplementedError  # pragma: no cover
 
     def details(self) -> dict[str, Any]:
         return {}
