@@ -43,3 +43,20 @@ def test_scan_dynamic_of_an_endless_model_stops_at_the_deadline(tmp_path: Path) 
     done = bastion("scan", "--dynamic", str(hostile.torchscript_endless(tmp_path)), "--timeout", "3")
     assert done.returncode == 2
     assert [line for line in done.stderr.splitlines() if line.startswith("error:")][0].count("deadline") == 1
+
+
+@needs_sandbox
+def test_scan_dynamic_says_when_only_loading_was_observed(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    model = tmp_path / "bare.pt"  # no recorded input shape: the forward pass needs --data
+    torch.jit.save(torch.jit.script(torch.nn.Linear(4, 3)), str(model))
+    bare = bastion("scan", "--dynamic", str(model), "--json")
+    assert bare.returncode == 0, bare.stderr
+    rules = [f["metric"] for f in json.loads(bare.stdout)["findings"]]
+    assert rules == ["dynamic-incomplete"]
+    assert "note:" in bare.stderr and "pass --data" in bare.stderr
+    full = bastion("scan", "--dynamic", str(model), "--data", str(data_file(tmp_path)), "--json")
+    assert full.returncode == 0 and json.loads(full.stdout)["findings"] == []

@@ -16,7 +16,7 @@ from rich.table import Table
 from bastion.cli.common import fail_on_level, load_data
 from bastion.cli.outputs import check_output_file, prepare_output_dir, same_file
 from bastion.core.errors import BastionError, ParameterError
-from bastion.core.results import severity_rank
+from bastion.core.results import Finding, severity_rank
 from bastion.sandbox.cli_jobs import dynamic_scan, timeout_option
 from bastion.supplychain import CONVERTIBLE, ScanReport, convert_to_safetensors, scan_paths, write_manifest
 from bastion.supplychain.convert import is_conversion_of, safetensors_destination
@@ -101,6 +101,13 @@ def dynamic_findings(paths: list[Path], arch: str | None, data: Path | None, tim
             for finding in result.findings:
                 finding.evidence["file"] = str(path)
             findings += result.findings
+            if "probe_error" in result.metrics:  # only the load was observed: say so, never a silent all-clear
+                findings.append(Finding(
+                    title=f"dynamic analysis incomplete: forward pass not run ({path})", family="supply_chain",
+                    severity="info", metric="dynamic-incomplete", evidence={"file": str(path),
+                                                                            "reason": result.metrics["probe_error"]},
+                    description=f"Only loading was observed: {result.metrics['probe_error']}.",
+                    recommendation="Pass --data (inputs of the model's shape) so its forward pass is observed too."))
     return findings
 
 
@@ -154,6 +161,9 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(json.dumps(report.to_dict()) + "\n")
         else:
             _print(report, console)
+        for f in report.findings:
+            if f.metric == "dynamic-incomplete":
+                typer.echo(f"note: {f.description}", err=True)
         for line in report.errors + problems:
             typer.echo(f"error: {line}", err=True)
         if report.errors or problems:
