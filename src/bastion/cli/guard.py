@@ -25,10 +25,12 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="A protected inference service for a model, and its audit log.", no_args_is_help=True)
     app.add_typer(group, name="guard")
 
-    @group.command("serve", help="Serve MODEL with Bastion's HTTP protocol behind a policy of rules (docs/guard.md). "
-                                 "Stops on SIGTERM/SIGINT after draining in-flight requests.")
+    @group.command("serve", help="Serve MODEL behind a policy of rules (docs/guard.md): a classifier with Bastion's "
+                                 "HTTP protocol, a language model (.gguf or Hugging Face folder) with the "
+                                 "OpenAI-compatible chat API. Stops on SIGTERM/SIGINT after draining requests.")
     def serve_command(
-        model: str = typer.Argument(..., help="model file (loaded in the sandbox when it carries code)"),
+        model: str = typer.Argument(..., help="model file (loaded in the sandbox when it carries code), or a "
+                                    "language model (.gguf, HF folder; needs --no-sandbox)"),
         port: int = typer.Option(8000, "--port", min=0, max=65535),
         host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default)"),
         policy: Path | None = typer.Option(None, "--policy", help="YAML policy (default: input checks only)"),
@@ -40,10 +42,29 @@ def register(app: typer.Typer) -> None:
         trust: bool = typer.Option(False, "--trust", help="load a pickle-based file after a clean scan"),
         no_sandbox: bool = typer.Option(False, "--no-sandbox", help="load the model in this process (unisolated)"),
         drain: float = typer.Option(10.0, "--drain", min=0, help="seconds to finish requests on shutdown"),
+        system_prompt: Path | None = typer.Option(None, "--system-prompt", help="language models: a file with the "
+                                                  "system prompt used when a request brings none"),
+        temperature: float = typer.Option(0.0, "--temperature", min=0, max=100,
+                                          help="language models: sampling temperature (0: greedy)"),
     ) -> None:
         _require_extra()
-        from bastion.guard.server import build_guard, serve
+        from bastion.guard.server import build_guard, build_llm_guard, is_language_model, serve
 
+        if is_language_model(model):
+            if data is not None or log_inputs or arch:
+                raise ParameterError("--data, --log-inputs and --arch apply to classifiers, not language models")
+            prompt = None
+            if system_prompt is not None:
+                try:
+                    prompt = system_prompt.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise ParameterError(f"--system-prompt {system_prompt}: cannot read it ({exc})") from None
+            lm_guard = build_llm_guard(model, policy=policy, audit=audit, trust=trust, sandbox=not no_sandbox,
+                                       system_prompt=prompt, temperature=temperature)
+            typer.echo(f"bastion guard: serving {model} (in-process, scanned) on http://{host}:{port}/v1, "
+                       f"audit log {audit}", err=True)
+            serve(lm_guard, host, port, drain)
+            return
         guard = build_guard(model, policy=policy, data=data, audit=audit, arch=arch, trust=trust,
                             sandbox=not no_sandbox, log_inputs=log_inputs)
         typer.echo(f"bastion guard: serving {model} ({guard.model.isolation}) on http://{host}:{port}/predict, "

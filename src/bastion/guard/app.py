@@ -40,8 +40,6 @@ class Guard:
     keys: dict[str, KeyState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-
         self.target = self.model.as_target()
         tiers = self.policy.tiers.values()
         wants = [t for t in tiers if t.detectors.squeeze_fpr is not None or t.detectors.strip_frr is not None]
@@ -58,14 +56,7 @@ class Guard:
         self.hardeners = {t.name: hardener(self.target, t.output) for t in tiers}
         self.degraders = {t.name: hardener(self.target, t.extraction.degrade_output) for t in tiers
                           if t.extraction.action == "degrade"}
-        self.registry = CollectorRegistry()
-        self.requests = Counter("guard_requests", "Prediction requests by HTTP status", ["status"],
-                                registry=self.registry)
-        self.verdicts = Counter("guard_verdicts", "Requests by verdict", ["verdict"], registry=self.registry)
-        self.rule_hits = Counter("guard_rule_hits", "Rule hits by rule", ["rule"], registry=self.registry)
-        self.latency = Histogram("guard_latency_seconds", "Time to answer a prediction request",
-                                 registry=self.registry,
-                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        make_metrics(self)
 
     def state(self, key: str, tier: Tier) -> KeyState:
         if key not in self.keys:
@@ -111,6 +102,42 @@ def _secret(request: Any) -> str | None:
     return request.headers.get("x-api-key") or request.query_params.get("api_key")
 
 
+async def read_body(request: Any, limit: int) -> bytes:
+    """The request body, refused (413) beyond `limit` bytes whether declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared and (not declared.isdigit() or int(declared) > limit):
+        raise Refused(413, f"request body larger than {limit} bytes", "input.size")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, f"request body larger than {limit} bytes", "input.size")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def make_metrics(guard: Any) -> None:
+    """Prometheus counters of a guard (requests by status, verdicts, rule hits, latency) on its own registry."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    guard.registry = CollectorRegistry()
+    guard.requests = Counter("guard_requests", "Requests by HTTP status", ["status"], registry=guard.registry)
+    guard.verdicts = Counter("guard_verdicts", "Requests by verdict", ["verdict"], registry=guard.registry)
+    guard.rule_hits = Counter("guard_rule_hits", "Rule hits by rule", ["rule"], registry=guard.registry)
+    guard.latency = Histogram("guard_latency_seconds", "Time to answer a request", registry=guard.registry,
+                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+
+
+def record(guard: Any, entry: Entry) -> None:
+    """Write one request to the audit log and the metrics."""
+    guard.audit.write(entry)
+    guard.requests.labels(str(entry.status)).inc()
+    guard.verdicts.labels(entry.verdict).inc()
+    for rule in entry.rules:
+        guard.rule_hits.labels(rule).inc()
+    guard.latency.observe(entry.latency_ms / 1000)
+
+
 def make_app(guard: Guard) -> Any:
     """The Starlette application serving `guard`."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -132,18 +159,6 @@ def make_app(guard: Guard) -> Any:
         if found is None:
             return refuse(401, "unknown or missing API key")
         return JSONResponse(guard.describe(found[1]))
-
-    async def read_body(request: Request, limit: int) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and (not declared.isdigit() or int(declared) > limit):
-            raise Refused(413, f"request body larger than {limit} bytes", "input.size")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise Refused(413, f"request body larger than {limit} bytes", "input.size")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def predict(request: Request) -> Response:
         start = time.perf_counter()
@@ -182,13 +197,8 @@ def make_app(guard: Guard) -> Any:
                 hits.append("ceiling.latency")
             for rule in EXTRA_RULES:
                 hits += rule(key, tier, x, latency_ms)
-        guard.audit.write(Entry(time.time(), key, tier.name if tier else None, n, status, verdict, hits,
-                                latency_ms, inputs))
-        guard.requests.labels(str(status)).inc()
-        guard.verdicts.labels(verdict).inc()
-        for rule in hits:
-            guard.rule_hits.labels(rule).inc()
-        guard.latency.observe(latency_ms / 1000)
+        record(guard, Entry(time.time(), key, tier.name if tier else None, n, status, verdict, hits, latency_ms,
+                            inputs))
         return response
 
     async def healthz(request: Request) -> Response:

@@ -56,6 +56,20 @@ class DetectorRules:
 
 
 @dataclass(frozen=True)
+class LLMRules:
+    """Rules for a served language model (`bastion guard serve MODEL.gguf|HF-folder`)."""
+
+    max_prompt_tokens: int | None = None  # the rendered prompt's tokens; more: 413
+    max_new_tokens: int = 256  # ceiling on a request's max_tokens (more: 400); also its default
+    token_budget: int | None = None  # lifetime prompt + completion tokens per key (429 once spent)
+    injection: str | None = None  # None: off; "reject": refused in-band (finish_reason content_filter); "alert"
+    leak: str | None = None  # None: off; "redact": the reply is withheld (content_filter); "alert"
+    canaries: tuple[str, ...] = ()  # secrets never to come back (besides the system prompt's secret-looking words)
+    fuzzy: float = 0.2  # a canary within this share of edits counts as leaked
+    prompt_overlap: float | None = 0.5  # a reply quoting this share of the system prompt leaks it (None: off)
+
+
+@dataclass(frozen=True)
 class Tier:
     name: str
     inputs: InputRules = field(default_factory=InputRules)
@@ -64,6 +78,7 @@ class Tier:
     detectors: DetectorRules = field(default_factory=DetectorRules)
     output: str | None = None  # an output-hardening spec (bastion.defenses.postprocess.harden), None: as is
     latency_ms: float | None = None  # ceiling: slower answers are recorded as a rule hit
+    llm: LLMRules = field(default_factory=LLMRules)
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,7 @@ def _output(value: Any, where: str) -> str | None:
 
 def parse_tier(name: str, raw: Any) -> Tier:
     where = f"tiers.{name}"
-    raw = _section(raw, where, {"inputs", "rate", "extraction", "detectors", "output", "latency_ms"})
+    raw = _section(raw, where, {"inputs", "rate", "extraction", "detectors", "output", "latency_ms", "llm"})
     i = _section(raw.get("inputs"), f"{where}.inputs", {"max_batch", "max_body_bytes", "check_range"})
     inputs = InputRules(
         int(_number(i.get("max_batch", 256), f"{where}.inputs.max_batch", 1, 1 << 16, integer=True)),
@@ -176,7 +191,34 @@ def parse_tier(name: str, raw: Any) -> Tier:
         _choice(d.get("action", "reject"), f"{dw}.action", REJECT_ACTIONS))
     latency = raw.get("latency_ms")
     return Tier(name, inputs, rate, extraction, detectors, _output(raw.get("output"), f"{where}.output"),
-                None if latency is None else float(_number(latency, f"{where}.latency_ms", 0, open_low=True)))
+                None if latency is None else float(_number(latency, f"{where}.latency_ms", 0, open_low=True)),
+                parse_llm(raw.get("llm"), f"{where}.llm"))
+
+
+def parse_llm(raw: Any, where: str) -> LLMRules:
+    """A tier's `llm` section (token limits, injection detector, leak filter)."""
+    from bastion.lm.lm_target import MAX_NEW_TOKENS
+
+    m = _section(raw, where, {"max_prompt_tokens", "max_new_tokens", "token_budget", "injection", "leak",
+                              "canaries", "fuzzy", "prompt_overlap"})
+
+    def optional_int(key: str, high: int) -> int | None:
+        return None if m.get(key) is None else int(_number(m[key], f"{where}.{key}", 1, high, integer=True))
+
+    canaries = m.get("canaries") or []
+    if not isinstance(canaries, list) or not all(isinstance(c, str) and len(c.strip()) >= 4 for c in canaries):
+        raise _fail(f"{where}.canaries", "expected a list of secrets of at least 4 characters")
+    overlap = m.get("prompt_overlap", 0.5)
+    return LLMRules(
+        optional_int("max_prompt_tokens", 1 << 20),
+        int(_number(m.get("max_new_tokens", 256), f"{where}.max_new_tokens", 1, MAX_NEW_TOKENS, integer=True)),
+        optional_int("token_budget", 1 << 40),
+        None if m.get("injection") in (None, "off") else _choice(m["injection"], f"{where}.injection",
+                                                                 ("reject", "alert", "off")),
+        None if m.get("leak") in (None, "off") else _choice(m["leak"], f"{where}.leak", ("redact", "alert", "off")),
+        tuple(c.strip() for c in canaries),
+        float(_number(m.get("fuzzy", 0.2), f"{where}.fuzzy", 0, 0.49)),
+        None if overlap is None else float(_number(overlap, f"{where}.prompt_overlap", 0, 1, open_low=True)))
 
 
 def parse_policy(raw: Any, where: str = "policy") -> Policy:

@@ -59,3 +59,47 @@ def openapi_spec(info: ModelInfo) -> dict[str, Any]:
             },
         },
     }
+
+
+def openapi_llm_spec() -> dict[str, Any]:
+    """The OpenAI-compatible subset the guard serves for a language model (`guard.llm_app`)."""
+    error = {"description": "refused (OpenAI-style error object)",
+             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    message = {"type": "object", "required": ["role", "content"], "properties": {
+        "role": {"enum": ["system", "user", "assistant", "tool"]}, "content": {"type": "string"}}}
+    request = {"type": "object", "required": ["messages"], "properties": {
+        "model": {"type": "string"}, "messages": {"type": "array", "minItems": 1, "items": message},
+        "max_tokens": {"type": "integer", "minimum": 1}, "logprobs": {"type": "boolean"},
+        "stream": {"const": False}, "temperature": {"type": "number"}, "top_p": {"type": "number"},
+        "seed": {"type": "integer"}}}
+    completion = {"type": "object", "required": ["choices", "usage"], "properties": {
+        "choices": {"type": "array", "items": {"type": "object", "properties": {
+            "message": message, "finish_reason": {"enum": ["stop", "length", "content_filter"]}}}},
+        "usage": {"type": "object", "properties": {k: {"type": "integer"} for k in (
+            "prompt_tokens", "completion_tokens", "total_tokens")}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "bastion guard (language model)", "version": "1",
+                 "description": "OpenAI-compatible chat completions behind a policy of rules (docs/guard.md)."},
+        "paths": {
+            "/v1/models": {"get": {"summary": "The served model", "responses": {"200": {"description": "list"},
+                                                                                 "401": error}}},
+            "/v1/chat/completions": {"post": {
+                "summary": "One chat completion (non-streaming)",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ChatRequest"}}}},
+                "responses": {"200": {"description": "the reply (finish_reason content_filter when a rule "
+                                                     "withheld it)", "content": {"application/json": {"schema": {
+                                                         "$ref": "#/components/schemas/ChatCompletion"}}}},
+                              **{str(c): error for c in (400, 401, 413, 429)}}}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"ChatRequest": request, "ChatCompletion": completion,
+                        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                            "type": "object", "properties": {"message": {"type": "string"},
+                                                             "code": {"type": "string"}}}}}},
+        },
+    }

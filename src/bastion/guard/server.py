@@ -1,4 +1,5 @@
-"""Build the guard from command-line options and run it under uvicorn (graceful shutdown on SIGTERM/SIGINT:
+"""Build the guard (a classifier's or a language model's) from command-line options and run it under uvicorn
+(graceful shutdown on SIGTERM/SIGINT:
 uvicorn stops accepting, drains in-flight requests for up to `drain_s` seconds, then the model worker and the
 audit log are closed)."""
 
@@ -13,6 +14,7 @@ from bastion.guard.app import Guard, make_app
 from bastion.guard.audit_log import AuditLog
 from bastion.guard.backend import ServedModel
 from bastion.guard.guard_policy import Policy, default_policy, load_policy
+from bastion.guard.llm_app import LMGuard, make_llm_app
 from bastion.guard.rules import Reference
 
 
@@ -38,11 +40,40 @@ def build_guard(model: str, *, policy: str | Path | None = None, data: str | Pat
         raise
 
 
-def serve(guard: Guard, host: str = "127.0.0.1", port: int = 8000, drain_s: float = 10.0) -> None:
+def is_language_model(model: str) -> bool:
+    """A `.gguf` file or a Hugging Face folder (config.json) is served as a language model."""
+    path = Path(model)
+    return path.suffix.lower() == ".gguf" or (path.is_dir() and (path / "config.json").is_file())
+
+
+def build_llm_guard(model: str, *, policy: str | Path | None = None, audit: str | Path = "bastion-guard.sqlite",
+                    trust: bool = False, sandbox: bool = True, system_prompt: str | None = None,
+                    temperature: float = 0.0, name: str | None = None) -> LMGuard:
+    """A guard for a language model. The sandboxed worker does not host language models yet, so the model loads
+    in this process, and only when asked explicitly (`sandbox=False`, the CLI's --no-sandbox): the LM layer scans
+    the file or folder first and loads only formats that carry no code (safetensors, GGUF; pickles with --trust)."""
+    if sandbox:
+        raise ParameterError(f"{model}: language models cannot run in the sandboxed worker yet; pass --no-sandbox to "
+                             "load it in this process (scanned first; safetensors/GGUF only, pickles with --trust)")
+    from bastion.lm import Sampling, open_lm
+
+    chosen: Policy = default_policy() if policy is None else load_policy(policy)
+    ceiling = max(t.llm.max_new_tokens for t in chosen.tiers.values())
+    lm = open_lm(model, system_prompt=system_prompt, trust=trust,
+                 sampling=Sampling(temperature=temperature, max_new_tokens=ceiling))
+    try:
+        return LMGuard(lm, chosen, AuditLog(audit), name or Path(model).name)
+    except BaseException:
+        lm.close()
+        raise
+
+
+def serve(guard: Guard | LMGuard, host: str = "127.0.0.1", port: int = 8000, drain_s: float = 10.0) -> None:
     """Serve until SIGTERM/SIGINT, then drain and close."""
     import uvicorn
 
-    config = uvicorn.Config(make_app(guard), host=host, port=port, log_level="warning", access_log=False,
+    app = make_llm_app(guard) if isinstance(guard, LMGuard) else make_app(guard)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=int(drain_s), lifespan="off")
     if threading.current_thread() is threading.main_thread():
         # uvicorn drains, restores this handler and raises SIGTERM again: the drained server then exits with 0
@@ -50,5 +81,8 @@ def serve(guard: Guard, host: str = "127.0.0.1", port: int = 8000, drain_s: floa
     try:
         uvicorn.Server(config).run()
     finally:
-        guard.model.close()
+        if isinstance(guard, LMGuard):
+            guard.lm.close()
+        else:
+            guard.model.close()
         guard.audit.close()
