@@ -78,9 +78,19 @@ def register(app: typer.Typer) -> None:
         since: str | None = typer.Option(None, "--since", help="30s, 10m, 2h, 1d or an ISO date/time"),
         limit: int | None = typer.Option(None, "--limit", min=1),
         as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+        summary: bool = typer.Option(False, "--summary", help="requests, verdicts and rule hits per key instead "
+                                     "(as `bastion report guard`)"),
     ) -> None:
         from bastion.guard.audit_log import parse_since, read_log
 
+        if summary:
+            from bastion.store.guard_log import guard_log_summary, render_guard_summary
+
+            found = guard_log_summary(audit, None if since is None else parse_since(since))
+            if key is not None:
+                found["keys"] = {k: v for k, v in found["keys"].items() if k == key}
+            typer.echo(json.dumps(found) if as_json else render_guard_summary(found), nl=as_json)
+            return
         entries = read_log(audit, key, None if since is None else parse_since(since), limit)
         for e in entries:
             if as_json:

@@ -1,4 +1,5 @@
-"""`bastion report list | show RUN | compare RUN_A RUN_B`: the run history of assessments."""
+"""`bastion report list | show RUN | compare RUN_A RUN_B | guard --audit LOG`: the run history of assessments, and
+a summary of a `bastion guard` audit log."""
 
 from __future__ import annotations
 
@@ -74,3 +75,32 @@ def register(app: typer.Typer) -> None:
             typer.echo(render_comparison_markdown(result), nl=False)
         if fail_if_worse and result.worse:
             raise typer.Exit(1)
+
+    @group.command("guard", help="Summarise a `bastion guard` audit log: requests, verdicts and rule hits per key.")
+    def guard_summary(
+        audit: Path = typer.Option(Path("bastion-guard.sqlite"), "--audit", help="the guard's audit log"),
+        since: str | None = typer.Option(None, "--since", help="30s, 10m, 2h, 1d or an ISO date/time"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        from bastion.store.guard_log import guard_log_summary, render_guard_summary
+
+        summary = guard_log_summary(audit, None if since is None else _since(since))
+        typer.echo(json.dumps(summary) if as_json else render_guard_summary(summary), nl=as_json)
+
+
+def _since(text: str) -> float:
+    """A time: `30s`, `10m`, `2h`, `1d` ago or an ISO 8601 date/time (UTC unless it says otherwise)."""
+    import time
+    from datetime import datetime, timezone
+
+    from bastion.core.errors import DataError
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip()
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(text[:-1]) * units[text[-1]]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise DataError(f"--since {text!r}: expected 30s, 10m, 2h, 1d or an ISO date/time") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
