@@ -292,3 +292,18 @@ def test_fuzz_never_5xx(guard_url):
         assert _call(url, raw)[0] < 500
 
     check()
+
+
+def test_incremental_prada_matches_the_detector():
+    """The guard's per-query PRADA records the same distances as the batch detector on one stream."""
+    import torch
+
+    from bastion.defenses.detect.prada import PRADA
+    from bastion.guard.rules import IncrementalPRADA
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((300, 16)).astype(np.float32), rng.integers(0, 5, 300)
+    incremental = IncrementalPRADA(0.96, 100, 10_000)
+    got = [incremental.add(torch.as_tensor(row), int(c)) for row, c in zip(x, y, strict=True)]
+    got = np.array([np.nan if d is None else d for d in got])
+    np.testing.assert_allclose(got, PRADA(0.96, 100).distances(x, y), atol=1e-4)

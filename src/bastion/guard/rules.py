@@ -108,20 +108,70 @@ class Reference:
         return torch.cat([torch.cdist(c, self.index).min(dim=1).values for c in flat.split(512)]).numpy()
 
 
+class IncrementalPRADA:
+    """PRADA's per-query update (Juuti et al., EuroS&P 2019, Algorithm 1) kept between requests: each query costs one
+    distance computation against its class's growing set G_c instead of re-running the detector over the window.
+
+    Same rule as `bastion.defenses.detect.prada.PRADA.distances` (d = min L2 distance to G_c; x joins G_c when
+    d > T_c; T_c = max(T_c, mean - std of the admitting distances)); for a long-lived key the growing sets and the
+    distance record keep their most recent `window` entries. The Shapiro-Wilk check (`PRADA.statistic`) runs
+    every `check_every` recorded distances once `min_queries` are recorded.
+    """
+
+    def __init__(self, delta: float, min_queries: int, window: int, check_every: int = 50):
+        self.test = PRADA(delta, min_queries)
+        self.window, self.check_every = window, check_every
+        self.grown: dict[int, torch.Tensor] = {}
+        self.threshold: dict[int, float] = {}
+        self.sums: dict[int, list[float]] = {}
+        self.record: deque[float] = deque(maxlen=window)
+        self.recorded = 0
+        self.checked = 0
+
+    def add(self, x: torch.Tensor, cls: int) -> float | None:
+        """One query (flattened) with its answered class; its recorded distance (None for a class's first)."""
+        members = self.grown.get(cls)
+        if members is None:
+            self.grown[cls] = x[None]
+            self.threshold.setdefault(cls, 0.0)
+            return None
+        d = float(torch.cdist(x[None], members).min())
+        self.record.append(d)
+        self.recorded += 1
+        if d > self.threshold[cls]:
+            self.grown[cls] = torch.cat([members, x[None]])[-self.window:]
+            count, total, squares = self.sums.get(cls, [0.0, 0.0, 0.0])
+            count, total, squares = count + 1, total + d, squares + d * d
+            self.sums[cls] = [count, total, squares]
+            mean = total / count
+            self.threshold[cls] = max(self.threshold[cls], mean - float(np.sqrt(max(squares / count - mean ** 2, 0))))
+        return d
+
+    def observe(self, x: np.ndarray, labels: np.ndarray) -> bool:
+        """Add a batch; whether the stream is flagged now (W below delta at a check)."""
+        flat = torch.as_tensor(x, dtype=torch.float32).reshape(len(x), -1)
+        for row, cls in zip(flat, np.asarray(labels).astype(int).tolist(), strict=True):
+            self.add(row, cls)
+        if self.recorded < self.test.min_queries or self.recorded - self.checked < self.check_every:
+            return False
+        self.checked = self.recorded
+        return self.test.statistic(np.fromiter(self.record, float)) < self.test.delta
+
+
 class ExtractionMonitor:
-    """One key's stream: PRADA and the out-of-distribution share, over its last `window` queries."""
+    """One key's stream: PRADA (incremental) and the out-of-distribution share, over its last `window` queries."""
 
     def __init__(self, rules: ExtractionRules, reference: Reference | None):
         self.rules = rules
-        self.prada = None if rules.prada_delta is None else PRADA(rules.prada_delta, rules.prada_min_queries)
+        self.prada = (None if rules.prada_delta is None
+                      else IncrementalPRADA(rules.prada_delta, rules.prada_min_queries, rules.window))
         self.reference = reference
         self.ood_threshold = (None if reference is None or rules.ood_share is None
                               else float(np.quantile(reference.held_out_distance, rules.ood_quantile)))
-        self.batches: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()  # (inputs, labels, far)
+        self.batches: deque[tuple[int, int]] = deque()  # (inputs, of which far) per batch in the window
         self.in_window = 0
         self.far_in_window = 0
         self.seen = 0
-        self.checked = 0
         self.flagged: list[str] = []  # the detectors that flagged this stream (sticky)
         self.flagged_at: int | None = None
 
@@ -130,23 +180,20 @@ class ExtractionMonitor:
         r = self.rules
         far = (self.reference.nearest(x) > self.ood_threshold if self.ood_threshold is not None
                and self.reference is not None else np.zeros(len(x), dtype=bool))
-        self.batches.append((x.reshape(len(x), -1), labels, far))
+        self.batches.append((len(x), int(far.sum())))
         self.in_window += len(x)
         self.far_in_window += int(far.sum())
         self.seen += len(x)
-        while len(self.batches) > 1 and self.in_window - len(self.batches[0][0]) >= r.window:
-            old = self.batches.popleft()
-            self.in_window -= len(old[0])
-            self.far_in_window -= int(old[2].sum())
+        while len(self.batches) > 1 and self.in_window - self.batches[0][0] >= r.window:
+            n, n_far = self.batches.popleft()
+            self.in_window -= n
+            self.far_in_window -= n_far
         hits: list[str] = []
         if (r.ood_share is not None and self.ood_threshold is not None and self.seen >= r.ood_min_queries
                 and self.far_in_window / self.in_window > r.ood_share):
             hits.append("extraction.distribution")
-        if self.prada is not None and self.seen - self.checked >= 50 and self.seen >= r.prada_min_queries:
-            self.checked = self.seen
-            stream = np.concatenate([b[0] for b in self.batches])[-r.window:]
-            if self.prada.detect(stream, np.concatenate([b[1] for b in self.batches])[-r.window:]).detected:
-                hits.append("extraction.prada")
+        if self.prada is not None and self.prada.observe(x, labels):
+            hits.append("extraction.prada")
         if hits and not self.flagged:
             self.flagged_at = self.seen
         self.flagged = sorted(set(self.flagged) | set(hits))
