@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--orders", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=5, help="attack seeds per sampling on the test pool")
     args = parser.parse_args()
     import torch
 
@@ -90,17 +91,18 @@ def main() -> None:
     for pool_name, pool in pools.items():
         for sampling in ("random", "adaptive"):
             budget = min(args.budget, len(pool.x))
-            attack = KnockoffNets(budget=budget, sampling=sampling, epochs=args.epochs, ood_samples=0,
-                                  arch="bastion.demo.models:digits_cnn", monitor=False, seed=0)
-            result = attack.run(target, demo.test, pool=pool)
-            log = attack.query_log_
-            x, y = log.inputs.numpy(), log.answers.numpy()
-            y = y if y.ndim == 1 else y.argmax(-1)
-            at, by = first_flag(rules, reference, x, y)
-            fidelity = result.metrics["fidelity"]
-            print(f"knockoff {sampling:8s} pool={pool_name:7s} queries={len(x):5d} flagged at {at} by {by}; "
-                  f"fidelity {fidelity}")
-
+            flags = []
+            for seed in range(args.seeds if pool_name == "test" else 1):
+                attack = KnockoffNets(budget=budget, sampling=sampling, epochs=args.epochs, ood_samples=0,
+                                      arch="bastion.demo.models:digits_cnn", monitor=False, seed=seed)
+                result = attack.run(target, demo.test, pool=pool)
+                log = attack.query_log_
+                x, y = log.inputs.numpy(), log.answers.numpy()
+                y = y if y.ndim == 1 else y.argmax(-1)
+                flags.append(first_flag(rules, reference, x, y))
+                print(f"knockoff {sampling:8s} pool={pool_name:7s} seed={seed} queries={len(x):5d} flagged at "
+                      f"{flags[-1][0]} by {flags[-1][1]}; fidelity {result.metrics['fidelity']}")
+            print(f"  -> {sum(f[0] is not None for f in flags)}/{len(flags)} runs flagged")
 
 if __name__ == "__main__":
     main()

@@ -296,7 +296,6 @@ def test_fuzz_never_5xx(guard_url):
 
 def test_incremental_prada_matches_the_detector():
     """The guard's per-query PRADA records the same distances as the batch detector on one stream."""
-    import torch
 
     from bastion.defenses.detect.prada import PRADA
     from bastion.guard.rules import IncrementalPRADA
@@ -304,6 +303,28 @@ def test_incremental_prada_matches_the_detector():
     rng = np.random.default_rng(0)
     x, y = rng.random((300, 16)).astype(np.float32), rng.integers(0, 5, 300)
     incremental = IncrementalPRADA(0.96, 100, 10_000)
-    got = [incremental.add(torch.as_tensor(row), int(c)) for row, c in zip(x, y, strict=True)]
+    got = [incremental.add(row.astype(np.float64), int(c)) for row, c in zip(x, y, strict=True)]
     got = np.array([np.nan if d is None else d for d in got])
     np.testing.assert_allclose(got, PRADA(0.96, 100).distances(x, y), atol=1e-4)
+    ring = _ring_after(6, size=4)
+    assert sorted(ring.rows[:, 0].tolist()) == [2.0, 3.0, 4.0, 5.0] and ring.nearest(np.zeros(2)) == 2.0
+
+
+def _ring_after(n: int, size: int):
+    from bastion.guard.rules import _Ring
+
+    ring = _Ring(np.zeros(2), size)
+    for i in range(1, n):
+        ring.append(np.array([float(i), 0.0]))
+    return ring
+
+
+def test_reference_distances_match_cdist(digits_demo):
+    import torch
+
+    from bastion.guard.rules import Reference
+
+    reference = Reference(digits_demo.train)
+    x = np.asarray(digits_demo.test.x[:50], dtype=np.float32)
+    exact = torch.cdist(torch.as_tensor(x).reshape(50, -1), reference.index).min(dim=1).values.numpy()
+    np.testing.assert_allclose(reference.nearest(x), exact, atol=1e-4)

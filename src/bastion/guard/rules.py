@@ -98,14 +98,37 @@ class Reference:
         order = np.random.default_rng(seed).permutation(len(x))[:max_samples]
         half = max(1, len(order) // 2)
         self.index = torch.as_tensor(x[order[:half]]).reshape(half, -1)
+        self.index_t = self.index.numpy().astype(np.float64).T.copy()  # (features, half) for one matrix product
+        self.index_sq = (self.index_t ** 2).sum(0)
         self.held_out = torch.as_tensor(x[order[half:]] if len(order) > half else x[order[:half]])
         self.pool = torch.as_tensor(x[order[:half]])
         self.held_out_distance = self.nearest(self.held_out.numpy())
 
     def nearest(self, x: np.ndarray) -> np.ndarray:
-        """Each input's L2 distance to its nearest reference sample."""
-        flat = torch.as_tensor(x, dtype=torch.float32).reshape(len(x), -1)
-        return torch.cat([torch.cdist(c, self.index).min(dim=1).values for c in flat.split(512)]).numpy()
+        """Each input's L2 distance to its nearest reference sample (|x|^2 + |r|^2 - 2 x.r in float64)."""
+        flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        out = [np.sqrt(np.maximum(((c ** 2).sum(1)[:, None] + self.index_sq[None, :] - 2 * c @ self.index_t)
+                                  .min(1), 0.0)) for c in (flat[i:i + 512] for i in range(0, len(flat), 512))]
+        return np.concatenate(out).astype(np.float32)
+
+
+class _Ring:
+    """A class's growing set: its most recent `size` members (a ring buffer) and the distance to the nearest one."""
+
+    def __init__(self, first: np.ndarray, size: int):
+        self.rows = np.empty((min(size, 64), len(first)))
+        self.rows[0], self.count, self.size = first, 1, size
+
+    def append(self, x: np.ndarray) -> None:
+        if self.count < self.size and self.count == len(self.rows):
+            self.rows = np.concatenate([self.rows, np.empty((min(self.size, 2 * self.count) - self.count,
+                                                             self.rows.shape[1]))])
+        self.rows[self.count % self.size] = x
+        self.count += 1
+
+    def nearest(self, x: np.ndarray) -> float:
+        diff = self.rows[:min(self.count, self.size)] - x
+        return float(np.sqrt(np.einsum("ij,ij->i", diff, diff).min()))
 
 
 class IncrementalPRADA:
@@ -121,25 +144,25 @@ class IncrementalPRADA:
     def __init__(self, delta: float, min_queries: int, window: int, check_every: int = 50):
         self.test = PRADA(delta, min_queries)
         self.window, self.check_every = window, check_every
-        self.grown: dict[int, torch.Tensor] = {}
+        self.grown: dict[int, _Ring] = {}
         self.threshold: dict[int, float] = {}
         self.sums: dict[int, list[float]] = {}
         self.record: deque[float] = deque(maxlen=window)
         self.recorded = 0
         self.checked = 0
 
-    def add(self, x: torch.Tensor, cls: int) -> float | None:
+    def add(self, x: np.ndarray, cls: int) -> float | None:
         """One query (flattened) with its answered class; its recorded distance (None for a class's first)."""
         members = self.grown.get(cls)
         if members is None:
-            self.grown[cls] = x[None]
+            self.grown[cls] = _Ring(x, self.window)
             self.threshold.setdefault(cls, 0.0)
             return None
-        d = float(torch.cdist(x[None], members).min())
+        d = members.nearest(x)
         self.record.append(d)
         self.recorded += 1
         if d > self.threshold[cls]:
-            self.grown[cls] = torch.cat([members, x[None]])[-self.window:]
+            members.append(x)
             count, total, squares = self.sums.get(cls, [0.0, 0.0, 0.0])
             count, total, squares = count + 1, total + d, squares + d * d
             self.sums[cls] = [count, total, squares]
@@ -149,7 +172,7 @@ class IncrementalPRADA:
 
     def observe(self, x: np.ndarray, labels: np.ndarray) -> bool:
         """Add a batch; whether the stream is flagged now (W below delta at a check)."""
-        flat = torch.as_tensor(x, dtype=torch.float32).reshape(len(x), -1)
+        flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         for row, cls in zip(flat, np.asarray(labels).astype(int).tolist(), strict=True):
             self.add(row, cls)
         if self.recorded < self.test.min_queries or self.recorded - self.checked < self.check_every:
