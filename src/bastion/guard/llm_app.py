@@ -86,7 +86,12 @@ class LMGuard:
                  ) -> tuple[dict[str, Any], list[str], int]:
         """Generate and filter one reply: (choice, rule hits, tokens spent)."""
         rules, hits = tier.llm, []
-        with self.generate_lock:
+        with self.generate_lock:  # the tokenizer is not thread-safe either: counting happens under the lock
+            if rules.max_prompt_tokens is not None:
+                counted = self.prompt_tokens(messages)
+                if counted is not None and counted > rules.max_prompt_tokens:
+                    raise Refused(413, f"prompt of {counted} tokens exceeds this tier's {rules.max_prompt_tokens}",
+                                  "llm.prompt_tokens")
             reply = self.lm.chat(messages, max_new_tokens=max_new_tokens)
         text, finish = reply.text, reply.finished
         if finish == "length" and max_new_tokens == rules.max_new_tokens:
@@ -180,11 +185,6 @@ def make_llm_app(guard: LMGuard) -> Any:
                                                     "content_filter", {"prompt_tokens": 0, "completion_tokens": 0,
                                                                        "total_tokens": 0}, None)
             else:
-                if rules.max_prompt_tokens is not None:
-                    counted = await run_in_threadpool(guard.prompt_tokens, messages)
-                    if counted is not None and counted > rules.max_prompt_tokens:
-                        raise Refused(413, f"prompt of {counted} tokens exceeds this tier's {rules.max_prompt_tokens}",
-                                      "llm.prompt_tokens")
                 try:
                     out, found_hits, tokens = await run_in_threadpool(guard.complete, tier, messages, n)
                 except ParameterError as exc:  # e.g. the prompt does not fit the model's context
