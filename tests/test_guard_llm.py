@@ -196,3 +196,25 @@ def test_cli_needs_explicit_in_process_for_an_lm(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "--no-sandbox" in err and "Traceback" not in err
+
+
+def test_fuzz_never_5xx(lm_guard):
+    """Property-based fuzz of chat requests (odd roles, contents, max_tokens, extra fields): never a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    url, _ = lm_guard
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
+                       st.text(max_size=40))
+    message = st.one_of(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "x"]),
+                                               "content": st.one_of(st.text(max_size=60), scalar)}), scalar)
+    body = st.fixed_dictionaries({"messages": st.one_of(st.lists(message, max_size=4), scalar)},
+                                 optional={"max_tokens": scalar, "stream": scalar, "logprobs": scalar,
+                                           "temperature": scalar})
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body)
+    def check(b):
+        assert _chat(url, json.dumps(b, allow_nan=True).encode())[0] < 500
+
+    check()
