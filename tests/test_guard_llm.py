@@ -186,16 +186,21 @@ def test_detectors_on_benign_and_hostile_text():
     assert find_leak("I can't share that, sorry.", system, (), 0.2, 0.5) is None
 
 
-def test_cli_needs_explicit_in_process_for_an_lm(tmp_path, capsys):
+def test_cli_refuses_an_lm_folder_that_asks_for_its_own_code(tmp_path, capsys):
+    import json
+
     from bastion.cli.main import run
     from bastion.lm.tiny import TinyLM
 
     TinyLM(epochs=0, n_embd=16, block=32).train(["abc"], tmp_path / "lm")
+    config = tmp_path / "lm" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "auto_map": {"AutoModel": "evil.Model"}}))
     with pytest.raises(SystemExit) as exit_:
         run(["guard", "serve", str(tmp_path / "lm"), "--audit", str(tmp_path / "a.sqlite")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "--no-sandbox" in err and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "own Python code" in errors[0] and "Traceback" not in err
 
 
 def test_fuzz_never_5xx(lm_guard):
@@ -221,7 +226,7 @@ def test_fuzz_never_5xx(lm_guard):
 
 
 def test_cli_serves_a_language_model_and_drains_on_sigterm(tmp_path):
-    """`bastion guard serve FOLDER --no-sandbox` in its own process: chat through the policy, the audit log, exit 0."""
+    """`bastion guard serve FOLDER` in its own process: chat through the policy, the audit log, exit 0."""
     import signal
     import subprocess
     import sys
@@ -233,7 +238,7 @@ def test_cli_serves_a_language_model_and_drains_on_sigterm(tmp_path):
     (tmp_path / "policy.yaml").write_text("tiers:\n  default:\n    llm: {injection: reject, max_new_tokens: 8}\n")
     (tmp_path / "system.txt").write_text("You are terse.")
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bastion", "guard", "serve", str(tmp_path / "lm"), "--no-sandbox",
+    process = subprocess.Popen([sys.executable, "-m", "bastion", "guard", "serve", str(tmp_path / "lm"),
                                 "--port", str(port), "--policy", str(tmp_path / "policy.yaml"), "--system-prompt",
                                 str(tmp_path / "system.txt"), "--audit", str(tmp_path / "a.sqlite")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

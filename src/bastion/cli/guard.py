@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
                                  "OpenAI-compatible chat API. Stops on SIGTERM/SIGINT after draining requests.")
     def serve_command(
         model: str = typer.Argument(..., help="model file (loaded in the sandbox when it carries code), or a "
-                                    "language model (.gguf, HF folder; needs --no-sandbox)"),
+                                    "language model (.gguf, HF folder: no code, loaded in this process after a scan)"),
         port: int = typer.Option(8000, "--port", min=0, max=65535),
         host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default)"),
         policy: Path | None = typer.Option(None, "--policy", help="YAML policy (default: input checks only)"),

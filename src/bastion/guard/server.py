@@ -49,12 +49,10 @@ def is_language_model(model: str) -> bool:
 def build_llm_guard(model: str, *, policy: str | Path | None = None, audit: str | Path = "bastion-guard.sqlite",
                     trust: bool = False, sandbox: bool = True, system_prompt: str | None = None,
                     temperature: float = 0.0, name: str | None = None) -> LMGuard:
-    """A guard for a language model. The sandboxed worker does not host language models yet, so the model loads
-    in this process, and only when asked explicitly (`sandbox=False`, the CLI's --no-sandbox): the LM layer scans
-    the file or folder first and loads only formats that carry no code (safetensors, GGUF; pickles with --trust)."""
-    if sandbox:
-        raise ParameterError(f"{model}: language models cannot run in the sandboxed worker yet; pass --no-sandbox to "
-                             "load it in this process (scanned first; safetensors/GGUF only, pickles with --trust)")
+    """A guard for a language model, loaded in this process: the formats the LM layer accepts carry no code
+    (safetensors, GGUF; pickled weights only with `trust`, through torch's weights-only unpickler; never
+    `trust_remote_code`), and `open_lm` scans the file or folder before it loads. `sandbox` is accepted for symmetry
+    with classifiers and changes nothing here: the sandbox is for files that carry code."""
     from bastion.lm import Sampling, open_lm
 
     chosen: Policy = default_policy() if policy is None else load_policy(policy)
