@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bastion.core.data import Dataset
-from bastion.core.errors import BastionError, ModelLoadError
+from bastion.core.errors import BastionError, BudgetSpent, ModelLoadError
 from bastion.core.target import FunctionTarget
 from bastion.models.metadata import check_bounds, check_input_shape, check_n_classes
 
@@ -40,12 +40,25 @@ class EndpointError(BastionError):
     """An HTTP endpoint failed, misbehaved or answered something that is not a valid prediction."""
 
 
+class EndpointRefused(BudgetSpent):
+    """The endpoint refused to answer: a guard's block (403), rate limit or budget (429), key (401) or input
+    rejection (422). An attack stops there like at a spent budget and keeps what it measured (`Result.status`
+    partial, `reason` this message, which carries the status and the server's one-line reason)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+REFUSALS = (401, 403, 422, 429)
+
+
 class _Retryable(EndpointError):
     """A failure worth another try: a 5xx status or a reset connection."""
 
-    def __init__(self, message: str, wait_s: float | None = None):
+    def __init__(self, message: str, wait_s: float | None = None, refusal: EndpointRefused | None = None):
         super().__init__(message)
-        self.wait_s = wait_s
+        self.wait_s, self.refusal = wait_s, refusal
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,8 @@ class HttpClient:
                 return self._follow(url, body)
             except _Retryable as exc:
                 if attempt == self.retries:
+                    if exc.refusal is not None:  # still rate-limited after waiting as asked: refused
+                        raise exc.refusal from None
                     raise EndpointError(f"{exc} (gave up after {self.retries + 1} attempts)") from None
                 wait = self.backoff_s * 2**attempt if exc.wait_s is None else exc.wait_s
                 time.sleep(min(wait, self.max_wait_s))
@@ -135,6 +150,13 @@ class HttpClient:
                 raise _Retryable(f"{url}: endpoint answered HTTP {status}", _retry_after(response))
             if status in REDIRECTS:
                 return status, response.getheader("Location"), b""
+            if status in REFUSALS:
+                refusal = EndpointRefused(f"{url}: endpoint refused the request with HTTP {status}"
+                                          f"{_reason(response)}", status)
+                wait = _retry_after(response)
+                if status == 429 and wait is not None and wait <= self.max_wait_s:  # throttled: wait as asked
+                    raise _Retryable(str(refusal), wait, refusal)
+                raise refusal
             if status != 200:
                 raise EndpointError(f"{url}: endpoint answered HTTP {status}")
             declared = response.getheader("Content-Length")
@@ -190,6 +212,19 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 def _retry_after(response: http.client.HTTPResponse) -> float | None:
     value = (response.getheader("Retry-After") or "").strip()
     return float(value) if value.isdigit() else None
+
+
+def _reason(response: http.client.HTTPResponse) -> str:
+    """': <the server's one-line reason>' from a small JSON error body ({"error": "..."} or OpenAI's
+    {"error": {"message": "..."}}), or nothing."""
+    with contextlib.suppress(Exception):
+        answer = json.loads(response.read(4096))
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if isinstance(error, dict):
+            error = error.get("message")
+        if isinstance(error, str) and error.strip():
+            return ": " + " ".join(error.split())[:200]
+    return ""
 
 
 def check_url(url: str) -> None:

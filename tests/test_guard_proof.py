@@ -1,0 +1,120 @@
+"""Attacks through a live guard: a refusal (429 budget, 403 block, 429 throttle) stops an attack as a partial
+result with the server's reason, never a traceback (bastion.models.http_backend.EndpointRefused)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
+
+from bastion.core.data import Dataset  # noqa: E402
+from bastion.core.errors import BudgetSpent  # noqa: E402
+from bastion.guard.guard_policy import parse_policy  # noqa: E402
+from bastion.models.http_backend import EndpointRefused, HttpClient, load_http  # noqa: E402
+
+POLICY = {
+    "default_tier": "open",
+    "tiers": {
+        "open": {},
+        "budget": {"rate": {"budget": 120}},
+        "blocked": {"extraction": {"ood_share": 0.3, "ood_min_queries": 20, "action": "block"}},
+        "slow": {"rate": {"per_second": 4, "burst": 2}},
+    },
+    "keys": [{"id": n, "sha256": hashlib.sha256(f"secret-{n}".encode()).hexdigest(), "tier": n}
+             for n in ("budget", "blocked", "slow")],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def guard_url(digits_demo, tmp_path_factory):
+    import uvicorn
+
+    from bastion.guard.app import Guard, make_app
+    from bastion.guard.audit_log import AuditLog
+    from bastion.guard.backend import ServedModel
+    from bastion.guard.rules import Reference
+
+    folder = tmp_path_factory.mktemp("guard-proof")
+    served = ServedModel(str(digits_demo.model_path), sandbox=False)
+    guard = Guard(served, parse_policy(POLICY), AuditLog(folder / "audit.sqlite"), Reference(digits_demo.train))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(make_app(guard), host="127.0.0.1", port=port, log_level="error",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/predict"
+    server.should_exit = True
+    thread.join(10)
+    guard.audit.close()
+
+
+def _knockoff(url: str, data: Dataset, pool: Dataset, budgets: list[int]):
+    from bastion.attacks.extraction.knockoff import KnockoffNets
+
+    attack = KnockoffNets(budget=budgets, epochs=2, min_steps=5, ood_samples=0, transfer_samples=0, monitor=False)
+    return attack.run(load_http(url), data, pool=pool)
+
+
+def test_spent_budget_is_a_partial_result_with_the_reason(guard_url, digits_demo):
+    data = Dataset(digits_demo.test.x[:40], digits_demo.test.y[:40])
+    pool = Dataset(digits_demo.test.x[40:240], digits_demo.test.y[40:240])
+    result = _knockoff(f"{guard_url}?api_key=secret-budget", data, pool, [40, 200])
+    assert result.status == "partial"
+    assert "HTTP 429" in result.reason and "query budget of 120 spent" in result.reason
+    assert [row["budget"] for row in result.metrics["curve"]] == [40]  # the copy made before the refusal is kept
+    unguarded = _knockoff(guard_url, data, pool, [40, 200])  # the same attack without a key's rules completes
+    assert unguarded.status == "complete" and len(unguarded.metrics["curve"]) == 2
+
+
+def test_block_is_a_refusal_not_a_crash(guard_url, digits_demo):
+    target = load_http(f"{guard_url}?api_key=secret-blocked")
+    noise = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(EndpointRefused) as caught:
+        for i in range(0, 200, 20):  # far from the digits: the distribution monitor flags it, then blocks
+            target.probabilities(np.roll(noise, i, axis=0)[:20])
+    assert caught.value.status == 403 and isinstance(caught.value, BudgetSpent)
+    assert "look like model extraction" in str(caught.value)
+
+
+def test_throttle_waits_as_asked_then_refuses(guard_url, digits_demo):
+    x = np.asarray(digits_demo.test.x[:2], dtype=np.float32)
+    client = HttpClient(retries=1, max_wait_s=1.0)
+    target = load_http(f"{guard_url}?api_key=secret-slow", client=client)
+    target.probabilities(x)
+    start = time.monotonic()
+    target.probabilities(x)  # the bucket is empty: 429 with Retry-After 1 s, waited, then answered
+    assert time.monotonic() - start >= 0.9
+    with pytest.raises(EndpointRefused, match="burst"):
+        target.probabilities(np.concatenate([x, x]))  # more than the burst: refused at once, no Retry-After
+
+
+def test_bastion_attack_reports_a_blocked_run_in_one_line(guard_url, digits_demo, tmp_path, capsys):
+    from bastion.cli.main import run
+
+    np.savez(tmp_path / "noise.npz", x=np.random.default_rng(1).random((200, 1, 8, 8), dtype=np.float32),
+             y=np.zeros(200, dtype=np.int64))
+    np.savez(tmp_path / "data.npz", x=digits_demo.test.x[:30], y=digits_demo.test.y[:30])
+    with pytest.raises(SystemExit) as done:
+        run(["attack", "extraction", "knockoff", f"{guard_url}?api_key=secret-blocked",
+             "--data", str(tmp_path / "data.npz"), "--pool", str(tmp_path / "noise.npz"),
+             "--budget", "150", "--epochs", "2", "--ood-samples", "0", "--transfer-samples", "0", "--json"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "HTTP 403" in err and "model extraction" in err
