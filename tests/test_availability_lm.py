@@ -22,7 +22,7 @@ FAST = {"n_bootstrap": 100}
 
 
 @pytest.fixture(scope="module")
-def tiny_lm():
+def tiny_lm_dir(tmp_path_factory):
     rng = random.Random(0)
     texts = []
     for i in range(240):
@@ -31,8 +31,14 @@ def tiny_lm():
         if i % 4 == 0:
             k = rng.randint(0, 5)
             texts.append("count: " + " ".join(str((k + j) % 10) for j in range(12)) + ".")
-    model, tokenizer = TinyLM(epochs=15, block=32, end_with_eos=True, seed=0).train(texts)
-    return HFTarget.from_model(model, tokenizer)
+    folder = tmp_path_factory.mktemp("avail-lm") / "lm"
+    model, tokenizer = TinyLM(epochs=15, block=32, end_with_eos=True, seed=0).train(texts, folder)
+    return folder, HFTarget.from_model(model, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_lm_dir):
+    return tiny_lm_dir[1]
 
 
 PROMPTS = [f"q: {w}? a:" for w in WORDS[:8]]
@@ -90,3 +96,60 @@ def test_bad_parameters_and_inputs_are_refused(tiny_lm):
         EOSSuppress(max_new_tokens=0)
     with pytest.raises(ParameterError):
         Overgen().run(tiny_lm, prompts=[])
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    from bastion.cli.main import run
+
+    with pytest.raises(SystemExit) as done:
+        run(list(args))
+    out = capsys.readouterr()
+    return done.value.code, out.out, out.err
+
+
+def test_cli_overgen_and_eos_suppress_through_attack_availability(tiny_lm_dir, tmp_path, capsys):
+    import json
+
+    folder = str(tiny_lm_dir[0])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    library = tmp_path / "library.txt"
+    library.write_text("count: 1 2\n")
+    code, out, err = _cli(capsys, "attack", "availability", "overgen", folder, "--data", str(prompts), "--library",
+                          str(library), "--mode", "complete", "--max-new-tokens", "8", "--n-bootstrap", "50",
+                          "--json", "--fail-on", "high")
+    result = json.loads(out)
+    assert code == 1, err  # the cap is reached: a high finding fails the run
+    assert result["attack"] == "overgen" and result["metrics"]["max_new_tokens"] == 8
+    assert result["metrics"]["caps"][0]["attack_fraction"] == 1.0
+    assert any(f["metric"] == "generation cap_reached" and f["severity"] == "high" for f in result["findings"])
+    code, out, err = _cli(capsys, "attack", "availability", "eos-suppress", folder, "--data", str(prompts),
+                          "--suffix-len", "4", "--steps", "2", "--top-k", "4", "--batch", "4", "--horizon", "4",
+                          "--n-fit", "1", "--init", "a", "--max-new-tokens", "8", "--n-bootstrap", "50", "--json")
+    result = json.loads(out)
+    assert code == 0, err
+    assert len(result["metrics"]["suffix_ids"]) == 4 and result["metrics"]["n"] == len(PROMPTS)
+
+
+def test_cli_lm_attacks_refuse_bad_input_in_one_line(tiny_lm_dir, tmp_path, capsys):
+    from bastion.demo.early_exit import EarlyExitCNN, save_early_exit
+
+    folder = str(tiny_lm_dir[0])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("q: cat? a:\n")
+    classifier = save_early_exit(EarlyExitCNN(), tmp_path / "ee.pt")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    cases = [
+        (["overgen", folder], "natural prompts are needed"),
+        (["overgen", folder, "--data", str(tmp_path / "missing.txt")], "cannot read it"),
+        (["overgen", folder, "--data", str(empty)], "no prompts"),
+        (["overgen", folder, "--data", str(prompts), "--placement", "everywhere"], "placement"),
+        (["overgen", folder, "--data", str(prompts), "--steps", "3"], "unknown option"),
+        (["eos-suppress", folder, "--data", str(prompts), "--steps", "many"], "must be an integer"),
+        (["overgen", str(classifier), "--data", str(prompts)], ""),
+    ]
+    for args, message in cases:
+        code, _, err = _cli(capsys, "attack", "availability", *args)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+        assert message in err, (args, err)

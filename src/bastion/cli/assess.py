@@ -16,6 +16,7 @@ from bastion.cli.common import check_seed, console, fail_on_level, load_data
 from bastion.cli.outputs import check_report_files, prepare_output_dir
 from bastion.core.errors import ParameterError
 from bastion.core.results import severity_rank
+from bastion.families.availability import with_budgets
 from bastion.families.inputs import Inputs, file_sha256
 from bastion.report import FILE_NAMES, FORMATS, write_reports
 from bastion.report.terminal import print_summary
@@ -89,6 +90,10 @@ def register(app: typer.Typer) -> None:
         fail_on: str | None = typer.Option(None, "--fail-on", help="exit 1 at this severity or above"),
         max_queries: int | None = typer.Option(None, "--max-queries", help="query budget of each job: a spent "
                                                "budget keeps what was measured (partial; --resume reruns it)"),
+        latency_budget: float | None = typer.Option(None, "--latency-budget", help="availability: per-input "
+                                                    "latency budget in ms (p95 of attack inputs above it: high)"),
+        token_budget: int | None = typer.Option(None, "--token-budget", help="availability: generated tokens per "
+                                                "request (attack mean above it: high)"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
         no_sandbox: bool = no_sandbox_option(),
         timeout: float | None = timeout_option(),
@@ -99,7 +104,11 @@ def register(app: typer.Typer) -> None:
             raise ParameterError(f"--max-queries must be at least 1, got {max_queries}")
         if seed is not None:
             check_seed(seed)
-        override = read_plan_file(plan_file) if plan_file and not resume else {}
+        if resume and (latency_budget is not None or token_budget is not None):
+            raise ParameterError("--resume keeps the stored run's plan: --latency-budget and --token-budget "
+                                 "cannot change it")
+        override = with_budgets(read_plan_file(plan_file) if plan_file and not resume else {}, latency_budget,
+                                token_budget)
         device = choose_device(device, override)  # decided before the plan is sized
         options = SandboxOptions(enabled=not no_sandbox, timeout=timeout, device=device or "auto")
         runner_backend = make_backend(backend, address, describe=partial(isolation, options),

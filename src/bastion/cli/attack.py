@@ -53,6 +53,13 @@ def register(app: typer.Typer) -> None:
         timeout: float | None = timeout_option(),
     ) -> None:
         family = FORMER_NAMES.get(family, family)
+        if family == "availability" and name in ("overgen", "eos-suppress"):  # LM targets: --data holds prompts
+            from bastion.cli.llm import run_llm
+
+            fail_on_level(fail_on)
+            prompts = ["--prompts", str(data)] if data is not None else []
+            return emit(run_llm(name, model, list(ctx.args) + prompts, seed=seed, max_queries=max_queries,
+                                trust=trust), as_json, fail_on)
         if family == "llm":  # language models (folder, .gguf, /v1 URL): bastion.cli.llm opens the target
             from bastion.cli.llm import run_llm
 

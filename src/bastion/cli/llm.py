@@ -43,7 +43,12 @@ PROBES: dict[str, Probe] = {
     "gcg": Probe("bastion.attacks.llm.gcg", "run_gcg_cli", True, "GCG adversarial suffix (Zou et al. 2023)"),
     "jailbreak": Probe("bastion.attacks.llm.jailbreak", "run_jailbreak_cli", False,
                        "black-box jailbreaks (templates, encodings, many-shot, PAIR), judge-corrected rates"),
+    "overgen": Probe("bastion.attacks.availability.lm_cli", "run_overgen_cli", False,
+                     "over-generation prompts: tokens and seconds per request against natural prompts and the cap"),
+    "eos-suppress": Probe("bastion.attacks.availability.lm_cli", "run_eos_cli", True,
+                          "EOS-suppression suffix (Engorgio's EOS escape by GCG): replies driven to the cap"),
 }
+LM_AVAILABILITY = ("overgen", "eos-suppress")  # `bastion attack availability NAME` routes these here
 
 SHARED = {"system-prompt", "max-new-tokens", "temperature", "top-p", "api-key-env", "api-model", "timeout",
           "backend"}

@@ -11,6 +11,7 @@ finding, so `bastion assess --latency-budget MS --token-budget N --fail-on high`
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bastion.attacks.availability.judge import ATLAS, OWASP, judge_availability
@@ -120,3 +121,27 @@ class AvailabilityFamily(Family):
     def headline(self, results: list[Result]) -> dict[str, float]:
         return {f"{r.attack}.{d['metric']}_ratio": float(d["ratio"]["estimate"])
                 for r in results for d in r.metrics.get("dimensions", [])}
+
+
+def with_budgets(override: dict[str, Any], latency_ms: float | None, tokens: int | None) -> dict[str, Any]:
+    """A parsed plan with `bastion assess --latency-budget MS --token-budget N` written into
+    `families.availability` (the command line wins over the plan file); bad values are one-line errors."""
+    if latency_ms is None and tokens is None:
+        return override
+    if latency_ms is not None and not (math.isfinite(latency_ms) and latency_ms > 0):
+        raise ParameterError(f"--latency-budget must be a positive number of milliseconds, got {latency_ms}")
+    if tokens is not None and tokens < 1:
+        raise ParameterError(f"--token-budget must be a positive number of tokens, got {tokens}")
+    out = dict(override)
+    if not isinstance(out.get("families") or {}, dict):
+        raise ParameterError("plan: families must be a table of family -> settings")
+    families = dict(out.get("families") or {})
+    section = families.get("availability", {})
+    section = {"enabled": section} if isinstance(section, bool) else dict(section or {})
+    if latency_ms is not None:
+        section["latency_budget_ms"] = float(latency_ms)
+    if tokens is not None:
+        section["token_budget"] = int(tokens)
+    families["availability"] = section
+    out["families"] = families
+    return out

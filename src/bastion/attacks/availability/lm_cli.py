@@ -1,0 +1,78 @@
+"""`bastion attack availability overgen|eos-suppress MODEL --data PROMPTS [options]` (and the same probes under
+`bastion attack llm`): the LM target is opened by `bastion.cli.llm` (MODEL is a Hugging Face folder, a `.gguf` or an
+OpenAI-compatible URL; `--max-new-tokens N` is the generation cap measured against), this module reads the natural
+prompts and the attack's own options and runs `Overgen` (black-box, Engorgio's over-generation baselines) or
+`EOSSuppress` (white-box, Engorgio's EOS escape by GCG). Bad values are one `ParameterError` line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bastion.attacks.availability.lm import EOSSuppress, Overgen
+from bastion.attacks.llm.probe_options import integer, parse_args
+from bastion.core.errors import ParameterError
+from bastion.core.results import Result
+
+COMMON = {"prompts", "mode", "n-bootstrap", "limit"}
+OVERGEN = COMMON | {"placement", "library"}
+EOS = COMMON | {"suffix-len", "steps", "top-k", "batch", "horizon", "n-fit", "loss", "init"}
+
+
+def read_prompts(path: str, what: str = "--data") -> list[str]:
+    """Prompts from a text file (one per line) or .jsonl (`{"prompt": ...}` per line); one error line otherwise."""
+    file = Path(path)
+    try:
+        lines = [ln for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParameterError(f"{what} {file}: cannot read it as UTF-8 text "
+                             f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        if file.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise ParameterError(f"{what} {file}: line {n} is not JSON") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+                raise ParameterError(f"{what} {file}: line {n} needs a non-empty string 'prompt'")
+            prompts.append(row["prompt"])
+        else:
+            prompts.append(line.strip())
+    if not prompts:
+        raise ParameterError(f"{what} {file}: no prompts (one natural prompt per line)")
+    return prompts
+
+
+def _prompts(opts: dict[str, str]) -> list[str]:
+    if "prompts" not in opts:
+        raise ParameterError("natural prompts are needed: --data FILE (one prompt per line, or .jsonl)")
+    prompts = read_prompts(opts["prompts"])
+    limit = integer(opts, "limit", 0)
+    return prompts[:limit] if limit > 0 else prompts
+
+
+def _common(target: Any, opts: dict[str, str], default_mode: str, seed: int) -> dict[str, Any]:
+    return {"mode": opts.get("mode", default_mode), "max_new_tokens": target.sampling.max_new_tokens,
+            "n_bootstrap": integer(opts, "n-bootstrap", 1000), "seed": seed}
+
+
+def run_overgen_cli(target: Any, args: list[str], seed: int) -> Result:
+    """Over-generation prompts against natural ones: `--placement alone|append`, `--library FILE`, `--mode`."""
+    opts = parse_args("overgen", args, OVERGEN)
+    library = read_prompts(opts["library"], "--library") if "library" in opts else None
+    attack = Overgen(placement=opts.get("placement", "alone"), library=library, **_common(target, opts, "chat", seed))
+    return attack.run(target, prompts=_prompts(opts))
+
+
+def run_eos_cli(target: Any, args: list[str], seed: int) -> Result:
+    """EOS suppression (white-box): `--suffix-len`, `--steps`, `--top-k`, `--batch`, `--horizon`, `--n-fit`,
+    `--loss margin|prob`, `--init TOKEN`, `--mode complete|chat`."""
+    opts = parse_args("eos-suppress", args, EOS)
+    numbers = {key.replace("-", "_"): integer(opts, key, 0) for key in
+               ("suffix-len", "steps", "top-k", "batch", "horizon", "n-fit") if key in opts}
+    extra = {k: opts[k] for k in ("loss", "init") if k in opts}
+    attack = EOSSuppress(**numbers, **extra, **_common(target, opts, "complete", seed))
+    return attack.run(target, prompts=_prompts(opts))
