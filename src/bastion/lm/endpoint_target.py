@@ -49,7 +49,9 @@ def parse_reply(reply: dict, chat: bool, where: str) -> Reply:
         text = choice.get("text")
     if not isinstance(text, str):
         raise TargetError(f"{where}: the reply's {'message content' if chat else 'text'} is not a string")
-    finished = "length" if choice.get("finish_reason") == "length" else "stop"
+    # "content_filter" is kept: a guard's (or the provider's) refusal is not the model's own end of turn
+    reason = choice.get("finish_reason")
+    finished = reason if reason in ("length", "content_filter") else "stop"
     usage = reply.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     prompt_tokens = _int_field(usage.get("prompt_tokens", 0), "prompt_tokens")

@@ -73,7 +73,8 @@ class Reply:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finished: str  # "stop" (end of turn / EOS / stop string) or "length" (max_new_tokens reached)
+    finished: str  # "stop" (end of turn / EOS / stop string), "length" (max_new_tokens reached) or, from an
+    #                endpoint, "content_filter" (a guard's or provider's filter answered instead of the model)
     seconds: float
     logprobs: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
