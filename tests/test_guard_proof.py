@@ -118,3 +118,17 @@ def test_bastion_attack_reports_a_blocked_run_in_one_line(guard_url, digits_demo
     err = capsys.readouterr().err
     assert done.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "HTTP 403" in err and "model extraction" in err
+
+
+def test_rounded_probabilities_pass_unnormalised_scores_do_not():
+    from bastion.core.errors import BastionError
+    from bastion.models.http_backend import validate_output
+
+    rounded = [[0.97, 0.01, 0.01, 0.01, 0.01, 0.0, 0.0, 0.0, 0.0, 0.0]]  # sums to 1.01: a guard's rounding:2
+    assert validate_output({"probabilities": rounded}, "probabilities", 1, 10, "u").shape == (1, 10)
+    rounded[0][0] = 0.99  # 1.03: beyond 0.01, within half a cent per class
+    validate_output({"probabilities": rounded}, "probabilities", 1, 10, "u")
+    with pytest.raises(BastionError, match="sum to 1"):  # 1.1: not a rounding error
+        validate_output({"probabilities": [[0.93, 0.17] + [0.0] * 8]}, "probabilities", 1, 10, "u")
+    with pytest.raises(BastionError, match="sum to 1"):  # unrounded scores keep the 0.01 tolerance
+        validate_output({"probabilities": [[0.9731, 0.0512] + [0.0] * 8]}, "probabilities", 1, 10, "u")
