@@ -153,3 +153,20 @@ def test_cli_lm_attacks_refuse_bad_input_in_one_line(tiny_lm_dir, tmp_path, caps
         code, _, err = _cli(capsys, "attack", "availability", *args)
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (args, err)
         assert message in err, (args, err)
+
+
+def test_generation_cap_bounds_overgeneration_and_counts_truncated_natural_replies(tiny_lm):
+    from bastion.defenses.availability.request_limits import GenerationCap
+    from bastion.families import judged
+
+    defense = GenerationCap(cap=4, base_cap=12, mode="complete", library=["count: 1 2"], n_bootstrap=50)
+    result = defense.run(tiny_lm, prompts=PROMPTS)  # the tiny LM's long mode stands in for over-generation
+    before, after = result.metrics["before"], result.metrics["after"]
+    assert before["attack_tokens"] == 12 and after["attack_tokens"] == 4  # reached either cap: bounded by it
+    assert after["tokens_ratio"]["estimate"] < before["tokens_ratio"]["estimate"]
+    assert 0.0 <= result.metrics["natural_truncated"] <= 1.0
+    assert result.metrics["natural_tokens_lost"] >= 0
+    finding = judged(result).findings[0]
+    assert finding.metric == "residual_tokens_ratio" and "12 -> 4" in finding.title
+    with pytest.raises(ParameterError):
+        GenerationCap(cap=64, base_cap=32)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bastion.attacks.availability.judge import ATLAS, OWASP, judge_availability
+from bastion.attacks.availability.judge import ATLAS, OWASP, judge_availability, judge_mitigation
 from bastion.core.errors import ParameterError
 from bastion.core.registry import get, register
 from bastion.core.results import Finding, Result
@@ -46,9 +46,12 @@ class AvailabilityFamily(Family):
     }
     sources = {"attacks": ("attacks", "availability")}
     mitigations = (
-        "Bound the work per request: input-size limits, generation caps (max_new_tokens) and per-request deadlines.",
-        "Put a density/latency anomaly detector (`bastion defend availability sponge-detect`) in front of the model "
-        "and rate-limit each client.",
+        "Bound the work per request: input-size limits, generation caps (max_new_tokens) and per-request deadlines; "
+        "`bastion defend resource-limits MODEL --data DATA` re-measures the attacks behind them (generation caps of "
+        "language models: `bastion.defenses.availability.request_limits.GenerationCap`).",
+        "Put a density/latency anomaly detector in front of the model (`bastion defend sponge-detect MODEL --data "
+        "DATA`: thresholds from natural inputs at a stated false-alarm rate, re-measured against plain and adaptive "
+        "sponges) and rate-limit each client.",
     )
     plots = ("availability_distributions",)
 
@@ -90,6 +93,9 @@ class AvailabilityFamily(Family):
         findings: list[Finding] = []
         for result in results:
             if NOT_APPLICABLE in result.metrics:
+                continue
+            if "mitigation" in result.metrics:  # a mitigation re-measured against the attacks (sponge-detect, ...)
+                findings += judge_mitigation(result)
                 continue
             findings += judge_availability(result) + self._budgets(result)
         return findings

@@ -68,3 +68,67 @@ def _dimension_finding(result: Result, dim: dict[str, Any]) -> Finding:
         threshold=MEDIUM, evidence=_evidence(result, dim), atlas=list(ATLAS), owasp=list(OWASP),
         description=f"Crafted inputs change the {name} by ×{estimate:.2f} (mean over inputs, attack over natural).",
         recommendation=ADVICE if estimate >= MEDIUM else "")
+
+
+def _best(ratios: dict[str, Any]) -> float:
+    """The largest ratio estimate among those measured (1.0 when none is)."""
+    values = [float(r["estimate"]) for r in ratios.values() if r]
+    return max(values, default=1.0)
+
+
+def _mitigation_finding(result: Result, title: str, metric: str, value: float, severity: str,
+                        evidence: dict[str, Any], description: str) -> Finding:
+    return Finding(title=f"{result.attack}: {title}", family="availability", severity=severity, metric=metric,
+                   value=value, threshold=MEDIUM, evidence={"attack": result.attack, **evidence}, atlas=list(ATLAS),
+                   owasp=list(OWASP), description=description,
+                   recommendation=ADVICE if severity not in ("info", "low") else "")
+
+
+def judge_mitigation(result: Result) -> list[Finding]:
+    """Findings of a mitigation re-measured against the attacks (`bastion.defenses.availability`): the residual
+    amplification with the mitigation in place, graded like an attack's (≥2× medium, ≥10× high), and its cost."""
+    m, out = result.metrics, []
+    for row in m.get("against", []):  # sponge-detect
+        passed = _best(row["passed_amplification"])
+        kind, alarms = "adaptive " if row["adaptive"] else "", m["false_alarms"]
+        out.append(_mitigation_finding(
+            result, f"detects {row['detected']:.0%} of {kind}{row['attack']} inputs; those that pass keep "
+                    f"×{passed:.2f} (natural false alarms {alarms['measured']:.0%}, target {alarms['target']:.0%}; "
+                    f"overhead ×{m['overhead']['ratio']:.2f})",
+            f"residual_{kind.strip() or 'plain'}_ratio", passed, grade(passed), row,
+            "Amplification that still passes the detector (density/latency ratio of undetected attack inputs over "
+            "held-out natural ones); an adaptive attacker knows the threshold."))
+    for limit in m.get("limits", []):  # resource-limits
+        if limit["mitigation"] == "input-size limit":
+            after = float(limit["after"]["latency_ratio"])
+            out.append(_mitigation_finding(
+                result, f"input-size limit ({limit['limit_elements']} values): largest accepted input ×"
+                        f"{limit['before']['largest_scale']} -> ×{limit['after']['largest_scale']}, latency ×"
+                        f"{limit['before']['latency_ratio']:.2f} -> ×{after:.2f} (natural refused "
+                        f"{limit['natural_refused']:.0%})",
+                "residual_input_size_ratio", after, grade(after), limit,
+                "The input-size attack re-run against the model behind the limit."))
+            continue
+        for row in limit["against"]:
+            if "not_applicable" in row:
+                continue
+            after, bound = float(row["after"]["estimate"]), row["worst_case_bound"]
+            out.append(_mitigation_finding(
+                result, f"deadline {limit['deadline_ms']:.3g} ms: {row['attack']} latency ×"
+                        f"{row['before']['estimate']:.2f} -> ×{after:.2f} ({row['cut']:.0%} of attack and "
+                        f"{limit['natural_cut']:.0%} of natural requests cut; worst case ×{bound:.2f})",
+                f"residual_deadline_{row['attack']}_ratio", after, grade(after),
+                {**row, "deadline_ms": limit["deadline_ms"]},
+                "Per-request cost min(latency, deadline) of attack over natural inputs (the deadline is modelled)."))
+    if m.get("mitigation") == "generation-cap":
+        before, after = m["before"], m["after"]
+        ratio = float(after["tokens_ratio"]["estimate"])
+        out.append(_mitigation_finding(
+            result, f"max_new_tokens {before['max_new_tokens']} -> {after['max_new_tokens']}: over-generation "
+                    f"{before['attack_tokens']:.1f} -> {after['attack_tokens']:.1f} tokens per request (natural "
+                    f"{before['natural_tokens']:.1f} -> {after['natural_tokens']:.1f}; {m['natural_truncated']:.0%} "
+                    "of natural replies truncated)",
+            "residual_tokens_ratio", ratio, grade(ratio), {"before": before, "after": after},
+            "Over-generation re-run under the lower cap: the cap bounds the cost of a request; the ratio left is "
+            "cap over natural length."))
+    return out

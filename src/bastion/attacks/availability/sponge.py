@@ -50,6 +50,8 @@ class Sponge(AvailabilityAttack):
 
     `steps` ascent steps of size `step` (a fraction of the input range, or of `eps` when set) under the optional
     budget `eps` in norm `norm`; `tau` is the temperature of the L0 surrogate (Shumailov et al., EuroS&P 2021).
+    `max_density` makes the attack adaptive to a density detector whose threshold it knows
+    (`bastion defend sponge-detect`): the kept iterate is the densest one whose measured density stays at or below it.
 
     Example:
         >>> result = Sponge(steps=100, objective="l0").run(target, data)  # doctest: +SKIP
@@ -59,11 +61,14 @@ class Sponge(AvailabilityAttack):
     requires = Access.GRADIENTS
 
     def __init__(self, *, eps: float | None = None, norm: str = "linf", objective: str = "l0", steps: int = 100,
-                 step: float = 0.02, tau: float = 0.1, repeats: int = 5, warmup: int = 3, threads: int = 1,
-                 energy: bool = True, n_bootstrap: int = 1000, seed: int = 0):
+                 step: float = 0.02, tau: float = 0.1, max_density: float | None = None, repeats: int = 5,
+                 warmup: int = 3, threads: int = 1, energy: bool = True, n_bootstrap: int = 1000, seed: int = 0):
         super().__init__(repeats=repeats, warmup=warmup, threads=threads, energy=energy, n_bootstrap=n_bootstrap,
                          seed=seed)
         self.eps, self.norm = check_budget(eps, norm)
+        if max_density is not None and not 0 < float(max_density) <= 1:
+            raise ParameterError(f"max_density must be in (0, 1] (or unset), got {max_density}")
+        self.max_density = None if max_density is None else float(max_density)
         if objective not in ("l0", "l2"):
             raise ParameterError(f"objective must be l0 (density surrogate) or l2 (magnitude), got {objective!r}")
         if steps < 1 or not 0 < step <= 1 or tau <= 0:
@@ -82,17 +87,27 @@ class Sponge(AvailabilityAttack):
         for _ in range(self.steps):
             adv.requires_grad_(True)
             target.counter.charge(len(adv))
-            value = sponge_objective(probe(adv), self.objective, self.tau)
+            acts = probe(adv)
+            value = sponge_objective(acts, self.objective, self.tau)
             grad, = torch.autograd.grad(value.sum(), adv)
             with torch.no_grad():
-                better = value.detach() > best_value
+                better = (value.detach() > best_value) & self._admissible(acts)
                 best[better], best_value[better] = adv.detach()[better], value.detach()[better]
                 adv = constrain(adv.detach() + ascent_step(grad, size, self.norm), x, self.eps, self.norm, target)
         with torch.no_grad():  # the last iterate counts too
-            value = sponge_objective(probe(adv), self.objective, self.tau)
-            better = value > best_value
+            acts = probe(adv)
+            value = sponge_objective(acts, self.objective, self.tau)
+            better = (value > best_value) & self._admissible(acts)
             best[better] = adv[better]
         return best
+
+    def _admissible(self, acts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Which inputs keep their measured density at or below `max_density` (all, without it)."""
+        if self.max_density is None:
+            return torch.ones(len(acts[0][1]), dtype=torch.bool, device=acts[0][1].device)
+        nonzero = sum((post.detach().abs() > measure.ZERO).flatten(1).sum(1) for _, post in acts)
+        total = sum(post[0].numel() for _, post in acts)
+        return nonzero / total <= self.max_density
 
 
 @register("attacks", "sponge-ga", family="availability")
