@@ -164,3 +164,6 @@ def test_cli_certify_json(tmp_path):
     assert [c["radius"] for c in curve] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert all(a["certified_accuracy"] >= b["certified_accuracy"] for a, b in zip(curve, curve[1:], strict=False))
     assert out["queries"] == 40 * 120 + 2 * 40
+    # the defense only measured; the findings come from bastion.families.defense_verdicts (judged in the job)
+    assert out["findings"][0]["metric"] == "certified_accuracy" and out["findings"][0]["title"].startswith(
+        "smoothing (sigma=0.25): certified accuracy")

@@ -9,6 +9,7 @@ from bastion.core import registry
 from bastion.core.errors import AccessError, ParameterError
 from bastion.defenses.training.adversarial import TRADES, FastAdversarialTraining, PGDAdversarialTraining, ascend
 from bastion.defenses.training.base import reinitialize, trainable_copy
+from bastion.families import judged
 from bastion.models import load_target
 from bastion.models.export import save_model
 from bastion.models.metadata import ModelMetadata
@@ -87,7 +88,7 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     assert m["early_stopped_at_epoch"] == 4 and m["epochs_run"] == 4 and m["best_epoch"] == 3
     best = snapshots[2]
     assert all(torch.equal(v, best[k]) for k, v in defense.artifact_.state_dict().items())
-    assert any("catastrophic overfitting" in f.title for f in result.findings)
+    assert any("catastrophic overfitting" in f.title for f in judged(result).findings)
 
 
 def test_training_defenses_need_a_pytorch_model_and_training_data():

@@ -18,6 +18,7 @@ from bastion.defenses.preprocess.transforms import (
     decided_by,
     straight_through,
 )
+from bastion.families import judged
 
 from .mitigation_fixtures import digits, mlp_target
 
@@ -73,7 +74,7 @@ def test_squeezing_masks_gradients_and_bpda_exposes_it():
     adaptive = m["robust_accuracy_after"][0]["robust_accuracy"]
     assert m["evaluation"]["adaptive"] == "bpda"
     assert naive >= 0.8 and naive - adaptive >= 0.2  # the naive attack is blind; BPDA is not
-    assert any(f.metric == "masked_robust_accuracy" and f.severity == "high" for f in result.findings)
+    assert any(f.metric == "masked_robust_accuracy" and f.severity == "high" for f in judged(result).findings)
     assert isinstance(defense.artifact_, Transformed)
     assert m["clean_accuracy_before"] - m["clean_accuracy_after"] == pytest.approx(m["clean_accuracy_cost"])
 

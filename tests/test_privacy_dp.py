@@ -13,6 +13,7 @@ from bastion.core.errors import ParameterError
 from bastion.core.training import Trainer
 from bastion.evaluation.metrics import roc_curve
 from bastion.evaluation.privacy_plot import curves_from_results, curves_from_scores, roc_loglog_png
+from bastion.families import judged
 from tests.privacy_fixtures import attack, digits_split, mlp, single_thread
 
 
@@ -47,7 +48,7 @@ def _audit(noise: float | None, epochs: int, claimed: float | None):
 def test_audit_catches_a_false_dp_claim():
     result = _audit(noise=None, epochs=100, claimed=0.5)  # trained without noise, but claimed eps = 0.5
     assert result.metrics["epsilon_lower_bound"] > 1.0
-    assert result.findings[0].severity == "critical"
+    assert judged(result).findings[0].severity == "critical"
     assert result.metrics["n_included"] > 70
 
 
@@ -57,7 +58,7 @@ def test_audit_of_real_dp_sgd_respects_its_guarantee():
     assert claimed is not None and 0 < claimed < 50
     assert result.metrics["epsilon_lower_bound"] <= claimed
     assert result.metrics["epsilon_lower_bound"] < 1.0
-    assert result.findings[0].severity == "info"
+    assert judged(result).findings[0].severity == "info"
 
 
 def test_audit_parameters():

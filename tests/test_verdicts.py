@@ -6,9 +6,9 @@ from __future__ import annotations
 from bastion.assess.assessment import Assessment
 from bastion.cli.assess import exit_code
 from bastion.core.results import Finding, Result
-from bastion.defenses.before_after import gain_finding
 from bastion.evaluation.privacy_verdicts import membership_findings
 from bastion.families.base import FamilyReport, JobOutcome, judged
+from bastion.families.defense_verdicts import gain_finding
 from bastion.families.evasion import EvasionFamily, evasion_findings
 from bastion.families.grading import BLACK_BOX_NOTE, INCOMPLETE, overall_grade
 from bastion.families.inputs import ModelInfo

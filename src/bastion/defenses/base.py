@@ -18,7 +18,7 @@ from torch import nn
 from bastion.core.data import Dataset
 from bastion.core.errors import AccessError, ParameterError
 from bastion.core.params import constructor_params
-from bastion.core.results import Finding, Result
+from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 
 
@@ -43,12 +43,12 @@ class Defense(ABC):
     def run(self, target: Target, data: Dataset | None = None, **datasets: Dataset) -> Result:  # pragma: no cover
         ...
 
-    def result(self, target: Target, metrics: dict[str, Any], start: float, queries_before: int = 0,
-               findings: list[Finding] | None = None) -> Result:
-        """Package metrics as the defense's `Result` (family `threat`)."""
+    def result(self, target: Target, metrics: dict[str, Any], start: float, queries_before: int = 0) -> Result:
+        """Package metrics as the defense's `Result` (family `threat`); findings come from its family's verdicts
+        (`bastion.families.judged`)."""
         return Result(family=self.threat, attack=self.name, params=self.get_params(), metrics=metrics,
                             queries=target.queries - queries_before, seconds=time.perf_counter() - start,
-                            device=str(target.device), findings=findings or [])
+                            device=str(target.device))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

@@ -81,14 +81,14 @@ class OutputHardening(Defense, metaclass=ABCMeta):
             after = TorchTarget(model, target.input_shape, target.n_classes, target.bounds, target.device,
                                 target.access, None, target.batch_size, defended.name)
         if self.eps is not None and target.access >= Access.GRADIENTS:
-            metrics, findings = compare(target, after, data, self.eps, self.norm, self.attack, seed=self.seed,
-                                        what=defended.name)
+            metrics = compare(target, after, data, self.eps, self.norm, self.attack, seed=self.seed,
+                              what=defended.name)
         else:
-            metrics, findings = clean_comparison(target, defended, data)
+            metrics = clean_comparison(target, defended, data)
         with torch.no_grad():
             agree = (defended.labels(data.x) == target.labels(data.x)).float().mean()
         metrics["top1_agreement"] = float(agree)
-        return self.result(target, metrics, start, queries, findings)
+        return self.result(target, metrics, start, queries)
 
 
 @register("defenses", "round", family="postprocess")

@@ -1,4 +1,4 @@
-"""Privacy verdicts: findings from measured membership, inversion and attribute-inference results (MITRE ATLAS
+"""Privacy verdicts: findings from measured membership, inversion, attribute-inference and DP-audit results (MITRE ATLAS
 and OWASP ML Top 10 mappings). Attacks only measure; the privacy family (`bastion.families.privacy`) and the LLM
 family judge with these.
 
@@ -17,6 +17,11 @@ MEMBERSHIP_ATLAS = ["AML.T0024.000"]
 MEMBERSHIP_OWASP = ["ML04:2023 Membership Inference Attack"]
 INVERSION_ATLAS = ["AML.T0024.001"]
 INVERSION_OWASP = ["ML03:2023 Model Inversion Attack"]
+
+
+def privacy_finding(severity: str, **fields: Any) -> Finding:
+    """A finding of the privacy family (`severity` one of `core.results.SEVERITIES`)."""
+    return Finding(family="privacy", severity=severity, **fields)  # type: ignore[arg-type]
 
 
 def _tpr(metrics: dict[str, Any], fpr: float) -> tuple[float, float]:
@@ -53,18 +58,14 @@ def membership_findings(attack: str, metrics: dict[str, Any]) -> list[Finding]:
     tpr01, _ = _tpr(metrics, 0.001)
     severity = membership_severity(metrics)
     leaks = severity != "info"
-    return [Finding(
+    return [privacy_finding(
         title=(f"{attack} identifies {tpr1:.1%} of training records at 1% FPR "
                f"(95% CI lower bound {low1:.1%}; {tpr01:.1%} at 0.1% FPR)"),
-        family="privacy",
-        severity=severity,  # type: ignore[arg-type]
-        metric="tpr_at_1pct_fpr",
-        value=tpr1,
-        threshold=0.01,
+        severity=severity,
+        metric="tpr_at_1pct_fpr", value=tpr1, threshold=0.01,
         evidence={k: metrics[k] for k in ("auc", "auc_ci", "tpr_at_fpr", "n_members", "n_nonmembers",
                                           "fpr_resolution", "most_at_risk") if k in metrics},
-        atlas=MEMBERSHIP_ATLAS,
-        owasp=MEMBERSHIP_OWASP,
+        atlas=MEMBERSHIP_ATLAS, owasp=MEMBERSHIP_OWASP,
         description=leakage_words(metrics, leaks),
         recommendation=("Train with DP-SGD (bastion defend dp-sgd), add regularisation and early stopping, or "
                         "return labels only; re-assess with LiRA." if leaks else ""),
@@ -96,17 +97,13 @@ def inversion_finding(matching_rate: float, chance: float, similarity: float, n_
         severity = "low"
     else:
         severity = "info"
-    return Finding(
+    return privacy_finding(
         title=(f"model inversion recovers recognisable representatives for {matching_rate:.0%} of "
                f"{n_classes} classes (mean similarity to class mean {similarity:.2f})"),
-        family="privacy",
-        severity=severity,  # type: ignore[arg-type]
-        metric="inversion_matching_rate",
-        value=matching_rate,
-        threshold=chance,
+        severity=severity,
+        metric="inversion_matching_rate", value=matching_rate, threshold=chance,
         evidence={"similarity": similarity, "chance": chance},
-        atlas=INVERSION_ATLAS,
-        owasp=INVERSION_OWASP,
+        atlas=INVERSION_ATLAS, owasp=INVERSION_OWASP,
         description="Optimising inputs against the model's scores reconstructs what each class looks like.",
         recommendation="Return labels or rounded scores only, and train with DP-SGD where classes are people.",
     )
@@ -117,19 +114,33 @@ def attribute_finding(advantage_low: float, gain: float, attribute: str, advanta
     of its interval) and over the prior."""
     edge = min(advantage_low, gain)
     severity = "high" if edge >= 0.2 else "medium" if edge >= 0.1 else "low" if edge >= 0.03 else "info"
-    return Finding(
+    return privacy_finding(
         title=(f"attribute inference guesses {attribute} of training records {advantage:+.1%} better than of "
                f"non-members ({gain:+.1%} over the prior)"),
-        family="privacy",
-        severity=severity,  # type: ignore[arg-type]
-        metric="attribute_advantage",
-        value=advantage,
-        threshold=0.0,
+        severity=severity,
+        metric="attribute_advantage", value=advantage, threshold=0.0,
         evidence={"gain_over_prior": gain, "advantage_ci_low": advantage_low},
-        atlas=MEMBERSHIP_ATLAS,
-        owasp=INVERSION_OWASP,
+        atlas=MEMBERSHIP_ATLAS, owasp=INVERSION_OWASP,
         description="The model's scores reveal a sensitive attribute of the records it was trained on.",
         recommendation="Remove the attribute's influence (feature selection), regularise, or train with DP-SGD.",
+    )
+
+
+def audit_finding(eps_lb: float, claimed: float | None, delta: float) -> Finding:
+    """Critical when the lower bound exceeds the claimed epsilon: the DP claim is false."""
+    violated = claimed is not None and eps_lb > claimed
+    severity = "critical" if violated else "medium" if claimed is None and eps_lb >= 1.0 else "info"
+    claim = f" (claimed {claimed:g})" if claimed is not None else ""
+    return privacy_finding(
+        title=f"DP audit: epsilon is at least {eps_lb:.2f} at delta={delta:g}{claim}",
+        severity=severity,
+        metric="epsilon_lower_bound", value=eps_lb, threshold=claimed,
+        atlas=MEMBERSHIP_ATLAS, owasp=MEMBERSHIP_OWASP,
+        description=("The measured leakage contradicts the claimed privacy guarantee: the DP implementation or "
+                     "its accounting is wrong." if violated else
+                     "A statistically valid lower bound on the privacy loss of the training procedure."),
+        recommendation="Check per-example clipping, noise scale and accounting of the DP training." if violated
+        else "",
     )
 
 
@@ -140,6 +151,8 @@ def privacy_findings(result: Any) -> list[Finding]:
         return membership_findings(result.attack, m)
     if "matching_rate" in m:
         return [inversion_finding(m["matching_rate"], m["chance"], m["similarity"], len(m["confidence"]))]
+    if "epsilon_lower_bound" in m:
+        return [audit_finding(m["epsilon_lower_bound"], m.get("claimed_epsilon"), m["delta"])]
     if "advantage_ci" in m:
         return [attribute_finding(m["advantage_ci"][0], m["gain_over_prior"], f"feature {m['attribute']}",
                                   m["advantage"])]

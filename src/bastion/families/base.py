@@ -32,6 +32,7 @@ from bastion.core.errors import ParameterError
 from bastion.core.registry import entries, get
 from bastion.core.results import Finding, Result, Serializable
 from bastion.core.training import seed_everything
+from bastion.families.defense_verdicts import defense_findings
 from bastion.families.grading import family_grade, grade_of
 from bastion.families.inputs import Inputs, ModelInfo
 
@@ -250,8 +251,12 @@ def get_family(name: str) -> type[Family]:
 
 
 def judged(result: Result) -> Result:
-    """The result with the findings its threat family judges from its measurements (attacks and detectors only
-    measure); a result of no registered family (a repair or hardening defense) keeps its own findings."""
+    """The result with the findings its threat family judges from its measurements (attacks, detectors and
+    defenses only measure); a hardening, repair, certification or training defense's result (family "defense")
+    is judged by `bastion.families.defense_verdicts`; a result of no registered family keeps its own findings."""
+    if result.family == "defense":
+        result.findings = defense_findings(result)
+        return result
     family = registry().get(result.family)
     if family is not None:
         result.findings = family({}, 0).judge([result])

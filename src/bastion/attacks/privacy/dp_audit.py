@@ -23,8 +23,7 @@ from torch import nn
 
 from bastion.core.data import Dataset
 from bastion.core.errors import DataError, ParameterError
-from bastion.core.results import Finding, Result
-from bastion.evaluation.privacy_verdicts import MEMBERSHIP_ATLAS, MEMBERSHIP_OWASP
+from bastion.core.results import Result
 
 from .base import check_int
 from .references import estimator_log_probs, module_log_probs
@@ -129,27 +128,5 @@ class DPAudit:
         metrics = {**self.audit(scores, included), "n_canaries": self.n_canaries, "n_included": int(included.sum()),
                    "delta": self.delta, "confidence": self.confidence, "claimed_epsilon": claimed_epsilon}
         return Result(family="privacy", attack="dp-audit", params=self.__dict__.copy(), metrics=metrics,
-                            queries=self.n_canaries, seconds=time.perf_counter() - start, device="cpu",
-                            findings=[audit_finding(metrics["epsilon_lower_bound"], claimed_epsilon, self.delta)])
+                            queries=self.n_canaries, seconds=time.perf_counter() - start, device="cpu")
 
-
-def audit_finding(eps_lb: float, claimed: float | None, delta: float) -> Finding:
-    """Critical when the lower bound exceeds the claimed epsilon: the DP claim is false."""
-    violated = claimed is not None and eps_lb > claimed
-    severity = "critical" if violated else "medium" if claimed is None and eps_lb >= 1.0 else "info"
-    claim = f" (claimed {claimed:g})" if claimed is not None else ""
-    return Finding(
-        title=f"DP audit: epsilon is at least {eps_lb:.2f} at delta={delta:g}{claim}",
-        family="privacy",
-        severity=severity,  # type: ignore[arg-type]
-        metric="epsilon_lower_bound",
-        value=eps_lb,
-        threshold=claimed,
-        atlas=MEMBERSHIP_ATLAS,
-        owasp=MEMBERSHIP_OWASP,
-        description=("The measured leakage contradicts the claimed privacy guarantee: the DP implementation or "
-                     "its accounting is wrong." if violated else
-                     "A statistically valid lower bound on the privacy loss of the training procedure."),
-        recommendation="Check per-example clipping, noise scale and accounting of the DP training." if violated
-        else "",
-    )

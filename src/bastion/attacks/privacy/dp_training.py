@@ -40,6 +40,6 @@ class TrainingProcedure:
             noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm, delta=self.delta,
             epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer, eval_eps=None, seed=seed)
         target = TorchTarget(model, np.shape(x)[1:], device=t.device)
-        model, metrics, _ = dp.train(model, Dataset(x, y), target)
+        model, metrics = dp.train(model, Dataset(x, y), target)
         self.epsilon = float(metrics["epsilon"])
         return model.eval()

@@ -22,11 +22,11 @@ from bastion.attacks.evasion.base import parse_eps
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding, Result
+from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.core.training import Trainer
 from bastion.defenses.base import Defense, require_data
-from bastion.defenses.before_after import evaluate, gain_finding
+from bastion.defenses.before_after import evaluate
 from bastion.defenses.certify.smoothing import ABSTAIN, Certificate, SmoothedClassifier, SmoothedModel
 from bastion.defenses.preprocess.transforms import exportable
 from bastion.defenses.training.base import trainable_copy
@@ -125,15 +125,13 @@ class RandomizedSmoothing(Defense):
             metrics.update({"clean_accuracy_after": float((prediction == y).mean()),
                             "abstain_rate": float((prediction == ABSTAIN).mean())})
         metrics["clean_accuracy_cost"] = clean - metrics["clean_accuracy_after"]
-        findings = [self.headline(metrics)]
         model = None
         if isinstance(base, TorchTarget):
             model = SmoothedModel(base.model, self.sigma, base.n_classes, self.samples).to(base.device).eval()
             self.artifact_ = exportable(model, base.model, base.input_shape)
         if self.eval_eps is not None:
             metrics.update(self.robustness(target, base, model, data, cert))
-            findings.append(gain_finding(f"smoothing (sigma={self.sigma:g})", metrics, "l2"))
-        return self.result(target, metrics, start, queries, findings)
+        return self.result(target, metrics, start, queries)
 
     def robustness(self, target: Target, base: Target, model: nn.Module | None, data: Dataset,
                    cert: Certificate | None) -> dict[str, Any]:
@@ -163,20 +161,6 @@ class RandomizedSmoothing(Defense):
                              "after": "certificate" if cert is not None else "bpda+eot attack",
                              "queries": before["queries"]}
         return out
-
-    def headline(self, metrics: dict[str, Any]) -> Finding:
-        if "certified_accuracy" in metrics:
-            best = max(metrics["certified_accuracy"], key=lambda r: r["radius"] * (r["certified_accuracy"] > 0))
-            title = (f"smoothing (sigma={self.sigma:g}): certified accuracy "
-                     + ", ".join(f"{r['certified_accuracy']:.1%} at r={r['radius']:g}"
-                                 for r in metrics["certified_accuracy"]))
-            return Finding(title=title, family="evasion", severity="info", metric="certified_accuracy",
-                           value=best["certified_accuracy"], evidence={"curve": metrics["certified_accuracy"],
-                                                                       "alpha": self.alpha, "n": self.n})
-        return Finding(title=f"smoothing (sigma={self.sigma:g}): accuracy {metrics['clean_accuracy_after']:.1%}, "
-                             f"abstains on {metrics['abstain_rate']:.1%}",
-                       family="evasion", severity="info", metric="clean_accuracy_after",
-                       value=metrics["clean_accuracy_after"])
 
 
 def _radii(value: float | str | Sequence[float]) -> list[float]:

@@ -81,15 +81,15 @@ class InputTransformDefense(Defense, metaclass=ABCMeta):
         transform = self.make_transform(target.bounds)
         defended = defend_target(target, transform)
         if self.eps is None:
-            metrics, findings = clean_comparison(target, defended, data)
+            metrics = clean_comparison(target, defended, data)
         else:
-            metrics, findings = compare(target, defended, data, self.eps, self.norm, self.attack, self.eot_samples,
-                                        self.seed, what=f"{self.name} ({transform.extra_repr()})")
+            metrics = compare(target, defended, data, self.eps, self.norm, self.attack, self.eot_samples,
+                              self.seed, what=f"{self.name} ({transform.extra_repr()})")
         self.defended_ = defended
         self.artifact_ = None
         if isinstance(defended, TorchTarget) and isinstance(target, TorchTarget):
             self.artifact_ = exportable(defended.model, target.model, target.input_shape)
-        return self.result(target, metrics, start, queries, findings)
+        return self.result(target, metrics, start, queries)
 
 
 @register("defenses", "squeeze", family="preprocess")

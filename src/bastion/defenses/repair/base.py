@@ -19,7 +19,6 @@ from torch import nn
 from bastion.attacks.backdoor.base import predict
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
-from bastion.core.results import Finding
 from bastion.core.target import Access, Target
 from bastion.core.training import Trainer, accuracy
 from bastion.defenses.base import Defense, require_data, torch_module
@@ -93,24 +92,4 @@ class RepairDefense(Defense):
         if trig is not None:
             metrics["der"] = defense_effectiveness_rating(before["attack_success_rate"], after["attack_success_rate"],
                                                           before["clean_accuracy"], after["clean_accuracy"])
-        return self.result(target, metrics, start, findings=[repair_finding(self.name, metrics)])
-
-
-def repair_finding(defense: str, metrics: dict) -> Finding:
-    before, after = metrics["before"], metrics["after"]
-    ca = f"clean accuracy {before['clean_accuracy']:.1%} → {after['clean_accuracy']:.1%}"
-    if "der" not in metrics:
-        return Finding(title=f"{defense}: {ca} (no triggered inputs given to measure the backdoor)",
-                       family="backdoor", severity="info", metric="clean_accuracy", value=after["clean_accuracy"],
-                       threshold=before["clean_accuracy"], evidence=metrics)
-    asr = after["attack_success_rate"]
-    return Finding(
-        title=f"{defense}: attack success {before['attack_success_rate']:.1%} → {asr:.1%}, {ca}, "
-              f"DER {metrics['der']:.2f}",
-        family="backdoor", severity="high" if asr >= 0.5 else "medium" if asr >= 0.2 else "info",
-        metric="attack_success_rate", value=asr, threshold=before["attack_success_rate"], evidence=metrics,
-        atlas=["AML.T0018"], owasp=["ML10:2023 Model Poisoning"],
-        description="The repaired model's residual backdoor, measured on triggered inputs.",
-        recommendation="Deploy the repaired model only if the residual attack success is acceptable; "
-                       "otherwise retrain from vetted data.",
-    )
+        return self.result(target, metrics, start)

@@ -21,7 +21,6 @@ from bastion.attacks.evasion.norms import ascent_step, lp_norm, project
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding
 from bastion.core.target import TorchTarget
 from bastion.defenses.training.base import TrainingDefense
 
@@ -119,8 +118,7 @@ class AdversarialTraining(TrainingDefense):
         adv = ascend(model, x, start, ce_objective(y), self.eps, self.norm, 10, self.eps / 4, bounds)
         return _accuracy(model, adv, y)
 
-    def train(self, model: nn.Module, data: Dataset, target: TorchTarget) -> tuple[nn.Module, dict[str, Any],
-                                                                                  list[Finding]]:
+    def train(self, model: nn.Module, data: Dataset, target: TorchTarget) -> tuple[nn.Module, dict[str, Any]]:
         device, bounds = target.device, target.bounds
         x = torch.as_tensor(data.x, dtype=torch.float32, device=device)
         y = torch.as_tensor(data.y, dtype=torch.long, device=device)
@@ -152,13 +150,7 @@ class AdversarialTraining(TrainingDefense):
                    "early_stopped_at_epoch": stopped,
                    "best_epoch": history.index(best) + 1 if history else None, "monitor_robust_accuracy": history,
                    "train_loss": trainer.history.loss, "train_accuracy": trainer.history.accuracy}
-        findings = [] if stopped is None else [Finding(
-            title=f"{self.name}: robust accuracy collapsed at epoch {stopped} (catastrophic overfitting); the "
-                  f"weights of epoch {metrics['best_epoch']} were kept",
-            family="evasion", severity="info", metric="monitor_robust_accuracy", value=history[-1], threshold=best,
-            evidence={"monitor_robust_accuracy": history},
-            recommendation="Lower the learning rate or the step size, or use PGD-AT.")]
-        return model.eval(), metrics, findings
+        return model.eval(), metrics
 
 
 @register("defenses", "adv-train", family="training")

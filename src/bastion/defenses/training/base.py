@@ -21,7 +21,7 @@ from bastion.attacks.evasion.base import parse_eps
 from bastion.attacks.evasion.norms import check_norm
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
-from bastion.core.results import Finding, Result
+from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
 from bastion.core.training import Trainer
 from bastion.defenses.base import Defense, require_data, torch_module
@@ -78,7 +78,8 @@ def hardened_target(target: TorchTarget, model: nn.Module, suffix: str) -> Torch
 
 
 class TrainingDefense(Defense, metaclass=ABCMeta):
-    """Base: subclasses implement `train(model, data, target) -> (model, metrics, findings)`."""
+    """Base: subclasses implement `train(model, data, target) -> (model, metrics)`; they measure, and
+    `bastion.families.defense_verdicts` judges."""
 
     family: ClassVar[str] = "training"
     requires: ClassVar[Access] = Access.GRADIENTS
@@ -101,17 +102,16 @@ class TrainingDefense(Defense, metaclass=ABCMeta):
         return Trainer(**kwargs)
 
     @abstractmethod
-    def train(self, model: nn.Module, data: Dataset, target: TorchTarget) -> tuple[nn.Module, dict[str, Any],
-                                                                                  list[Finding]]:
-        """Train `model` in place on `data`; return it with training metrics and findings."""
+    def train(self, model: nn.Module, data: Dataset, target: TorchTarget) -> tuple[nn.Module, dict[str, Any]]:
+        """Train `model` in place on `data`; return it with its training metrics."""
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse a model this defense cannot train, before any work (none refused by default)."""
 
     def extra_report(self, before: TorchTarget, after: TorchTarget, data: Dataset,
-                     train_data: Dataset) -> tuple[dict[str, Any], list[Finding]]:
+                     train_data: Dataset) -> dict[str, Any]:
         """More before/after measurements (DP-SGD adds membership inference); none by default."""
-        return {}, []
+        return {}
 
     def run(self, target: Target, data: Dataset | None = None, train_data: Dataset | None = None,
             **_: Any) -> Result:
@@ -124,15 +124,14 @@ class TrainingDefense(Defense, metaclass=ABCMeta):
         model = trainable_copy(module).to(target.device)
         if self.from_scratch:
             reinitialize(model)
-        model, metrics, findings = self.train(model, train, target)
+        model, metrics = self.train(model, train, target)
         after = hardened_target(target, model, self.name)
         if self.eval_eps is not None:
-            comparison, compare_findings = compare(target, after, data, self.eval_eps, self.norm, self.attack,
-                                                   seed=self.seed, what=self.name)
+            comparison = compare(target, after, data, self.eval_eps, self.norm, self.attack, seed=self.seed,
+                                 what=self.name)
         else:
-            comparison, compare_findings = clean_comparison(target, after, data)
-        extra, extra_findings = self.extra_report(target, after, data, train)
+            comparison = clean_comparison(target, after, data)
+        extra = self.extra_report(target, after, data, train)
         self.artifact_ = exportable(model.eval(), model, target.input_shape)
         self.hardened_ = after
-        return self.result(target, {**comparison, **metrics, **extra}, start, queries,
-                           compare_findings + findings + extra_findings)
+        return self.result(target, {**comparison, **metrics, **extra}, start, queries)

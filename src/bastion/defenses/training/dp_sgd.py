@@ -29,9 +29,9 @@ from bastion.core import registry
 from bastion.core.data import Dataset
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding
 from bastion.core.target import TorchTarget
 from bastion.defenses.training.base import TrainingDefense
+from bastion.evaluation.privacy_verdicts import membership_severity
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 
@@ -112,8 +112,7 @@ class DPSGD(TrainingDefense):
     def check_model(self, model: nn.Module) -> None:
         require_eager(model)
 
-    def train(self, model: nn.Module, data: Dataset, target: TorchTarget) -> tuple[nn.Module, dict[str, Any],
-                                                                                  list[Finding]]:
+    def train(self, model: nn.Module, data: Dataset, target: TorchTarget) -> tuple[nn.Module, dict[str, Any]]:
         from opacus import GradSampleModule
         from opacus.accountants import create_accountant
         from opacus.accountants.utils import get_noise_multiplier
@@ -155,30 +154,12 @@ class DPSGD(TrainingDefense):
             "epsilon": epsilon, "delta": self.delta, "noise_multiplier": float(sigma), "sample_rate": rate,
             "steps": steps, "max_grad_norm": self.max_grad_norm, "accountant": self.accountant,
             "train_loss": trainer.history.loss, "train_accuracy": trainer.history.accuracy,
-            "layers_replaced": replaced,
+            "layers_replaced": replaced, "n_train": n,
         }
-        findings = [Finding(
-            title=f"dp-sgd: trained with (ε = {epsilon:.3g}, δ = {self.delta:g})-differential privacy "
-                  f"(σ = {sigma:.3g}, q = {rate:.3g}, {steps} steps, {self.accountant.upper()} accountant)",
-            family="privacy", severity="info", metric="epsilon", value=epsilon, threshold=self.target_epsilon,
-            evidence={k: metrics[k] for k in ("noise_multiplier", "sample_rate", "steps", "max_grad_norm")})]
-        if replaced:
-            findings.append(Finding(
-                title=f"dp-sgd replaced {len(replaced)} BatchNorm layer(s) by GroupNorm: BatchNorm mixes the samples "
-                      "of a batch, which per-sample privacy cannot allow",
-                family="privacy", severity="info", metric="layers_replaced", value=float(len(replaced)),
-                evidence={"layers": replaced},
-                recommendation="The hardened model's architecture differs: save it as .pt or .onnx, or give "
-                               "--arch a factory that uses GroupNorm before saving .safetensors."))
-        if self.delta >= 1.0 / n:
-            findings.append(Finding(
-                title=f"dp-sgd: delta {self.delta:g} is not below 1/n = {1 / n:.3g}; the guarantee is weak",
-                family="privacy", severity="medium", metric="delta", value=self.delta, threshold=1.0 / n,
-                recommendation="Choose delta well below 1/n (e.g. 1/(10·n))."))
-        return model, metrics, findings
+        return model, metrics
 
     def extra_report(self, before: TorchTarget, after: TorchTarget, data: Dataset,
-                     train_data: Dataset) -> tuple[dict[str, Any], list[Finding]]:
+                     train_data: Dataset) -> dict[str, Any]:
         """Membership inference on the training records (members) against `data` (non-members), before and
         after."""
         k = min(len(train_data), len(data))
@@ -192,17 +173,10 @@ class DPSGD(TrainingDefense):
             rows[when] = {"auc": result.metrics["auc"], "auc_ci": result.metrics["auc_ci"],
                           "tpr_at_1pct_fpr": tpr[0.01]["tpr"] if 0.01 in tpr else None,
                           "tpr_at_1pct_fpr_ci": tpr[0.01]["ci"] if 0.01 in tpr else None,
-                          "severity": result.worst_severity()}
+                          "severity": membership_severity(result.metrics)}
         change = None
         if rows["before"]["tpr_at_1pct_fpr"] is not None:
             change = rows["after"]["tpr_at_1pct_fpr"] - rows["before"]["tpr_at_1pct_fpr"]
         membership = {"attack": self.mia_attack, "n_members": k, "n_nonmembers": k, **rows,
                       "tpr_at_1pct_fpr_change": change, "auc_change": rows["after"]["auc"] - rows["before"]["auc"]}
-        finding = Finding(
-            title=f"dp-sgd: {self.mia_attack} membership TPR at 1% FPR {rows['before']['tpr_at_1pct_fpr']:.1%} -> "
-                  f"{rows['after']['tpr_at_1pct_fpr']:.1%}, AUC {rows['before']['auc']:.3f} -> "
-                  f"{rows['after']['auc']:.3f}",
-            family="privacy", severity="info", metric="tpr_at_1pct_fpr_change", value=change,
-            evidence=membership,
-            description="The 'before' model is assumed to have been trained on the same training records.")
-        return {"membership": membership}, [finding]
+        return {"membership": membership}
