@@ -22,7 +22,7 @@ from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.target import Target
 
-from .base import MembershipData, logit_confidence, target_log_probs
+from .base import MembershipData, logit_confidence
 from .reference_attack import ReferenceAttack, reference_fit
 
 
@@ -91,8 +91,9 @@ class LiRA(ReferenceAttack):
 
     def score(self, target: Target, data: MembershipData) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         y = torch.as_tensor(data.y)
-        phi_target = logit_confidence(target_log_probs(target, data.x).cpu().double(), y)
-        refs = self.train_references(target, data, data.x)
+        refs = self.train_references(target, data, data.x)  # before the target's queries: a stop keeps them
+        phi_target = logit_confidence(self.query_target(target, data.x, len(data.x), data.n_members).cpu().double(),
+                                      y)
         in_mask = refs.candidates_in(len(data.x))
         phi_ref = logit_confidence(torch.from_numpy(refs.log_probs).double(), y)
         fixed = self.fixed_variance if self.fixed_variance is not None else self.n_reference < 64

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
-from bastion.core.errors import ParameterError
+from bastion.core.errors import BudgetSpent, ParameterError
 from bastion.core.target import Target
 
-from .base import MembershipAttack, MembershipData, check_int
+from .base import MembershipAttack, MembershipData, check_int, target_log_probs
 from .references import ReferenceSpec, balanced_masks, train_references
 
 
@@ -69,7 +71,11 @@ def reference_fit(log_probs: np.ndarray, y: np.ndarray, in_mask: np.ndarray) -> 
 class ReferenceAttack(MembershipAttack):
     """Shared parameters of attacks that train reference models through the Trainer."""
 
-    budget_batch = 0  # each `score` call trains its reference models: scoring is never chunked
+    # Each `score` call trains its reference models, so scoring is never split into calls; under a query budget
+    # or a deadline the target is queried (after the reference models are trained) in chunks of `query_batch`
+    # candidates, half members and half non-members, and a stop keeps the candidates queried (`query_target`).
+    budget_batch = 0
+    query_batch = 64
 
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None, *, n_reference: int = 8,
                  mode: str = "online", epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
@@ -95,6 +101,48 @@ class ReferenceAttack(MembershipAttack):
     def needs_population(self) -> bool:  # type: ignore[override]
         return self.mode == "offline"
 
+
+    def scored(self, target: Target, data: MembershipData) -> tuple[np.ndarray, np.ndarray, dict[str, Any], str]:
+        """All candidates' scores; when a budget or deadline stopped the target's queries, the scores of the
+        candidates it answered (the reference models were all trained) and why it stopped."""
+        self.queried_: np.ndarray | None = None
+        self.stopped_: BudgetSpent | None = None
+        scores_m, scores_n, extra = self.score(target, data)
+        if self.stopped_ is None or self.queried_ is None:
+            return scores_m, scores_n, extra, ""
+        got_m, got_n = self.queried_[: data.n_members], self.queried_[data.n_members:]
+        if not got_m.any() or not got_n.any():
+            raise self.stopped_
+        reason = (f"{self.stopped_}: {int(got_m.sum())} of {len(got_m)} members and {int(got_n.sum())} of "
+                  f"{len(got_n)} non-members scored against {self.n_reference} trained reference models")
+        return scores_m[got_m], scores_n[got_n], extra, reason
+
+    def query_target(self, target: Target, x: np.ndarray, n_candidates: int, n_members: int) -> torch.Tensor:
+        """The target's log-probabilities on `x` (the candidates, members first, then any other records the
+        attack needs). Under a budget or deadline: the other records first, then the candidates in balanced
+        chunks; a stop leaves NaN rows for the candidates not answered (`queried_` marks the others)."""
+        if not target.counter.limited:
+            return target_log_probs(target, x)
+        head = target_log_probs(target, x[n_candidates:]) if len(x) > n_candidates else None
+        rows: dict[int, torch.Tensor] = {}
+        half = max(1, self.query_batch // 2)
+        members, nonmembers = np.arange(n_members), np.arange(n_members, n_candidates)
+        try:
+            for start in range(0, max(len(members), len(nonmembers)), half):
+                idx = np.concatenate([members[start:start + half], nonmembers[start:start + half]])
+                for i, row in zip(idx, target_log_probs(target, x[idx]), strict=True):
+                    rows[int(i)] = row
+        except BudgetSpent as exc:
+            self.stopped_ = exc
+        self.queried_ = np.zeros(n_candidates, dtype=bool)
+        self.queried_[list(rows)] = True
+        if not rows:
+            raise self.stopped_ or BudgetSpent("no candidate was queried")
+        width = next(iter(rows.values())).shape[-1]
+        out = torch.full((n_candidates, width), float("nan"), dtype=next(iter(rows.values())).dtype)
+        for i, row in rows.items():
+            out[i] = row
+        return out if head is None else torch.cat([out, head.to(out.device, out.dtype)])
 
     def spec(self, target: Target) -> ReferenceSpec:
         return ReferenceSpec.for_target(target, self.arch, self.epochs, self.batch_size, self.lr, self.optimizer,

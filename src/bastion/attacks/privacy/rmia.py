@@ -24,7 +24,7 @@ from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.target import Target
 
-from .base import MembershipData, check_int, target_log_probs, true_log_prob
+from .base import MembershipData, check_int, true_log_prob
 from .reference_attack import ReferenceAttack, reference_fit
 
 
@@ -90,8 +90,9 @@ class RMIA(ReferenceAttack):
         zx, zy = pop.x[z_idx], pop.y[z_idx]
         n = len(data.x)
         x_all, y_all = np.concatenate([data.x, zx]), torch.as_tensor(np.concatenate([data.y, zy]))
-        p_target = true_log_prob(target_log_probs(target, x_all).cpu().double(), y_all).exp().numpy()
-        refs = self.train_references(target, data, x_all)
+        refs = self.train_references(target, data, x_all)  # before the target's queries: a stop keeps them
+        p_target = true_log_prob(self.query_target(target, x_all, n, data.n_members).cpu().double(),
+                                 y_all).exp().numpy()
         p_ref = true_log_prob(torch.from_numpy(refs.log_probs).double(), y_all).exp().numpy()
         in_mask = np.concatenate([refs.candidates_in(n), refs.population_in(z_idx)], axis=1)
         pr = marginal(p_ref, ~in_mask, self.mode == "online", self.offline_a)

@@ -20,7 +20,7 @@ from torch import nn
 from bastion.core.registry import register
 from bastion.core.target import Target
 
-from .base import MembershipData, logit_confidence, target_log_probs
+from .base import MembershipData, logit_confidence
 from .reference_attack import ReferenceAttack, reference_fit
 
 
@@ -76,7 +76,8 @@ class ShadowModelAttack(ReferenceAttack):
         labels = refs.masks.reshape(-1).astype(int)
         classifier = HistGradientBoostingClassifier(max_iter=200, random_state=self.seed)
         classifier.fit(features, labels)
-        target_features = attack_features(target_log_probs(target, data.x).cpu().numpy(), data.y)
+        answered = self.query_target(target, data.x, len(data.x), data.n_members).nan_to_num(0.0)  # NaN: not asked
+        target_features = attack_features(answered.cpu().numpy(), data.y)
         scores = classifier.predict_proba(target_features)[:, 1]
         extra = {"n_reference": self.n_reference, "reference_train_size": refs.train_size,
                  "attack_train_accuracy": float(classifier.score(features, labels)),
