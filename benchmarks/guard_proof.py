@@ -66,9 +66,9 @@ def policy() -> dict:
     """The guarded server's policy: one tier per role, one key per attack."""
     inputs = {"check_range": True}
     return {"default_tier": None,
-            "tiers": {"extraction": {"inputs": inputs, "extraction": EXTRACTION, "output": "rounding:2"},
-                      "screened": {"inputs": inputs, "detectors": DETECTORS, "output": "rounding:2"},
-                      "hardened": {"inputs": inputs, "output": "rounding:2"}},
+            "tiers": {"extraction": {"inputs": dict(inputs), "extraction": EXTRACTION, "output": "rounding:2"},
+                      "screened": {"inputs": dict(inputs), "detectors": DETECTORS, "output": "rounding:2"},
+                      "hardened": {"inputs": dict(inputs), "output": "rounding:2"}},
             "keys": [{"id": k, "sha256": hashlib.sha256(secret(k).encode()).hexdigest(), "tier": t}
                      for k, t in KEYS.items()]}
 
@@ -285,6 +285,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1000, help="Knockoff's largest budget (photograph pool)")
     parser.add_argument("--lm", help="run the LM availability comparison on this model instead (gemma, tiny, "
                         "a .gguf or a Hugging Face folder)")
+    parser.add_argument("--prada-delta", type=float, default=EXTRACTION["prada_delta"], help="PRADA's threshold")
     parser.add_argument("--skip", default="", help="comma list of runs to skip: jacobian, knockoff, adaptive, "
                         "replay, evasion")
     args = parser.parse_args()
@@ -302,6 +303,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     paths = write_data(out, demo)
     paths["train"], paths["test"] = Path(demo.train_path), Path(demo.test_path)
+    EXTRACTION["prada_delta"] = args.prada_delta
     (out / "guard.yaml").write_text(yaml.safe_dump(policy(), sort_keys=False))
     open_proc, open_url = start_server(demo.model_path, out, "open", [])
     guard_proc, guard_url = start_server(demo.model_path, out, "guarded",
