@@ -78,6 +78,7 @@ def test_spent_budget_is_a_partial_result_with_the_reason(guard_url, digits_demo
     result = _knockoff(f"{guard_url}?api_key=secret-budget", data, pool, [40, 200])
     assert result.status == "partial"
     assert "HTTP 429" in result.reason and "query budget of 120 spent" in result.reason
+    assert "secret-budget" not in result.reason and "api_key=***" in result.reason
     assert [row["budget"] for row in result.metrics["curve"]] == [40]  # the copy made before the refusal is kept
     unguarded = _knockoff(guard_url, data, pool, [40, 200])  # the same attack without a key's rules completes
     assert unguarded.status == "complete" and len(unguarded.metrics["curve"]) == 2

@@ -151,7 +151,7 @@ class HttpClient:
             if status in REDIRECTS:
                 return status, response.getheader("Location"), b""
             if status in REFUSALS:
-                refusal = EndpointRefused(f"{url}: endpoint refused the request with HTTP {status}"
+                refusal = EndpointRefused(f"{redacted(url)}: endpoint refused the request with HTTP {status}"
                                           f"{_reason(response)}", status)
                 wait = _retry_after(response)
                 if status == 429 and wait is not None and wait <= self.max_wait_s:  # throttled: wait as asked
@@ -212,6 +212,15 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 def _retry_after(response: http.client.HTTPResponse) -> float | None:
     value = (response.getheader("Retry-After") or "").strip()
     return float(value) if value.isdigit() else None
+
+
+def redacted(url: str) -> str:
+    """`url` with the value of an `api_key` query parameter hidden (a refusal's reason ends up in reports)."""
+    parts = urllib.parse.urlsplit(url)
+    if "api_key=" not in parts.query:
+        return url
+    query = "&".join("api_key=***" if q.startswith("api_key=") else q for q in parts.query.split("&"))
+    return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
 def _reason(response: http.client.HTTPResponse) -> str:
