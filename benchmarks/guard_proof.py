@@ -17,9 +17,10 @@ attack gets its own API key, so each stream is its own. Runs, all through the HT
   grey-scale patches of the two photographs scikit-learn ships (`guard_knockoff.natural_pool`);
 - `knockoff-adaptive`: an attacker who knows the public rule (flag when over 30% of a key's queries lie far from
   the training data) and keeps under it: its pool mixes the photographs with natural digits at 1:3;
-- `replay`: the 540 test digits in 3 random orders, one key each, batches of 20 (false alarms and false rejects);
+- `replay`: the 540 test digits in 3 random orders, one key each, batches of 20 (the monitors' false alarms), and
+  once one by one on the `screened` tier (feature squeezing's false rejects);
 - `evasion` (Square Attack, scores only) and `privacy` (loss threshold membership inference): `bastion assess`
-  with those families on the `screened` key, then `bastion report compare`.
+  with those families on the `hardened` key (rounding:2 only), then `bastion report compare`.
 
 `--lm MODEL` (a .gguf, a Hugging Face folder, `gemma` for Gemma 3 270M or `tiny` for a TinyLM trained into --out)
 runs the availability comparison instead: one `bastion guard serve MODEL` with an open tier (`max_new_tokens:
