@@ -2,7 +2,7 @@
 over-generation on Gemma 3 270M.
 
     python benchmarks/availability.py classifiers     # demo CNN, early-exit CNN (+ an untuned seed), ~1-2 min
-    python benchmarks/availability.py lm --cap 64 --n 20   # Gemma 3 270M over-generation and a lower cap, minutes
+    python benchmarks/availability.py lm --cap 64 --n 20 [--mode chat|complete]   # Gemma 3 270M, minutes
 
 Classifiers: the demo digits CNN (`bastion demo`'s model) and the early-exit CNN (`bastion.demo.early_exit`), each
 on 128 held-out digits: natural inputs, uniform random noise in the same bounds, and the attack (white-box sponge,
@@ -13,6 +13,7 @@ early-exit model trained with another seed and threshold, and the sponge on an M
 
 LM: natural short-answer prompts against the built-in over-generation prompts (`overgen`, chat template), both
 under `max_new_tokens=cap`: mean tokens per request, the fraction reaching the cap; then `generation-cap` (cap/4).
+`--mode complete` sends raw continuations (what a base model is: Gemma 3 270M's GGUF ships no chat template).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from bastion.defenses.availability.request_limits import GenerationCap, Resource
 from bastion.defenses.availability.sponge_detect import SpongeDetect
 from bastion.demo.cache import demo_model
 from bastion.demo.datasets import digits
-from bastion.demo.early_exit import N_EXITS, train_early_exit
+from bastion.demo.early_exit import N_EXITS, save_early_exit, train_early_exit
 from bastion.models import load_target
 
 NATURAL_PROMPTS = [
@@ -108,6 +109,8 @@ def classifiers() -> None:
     cnn = load_target(str(demo_model("digits-cnn").model_path))
     ee = train_early_exit(train, epochs=15, seed=0).eval()
     ee_other = train_early_exit(train, threshold=0.8, epochs=15, seed=1).eval()
+    save_early_exit(ee, "/tmp/bastion-bench-ee.pt")  # TorchScript: the mitigations read every layer on every input
+    ee_script = load_target("/tmp/bastion-bench-ee.pt")
     ee_t, ee_other_t = (TorchTarget(m, (1, 8, 8), device="cpu") for m in (ee, ee_other))
     sponge, sloth = Sponge(steps=100), EarlyExitSlowdown(eps=0.2, steps=50)
     rows = _classifier_rows("demo digits CNN", cnn, x, sponge)
@@ -121,7 +124,7 @@ def classifiers() -> None:
                        "mean_exits"]))
     print("\nsponge-detect (fpr 0.05; fitted on 64 natural inputs, 64 held out):")
     det_rows = []
-    for name, target in (("demo digits CNN", cnn), ("early-exit CNN", ee_t)):
+    for name, target in (("demo digits CNN", cnn), ("early-exit CNN", ee_script)):
         m = SpongeDetect(fpr=0.05, steps=100).run(target, test.head(128)).metrics
         for row in m["against"]:
             passed = row["passed_amplification"]["density"]
@@ -135,7 +138,7 @@ def classifiers() -> None:
                            "latency_x", "false_alarms", "overhead_x"]))
     print("\nresource-limits (deadline 2 x natural p99, modelled):")
     lim_rows = []
-    for name, target in (("demo digits CNN", cnn), ("early-exit CNN", ee_t)):
+    for name, target in (("demo digits CNN", cnn), ("early-exit CNN", ee_script)):
         limits = ResourceLimits(steps=50).run(target, test.head(64)).metrics["limits"]
         deadline = limits[1]
         for row in deadline["against"]:
@@ -151,27 +154,27 @@ def classifiers() -> None:
                            "natural_cut", "worst_case_x", "input_size"]))
 
 
-def lm(cap: int, n: int) -> None:
+def lm(cap: int, n: int, mode: str) -> None:
     from bastion.lm import Sampling, gemma_path, open_lm
 
     start = time.perf_counter()
     target = open_lm(gemma_path(), sampling=Sampling(max_new_tokens=cap))
     print(f"opened {target.describe()} in {time.perf_counter() - start:.1f} s")
     prompts = NATURAL_PROMPTS[:n]
-    result = Overgen(placement="alone", mode="chat", max_new_tokens=cap, n_bootstrap=500).run(target, prompts=prompts)
+    result = Overgen(placement="alone", mode=mode, max_new_tokens=cap, n_bootstrap=500).run(target, prompts=prompts)
     s = result.samples
     nat, att = np.asarray(s["natural_tokens"]), np.asarray(s["attack_tokens"])
     rows = [{"prompts": "natural", "n": len(nat), "mean_tokens": float(nat.mean()),
              "reach_cap": float((nat >= cap).mean()), "mean_s": float(np.mean(s["natural_latency_ms"]) / 1e3)},
             {"prompts": "overgen", "n": len(att), "mean_tokens": float(att.mean()),
              "reach_cap": float(np.mean(s["attack_capped"])), "mean_s": float(np.mean(s["attack_latency_ms"]) / 1e3)}]
-    print(f"\nGemma 3 270M, chat template, greedy, max_new_tokens={cap} ({time.perf_counter() - start:.0f} s):")
+    print(f"\nGemma 3 270M, {mode} mode, greedy, max_new_tokens={cap} ({time.perf_counter() - start:.0f} s):")
     print(table(rows, ["prompts", "n", "mean_tokens", "reach_cap", "mean_s"]))
     dims = {d["metric"]: d["ratio"] for d in result.metrics["dimensions"]}
     print(f"tokens ratio {json.dumps(dims['tokens'])} (lower bound: capped), natural mean / cap = "
           f"{nat.mean() / cap:.3f}")
     low = max(1, cap // 4)
-    m = GenerationCap(cap=low, base_cap=cap, mode="chat", n_bootstrap=500).run(target, prompts=prompts).metrics
+    m = GenerationCap(cap=low, base_cap=cap, mode=mode, n_bootstrap=500).run(target, prompts=prompts).metrics
     print(f"\ngeneration-cap {cap} -> {low}: attack tokens {m['before']['attack_tokens']:.1f} -> "
           f"{m['after']['attack_tokens']:.1f}, natural {m['before']['natural_tokens']:.1f} -> "
           f"{m['after']['natural_tokens']:.1f}, natural replies truncated {m['natural_truncated']:.0%}, "
@@ -185,8 +188,9 @@ def main() -> None:
     parser.add_argument("part", choices=("classifiers", "lm"))
     parser.add_argument("--cap", type=int, default=64)
     parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--mode", choices=("chat", "complete"), default="chat")
     args = parser.parse_args()
-    classifiers() if args.part == "classifiers" else lm(args.cap, args.n)
+    classifiers() if args.part == "classifiers" else lm(args.cap, args.n, args.mode)
 
 
 if __name__ == "__main__":

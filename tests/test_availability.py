@@ -179,3 +179,15 @@ def test_rapl_counter_with_wrap_around(tmp_path, monkeypatch):
 def test_availability_attacks_are_registered():
     names = {e["name"] for e in registry.entries("attacks", "availability")}
     assert {"sponge", "sponge-ga", "early-exit", "input-size"} <= names
+
+
+def test_density_of_an_early_exit_model_counts_skipped_layers_as_zero(early_exit, data):
+    x = torch.as_tensor(data[1].head(16).x)
+    probe = ActivationProbe(early_exit)
+    batch = probe.density(x)[0]
+    one_by_one = np.concatenate([probe.density(x[i:i + 1])[0] for i in range(len(x))])
+    depth = early_exit.exit_depth(x).numpy()
+    assert np.allclose(batch, one_by_one)
+    assert batch[depth == 0].max(initial=0) < batch[depth == 2].min(initial=1)  # early leavers compute less
+    with pytest.raises(ParameterError, match="part of the batch"):
+        Sponge(steps=1, **FAST).craft(TorchTarget(early_exit, (1, 8, 8), device="cpu"), x)

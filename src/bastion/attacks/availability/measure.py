@@ -134,21 +134,46 @@ class ActivationProbe:
                 hook.remove()
         return captured
 
+    def _outputs(self, x: torch.Tensor, every_exit: bool = False) -> dict[str, torch.Tensor]:
+        """Each activation layer's output for the batch `x`, by layer name (a layer that did not run is absent);
+        `every_exit`: through `exit_logits` (an early-exit model's full depth) instead of `forward`."""
+        if not self._eager:
+            return {name: post(x) for name, (_pre, post) in zip(self.names, self._readers, strict=True)}
+        captured: dict[str, torch.Tensor] = {}
+        modules = dict(self._inner.named_modules())
+        hooks = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: captured.__setitem__(n, o))
+                 for n in self.names]
+        try:
+            self._inner.exit_logits(x) if every_exit else self._inner(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return captured
+
     def density(self, x: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, dict[str, float]]:
         """Per-input density (non-zero activations / all activations, over every activation layer), shape (n,),
-        and the mean density of each layer."""
-        nonzero, total = torch.zeros(len(x)), 0
-        per_layer = torch.zeros(len(self.names))
+        and the mean density of each layer. A model that runs a layer on part of a batch only (early exits) is
+        measured one input at a time, and a layer it skips counts as computing nothing (zero)."""
+        nonzero, sizes = torch.zeros(len(x)), {}
+        per_layer = dict.fromkeys(self.names, 0.0)
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
                 chunk = x[start:start + batch_size]
-                for k, (_pre, post) in enumerate(self(chunk)):
-                    active = (post.abs() > ZERO).flatten(1).float()
-                    nonzero[start:start + len(chunk)] += active.sum(1).cpu()
-                    per_layer[k] += active.mean(1).sum().cpu()
-                    if start == 0:
-                        total += active.shape[1]
-        return (nonzero / max(total, 1)).numpy(), dict(zip(self.names, (per_layer / len(x)).tolist(), strict=True))
+                outs = self._outputs(chunk)
+                if any(len(o) != len(chunk) for o in outs.values()) or len(outs) < len(self.names):
+                    pieces = [(start + i, self._outputs(chunk[i:i + 1])) for i in range(len(chunk))]
+                else:
+                    pieces = [(start, outs)]
+                for at, found in pieces:
+                    for name, post in found.items():
+                        active = (post.abs() > ZERO).flatten(1).float()
+                        nonzero[at:at + len(active)] += active.sum(1).cpu()
+                        per_layer[name] += float(active.mean(1).sum())
+                        sizes[name] = active.shape[1]
+            if len(sizes) < len(self.names) and hasattr(self._inner, "exit_logits"):  # layers no input reached
+                sizes.update({n: o[0].numel() for n, o in self._outputs(x[:1], every_exit=True).items()})
+        total = sum(sizes.values())
+        return (nonzero / max(total, 1)).numpy(), {n: v / len(x) for n, v in per_layer.items()}
 
 
 def white_box_model(target: Target, what: str) -> nn.Module:

@@ -37,6 +37,10 @@ def constrain(x: torch.Tensor, natural: torch.Tensor, eps: float | None, norm: s
 
 def sponge_objective(acts: list[tuple[torch.Tensor, torch.Tensor]], objective: str, tau: float) -> torch.Tensor:
     """Per-sample objective to maximise, shape (n,): mean over layers of the layer's mean term."""
+    if len({len(post) for _, post in acts}) > 1:
+        raise ParameterError("the model runs some activation layers on part of the batch only (early exits): the "
+                             "sponge needs every layer on every input; attack its TorchScript export or use "
+                             "early-exit")
     terms = []
     for pre, post in acts:
         term = torch.sigmoid(pre / tau) if objective == "l0" else post.square()
