@@ -10,6 +10,7 @@ import torch
 from bastion.attacks.evasion.apgd import APGDCE
 from bastion.attacks.evasion.auto import AutoAttack
 from bastion.attacks.evasion.wrappers import masking_modules
+from bastion.families import judged
 from tests.evasion_fixtures import eval_data, masked, surrogate, target
 
 EPS = 0.25  # above half a quantisation step (0.125), so that quantisation can be beaten at all
@@ -33,7 +34,7 @@ def test_auto_on_an_honest_model_passes_its_checks_and_beats_apgd():
     apgd = APGDCE(eps=[0.05, 0.1], steps=100).run(target(), data)
     for a, b in zip(result.metrics["robust_accuracy"], apgd.metrics["robust_accuracy"], strict=True):
         assert a["robust_accuracy"] <= b["robust_accuracy"]
-    assert not [f for f in result.findings if f.metric.startswith("sanity_check") and f.severity == "high"]
+    assert not [f for f in judged(result).findings if f.metric.startswith("sanity_check") and f.severity == "high"]
 
 
 @pytest.mark.parametrize("kind,eps,flagged,escalation", [
@@ -50,7 +51,7 @@ def test_masked_model_is_flagged_and_still_broken(kind, eps, flagged, escalation
     failed = {i for i, ok in checks(result).items() if not ok}
     assert flagged <= failed, result.metrics["sanity_checks"]
     assert any(escalation in e for e in result.metrics["escalations"]), result.metrics["escalations"]
-    assert {f.metric for f in result.findings} >= {f"sanity_check_{i}" for i in flagged}
+    assert {f.metric for f in judged(result).findings} >= {f"sanity_check_{i}" for i in flagged}
     assert robust(result) <= 0.25, f"auto left {robust(result):.0%} robust"
     if kind != "noise":  # the masked gradient fools a plain gradient attack, not auto
         assert robust(naive) >= robust(result) + 0.3

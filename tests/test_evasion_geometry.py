@@ -14,6 +14,7 @@ from bastion.attacks.evasion.losses import dlr_loss, margin
 from bastion.attacks.evasion.norms import lp_norm, project
 from bastion.attacks.evasion.square import pyramid, square_fraction
 from bastion.evaluation import checks as C
+from bastion.families.evasion import check_finding
 
 
 def _reference(w: np.ndarray, c: float, lo: np.ndarray, hi: np.ndarray, norm: str) -> float:
@@ -101,11 +102,11 @@ def test_check_verdicts():
     assert C.check_monotone(rising[:1], 0.5, 0.1, 0.1).passed
     few = C.check_black_box({"square": 1}, n=500)
     many = C.check_black_box({"square": 40}, n=500)
-    assert not few.passed and few.finding().severity == "low"
-    assert not many.passed and many.finding().severity == "high"
-    assert C.check_black_box({"square": 0}, n=500).finding() is None
+    assert not few.passed and check_finding(few.summary()).severity == "low"
+    assert not many.passed and check_finding(many.summary()).severity == "high"
+    assert C.check_black_box({"square": 0}, n=500).passed
     assert not C.check_dlr(3, untargeted=False, targeted=True).passed
     assert C.check_dlr(4, untargeted=True, targeted=True).passed
     assert not C.check_convergence(0.5, 0.4, 64).passed and C.check_convergence(0.5, 0.49, 64).passed
-    finding = C.check_unbounded(0.9, 50).finding()
+    finding = check_finding(C.check_unbounded(0.9, 50).summary())
     assert finding.metric == "sanity_check_7" and finding.family == "evasion" and "AML.T0043" in finding.atlas

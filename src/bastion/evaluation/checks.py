@@ -1,8 +1,9 @@
 """The ten sanity checks of a robustness evaluation (THREATS.md §1), each judged into a `Check`.
 
 A failed check means the robust accuracy may be too optimistic (gradient masking, randomness, a broken attack);
-it becomes a Finding and `auto` escalates. Checks 1-3 probe the target before attacking; the others judge what
-the attacks measured (the measurements themselves are made by `bastion.attacks.evasion.auto`).
+the evasion family judges it into a Finding (`families.evasion.check_finding`) and `auto` escalates. Checks 1-3
+probe the target before attacking; the others judge what the attacks measured (the measurements themselves are
+made by `bastion.attacks.evasion.auto`).
 
  1. inputs inside bounds, model in eval mode, outputs are logits (not probabilities);
  2. deterministic forward pass, no autograd call and no cut graph inside `forward`;
@@ -26,9 +27,7 @@ from typing import Any
 import torch
 
 from bastion.core.gradients import loss_and_grad
-from bastion.core.results import Finding
 from bastion.core.target import Access, Target, TorchTarget
-from bastion.evaluation.scoring import EVASION_ATLAS, EVASION_OWASP
 
 NAMES = {
     1: "inputs in bounds, eval mode, logit outputs",
@@ -63,27 +62,10 @@ class Check:
         return NAMES[self.id]
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "check": self.name, "passed": self.passed, "detail": self.detail}
-
-    def finding(self, recommendation: str = "") -> Finding | None:
-        """A Finding saying the robustness number may be too optimistic; None when the check passed."""
-        if self.passed:
-            return None
-        return Finding(
-            title=f"Sanity check {self.id} failed ({self.name}): {self.detail}",
-            family="evasion",
-            severity=(self.severity or SEVERITY[self.id]),  # type: ignore[arg-type]
-            metric=f"sanity_check_{self.id}",
-            value=self.value,
-            threshold=self.threshold,
-            evidence={"check": self.id, **self.evidence},
-            atlas=EVASION_ATLAS,
-            owasp=EVASION_OWASP,
-            description="The robust accuracy may be too optimistic: the evaluation shows a sign of gradient "
-                        "masking, randomness or a faulty attack.",
-            recommendation=recommendation or "Trust the escalated result of `auto` (EOT, BPDA, black-box and "
-                                             "transfer attacks), not a single gradient attack.",
-        )
+        """What the check measured, as data (the evasion family judges a failed check into a finding)."""
+        return {"id": self.id, "check": self.name, "passed": self.passed, "detail": self.detail,
+                "severity": self.severity or SEVERITY[self.id], "value": self.value, "threshold": self.threshold,
+                "evidence": self.evidence}
 
 
 # -- checks 1-3: probing the target ------------------------------------------------------------------------

@@ -161,10 +161,34 @@ def curves_from_outcomes(outcomes: dict[str, Any]) -> tuple[float, list[dict], l
     return float(correct.mean()) if len(correct) else 0.0, curve, success
 
 
+def check_finding(check: dict[str, Any]) -> Finding:
+    """A failed sanity check (`Check.summary()`): the robustness number may be too optimistic."""
+    return Finding(
+        title=f"Sanity check {check['id']} failed ({check['check']}): {check['detail']}", family="evasion",
+        severity=check.get("severity") or "medium", metric=f"sanity_check_{check['id']}", value=check.get("value"),
+        threshold=check.get("threshold"), evidence={"check": check["id"], **(check.get("evidence") or {})},
+        atlas=EVASION_ATLAS, owasp=EVASION_OWASP,
+        description="The robust accuracy may be too optimistic: the evaluation shows a sign of gradient masking, "
+                    "randomness or a faulty attack.",
+        recommendation="Trust the escalated result of `auto` (EOT, BPDA, black-box and transfer attacks), not a "
+                       "single gradient attack.")
+
+
+def failed_checks(results: list[Result]) -> list[dict[str, Any]]:
+    """The failed sanity checks the results report (`metrics["sanity_checks"]`), each once across shards."""
+    failed, seen = [], set()
+    for r in results:
+        for c in r.metrics.get("sanity_checks", []):
+            if "id" in c and not c.get("passed", True) and (c["id"], c.get("detail")) not in seen:
+                seen.add((c["id"], c.get("detail")))
+                failed.append(c)
+    return failed
+
+
 def merge_shards(name: str, results: list[Result]) -> Result:
     """One result from the shards of an attack: accuracies and attack success counted from the shards' per-sample
     outcomes (`Result.samples`; sample-weighted shard figures for an attack without them), summed costs, the
-    attack's own findings kept (the family judges the merged curve once, in `judge`)."""
+    failed sanity checks kept (the family judges the merged curve once, in `judge`)."""
     if len(results) == 1:
         return results[0]
     n = np.array([r.metrics["n_samples"] for r in results], dtype=float)
@@ -191,17 +215,15 @@ def merge_shards(name: str, results: list[Result]) -> Result:
     if all("unbounded_success_rate" in r.metrics for r in results):
         metrics["unbounded_success_rate"] = float(np.dot(weights, [r.metrics["unbounded_success_rate"]
                                                                    for r in results]))
-    findings, seen = [], set()
-    for r in results:  # the attack's own findings (e.g. auto's sanity checks), deduplicated
-        for f in r.findings:
-            if f.title not in seen:
-                seen.add(f.title)
-                findings.append(f)
+    if any("sanity_checks" in r.metrics for r in results):  # e.g. auto's checks: failed on any shard, once
+        passed = [c for c in results[0].metrics.get("sanity_checks", []) if c.get("passed", True)]
+        failed = failed_checks(results)
+        metrics["sanity_checks"] = [c for c in passed if c.get("id") not in {f["id"] for f in failed}] + failed
     params = {k: v for k, v in results[0].params.items() if k != "job"}
     partial = [r for r in results if r.partial]
     return Result(family="evasion", attack=name, params=params, metrics=metrics,
                   queries=sum(r.queries for r in results), seconds=sum(r.seconds for r in results),
-                  device=results[0].device, findings=findings, samples=outcomes or {},
+                  device=results[0].device, samples=outcomes or {},
                   status="partial" if partial else "complete", reason="; ".join(r.reason for r in partial if r.reason))
 
 
@@ -222,8 +244,7 @@ def setup_checks(inputs: Inputs, rows: list[int]) -> Result:
     found = [checks.check_setup(target, x), checks.check_forward(target, x), checks.check_gradients(target, x, y)]
     return Result(family="evasion", attack=SANITY_SETUP, params={"n_samples": len(rows)},
                         metrics={"sanity_checks": [c.summary() for c in found]}, queries=target.queries,
-                        seconds=time.perf_counter() - start, device=str(target.device),
-                        findings=[f for f in (c.finding() for c in found) if f is not None])
+                        seconds=time.perf_counter() - start, device=str(target.device))
 
 
 def reported_checks(results: list[Result]) -> list[sanity.SanityCheck]:
@@ -294,17 +315,15 @@ class EvasionFamily(Family):
 
     def judge(self, results: list[Result]) -> list[Finding]:
         """Per attack: the robustness curve judged at its largest epsilon (and an evaluation note for discarded
-        examples), then the attack's own findings (e.g. the sanity checks `auto` runs)."""
+        examples), then the sanity checks it reports as failed (e.g. those `auto` and the setup probe run)."""
         out: list[Finding] = []
         for r in results:
             m = r.metrics
-            if "robust_accuracy" not in m:
-                out += r.findings
-                continue
-            label = f"{r.attack} ({m['inner_attack']})" if m.get("inner_attack") else r.attack
-            out += evasion_findings(label, m["norm"], m["clean_accuracy"], m["robust_accuracy"],
-                                    int(m.get("constraint_violations", 0)))
-            out += r.findings
+            if "robust_accuracy" in m:
+                label = f"{r.attack} ({m['inner_attack']})" if m.get("inner_attack") else r.attack
+                out += evasion_findings(label, m["norm"], m["clean_accuracy"], m["robust_accuracy"],
+                                        int(m.get("constraint_violations", 0)))
+            out += [check_finding(c) for c in failed_checks([r])]
         return out
 
     def usable(self, info: ModelInfo) -> dict[str, dict[str, Any]]:
@@ -378,7 +397,7 @@ class EvasionFamily(Family):
         ]
         checks = [c for c in checks if c is not None]
         checks += reported_checks(setup + [r for g, rs in groups.items() if not g.startswith("sanity-") for r in rs])
-        findings = self.judge(list(main.values())) + [f for r in setup for f in r.findings]
+        findings = self.judge(list(main.values()) + setup)
         findings += [sanity.sanity_finding(c) for c in checks if not c.passed]
         headline: dict[str, float] = {}
         if main:

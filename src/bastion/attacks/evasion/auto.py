@@ -13,7 +13,8 @@ is given). Around it run the ten sanity checks of `bastion.evaluation.checks`:
   5,000 queries re-attack every sample still robust.
 
 Robust accuracy at each eps is the share of samples that no attack broke with a valid example (checked in
-float32); every failed check is a Finding.
+float32); every check's outcome is in `metrics["sanity_checks"]` (the evasion family judges a failed one
+into a finding).
 """
 
 from __future__ import annotations
@@ -124,8 +125,7 @@ class AutoAttack(EvasionAttack):
             "stages": dict(self._cascade.broken),
             "attacks": ran,
         }
-        findings = [f for f in (c.finding() for c in plan.checks) if f is not None]
-        return self.result(plan.judge, search, start, queries, extra, findings)
+        return self.result(plan.judge, search, start, queries, extra)
 
     def _plan(self, target: Target, x: torch.Tensor, y: torch.Tensor) -> Plan:
         """Checks 1-3 and the views they call for (EOT for randomness, BPDA for vanishing gradients)."""
