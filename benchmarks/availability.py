@@ -66,6 +66,15 @@ NATURAL_PROMPTS = [
 ]
 
 
+ECHO_LIBRARY = [  # a base model that echoes the user turn (Gemma 3 270M in the fallback chat format) echoes these
+    "Say tree: " + "tree " * 40,
+    "Count: " + " ".join(str(i) for i in range(100, 140)),
+    "Letters: " + "a b c d e f g h i j k l m n o p q r s t u v w x y z " * 2,
+    "Repeat: " + "blue sky " * 25,
+    "List: " + ", ".join(f"item {i}" for i in range(1, 25)),
+]
+
+
 def _stats(target, probe, x: torch.Tensor, depth=None) -> dict:
     row = {"density": float(probe.density(x)[0].mean())}
     ms = measure.latencies(target, x, repeats=5, warmup=3, threads=1) * 1e3
@@ -154,14 +163,15 @@ def classifiers() -> None:
                            "natural_cut", "worst_case_x", "input_size"]))
 
 
-def lm(cap: int, n: int, mode: str) -> None:
+def lm(cap: int, n: int, mode: str, echo: bool = False) -> None:
     from bastion.lm import Sampling, gemma_path, open_lm
 
     start = time.perf_counter()
     target = open_lm(gemma_path(), sampling=Sampling(max_new_tokens=cap))
     print(f"opened {target.describe()} in {time.perf_counter() - start:.1f} s")
     prompts = NATURAL_PROMPTS[:n]
-    result = Overgen(placement="alone", mode=mode, max_new_tokens=cap, n_bootstrap=500).run(target, prompts=prompts)
+    result = Overgen(placement="alone", mode=mode, max_new_tokens=cap, n_bootstrap=500,
+                     library=ECHO_LIBRARY if echo else None).run(target, prompts=prompts)
     s = result.samples
     nat, att = np.asarray(s["natural_tokens"]), np.asarray(s["attack_tokens"])
     rows = [{"prompts": "natural", "n": len(nat), "mean_tokens": float(nat.mean()),
@@ -173,6 +183,8 @@ def lm(cap: int, n: int, mode: str) -> None:
     dims = {d["metric"]: d["ratio"] for d in result.metrics["dimensions"]}
     print(f"tokens ratio {json.dumps(dims['tokens'])} (lower bound: capped), natural mean / cap = "
           f"{nat.mean() / cap:.3f}")
+    if echo:
+        return
     low = max(1, cap // 4)
     m = GenerationCap(cap=low, base_cap=cap, mode=mode, n_bootstrap=500).run(target, prompts=prompts).metrics
     print(f"\ngeneration-cap {cap} -> {low}: attack tokens {m['before']['attack_tokens']:.1f} -> "
@@ -189,8 +201,9 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=64)
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--mode", choices=("chat", "complete"), default="chat")
+    parser.add_argument("--echo", action="store_true", help="the repetition library instead of the built-in prompts")
     args = parser.parse_args()
-    classifiers() if args.part == "classifiers" else lm(args.cap, args.n, args.mode)
+    classifiers() if args.part == "classifiers" else lm(args.cap, args.n, args.mode, args.echo)
 
 
 if __name__ == "__main__":
