@@ -13,7 +13,6 @@ from torch import nn
 from bastion.attacks.availability.deepsloth import EarlyExitSlowdown
 from bastion.attacks.availability.energy import NOT_EXPOSED, EnergyMeter
 from bastion.attacks.availability.input_size import InputSize
-from bastion.attacks.availability.judge import judge_availability
 from bastion.attacks.availability.measure import ActivationProbe, fixed_threads
 from bastion.attacks.availability.sponge import Sponge, SpongeGA
 from bastion.core import registry
@@ -24,6 +23,7 @@ from bastion.core.training import Trainer
 from bastion.demo.datasets import digits
 from bastion.demo.early_exit import EarlyExitCNN, save_early_exit, train_early_exit
 from bastion.evaluation.metrics import bootstrap_ratio
+from bastion.families.availability_verdicts import judge_availability
 from bastion.models import load_target
 
 FAST = {"repeats": 1, "warmup": 1, "n_bootstrap": 100, "energy": False}

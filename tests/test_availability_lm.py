@@ -11,9 +11,9 @@ import random
 
 import pytest
 
-from bastion.attacks.availability.judge import judge_availability
 from bastion.attacks.availability.lm import EOSSuppress, Overgen, generation_stats
 from bastion.core.errors import ParameterError
+from bastion.families.availability_verdicts import judge_availability
 from bastion.lm.hf_target import HFTarget
 from bastion.lm.tiny import TinyLM
 

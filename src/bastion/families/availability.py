@@ -4,7 +4,7 @@ Default plan: white-box targets get `sponge` (Shumailov et al., 2021), `early-ex
 it reports itself not applicable when the model has no exits Bastion can read) and `input-size` (not applicable
 when the model accepts no larger input); score/label-only targets get the genetic `sponge-ga` on latency. Each job
 measures natural against crafted inputs (`bastion.attacks.availability`); `judge` grades every ratio (≥2× medium,
-≥10× high, a hard cap reached high; `bastion.attacks.availability.judge`) and adds the budget gates: attack
+≥10× high, a hard cap reached high; `bastion.families.availability_verdicts`) and adds the budget gates: attack
 latency (p95) above `latency_budget_ms`, or attack tokens per request above `token_budget` (LM results), is a high
 finding, so `bastion assess --latency-budget MS --token-budget N --fail-on high` fails a CI job on them.
 """
@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bastion.attacks.availability.judge import ATLAS, OWASP, judge_availability, judge_mitigation
 from bastion.core.errors import ParameterError
 from bastion.core.registry import get, register
 from bastion.core.results import Finding, Result
 from bastion.core.target import Access
+from bastion.families.availability_verdicts import ATLAS, OWASP, judge_availability, judge_mitigation
 from bastion.families.base import ENABLED, Family, Job, Key, registered, sample_rows, select
 from bastion.families.inputs import Inputs, ModelInfo
 

@@ -1,4 +1,4 @@
-"""Graded findings from availability measurements (for the availability family's `judge`).
+"""The availability family's verdicts: graded findings from availability measurements (attacks only measure).
 
 Each measured dimension of a result (`metrics["dimensions"]`: density, latency, energy, exit depth, tokens, ...) is
 an amplification ratio of attack over natural inputs: at or above 2× it is a medium finding, at or above 10× high.
