@@ -7,12 +7,10 @@ prompts and the attack's own options and runs `Overgen` (black-box, Engorgio's o
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from bastion.attacks.availability.lm import EOSSuppress, Overgen
-from bastion.attacks.llm.probe_options import integer, parse_args
+from bastion.attacks.llm.probe_options import integer, parse_args, read_prompt_rows
 from bastion.core.errors import ParameterError
 from bastion.core.results import Result
 
@@ -23,26 +21,9 @@ EOS = COMMON | {"suffix-len", "steps", "top-k", "batch", "horizon", "n-fit", "lo
 
 def read_prompts(path: str, what: str = "--data") -> list[str]:
     """Prompts from a text file (one per line) or .jsonl (`{"prompt": ...}` per line); one error line otherwise."""
-    file = Path(path)
-    try:
-        lines = [ln for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParameterError(f"{what} {file}: cannot read it as UTF-8 text "
-                             f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
-    prompts = []
-    for n, line in enumerate(lines, 1):
-        if file.suffix == ".jsonl":
-            try:
-                row = json.loads(line)
-            except ValueError:
-                raise ParameterError(f"{what} {file}: line {n} is not JSON") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                raise ParameterError(f"{what} {file}: line {n} needs a non-empty string 'prompt'")
-            prompts.append(row["prompt"])
-        else:
-            prompts.append(line.strip())
+    prompts = [row["prompt"].strip() for row in read_prompt_rows(path, what)]
     if not prompts:
-        raise ParameterError(f"{what} {file}: no prompts (one natural prompt per line)")
+        raise ParameterError(f"{what} {path}: no prompts (one natural prompt per line)")
     return prompts
 
 
