@@ -133,3 +133,12 @@ def test_rounded_probabilities_pass_unnormalised_scores_do_not():
         validate_output({"probabilities": [[0.93, 0.17] + [0.0] * 8]}, "probabilities", 1, 10, "u")
     with pytest.raises(BastionError, match="sum to 1"):  # unrounded scores keep the 0.01 tolerance
         validate_output({"probabilities": [[0.9731, 0.0512] + [0.0] * 8]}, "probabilities", 1, 10, "u")
+
+
+def test_an_api_key_in_the_url_never_reaches_a_report(guard_url, digits_demo):
+    from bastion.families.inputs import Inputs
+
+    url = f"{guard_url}?api_key=secret-budget"
+    inputs = Inputs(model=url, data=Dataset(digits_demo.test.x[:10], digits_demo.test.y[:10]))
+    shown = [load_http(url).name, inputs.summary()["model"], inputs.describe().path, inputs.describe().name]
+    assert all("secret-budget" not in text and "api_key=***" in text for text in shown), shown

@@ -141,24 +141,27 @@ class Inputs:
     def describe(self) -> ModelInfo:
         """Load the model once and record what the plan defaults depend on."""
         from bastion.models import sniff_format
+        from bastion.models.http_backend import redacted
 
         target = self.load_target()
         base = getattr(target, "base", target)
         return ModelInfo(
-            path=self.model, format=sniff_format(self.model_path()), sha256=self.model_sha256 or file_sha256(
+            path=redacted(self.model), format=sniff_format(self.model_path()), sha256=self.model_sha256 or file_sha256(
                 self.model), n_classes=target.n_classes, input_shape=list(target.input_shape),
             bounds=list(target.bounds), access=target.access.name.lower(),
             white_box=isinstance(base, TorchTarget) and target.access >= Access.GRADIENTS,
             estimator=getattr(base, "estimator", None) is not None, device=str(target.device), name=target.name)
 
     def summary(self) -> dict[str, Any]:
-        """Plain description of the inputs for reports and the run store."""
+        """Plain description of the inputs for reports and the run store (an `api_key` in a URL hidden)."""
+        from bastion.models.http_backend import redacted
+
         def data_info(d: Dataset | None, path: str | None) -> dict[str, Any] | None:
             if d is None:
                 return None
             return {"path": path, "name": d.name, "n": len(d), "n_classes": d.n_classes,
                     "input_shape": list(d.input_shape)}
-        return {"model": self.model, "arch": self.arch, "access": self.access, "trust": self.trust,
+        return {"model": redacted(self.model), "arch": self.arch, "access": self.access, "trust": self.trust,
                 "label": self.label, "data": data_info(self.data, self.data_path),
                 "train_data": data_info(self.train_data, self.train_path),
                 **({"max_queries": self.max_queries} if self.max_queries is not None else {})}

@@ -318,5 +318,5 @@ def load_http(url: str, data: Dataset | None = None, bounds: tuple[float, float]
     def predict(x: np.ndarray) -> np.ndarray:
         return validate_output(client.post(url, {"inputs": x.tolist()}), output, len(x), n_classes, url)
 
-    return FunctionTarget(predict, n_classes, shape, output, bounds, batch_size=batch_size, name=url,
+    return FunctionTarget(predict, n_classes, shape, output, bounds, batch_size=batch_size, name=redacted(url),
                           max_queries=max_queries)
