@@ -1,4 +1,5 @@
-"""SPECTRE, Confusion Training and MM-BD on a planted BadNets set and on clean ones; usable screen output."""
+"""SPECTRE, Confusion Training, MM-BD and Activation Clustering's trusted-set test on a planted BadNets set
+and on clean ones; usable screen output."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from bastion.core import registry
 from bastion.core.errors import ParameterError
+from bastion.defenses.detect.activation_clustering import ActivationClustering, trusted_share_test
 from bastion.defenses.detect.confusion import ConfusionTraining
 from bastion.defenses.detect.mm_bd import MMBD, null_tails, order_statistic_p_value
 from bastion.defenses.detect.spectre import Spectre
@@ -58,6 +60,29 @@ def test_screens_flag_almost_nothing_on_a_clean_training_set(screen):
     screen.ground_truth = np.zeros(len(train), bool)
     m = screen.run(target_of(clean_model(0)), clean, train_data=train).metrics
     assert m["fpr"] <= 0.02 and m["tpr"] == 0.0
+
+
+def test_activation_clustering_default_names_only_the_target_with_a_clean_set():
+    """The default decides with the defender's clean set: the poison cluster draws none of class 0's clean samples."""
+    target, data, is_poison = planted()
+    _, clean, _ = digits()
+    m = ActivationClustering(ground_truth=is_poison).run(target, clean, train_data=data).metrics
+    assert m["poisoned_classes"] == [0] and m["tpr"] >= 0.9 and m["fpr"] <= 0.02
+    assert {c["decided_by"] for c in m["classes"]} == {"trusted"} and m["classes"][0]["p_value"] < 0.005
+    for seed in (0, 1, 2):
+        train, _, _ = digits()
+        ok = ActivationClustering(ground_truth=np.zeros(len(train), bool)).run(target_of(clean_model(seed)), clean,
+                                                                               train_data=train).metrics
+        assert ok["poisoned_classes"] == [] and ok["fpr"] == 0.0
+
+
+def test_activation_clustering_cannot_flag_a_class_without_clean_samples():
+    target, data, is_poison = planted()
+    _, clean, _ = digits()
+    m = ActivationClustering(ground_truth=is_poison).run(target, clean.subset(np.nonzero(clean.y != 0)[0], "no 0"),
+                                                         train_data=data).metrics
+    assert 0 not in m["poisoned_classes"] and m["classes"][0]["trusted_n"] == 0
+    assert trusted_share_test(0, 30, 0.3) < 1e-4 < 0.4 < trusted_share_test(9, 30, 0.3)
 
 
 def test_mm_bd_flags_the_backdoor_target_and_no_clean_model():
