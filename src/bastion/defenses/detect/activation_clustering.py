@@ -105,7 +105,8 @@ class ActivationClustering(TrainingDataScreen):
     from them and cleared the true target (TPR 0). The size rule misses poison that is over 35% of its cluster.
 
     Each sample's score, for ROC metrics, is its class's silhouette times its relative margin toward the smaller
-    cluster (flagged samples rank first). `ground_truth` (an array, or an `.npz` with `is_poison`) adds TPR, FPR
+    cluster, plus, with a clean set, −log10 of its class's p-value for members of the smaller cluster (flagged
+    samples rank first). `ground_truth` (an array, or an `.npz` with `is_poison`) adds TPR, FPR
     and AUROC against the known poison.
 
     Example:
@@ -183,6 +184,8 @@ class ActivationClustering(TrainingDataScreen):
                             p_value=trusted_share_test(k, len(mine), size) if len(mine) else 1.0)
             candidate[idx] = small & (labels == 1)
             scores[idx] = silhouette * margin
+            if clean is not None:  # rank the smaller clusters by how unlikely they are legitimate data
+                scores[idx] += (labels == 1) * -np.log10(max(info["p_value"], 1e-300))
             info["poisoned"] = bool(small)
             classes.append(info)
         if clean is not None:
