@@ -1,5 +1,6 @@
 """The backdoor family: is this model already backdoored? Model-only scans (Neural Cleanse) on clean --data, and
-training-data screens (activation clustering, spectral signatures) on --train-data when it is given."""
+training-data screens (activation clustering, spectral signatures, SPECTRE, confusion training) on --train-data
+when it is given, with --data as the defender's trusted clean set (as `bastion defend` passes them)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from bastion.core.params import accepts, construct
 from bastion.core.registry import get, register
 from bastion.core.results import Finding, Result
+from bastion.defenses.detect.screening import TrainingDataScreen
 from bastion.families.backdoor_verdicts import backdoor_findings
 from bastion.families.base import (
     ENABLED,
@@ -26,12 +28,18 @@ from bastion.families.base import (
 from bastion.families.grading import grade_of
 from bastion.families.inputs import Inputs, ModelInfo
 
-# Detectors that screen a training set (the rest scan the model with clean data).
-TRAINING_SCREENS = ("activation-clustering", "spectral")
+# At most this many rows of --data (a seeded share) go to the training-data screens as their trusted clean set:
+# Activation Clustering's per-class test gains power with every clean sample, one forward pass each.
+TRUSTED_ROWS = 5000
 
 
 def scanner_class(name: str) -> type:
     return get("defenses", name, "detect")
+
+
+def screens_training_data(name: str) -> bool:
+    """Whether detector `name` screens a training set (the rest scan the model with clean data)."""
+    return issubclass(scanner_class(name), TrainingDataScreen)
 
 
 @register("families", "backdoor")
@@ -70,8 +78,8 @@ class BackdoorFamily(Family):
         for name, params in self.section["scanners"].items():
             if scanner_class(name).requires > info.access_level:
                 continue
-            if name in TRAINING_SCREENS and (inputs.train_data is None or
-                                             (info.format == "torchscript" and not inputs.arch)):
+            if screens_training_data(name) and (inputs.train_data is None or
+                                                (info.format == "torchscript" and not inputs.arch)):
                 continue  # screens read named layers: a TorchScript model needs --arch to be rebuilt
             out[name] = params
         return out
@@ -87,7 +95,12 @@ class BackdoorFamily(Family):
         return None
 
     def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:
+        """One job per usable scanner. A training-data screen gets --train-data to screen and --data (up to
+        TRUSTED_ROWS of it) as the defender's trusted clean set, as in `bastion defend NAME --data --train-data`:
+        Activation Clustering's default decides each smaller cluster by a binomial test on it."""
         clean = sample_rows(len(inputs.data), self.section["n_samples"], self.seed, salt=5)
+        trusted = None if len(inputs.data) <= TRUSTED_ROWS else \
+            sample_rows(len(inputs.data), TRUSTED_ROWS, self.seed, salt=6).tolist()
         jobs = []
         for name, params in self.usable(inputs, info).items():
             cls = scanner_class(name)
@@ -95,14 +108,15 @@ class BackdoorFamily(Family):
             if accepts(cls, "seed"):
                 full["seed"] = self.seed
             construct(cls, dict(full), f"plan: families.backdoor.scanners.{name}")
-            data = {"data": ["train", None]} if name in TRAINING_SCREENS else {"data": ["data", clean.tolist()]}
+            data = {"data": ["data", trusted], "train_data": ["train", None]} if screens_training_data(name) \
+                else {"data": ["data", clean.tolist()]}
             jobs.append(self.job(name, name, full, data, gpu=True))
         return jobs
 
     def execute(self, inputs: Inputs, job: Job) -> Result:
         target = inputs.load_target(eager=True)
         scanner = construct(scanner_class(job.name), dict(job.params), f"backdoor scanner '{job.name}'")
-        return scanner.run(target, select(inputs, *job.data["data"]))
+        return scanner.run(target, **{role: select(inputs, *spec) for role, spec in job.data.items()})
 
     def judge(self, results: list[Result]) -> list[Finding]:
         """Findings of poisoning sweeps and detector runs (bastion.families.backdoor_verdicts)."""
