@@ -14,6 +14,7 @@ from bastion.assess.assessment import Assessment
 from bastion.core.results import severity_rank
 from bastion.families import registry
 from bastion.families.grading import GRADE_MEANING, count_by_severity, mitigations, sort_findings
+from bastion.report.llm_section import LLM_TEMPLATE, MAX_TEXT, interval, llm_probes, pct
 from bastion.report.plots import family_plots
 from bastion.report.template import CSS, TEMPLATE
 
@@ -32,7 +33,9 @@ def _evidence(evidence: dict[str, Any]) -> str:
 
 
 def _params(params: dict[str, Any]) -> str:
-    shown = {k: v for k, v in params.items() if k != "job" and not (isinstance(v, list) and len(v) > 8)}
+    """A run's parameters on one line; long lists left out and a system prompt (it may hold secrets) not shown."""
+    shown = {k: ("(set)" if k == "system_prompt" and v is not None else v) for k, v in params.items()
+             if k != "job" and not (isinstance(v, list) and len(v) > 8)}
     return ", ".join(f"{k}={v}" for k, v in shown.items())
 
 
@@ -48,6 +51,16 @@ def reproduce_command(a: Assessment, plan_file: str = "plan.yaml") -> str:
         info = inputs.get(key) or {}
         if info.get("path"):
             parts += [flag, str(info["path"])]
+    if inputs.get("language_model"):  # member/non-member texts, the system prompt file, the endpoint options
+        texts = inputs.get("texts") or {}
+        for flag, key in (("--data", "nonmembers"), ("--train-data", "members")):
+            if flag not in parts and (texts.get(key) or {}).get("path"):
+                parts += [flag, str(texts[key]["path"])]
+        if (inputs.get("system_prompt") or {}).get("path"):
+            parts += ["--system-prompt", str(inputs["system_prompt"]["path"])]
+        for flag, key in (("--api-key-env", "api_key_env"), ("--api-model", "api_model")):
+            if (inputs.get("lm_options") or {}).get(key):
+                parts += [flag, str(inputs["lm_options"][key])]
     for flag, key in (("--label", "label"), ("--arch", "arch"), ("--access", "access")):
         if inputs.get(key):
             parts += [flag, str(inputs[key])]
@@ -66,9 +79,9 @@ def reproduce_command(a: Assessment, plan_file: str = "plan.yaml") -> str:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                             lstrip_blocks=True)
+                             lstrip_blocks=True, loader=jinja2.DictLoader({"llm.html": LLM_TEMPLATE}))
     env.filters.update(num=_num, evidence=_evidence, params=_params, gradeclass=_grade_class,
-                       sortfindings=sort_findings)
+                       sortfindings=sort_findings, pct=pct, ci=interval)
     return env
 
 
@@ -85,6 +98,7 @@ def render_html(a: Assessment) -> str:
         ranked = sort_findings(report.findings)
         families.append({"report": report, "plots": family_plots(report),
                          "mitigations": mitigations(_standard_mitigations(report.family), report.findings),
+                         "llm": llm_probes(report),
                          "top": ranked[0] if ranked and severity_rank(ranked[0].severity) > 0 else None})
     everything = [(f.family, x) for f in a.families for x in f.findings]
     top = sorted((p for p in everything if severity_rank(p[1].severity) > 0),
@@ -96,7 +110,7 @@ def render_html(a: Assessment) -> str:
         n_findings=sum(n for sev, n in counts.items() if sev != "info"),
         sanity=[c for f in a.families for c in f.sanity], command=reproduce_command(a),
         plan_yaml=yaml.safe_dump(a.plan, sort_keys=False, default_flow_style=None),
-        data_name=f"{data_label(data)} ({data.get('n', '?')} records)")
+        data_name=f"{data_label(data)} ({data.get('n', '?')} records)", max_text=MAX_TEXT)
 
 
 def data_label(data: dict) -> str:

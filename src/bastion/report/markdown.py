@@ -11,6 +11,7 @@ import re
 from bastion.assess.assessment import Assessment
 from bastion.core.results import severity_rank
 from bastion.families.grading import GRADE_MEANING, sort_findings
+from bastion.report.llm_section import interval, llm_probes, pct
 
 _HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
 _MARKDOWN = set("\\`*_{}[]#!|~@$")  # links, images, emphasis, code, tables, mentions, math
@@ -59,6 +60,8 @@ def render_markdown(a: Assessment, max_findings: int = 15) -> str:
         lines.append(f"- **{_cell(x.severity)}** \\[{_cell(family)}\\] {_cell(x.title)}" + (f" ({ids})" if ids else ""))
     if len(serious) > max_findings:
         lines.append(f"- ... and {len(serious) - max_findings} more (see the HTML report)")
+    for f in a.families:
+        lines += _llm_tables(llm_probes(f))
     checks = [c for f in a.families for c in f.sanity]
     failed = [c for c in checks if not c.passed]
     lines += ["", f"### Sanity checks: {len(checks) - len(failed)}/{len(checks)} passed", ""]
@@ -68,3 +71,48 @@ def render_markdown(a: Assessment, max_findings: int = 15) -> str:
     lines += ["", f"<sub>run `{a.run_id}` · seed {a.seed} · {a.backend} backend · {a.seconds:.0f} s · {code}"
               "full report: report.html</sub>", ""]
     return "\n".join(lines)
+
+
+def _rate_row(label: str, row: dict, *more: str) -> str:
+    cells = [label, f"{row['k']}/{row['n']}", pct(row.get("rate")), interval(row.get("interval")), *more]
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _llm_tables(probes: list[dict]) -> list[str]:
+    """One compact table per language-model probe (rates with 95% intervals; no transcripts)."""
+    if not probes:
+        return []
+    lines = ["", "### Language-model probes"]
+    for p in probes:
+        state = "" if p["status"] == "complete" else f" ({_cell(p['status'])}: {_cell(p['reason'])})"
+        if p["probe"] in ("leak", "inject"):
+            what = "leaks" if p["probe"] == "leak" else "successes"
+            lines += ["", f"**{p['probe']}**{state}", "", f"| {'technique' if p['probe'] == 'leak' else 'group'} "
+                      f"| {what}/n | rate | 95% interval |", "|---|---|---|---|"]
+            if p["overall"]:
+                lines.append(_rate_row("overall", p["overall"]))
+            groups = (("", p["techniques"]),) if p["probe"] == "leak" else (
+                ("technique", p["techniques"]), ("placement", p["placements"]), ("task", p["tasks"]),
+                ("baseline accuracy", p["baseline"]))
+            lines += [_rate_row(f"{group}: {row['name']}" if group else row["name"], row)
+                      for group, rows in groups for row in rows]
+        elif p["probe"] == "jailbreak":
+            lines += ["", f"**jailbreak**{state}", "",
+                      "| technique | successes/n | raw rate (95%) | corrected rate (95%) |", "|---|---|---|---|"]
+            for row in p["techniques"] + ([p["overall"]] if p["overall"] else []):
+                cells = [row["name"], f"{row['k']}/{row['n']}", f"{pct(row['raw'])} {interval(row['raw_interval'])}",
+                         f"{pct(row['corrected'])} {interval(row['corrected_interval'])}"]
+                lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+            if p["judge"]:
+                j = p["judge"]
+                lines += ["", _cell(f"Judge: sensitivity {pct(j['sensitivity'])}, specificity {pct(j['specificity'])} "
+                                    f"(TP {j['tp']}, FP {j['fp']}, FN {j['fn']}, TN {j['tn']})."
+                                    + (f" False refusal {pct(p['false_refusal']['rate'])} of "
+                                       f"{p['false_refusal']['n']} benign prompts." if p["false_refusal"] else ""))]
+        elif p["probe"] == "membership":
+            lines += ["", f"**membership**{state}", "", "| score | TPR at 1% FPR | AUC |", "|---|---|---|"]
+            for s in p["scores"]:
+                auc = f"{s['auc']:.3f}" if isinstance(s["auc"], (int, float)) else "n/a"
+                name = s["name"] + (" (best)" if s["best"] else "")
+                lines.append(f"| {_cell(name)} | {_cell(pct(s['tpr1']))} | {_cell(auc)} |")
+    return lines

@@ -33,6 +33,15 @@ figcaption { color:var(--muted); font-size:12px; }
 pre { background:#f1f5f9; padding:10px; border-radius:6px; overflow:auto; font-size:12px; }
 details summary { cursor:pointer; color:var(--muted); }
 .warn { background:#fef3c7; border:1px solid #f59e0b; padding:8px 12px; border-radius:6px; }
+h4 { font-size:14px; margin:14px 0 4px; }
+.probe { border-top:1px solid var(--line); margin-top:10px; }
+.transcript { border:1px solid var(--line); border-radius:6px; padding:6px 10px; margin:8px 0; }
+.transcript p { margin:2px 0 6px; }
+.turn { white-space:pre-wrap; overflow-wrap:anywhere; font:12px/1.45 ui-monospace,Menlo,Consolas,monospace;
+        padding:4px 8px; margin:3px 0; border-radius:4px; }
+.turn.user { background:#eff6ff; } .turn.model { background:#f1f5f9; }
+.role { display:inline-block; min-width:44px; color:var(--muted); font-weight:600; margin-right:6px; }
+.transcript .sev { margin:0 6px; }
 """
 
 TEMPLATE = """<!DOCTYPE html>
@@ -80,8 +89,9 @@ TEMPLATE = """<!DOCTYPE html>
     [{{ fam }}] {{ x.title }}</li>
   {% endfor %}</ol>{% endif %}
   <p class="muted">Model {{ a.model.get('path') }} ({{ a.model.get('format') }}, {{ a.model.get('access') }} access,
-  {{ a.model.get('n_classes') }} classes, input {{ a.model.get('input_shape') }}); evaluation data
-  {{ data_name }}.</p>
+  {% if a.model.get('kind') == 'language-model' %}{% set sp = (a.inputs.get('system_prompt') or {}).get('path') %}
+  language model){% if sp %}; system prompt {{ sp }}{% endif %}.{% else %}{{ a.model.get('n_classes') }} classes,
+  input {{ a.model.get('input_shape') }}); evaluation data {{ data_name }}.{% endif %}</p>
 </section>
 {% for f in families %}{% set r = f.report %}
 <section id="family-{{ r.family }}" class="family">
@@ -98,7 +108,8 @@ TEMPLATE = """<!DOCTYPE html>
     {% for f in x.metrics['files'] %}<tr><td>{{ f.path }}</td><td>{{ f.format }}</td><td>{{ f.size }}</td>
     <td><code>{{ f.sha256[:16] }}</code></td></tr>{% endfor %}</table>{% endfor %}
   {% if r.findings %}<h3>Findings</h3><table>
-    <tr><th>severity</th><th>finding</th><th>metric</th><th>MITRE ATLAS</th><th>OWASP ML Top 10</th></tr>
+    <tr><th>severity</th><th>finding</th><th>metric</th><th>MITRE ATLAS</th>
+    <th>{{ 'OWASP LLM Top 10' if r.family == 'llm' else 'OWASP ML Top 10' }}</th></tr>
     {% for x in r.findings|sortfindings %}<tr>
       <td><span class="sev sev-{{ x.severity }}">{{ x.severity }}</span></td>
       <td>{{ x.title }}{% if x.description or x.recommendation or x.evidence %}<details><summary>details</summary>
@@ -110,6 +121,7 @@ TEMPLATE = """<!DOCTYPE html>
       <td>{{ x.owasp|join(', ') }}</td>
     </tr>{% endfor %}
   </table>{% endif %}
+  {% include "llm.html" %}
   {% if r.results %}<h3>Runs</h3><table><tr><th>attack / scanner</th><th>queries</th><th>seconds</th><th>device</th>
   <th>parameters</th></tr>{% for x in r.results %}<tr><td>{{ x.attack }}</td><td>{{ x.queries }}</td>
   <td>{{ '%.2f'|format(x.seconds) }}</td><td>{{ x.device }}</td><td><code>{{ x.params|params }}</code></td></tr>
