@@ -214,6 +214,13 @@ def test_hostile_replies_are_escaped_cut_and_the_page_stays_offline(written):
     assert "bastion assess m.gguf --train-data in.txt --system-prompt prompt.txt --plan plan.yaml" in html
 
 
+def test_the_report_rebuilt_from_its_json_shows_the_same_section(written):
+    from bastion.report.json_report import load_report
+
+    paths, html = written
+    assert render(load_report(paths["json"].read_text(encoding="utf-8")), "html") == html
+
+
 def test_markdown_has_one_compact_table_per_probe(results, written):
     paths, _ = written
     md = paths["md"].read_text(encoding="utf-8")
