@@ -2,8 +2,8 @@
 
 Routes: `GET /v1/models`, `POST /v1/chat/completions` (non-streaming), `/healthz`, `/metrics`, `/openapi.json`.
 Raw completion (`/v1/completions`) is not served: it would bypass the system prompt the leak filter protects.
-Keys, rate limits and the audit log work as for classifiers (`guard.app`); the audit log's `n_inputs` of an LM
-request is its prompt + completion tokens, so `llm.token_budget` survives a restart.
+Keys, body bounds, refusals and the audit log are shared with classifiers (`guard.guard_requests`); the audit log's
+`n_inputs` of an LM request is its prompt + completion tokens, so `llm.token_budget` survives a restart.
 
 Refusal styles: malformed requests and limits are 4xx errors in OpenAI's shape (`{"error": {"message", "type",
 "code"}}`); a suspected injection (`injection: reject`) and a leaking reply (`leak: redact`) are answered in-band,
@@ -14,16 +14,15 @@ temperature, top_p and seed are ignored.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.core.errors import BastionError, ParameterError
-from bastion.guard.app import _secret, make_metrics, read_body, record
-from bastion.guard.audit_log import AuditLog, Entry
+from bastion.guard.audit_log import AuditLog
 from bastion.guard.guard_policy import Policy, Tier
+from bastion.guard.guard_requests import Exchange, api_key, guarded_post, make_metrics
 from bastion.guard.llm_rules import find_leak, scan_messages
 from bastion.guard.rules import Refused, TokenBucket
 from bastion.lm.chat_format import check_messages
@@ -150,71 +149,46 @@ def make_llm_app(guard: LMGuard) -> Any:
     from bastion.guard.openapi import openapi_llm_spec
 
     spec = openapi_llm_spec()
-    largest = max(t.inputs.max_body_bytes for t in guard.policy.tiers.values())
 
     async def models(request: Request) -> Response:
-        if guard.policy.resolve(_secret(request)) is None:
+        if guard.policy.resolve(api_key(request)) is None:
             return _error(401, "unknown or missing API key", "auth")
         return JSONResponse({"object": "list", "data": [{"id": guard.name, "object": "model",
                                                          "owned_by": "bastion"}]})
 
-    async def chat(request: Request) -> Response:
-        start = time.perf_counter()
-        found = guard.policy.resolve(_secret(request))
-        key, tier = found if found is not None else ("unknown", None)
-        status, verdict, hits, tokens = 200, "allow", [], 0
-        try:
-            if tier is None:
-                raise Refused(401, "unknown or missing API key", "auth")
-            body = await read_body(request, min(largest, tier.inputs.max_body_bytes))
+    async def chat(ex: Exchange, raw: Any) -> Response:
+        tier = ex.tier
+        messages, n, want_logprobs = parse_request(raw, tier)
+        state = guard.state(ex.key, tier)
+        with state.lock:
+            state.admit()
+        rules = tier.llm
+        found_patterns = scan_messages(messages) if rules.injection is not None else []
+        if found_patterns:
+            ex.hits.append("llm.injection")
+        if found_patterns and rules.injection == "reject":
+            ex.verdict = "deny"
+            content, finish, usage, logprobs = (INJECTION_NOTICE.format(", ".join(found_patterns)),
+                                                "content_filter", {"prompt_tokens": 0, "completion_tokens": 0,
+                                                                   "total_tokens": 0}, None)
+        else:
             try:
-                raw = json.loads(body)
-            except (ValueError, RecursionError):
-                raise Refused(400, "request body is not JSON", "input.schema") from None
-            messages, n, want_logprobs = parse_request(raw, tier)
-            state = guard.state(key, tier)
+                out, found_hits, ex.n = await run_in_threadpool(guard.complete, tier, messages, n)
+            except ParameterError as exc:  # e.g. the prompt does not fit the model's context
+                raise Refused(400, str(exc), "input.size") from None
+            ex.hits += found_hits
+            content, finish = out["choice"]["message"]["content"], out["choice"]["finish_reason"]
+            usage, logprobs = out["usage"], out["logprobs"]
+            ex.verdict = "deny" if finish == "content_filter" else ("flag" if ex.hits else "allow")
             with state.lock:
-                state.admit()
-            rules = tier.llm
-            found_patterns = scan_messages(messages) if rules.injection is not None else []
-            if found_patterns:
-                hits.append("llm.injection")
-            if found_patterns and rules.injection == "reject":
-                verdict = "deny"
-                content, finish, usage, logprobs = (INJECTION_NOTICE.format(", ".join(found_patterns)),
-                                                    "content_filter", {"prompt_tokens": 0, "completion_tokens": 0,
-                                                                       "total_tokens": 0}, None)
-            else:
-                try:
-                    out, found_hits, tokens = await run_in_threadpool(guard.complete, tier, messages, n)
-                except ParameterError as exc:  # e.g. the prompt does not fit the model's context
-                    raise Refused(400, str(exc), "input.size") from None
-                hits += found_hits
-                content, finish = out["choice"]["message"]["content"], out["choice"]["finish_reason"]
-                usage, logprobs = out["usage"], out["logprobs"]
-                verdict = "deny" if finish == "content_filter" else ("flag" if hits else "allow")
-                with state.lock:
-                    state.used_tokens += tokens
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
-                                      "finish_reason": finish}
-            if want_logprobs and logprobs is not None and finish != "content_filter":
-                choice["logprobs"] = {"content": [{"token": "", "logprob": x} for x in logprobs]}
-            response = JSONResponse({"id": f"chatcmpl-{int(time.time() * 1000)}", "object": "chat.completion",
-                                     "created": int(time.time()), "model": guard.name, "choices": [choice],
-                                     "usage": usage})
-        except Refused as refused:
-            status, verdict = refused.status, "deny"
-            hits = [*hits, refused.rule]
-            response = _error(refused.status, refused.message, refused.rule, refused.retry_after)
-        except Exception as exc:  # noqa: BLE001 - a failing model: one line, logged, no traceback
-            status, verdict = 500, "error"
-            hits = [*hits, "model.error"]
-            response = _error(500, f"the model failed on this request ({type(exc).__name__})", "model.error")
-        latency_ms = (time.perf_counter() - start) * 1000
-        if tier is not None and status == 200 and tier.latency_ms is not None and latency_ms > tier.latency_ms:
-            hits.append("ceiling.latency")
-        record(guard, Entry(time.time(), key, tier.name if tier else None, tokens, status, verdict, hits, latency_ms))
-        return response
+                state.used_tokens += ex.n
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
+                                  "finish_reason": finish}
+        if want_logprobs and logprobs is not None and finish != "content_filter":
+            choice["logprobs"] = {"content": [{"token": "", "logprob": x} for x in logprobs]}
+        return JSONResponse({"id": f"chatcmpl-{int(time.time() * 1000)}", "object": "chat.completion",
+                             "created": int(time.time()), "model": guard.name, "choices": [choice],
+                             "usage": usage})
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "isolation": guard.isolation, "model": guard.name})
@@ -225,6 +199,7 @@ def make_llm_app(guard: LMGuard) -> Any:
     async def openapi(request: Request) -> Response:
         return JSONResponse(spec)
 
-    routes = [Route("/v1/models", models, methods=["GET"]), Route("/v1/chat/completions", chat, methods=["POST"]),
+    routes = [Route("/v1/models", models, methods=["GET"]),
+              Route("/v1/chat/completions", guarded_post(guard, chat, _error), methods=["POST"]),
               Route("/healthz", healthz), Route("/metrics", metrics), Route("/openapi.json", openapi)]
     return Starlette(routes=routes)
