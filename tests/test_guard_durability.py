@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,31 +16,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-pytest.importorskip("prometheus_client")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(model: str, audit, port: int) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "bastion", "guard", "serve", model, "--port", str(port),
-                                "--audit", str(audit)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return process
-        except OSError:
-            if process.poll() is not None:
-                raise AssertionError(process.stderr.read().decode()) from None
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the guard did not start within 60 s")
+from tests.guard_fixtures import start_guard
 
 
 def _hammer(url: str, body: bytes, answered: list[int], stop: threading.Event) -> None:
@@ -58,12 +33,12 @@ def _hammer(url: str, body: bytes, answered: list[int], stop: threading.Event) -
 def test_kill_9_loses_no_committed_entry_and_sigterm_drains(digits_demo, tmp_path):
     from bastion.guard.audit_log import read_log
 
-    audit, port = tmp_path / "audit.sqlite", _free_port()
-    server = _start(str(digits_demo.model_path), audit, port)
+    audit = tmp_path / "audit.sqlite"
+    server, url = start_guard([str(digits_demo.model_path), "--audit", str(audit)])
     body = json.dumps({"inputs": np.asarray(digits_demo.test.x[:4]).tolist()}).encode()
     answered: list[int] = []
     stop = threading.Event()
-    threads = [threading.Thread(target=_hammer, args=(f"http://127.0.0.1:{port}/predict", body, answered, stop))
+    threads = [threading.Thread(target=_hammer, args=(f"{url}/predict", body, answered, stop))
                for _ in range(4)]
     for t in threads:
         t.start()
@@ -77,9 +52,8 @@ def test_kill_9_loses_no_committed_entry_and_sigterm_drains(digits_demo, tmp_pat
     logged = [e for e in read_log(audit) if e.status == 200]
     assert ok > 5 and len(logged) >= ok  # every answered request was committed before its answer left
 
-    port = _free_port()
-    server = _start(str(digits_demo.model_path), audit, port)  # the log reopens after the crash
-    with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body)) as answer:
+    server, url = start_guard([str(digits_demo.model_path), "--audit", str(audit)])  # the log reopens after the crash
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/predict", data=body)) as answer:
         assert answer.status == 200
     server.send_signal(signal.SIGTERM)
     assert server.wait(30) == 0

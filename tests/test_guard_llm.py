@@ -5,31 +5,19 @@ path, policy validation of the `llm` section, and the detectors on benign and ho
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import socket
-import threading
-import time
-import urllib.error
 import urllib.request
 
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-pytest.importorskip("prometheus_client")
 pytest.importorskip("transformers")
 
 from bastion.core.errors import ParameterError  # noqa: E402
 from bastion.guard.guard_policy import parse_policy  # noqa: E402
 from bastion.guard.llm_rules import find_leak, injection_hits, scan_messages, secret_words  # noqa: E402
+from tests.guard_fixtures import fetch, keys_for, served, start_guard  # noqa: E402
 
 SYSTEM = "Code QX-7KD2."
-
-
-def _sha(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
 
 POLICY = {
     "default_tier": "guarded",
@@ -40,22 +28,13 @@ POLICY = {
         "budget": {"llm": {"token_budget": 40, "max_new_tokens": 24}},
         "canary": {"llm": {"leak": "redact", "canaries": ["7KD2"], "prompt_overlap": None, "max_new_tokens": 24}},
     },
-    "keys": [{"id": name, "sha256": _sha(f"secret-{name}"), "tier": name}
-             for name in ("open", "watch", "budget", "canary")],
+    "keys": keys_for(("open", "watch", "budget", "canary")),
 }
 HI = [{"role": "user", "content": "hi"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def lm_guard(tmp_path_factory):
-    import uvicorn
-
     from bastion.guard.audit_log import AuditLog
     from bastion.guard.llm_app import LMGuard, make_llm_app
     from bastion.lm.chat_format import render_fallback
@@ -67,29 +46,18 @@ def lm_guard(tmp_path_factory):
     lm = HFTarget.from_model(model, tok, system_prompt=SYSTEM)
     folder = tmp_path_factory.mktemp("guard_llm")
     guard = LMGuard(lm, parse_policy(POLICY), AuditLog(folder / "audit.sqlite"), "tiny")
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(make_llm_app(guard), host="127.0.0.1", port=port, log_level="error",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", folder / "audit.sqlite"
-    server.should_exit = True
-    thread.join(10)
-    guard.audit.close()
+    try:
+        with served(make_llm_app(guard)) as url:
+            yield url, folder / "audit.sqlite"
+    finally:
+        guard.audit.close()
 
 
 def _chat(url: str, body: dict | bytes, key: str | None = None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer secret-{key}"} if key else {})}
-    request = urllib.request.Request(url + "/v1/chat/completions", data=data, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+    headers = {"Authorization": f"Bearer secret-{key}"} if key else {}
+    status, raw, _ = fetch(url + "/v1/chat/completions", data, headers, timeout=60)
+    return status, json.loads(raw)
 
 
 def _last_rules(audit) -> list[str]:
@@ -228,8 +196,6 @@ def test_fuzz_never_5xx(lm_guard):
 def test_cli_serves_a_language_model_and_drains_on_sigterm(tmp_path):
     """`bastion guard serve FOLDER` in its own process: chat through the policy, the audit log, exit 0."""
     import signal
-    import subprocess
-    import sys
 
     from bastion.guard.audit_log import read_log
     from bastion.lm.tiny import TinyLM
@@ -237,21 +203,9 @@ def test_cli_serves_a_language_model_and_drains_on_sigterm(tmp_path):
     TinyLM(epochs=0, n_embd=16, block=256).train(["hello world, ignore previous rules"], tmp_path / "lm")
     (tmp_path / "policy.yaml").write_text("tiers:\n  default:\n    llm: {injection: reject, max_new_tokens: 8}\n")
     (tmp_path / "system.txt").write_text("You are terse.")
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bastion", "guard", "serve", str(tmp_path / "lm"),
-                                "--port", str(port), "--policy", str(tmp_path / "policy.yaml"), "--system-prompt",
-                                str(tmp_path / "system.txt"), "--audit", str(tmp_path / "a.sqlite")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_guard([str(tmp_path / "lm"), "--policy", str(tmp_path / "policy.yaml"), "--system-prompt",
+                                str(tmp_path / "system.txt"), "--audit", str(tmp_path / "a.sqlite")])
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=2).read()
-                break
-            except OSError:
-                assert process.poll() is None, process.stderr.read().decode()
-                time.sleep(0.2)
         status, answer = _chat(url, {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
         assert status == 200 and answer["usage"]["completion_tokens"] <= 4
         status, answer = _chat(url, {"messages": [{"role": "user", "content": "hello"}]})  # the tier's ceiling: 8

@@ -3,22 +3,15 @@ result with the server's reason, never a traceback (bastion.models.http_backend.
 
 from __future__ import annotations
 
-import hashlib
-import socket
-import threading
 import time
 
 import numpy as np
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-pytest.importorskip("prometheus_client")
-
-from bastion.core.data import Dataset  # noqa: E402
-from bastion.core.errors import BudgetSpent  # noqa: E402
-from bastion.guard.guard_policy import parse_policy  # noqa: E402
-from bastion.models.http_backend import EndpointRefused, HttpClient, load_http  # noqa: E402
+from bastion.core.data import Dataset
+from bastion.core.errors import BudgetSpent
+from bastion.models.http_backend import EndpointRefused, HttpClient, load_http
+from tests.guard_fixtures import digits_guard, keys_for
 
 POLICY = {
     "default_tier": "open",
@@ -28,41 +21,14 @@ POLICY = {
         "blocked": {"extraction": {"ood_share": 0.3, "ood_min_queries": 20, "action": "block"}},
         "slow": {"rate": {"per_second": 4, "burst": 2}},
     },
-    "keys": [{"id": n, "sha256": hashlib.sha256(f"secret-{n}".encode()).hexdigest(), "tier": n}
-             for n in ("budget", "blocked", "slow")],
+    "keys": keys_for(("budget", "blocked", "slow")),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def guard_url(digits_demo, tmp_path_factory):
-    import uvicorn
-
-    from bastion.guard.app import Guard, make_app
-    from bastion.guard.audit_log import AuditLog
-    from bastion.guard.backend import ServedModel
-    from bastion.guard.rules import Reference
-
-    folder = tmp_path_factory.mktemp("guard-proof")
-    served = ServedModel(str(digits_demo.model_path), sandbox=False)
-    guard = Guard(served, parse_policy(POLICY), AuditLog(folder / "audit.sqlite"), Reference(digits_demo.train))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(guard), host="127.0.0.1", port=port, log_level="error",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/predict"
-    server.should_exit = True
-    thread.join(10)
-    guard.audit.close()
+    with digits_guard(digits_demo, POLICY, tmp_path_factory.mktemp("guard-proof")) as (url, _, _):
+        yield f"{url}/predict"
 
 
 def _knockoff(url: str, data: Dataset, pool: Dataset, budgets: list[int]):
