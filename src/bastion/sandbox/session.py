@@ -35,8 +35,20 @@ from bastion.sandbox.seccomp import build_filter
 
 MESSAGE_TYPES = {"ready", "loaded", "result", "outcome", "file", "audit", "end", "error"}
 MAX_MESSAGE = 256 << 20
-ENV_PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
-              "PYTHONPATH", "BASTION_DEBUG", "PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")
+ENV_PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
+              "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "BASTION_DEBUG", "PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")
+# The worker's OpenMP threads (PyTorch's and scikit-learn's) sleep at barriers instead of spinning, unless the user
+# says otherwise: on a machine whose cores other processes also use, spinning threads wait on a descheduled peer in
+# every parallel region of LAPACK's many small ones (Activation Clustering's per-class SVD took 3.0 s instead of
+# 0.5 s at 2 threads, the 6,000-sample screen 110 s instead of 23 s under load 8; docs/benchmarks/poisoning.md §7.3).
+WORKER_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def passed_env(environ: dict[str, str]) -> dict[str, str]:
+    """The part of the caller's environment the worker gets, over the worker's defaults."""
+    return {**WORKER_ENV_DEFAULTS, **{k: environ[k] for k in ENV_PASSED if k in environ}}
+
+
 _SAID: set[str] = set()
 
 
@@ -113,7 +125,7 @@ class Sandbox:
         if strace is None:
             say_once("strace is not installed: dynamic analysis falls back to Python audit hooks "
                      "(what native code does is not observed)")
-        env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
+        env = passed_env(dict(os.environ))
         env.update(HOME=str(self.scratch), TMPDIR=str(self.scratch), PYTHONDONTWRITEBYTECODE="1",
                    BASTION_SANDBOX_LIMITS=json.dumps(self.policy.rlimits()), BASTION_SANDBOX_MARKER=self.marker,
                    BASTION_SANDBOX_WARMUP=self.marker,
