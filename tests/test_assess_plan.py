@@ -87,7 +87,8 @@ def test_incomplete_plan_from_dict_is_refused():
 def test_defaults_cover_every_family_and_fit_the_access(cancer_inputs):  # noqa: F811
     info = cancer_inputs.describe()
     plan = default_plan(cancer_inputs, info)
-    assert all(plan.enabled(f) for f in family_names())
+    assert all(plan.enabled(f) for f in family_names() if f != "llm")
+    assert not plan.enabled("llm")  # a classifier: the language-model family is off (the report says why)
     ev = plan.section("evasion")
     assert ev["norm"] == "l2" and "pgd" in ev["attacks"]  # feature vectors, white box
     assert "lira" in plan.section("privacy")["attacks"]  # --arch given: reference models possible

@@ -24,8 +24,11 @@ from .assess_fixtures import cancer_inputs, quick_assessment, quick_plan  # noqa
 def test_every_family_is_assessed_with_mapped_findings(quick_assessment):  # noqa: F811
     a, _ = quick_assessment
     assert [f.family for f in a.families] == ["evasion", "privacy", "extraction", "backdoor", "supply_chain",
-                                                "availability"]
+                                                "llm", "availability"]
+    assert a.family("llm").status == "skipped" and a.family("llm").reason == "not applicable: not a language model"
     for fam in a.families:
+        if fam.family == "llm":
+            continue
         assert fam.status == "assessed", (fam.family, fam.reason, fam.errors)
         assert fam.results, fam.family
         assert fam.grade == grade_of(fam.findings)

@@ -20,7 +20,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 def test_every_family_declares_its_contract():
     fams = registry()
-    assert list(fams) == ["evasion", "privacy", "extraction", "backdoor", "supply_chain", "availability"]
+    assert list(fams) == ["evasion", "privacy", "extraction", "backdoor", "supply_chain", "llm", "availability"]
     for name, cls in fams.items():
         assert issubclass(cls, Family) and cls.name == name and get_family(name) is cls
         assert cls.title and cls.atlas and cls.owasp and cls.mitigations

@@ -11,6 +11,7 @@ pytest.importorskip("transformers")
 
 from bastion.attacks.llm.exposure import CanaryExposure, exposure_exact, exposure_extrapolated  # noqa: E402
 from bastion.core.errors import ParameterError  # noqa: E402
+from bastion.families import judged  # noqa: E402
 from bastion.lm.tiny import TinyLM  # noqa: E402
 
 WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "big", "small", "red", "blue", "house", "tree"]
@@ -30,11 +31,16 @@ def lm(tmp_path_factory):
 def test_exposure_rises_with_repetitions(lm):
     model, tok, *_ = lm
     attack = CanaryExposure(length=3)
-    once = attack.run((model, tok), secret="472").metrics
-    often = attack.run((model, tok), secret="981").metrics
+    once_result, often_result = attack.run((model, tok), secret="472"), attack.run((model, tok), secret="981")
+    once, often = once_result.metrics, often_result.metrics
     assert once["exact"] and once["n_candidates"] == 1000
     assert often["exposure"] > once["exposure"] + 2
     assert often["exposure"] > 0.75 * often["max_exposure"]
+    # the llm family judges: the often-repeated canary is memorised (high, LLM02), the other is not high
+    high = judged(often_result).findings[0]
+    assert high.severity == "high" and high.family == "llm" and high.owasp == [
+        "LLM02:2025 Sensitive Information Disclosure"]
+    assert judged(once_result).findings[0].severity != "high"
 
 
 def test_extrapolated_exposure_tracks_the_exact_one(lm):

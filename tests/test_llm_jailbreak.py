@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from bastion.attacks.llm.jailbreak import Jailbreak, judge_jailbreak
+from bastion.attacks.llm.jailbreak import Jailbreak
 from bastion.attacks.llm.jailbreak_prompts import (
     TECHNIQUES,
     behaviours,
@@ -16,6 +16,7 @@ from bastion.attacks.llm.jailbreak_prompts import (
     overrefusal_prompts,
 )
 from bastion.core.errors import ParameterError
+from bastion.families import judged
 from bastion.lm.lm_target import LMTarget, Reply
 
 
@@ -70,8 +71,9 @@ def test_rates_per_technique_with_intervals_and_false_refusal() -> None:
     assert m["overall"]["raw"] == 1.0 and set(m["categories"]) >= {"cyber", "privacy"}
     assert 0 < m["false_refusal_overall"]["rate"] < 1 and "self-harm" in m["false_refusal"]
     assert m["judge"]["tp"] + m["judge"]["fn"] > 50
-    findings = judge_jailbreak(result)
-    assert findings[0].severity == "high" and findings[0].owasp == ["LLM01"]
+    findings = judged(result).findings
+    assert findings[0].severity == "high" and findings[0].owasp == ["LLM01:2025 Prompt Injection"]
+    assert findings[0].atlas == ["AML.T0054"] and findings[0].family == "llm"
 
 
 def test_spent_budget_keeps_partial_results_and_skips_are_reported() -> None:

@@ -11,6 +11,7 @@ pytest.importorskip("transformers")
 
 from bastion.attacks.llm.membership import LMMembership  # noqa: E402
 from bastion.cli.main import run  # noqa: E402
+from bastion.families import judged  # noqa: E402
 from bastion.lm.tiny import TinyLM, char_tokenizer  # noqa: E402
 
 WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "big", "small", "red", "blue", "house", "tree"]
@@ -40,7 +41,11 @@ def test_overfitted_model_leaks_membership(corpus):
     assert set(scores) == {"loss", "zlib", "min_k", "min_k_pp", "reference"}
     assert scores["loss"]["auc"] > 0.75 and scores["loss"]["auc_ci"][0] > 0.5
     assert scores["reference"]["auc"] > 0.75
-    assert result.findings and result.findings[0].family == "llm"
+    assert not result.findings  # the attack measures; the llm family judges
+    findings = judged(result).findings
+    assert findings and findings[0].family == "llm" and findings[0].severity != "info"
+    assert findings[0].owasp == ["LLM02:2025 Sensitive Information Disclosure"] and findings[0].atlas == [
+        "AML.T0024.000"]
 
 
 def test_untrained_or_reference_equal_model_is_at_chance(corpus):

@@ -80,7 +80,7 @@ def test_json_report_round_trips(quick_assessment, tmp_path):  # noqa: F811
 
 def test_sarif_is_valid_and_complete(demo_run):  # noqa: F811
     out, assessments, _ = demo_run
-    for a, model in zip(assessments, PLOTS, strict=True):
+    for a, model in zip(assessments[:2], PLOTS, strict=True):  # the classifiers (the third is Gemma)
         log = json.loads((out / model / FILE_NAMES["sarif"]).read_text())
         assert validate(log) == []
         run = log["runs"][0]

@@ -83,10 +83,11 @@ def assess_inputs(inputs: Inputs, *, plan: PlanLike = None, seed: int | None = N
     return runner.run(inputs, built, run_id=run_id, resume=resume is not None, info=info)
 
 
-def assess(model: str | Path, data: Dataset | str | Path, *, train_data: Dataset | str | Path | None = None,
-           plan: PlanLike = None, device: str | None = "auto", seed: int | None = 0, arch: str | None = None,
-           access: str | None = None, trust: bool = False, label: str | None = None, store: RunRecorder | None = None,
-           backend: Backend | None = None, show_progress: bool = False) -> Assessment:
+def assess(model: str | Path, data: Dataset | str | Path | None = None, *,
+           train_data: Dataset | str | Path | None = None, plan: PlanLike = None, device: str | None = "auto",
+           seed: int | None = 0, arch: str | None = None, access: str | None = None, trust: bool = False,
+           label: str | None = None, store: RunRecorder | None = None, backend: Backend | None = None,
+           show_progress: bool = False, system_prompt: str | None = None) -> Assessment:
     """Assess `model` (a file or an http(s) URL) on `data` (a Dataset or a data file) against every registered
     threat family and return the Assessment (grades, findings, sanity checks, results).
 
@@ -94,7 +95,20 @@ def assess(model: str | Path, data: Dataset | str | Path, *, train_data: Dataset
     sized for it); `seed`: the same seed gives the same findings; `arch`: module:factory of a weights-only
     model's architecture; `access`: restrict to gradients, scores or labels; `store`: record the run; `backend`:
     where the jobs run (local by default). Runs in this process: the model's code is not sandboxed (the CLI
-    sandboxes it)."""
+    sandboxes it).
+
+    A language model (a `.gguf` file, a Hugging Face folder, an `http(s)://host/v1` URL) needs no data:
+    `system_prompt` is its deployed system prompt (text); `data`/`train_data`, when given, are lists of non-member
+    and member texts for membership inference."""
+    from bastion.lm.lm_target import is_language_model
+
+    if is_language_model(model):
+        texts = {k: [str(t) for t in v] for k, v in (("nonmembers", data), ("members", train_data))
+                 if isinstance(v, (list, tuple))}
+        lm = Inputs(model=str(model), data=None, trust=trust, device=device or "auto", system_prompt=system_prompt,
+                    texts=texts)
+        return assess_inputs(lm, plan=plan, seed=seed, device=device, store=store, backend=backend,
+                             show_progress=show_progress)
     evaluation, data_path = _dataset(data, label, "data")
     training, train_path = _dataset(train_data, label, "train")
     if evaluation is None:

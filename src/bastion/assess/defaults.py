@@ -23,7 +23,9 @@ def sizing_device(device: str, info: ModelInfo) -> str:
 
 def default_plan(inputs: Inputs, info: ModelInfo, seed: int = 0, device: str = "auto") -> Plan:
     """A complete, validated plan for these inputs; the families size their budgets for `device` (decided
-    before the plan: `auto` sizes for the device the model was loaded on)."""
+    before the plan: `auto` sizes for the device the model was loaded on). A family that does not assess this kind
+    of model (`Family.kinds`: a classifier, a language model) is off, and the report says why."""
     sized_for = sizing_device(device, info)
-    families = {name: plugin.defaults(inputs, info, sized_for, seed) for name, plugin in registry().items()}
+    families = {name: plugin.defaults(inputs, info, sized_for, seed) if info.kind in plugin.kinds
+                else {"enabled": False} for name, plugin in registry().items()}
     return Plan.from_dict({"version": PLAN_VERSION, "seed": seed, "device": device, "families": families})

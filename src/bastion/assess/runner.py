@@ -18,7 +18,7 @@ from bastion.assess.plan import Plan, family_names
 from bastion.core.clock import new_run_id, now
 from bastion.core.errors import BastionError
 from bastion.core.progress import progress
-from bastion.families.base import Family, FamilyReport, Job, JobOutcome, family_for, get_family
+from bastion.families.base import Family, FamilyReport, Job, JobOutcome, family_for, get_family, not_for
 from bastion.families.grading import overall_grade
 from bastion.families.inputs import Inputs, ModelInfo, one_line
 
@@ -110,7 +110,8 @@ def make_backend(name: str, address: str | None = None, describe: Isolation | No
 
 def plan_jobs(inputs: Inputs, info: ModelInfo, plan: Plan) -> tuple[dict[str, Family], dict[str, str], list[Job]]:
     """The enabled families, the reasons families are skipped, and every job (errors come early)."""
-    plugins = {fam: family_for(fam, plan.section(fam), plan.seed) for fam in family_names() if plan.enabled(fam)}
+    plugins = {fam: family_for(fam, plan.section(fam), plan.seed) for fam in family_names()
+               if plan.enabled(fam) and not_for(get_family(fam), info) is None}
     skipped = {fam: reason for fam, p in plugins.items() if (reason := p.applicable(inputs, info))}
     jobs = [j for fam, p in plugins.items() if fam not in skipped for j in p.jobs(inputs, info)]
     return plugins, skipped, jobs
@@ -175,7 +176,7 @@ class Runner:
         families = []
         for fam in family_names():
             if fam not in plugins:
-                families.append(_skipped(fam, "disabled in the plan"))
+                families.append(_skipped(fam, not_for(get_family(fam), info) or "disabled in the plan"))
             elif fam in skipped:
                 families.append(_skipped(fam, skipped[fam]))
             else:

@@ -18,6 +18,7 @@ from bastion.core.errors import ParameterError
 from bastion.core.results import severity_rank
 from bastion.families.availability import with_budgets
 from bastion.families.inputs import Inputs, file_sha256
+from bastion.lm.lm_target import is_language_model
 from bastion.report import FILE_NAMES, FORMATS, write_reports
 from bastion.report.terminal import print_summary
 from bastion.sandbox import SandboxOptions, open_sandbox
@@ -46,15 +47,64 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return chosen
 
 
+def read_system_prompt(path: Path | str | None) -> str | None:
+    """The deployed system prompt (UTF-8 text), or None."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParameterError(f"--system-prompt {path}: cannot read it as UTF-8 text "
+                             f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+
+
+def lm_inputs(model: str, data: Path | None, train_data: Path | None, system_prompt: Path | None, *,
+              trust: bool, device: str, max_queries: int | None, lm_options: dict[str, str]) -> Inputs:
+    """The inputs of a language-model assessment: --data and --train-data are optional non-member and member
+    texts (one per line, or .jsonl with a `text` field) for membership inference."""
+    from bastion.attacks.llm.token_scores import read_texts
+
+    texts = {}
+    if data is not None:
+        texts["nonmembers"] = read_texts(data, "--data (non-member texts)")
+    if train_data is not None:
+        texts["members"] = read_texts(train_data, "--train-data (member texts)")
+    return Inputs(model=model, data=None, trust=trust, device=device, data_path=str(data) if data else None,
+                  train_path=str(train_data) if train_data else None, max_queries=max_queries,
+                  system_prompt=read_system_prompt(system_prompt),
+                  system_prompt_path=str(system_prompt) if system_prompt else None, texts=texts,
+                  lm_options=lm_options)
+
+
+def _resume_lm(row: dict, saved: dict, device: str | None, plan: Plan) -> Inputs:
+    """A language-model run's inputs again: the system prompt must be the one the run started with."""
+    prompt_info = saved.get("system_prompt") or {}
+    texts = saved.get("texts") or {}
+    inputs = lm_inputs(saved["model"], _path(texts.get("nonmembers")), _path(texts.get("members")),
+                       _path(prompt_info), trust=bool(saved.get("trust")), device=device or plan.device,
+                       max_queries=None, lm_options=dict(saved.get("lm_options") or {}))
+    digest = inputs.summary()["system_prompt"]["sha256"]
+    if digest != prompt_info.get("sha256"):
+        raise ParameterError(f"the system prompt changed since run {row['id']} started: start a new assessment")
+    return inputs
+
+
+def _path(info: dict | None) -> Path | None:
+    return Path(info["path"]) if info and info.get("path") else None
+
+
 def resume_inputs(store: RunStore, run_ref: str, device: str | None) -> tuple[str, Inputs, Plan]:
     """The inputs and plan recorded for a run; refuses a model file that changed since."""
     row = store.run(run_ref)
     saved = row["inputs"]
     data_info, train_info = saved.get("data") or {}, saved.get("train_data") or {}
-    if not data_info.get("path"):
-        raise ParameterError(f"run {row['id']} was not started from data files and cannot be resumed")
     if row["model_sha256"] and file_sha256(saved["model"]) != row["model_sha256"]:
         raise ParameterError(f"{saved['model']} changed since run {row['id']} started: start a new assessment")
+    if saved.get("language_model"):
+        plan = Plan.from_dict(row["plan"])
+        return row["id"], _resume_lm(row, saved, device, plan), plan
+    if not data_info.get("path"):
+        raise ParameterError(f"run {row['id']} was not started from data files and cannot be resumed")
     store.check_data_unchanged(row)
     plan = Plan.from_dict(row["plan"])
     data = load_data(Path(data_info["path"]), saved.get("label"), None, "data")
@@ -69,9 +119,18 @@ def register(app: typer.Typer) -> None:
     @app.command(help="Assess a model against every threat family and write a graded report "
                       "(HTML, JSON, SARIF, Markdown).")
     def assess(
-        model: str | None = typer.Argument(None, help="model file or http(s) URL"),
-        data: Path | None = typer.Option(None, "--data", help="held-out evaluation data"),
-        train_data: Path | None = typer.Option(None, "--train-data", help="training data (enables privacy)"),
+        model: str | None = typer.Argument(None, help="model file or http(s) URL; a language model: a .gguf "
+                                           "file, a Hugging Face folder or an OpenAI-compatible http(s)://host/v1"),
+        data: Path | None = typer.Option(None, "--data", help="held-out evaluation data (a language model: "
+                                         "optional non-member texts)"),
+        train_data: Path | None = typer.Option(None, "--train-data", help="training data, enables privacy (a "
+                                               "language model: optional member texts)"),
+        system_prompt: Path | None = typer.Option(None, "--system-prompt", help="language models: the deployed "
+                                                  "system prompt (a canary is added to it for the leak probe)"),
+        api_key_env: str | None = typer.Option(None, "--api-key-env", help="language-model endpoints: the "
+                                               "environment variable holding the API key"),
+        api_model: str | None = typer.Option(None, "--api-model", help="language-model endpoints: the model "
+                                             "name (default: the first /v1/models lists)"),
         label: str | None = typer.Option(None, "--label", help="label column of CSV data"),
         arch: str | None = typer.Option(None, "--arch", help="module:factory of the model's architecture"),
         plan_file: Path | None = typer.Option(None, "--plan", help="YAML plan (see docs/plan.md)"),
@@ -122,7 +181,15 @@ def register(app: typer.Typer) -> None:
                 raise ParameterError("--resume takes the model, data and plan from the stored run; pass neither")
             run_id, inputs, plan = resume_inputs(store, resume, device)
             inputs.max_queries = max_queries  # a resumed run gets the budget given now (none: unlimited)
+        elif model is not None and is_language_model(model):
+            options_lm = {k: v for k, v in (("api_key_env", api_key_env), ("api_model", api_model)) if v}
+            inputs = lm_inputs(model, data, train_data, system_prompt, trust=trust, device=device or "auto",
+                               max_queries=max_queries, lm_options=options_lm)
+            run_id = None
         else:
+            if system_prompt is not None or api_key_env or api_model:
+                raise ParameterError("--system-prompt, --api-key-env and --api-model are for language models (a "
+                                     ".gguf file, a Hugging Face folder or an http(s)://host/v1 URL)")
             if model is None or data is None:
                 raise ParameterError("bastion assess needs MODEL and --data (or --resume RUN)")
             evaluation = load_data(data, label, None, "data")
@@ -136,7 +203,8 @@ def register(app: typer.Typer) -> None:
             sources = [inputs.model, inputs.data_path, inputs.train_path, plan_file, store and store.path]
             prepare_output_dir(out, sources)
             check_report_files(out, [FILE_NAMES[f] for f in fmts] + ["plan.yaml"], sources)
-        sandbox = open_sandbox(inputs.model, inputs.arch, options)
+        # language-model formats (safetensors, GGUF) carry no code: loaded in-process after a clean scan
+        sandbox = None if inputs.language_model else open_sandbox(inputs.model, inputs.arch, options)
         info = describe_in(sandbox, inputs) if sandbox is not None else inputs.describe()
         if sandbox is not None and backend == "local":
             runner_backend = SandboxBackend(sandbox, options)

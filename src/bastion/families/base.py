@@ -134,6 +134,7 @@ class Family(ABC):
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
     order: ClassVar[int] = 100  # position in plans and reports
+    kinds: ClassVar[tuple[str, ...]] = ("classifier",)  # the models it assesses (`ModelInfo.kind`)
     atlas: ClassVar[tuple[str, ...]] = ()
     owasp: ClassVar[tuple[str, ...]] = ()
     schema: ClassVar[dict[str, Key]] = {"enabled": ENABLED}
@@ -232,6 +233,14 @@ class Family(ABC):
             reason = f"{reason}; {failed}" if reason else failed
         return FamilyReport(family=self.name, title=self.title, status=status, reason=reason, results=results,
                             errors=errors, seconds=sum(o.seconds for o in outcomes), **kwargs)
+
+
+def not_for(family: type[Family], info: ModelInfo) -> str | None:
+    """Why `family` cannot assess this kind of model (None when it can)."""
+    if info.kind in family.kinds:
+        return None
+    what = {"language-model": "a language model", "classifier": "not a language model"}.get(info.kind, info.kind)
+    return f"not applicable: {what}"
 
 
 def registered(kind: str, family: str, name: str) -> bool:

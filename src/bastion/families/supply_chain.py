@@ -63,6 +63,7 @@ class SupplyChainFamily(Family):
     name = "supply_chain"
     title = "Supply chain (model files)"
     order = 50
+    kinds = ("classifier", "language-model")  # a GGUF file or an LM folder is scanned like any model file
     atlas = ("AML.T0010.003", "AML.T0011.000")
     owasp = ("ML06:2023 AI Supply Chain Attacks",)
     schema = {

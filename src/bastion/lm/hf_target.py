@@ -162,6 +162,24 @@ def load_hf(spec: str | Path, trust: bool = False) -> tuple[Any, Any]:
     return _from_pretrained(path, str(folder), {}, extra)
 
 
+_LOADED: dict[tuple[str, int, int, bool], tuple[Any, Any]] = {}
+
+
+def load_hf_shared(spec: str | Path, trust: bool = False) -> tuple[Any, Any]:
+    """`load_hf`, once per process for the same file or folder (same path, sizes and modification times): the jobs
+    of one assessment share the weights; each gets its own `HFTarget` (counters, budget, system prompt)."""
+    path = Path(spec).resolve()
+    if not path.exists():
+        raise ModelLoadError(f"no such model folder or file: {spec}")
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    stats = [f.stat() for f in files if f.is_file()]
+    key = (str(path), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0), bool(trust))
+    if key not in _LOADED:
+        _LOADED.clear()  # one model at a time: an LM's weights are large
+        _LOADED[key] = load_hf(path, trust)
+    return _LOADED[key]
+
+
 def _load_gguf(path: Path) -> tuple[Any, Any]:
     with path.open("rb") as f:
         if f.read(4) != b"GGUF":

@@ -163,6 +163,21 @@ def is_url(spec: str) -> bool:
     return str(spec).lower().startswith(("http://", "https://"))
 
 
+def is_language_model(spec: str | Path) -> bool:
+    """Whether `spec` names a language model: an OpenAI-compatible `http(s)://host[:port]/v1` URL, a `.gguf` file,
+    or a Hugging Face folder (config.json beside a tokenizer). Classifier files and other URLs are not."""
+    text = str(spec)
+    if is_url(text):
+        from urllib.parse import urlsplit
+
+        return urlsplit(text).path.rstrip("/").endswith("/v1")
+    path = Path(text)
+    if path.suffix.lower() == ".gguf":
+        return True
+    return path.is_dir() and (path / "config.json").is_file() and any(
+        (path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
 def open_lm(spec: str | Path, *, system_prompt: str | None = None, sampling: Sampling | None = None,
             max_queries: int | None = None, trust: bool = False, api_key_env: str | None = None,
             api_model: str | None = None, timeout: float = 60.0, backend: str = "auto") -> LMTarget:

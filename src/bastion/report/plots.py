@@ -188,10 +188,39 @@ def availability_distributions(report: FamilyReport) -> Plot | None:
                 "density (the energy proxy of sponge examples) and tokens per request.", _encode(fig))
 
 
+def llm_rates(report: FamilyReport) -> Plot | None:
+    """Success rate of each language-model probe's techniques with its 95% interval (leak, injection: Wilson;
+    jailbreak: judge-corrected, bootstrap)."""
+    rows = []
+    for r in report.results:
+        for technique, row in (r.metrics.get("techniques") or {}).items():
+            if r.attack == "jailbreak":
+                rate, interval = row.get("corrected"), row.get("corrected_interval")
+            else:
+                rate, interval = row.get("rate"), row.get("interval")
+            if isinstance(rate, (int, float)) and interval:
+                rows.append((f"{r.attack}: {technique}", float(rate), float(interval[0]), float(interval[1])))
+    if not rows:
+        return None
+    fig, ax = _figure(6.0, 0.9 + 0.24 * len(rows))
+    y = np.arange(len(rows))[::-1]
+    rates = np.array([row[1] for row in rows])
+    low = np.clip(rates - np.array([row[2] for row in rows]), 0, None)
+    high = np.clip(np.array([row[3] for row in rows]) - rates, 0, None)
+    ax.barh(y, rates, xerr=[low, high], color=SEVERITY_COLORS["high"], alpha=0.8, ecolor="#334155", capsize=2)
+    ax.set_yticks(y)
+    ax.set_yticklabels([row[0] for row in rows], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("success rate (95% interval)")
+    return Plot("llm-rates", "Language-model probes: success per technique",
+                "Share of attempts that leaked the planted canary, hijacked the task, or (jailbreaks, corrected "
+                "for the judge's measured error) got harmful help, per technique, with 95% intervals.", _encode(fig))
+
+
 # Every figure the report can draw, by name; each family names the ones it wants (`Family.plots`).
 FIGURES: dict[str, Callable[[FamilyReport], Plot | None]] = {
     f.__name__: f for f in (robustness_curve, roc_loglog, fidelity_vs_queries, anomaly_index, scan_findings,
-                            availability_distributions)}
+                            availability_distributions, llm_rates)}
 
 
 def family_plots(report: FamilyReport) -> list[Plot]:

@@ -13,7 +13,7 @@ from bastion.attacks.base import Attack
 from bastion.attacks.privacy.base import check_int
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
-from bastion.core.results import Finding, Result
+from bastion.core.results import Result
 from bastion.core.target import Access
 
 from .token_scores import encode, model_and_tokenizer
@@ -142,14 +142,5 @@ class CanaryExposure(Attack):
             metrics.update({"extractable_fraction": float(np.mean(hits)), "n_extractable": int(sum(hits)),
                             "n_texts": len(hits),
                             "extractable_examples": [i for i, h in enumerate(hits) if h][:10]})
-        severity = "high" if exposure >= 0.75 * math.log2(size) else "medium" if exposure >= 8 else "info"
-        finding = Finding(
-            title=f"canary exposure {exposure:.1f} bits of a possible {math.log2(size):.1f}",
-            family="llm", severity=severity, metric="exposure", value=exposure, threshold=8.0,
-            evidence={k: v for k, v in metrics.items() if k != "extractable_examples"},
-            description=("The model ranks the inserted secret far above random candidates: it has memorised it."
-                         if severity != "info" else "The secret is not ranked unusually high."),
-            recommendation=("Train with DP-SGD, deduplicate training data and scrub secrets."
-                            if severity != "info" else ""))
         return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
-                      queries=len(px), seconds=time.perf_counter() - start, findings=[finding])
+                      queries=len(px), seconds=time.perf_counter() - start)

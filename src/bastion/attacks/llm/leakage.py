@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import random
 import re
 import secrets
 import time
@@ -39,10 +40,12 @@ def prompt_library() -> list[dict[str, Any]]:
     return [{"technique": t, "turns": [s.strip() for s in turns.split("|||")]} for t, turns in rows]
 
 
-def make_canary(rng: secrets.SystemRandom | None = None) -> str:
-    """A random secret unlikely to occur by chance: 'ZX-' + 8 upper-case letters/digits."""
+def make_canary(rng: random.Random | None = None) -> str:
+    """A random secret unlikely to occur by chance: 'ZX-' + 8 upper-case letters/digits (from `rng` when given,
+    e.g. seeded for a reproducible assessment; else from the system's secure source)."""
     alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-    return "ZX-" + "".join(secrets.choice(alphabet) for _ in range(8))
+    pick = rng.choice if rng is not None else secrets.choice
+    return "ZX-" + "".join(pick(alphabet) for _ in range(8))
 
 
 def _norm(text: str) -> str:

@@ -19,7 +19,6 @@ from bastion.core.registry import register
 from bastion.core.results import Result
 from bastion.core.target import Access
 from bastion.evaluation.metrics import roc_summary
-from bastion.evaluation.privacy_verdicts import membership_findings
 
 from .token_scores import TokenStats, check_same_tokenizer, model_and_tokenizer, token_stats
 
@@ -114,11 +113,8 @@ class LMMembership(Attack):
         metrics = {**{k: v for k, v in per_score[best].items() if k != "roc"}, "best_score": best,
                    "scores": per_score, "n_members": n, "n_nonmembers": len(nonmembers),
                    "fpr_resolution": 1.0 / len(nonmembers), "most_at_risk": most_at_risk(scored[best][:n])}
-        findings = membership_findings(f"LM membership ({best})", metrics)
-        for finding in findings:
-            finding.family = "llm"
         return Result(family=self.family, attack=self.name, params=self.get_params(), metrics=metrics,
-                      queries=len(scored["loss"]), seconds=time.perf_counter() - start, findings=findings)
+                      queries=len(scored["loss"]), seconds=time.perf_counter() - start)
 
 
 def _tpr1(metrics: dict[str, Any]) -> float:
