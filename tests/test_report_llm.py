@@ -84,7 +84,7 @@ class _Page(HTMLParser):
 def results():
     target = _Hostile()
     leak = Leak(techniques=LEAK_TECHNIQUES, examples=2).run(target, canary="ZX-ABCDEFGH")
-    inject = Inject(techniques=["ignore_previous", "delimiters"], documents=2, examples=2).run(
+    inject = Inject(techniques=["ignore_previous", "delimiters"], examples=2).run(
         _Hostile(), canary="PWNED-1234ABCD")
     jail = Jailbreak(techniques=["direct", "roleplay"], n_bootstrap=100).run(
         _Hostile(), behaviours=behaviours("bastion")[:3], benign=overrefusal_prompts(4))
