@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv clean peers-venv privacy-meter-venv
+.PHONY: demo test lint venv clean peers-venv privacy-meter-venv garak-venv
 
 $(BIN)/bastion: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,3 +46,11 @@ privacy-meter-venv:
 	.privacy-meter-venv/bin/python -m pip install -q tensorflow-cpu==2.21.0 opacus==1.6.0 Privacy_Meter==1.0.1 \
 		pandas seaborn pillow
 	.privacy-meter-venv/bin/python -m pip install -q -e .
+
+# garak for benchmarks/llm_peers.py only (never a project dependency). Torch first (the CPU build), so that
+# garak's requirements do not pull another torch.
+GARAK_TORCH_SPEC ?= torch==2.13.0
+garak-venv:
+	test -x .garak-venv/bin/python || $(PYTHON) -m venv .garak-venv
+	.garak-venv/bin/python -m pip install -q "$(GARAK_TORCH_SPEC)"
+	.garak-venv/bin/python -m pip install -q garak
