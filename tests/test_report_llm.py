@@ -201,14 +201,15 @@ def test_hostile_replies_are_escaped_cut_and_the_page_stays_offline(written):
     paths, html = written
     page = _Page()
     page.feed(html)
-    assert "script" not in page.tags and "img" not in page.tags and "iframe" not in page.tags
+    assert "script" not in page.tags and "iframe" not in page.tags and "<img src=x" not in html
     assert not [a for a in page.attrs if a.lower().startswith("on")]  # no event handler attribute anywhere
-    assert SCRIPT not in html and "<img" not in html and 'onerror=alert(1)>' not in html.replace("&gt;", "")
+    assert SCRIPT not in html and 'onerror=alert(1)>' not in html.replace("&gt;", "")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in html
     assert "example transcripts" in html and "leaked</span>" in html
     # replies are cut at MAX_TEXT characters with a visible ellipsis (the echoing target writes 600+ x's)
     assert "x" * MAX_TEXT not in html and "x…" in html
-    assert not page.urls and "<link" not in html and not re.search(r"url\(|@import", html)
+    assert all(u.startswith("data:image/png;base64,") for u in page.urls)  # figures inline, nothing fetched
+    assert "<link" not in html and not re.search(r"url\(|@import", html)
     md = paths["md"].read_text(encoding="utf-8")
     assert "### Language-model probes" in md and "<script" not in md and "<img" not in md
     assert "bastion assess m.gguf --train-data in.txt --system-prompt prompt.txt --plan plan.yaml" in html
@@ -269,4 +270,5 @@ def test_report_renders_in_chromium_without_live_tags(written, tmp_path):
     dom = _Page()
     dom.feed(run.stdout)
     assert {"llm-leak", "llm-inject", "llm-jailbreak", "llm-membership"} <= dom.ids
-    assert "script" not in dom.tags and "img" not in dom.tags
+    assert "script" not in dom.tags and all(u.startswith("data:image/png;base64,") for u in dom.urls)
+    assert not [a for a in dom.attrs if a.lower().startswith("on")]
