@@ -31,7 +31,7 @@ from torch import nn
 from bastion.attacks.availability import measure
 from bastion.attacks.availability.deepsloth import EarlyExitSlowdown
 from bastion.attacks.availability.energy import NOT_EXPOSED, EnergyMeter
-from bastion.attacks.availability.lm import Overgen
+from bastion.attacks.availability.lm import NATURAL_PROMPTS, Overgen
 from bastion.attacks.availability.sponge import Sponge
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer
@@ -41,30 +41,6 @@ from bastion.demo.cache import demo_model
 from bastion.demo.datasets import digits
 from bastion.demo.early_exit import N_EXITS, save_early_exit, train_early_exit
 from bastion.models import load_target
-
-NATURAL_PROMPTS = [
-    "What is the capital of France? Answer in one word.",
-    "What is 7 times 8? Reply with the number only.",
-    "Name the largest planet in the solar system, in one word.",
-    "What colour is the sky on a clear day? One word.",
-    "Is water wet? Answer yes or no.",
-    "Translate 'thank you' into Spanish. Just the translation.",
-    "What is the chemical symbol for gold? Only the symbol.",
-    "How many legs does a spider have? Number only.",
-    "Who wrote Romeo and Juliet? Name only.",
-    "What is the opposite of 'hot'? One word.",
-    "What is the boiling point of water in Celsius? Number only.",
-    "Which animal says 'moo'? One word.",
-    "What is 15 minus 6? Number only.",
-    "What language is spoken in Brazil? One word.",
-    "What is the first letter of the English alphabet?",
-    "Give a synonym of 'happy'. One word.",
-    "How many days are in a week? Number only.",
-    "What is the capital of Japan? One word.",
-    "Is the sun a star? Yes or no.",
-    "What is the plural of 'mouse'? One word.",
-]
-
 
 ECHO_LIBRARY = [  # a base model that echoes the user turn (Gemma 3 270M in the fallback chat format) echoes these
     "Say tree: " + "tree " * 40,

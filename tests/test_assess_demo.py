@@ -42,6 +42,7 @@ def test_demo_assesses_gemma_as_a_deployed_language_model(demo_run):  # noqa: F8
     metrics = {f.metric for f in llm.findings}
     assert {"system-prompt leak rate", "injection success rate"} <= metrics
     assert gemma.family("supply_chain").status == "assessed"  # the GGUF file was scanned
+    assert [r.attack for r in gemma.family("availability").results] == ["overgen"]
     assert gemma.family("evasion").reason == "not applicable: a language model"
     assert (out / "gemma-3-270m" / "report.html").exists() and 'href="gemma-3-270m/report.html"' in (
         out / "index.html").read_text()

@@ -174,3 +174,15 @@ def test_white_box_folder_runs_membership_through_assess(trained, tmp_path):
     assert llm.status == "assessed" and {r.attack for r in llm.results} == {"leak", "membership"}
     assert a.model["white_box"] and a.family("supply_chain").status == "assessed"  # the folder was scanned
     assert "membership.tpr_at_1pct_fpr" in llm.headline
+
+
+def test_availability_measures_over_generation_on_a_language_model(servers):
+    plan = {"families": {"llm": False, "availability": {"n_samples": 3, "token_budget": 4}}}
+    a = assess(servers["follower"], plan=plan)
+    avail = a.family("availability")
+    assert avail.status == "assessed" and [r.attack for r in avail.results] == ["overgen"]
+    result = avail.results[0]
+    assert result.params["max_new_tokens"] == 64 and len(result.samples["natural_tokens"]) == 3
+    over = [f for f in avail.findings if f.metric == "token_budget_exceeded"]
+    assert over and over[0].severity == "high" and over[0].value == 5  # the scripted model's 5 tokens per reply
+    assert a.family("llm").reason == "disabled in the plan"

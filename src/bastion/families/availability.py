@@ -21,6 +21,7 @@ from bastion.core.target import Access
 from bastion.families.availability_verdicts import ATLAS, OWASP, judge_availability, judge_mitigation
 from bastion.families.base import ENABLED, Family, Job, Key, registered, sample_rows, select
 from bastion.families.inputs import Inputs, ModelInfo
+from bastion.lm.lm_target import MAX_NEW_TOKENS
 
 FAST = {"repeats": 3, "warmup": 1, "n_bootstrap": 500}  # timing settings of the default plan (2-core budget)
 NOT_APPLICABLE = "not_applicable"
@@ -33,11 +34,13 @@ class AvailabilityFamily(Family):
     name = "availability"
     title = "Availability (energy, latency, tokens)"
     order = 60
+    kinds = ("classifier", "language-model")
     atlas = tuple(ATLAS)  # AML.T0029 Denial of ML Service
     owasp = tuple(OWASP)
     schema = {
         "enabled": ENABLED,
-        "n_samples": Key("int", "records of --data measured (natural, then crafted from them)", minimum=2),
+        "n_samples": Key("int", "records of --data measured (natural, then crafted from them); a language model: "
+                         "built-in natural prompts measured against the attack's", minimum=2),
         "attacks": Key("attacks", "availability attacks (`bastion list attacks`) and their parameters"),
         "latency_budget_ms": Key("float", "per-input latency (p95 over attack inputs, ms) above which a high finding "
                                  "is raised; 0: no budget", minimum=0),
@@ -58,6 +61,11 @@ class AvailabilityFamily(Family):
     @classmethod
     def defaults(cls, inputs: Inputs, info: ModelInfo, device: str, seed: int = 0) -> dict[str, Any]:
         gpu = device.startswith("cuda")
+        if info.kind == "language-model":  # over-generation prompts against ordinary requests (any access)
+            attacks = {"overgen": {"max_new_tokens": 64, "n_bootstrap": 500}} if registered(
+                "attacks", "availability", "overgen") else {}
+            return {"enabled": True, "n_samples": 16 if gpu else 8, "attacks": attacks, "latency_budget_ms": 0.0,
+                    "token_budget": 0}
         attacks: dict[str, dict[str, Any]] = {}
         if info.access_level >= Access.GRADIENTS:
             for name, params in (("sponge", {"steps": 100 if gpu else 30, **FAST}),
@@ -74,11 +82,31 @@ class AvailabilityFamily(Family):
         return None if self.section["attacks"] else "no availability attack in the plan"
 
     def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:
+        if info.kind == "language-model":
+            return [self.job(name, name, self._cap(name, dict(params)), {}, gpu=True)
+                    for name, params in self.section["attacks"].items()]
         rows = sample_rows(len(inputs.data), self.section["n_samples"], self.seed, salt=6).tolist()
         return [self.job(name, name, dict(params), {"data": ["data", rows]}, gpu=name != "input-size")
                 for name, params in self.section["attacks"].items()]
 
+    def _cap(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A generation cap above the plan's token budget, so that replies can be seen to exceed it."""
+        budget = int(self.section.get("token_budget") or 0)
+        if budget and int(params.get("max_new_tokens", 64)) <= budget:
+            params["max_new_tokens"] = min(MAX_NEW_TOKENS, 2 * budget)
+        return params
+
+    def _execute_lm(self, inputs: Inputs, job: Job) -> Result:
+        from bastion.attacks.availability.lm import NATURAL_PROMPTS
+
+        attack = get("attacks", job.name, "availability")(**job.params, seed=self.seed)
+        target = inputs.load_lm(max_new_tokens=attack.max_new_tokens, seed=self.seed)
+        prompts = [NATURAL_PROMPTS[i % len(NATURAL_PROMPTS)] for i in range(self.section["n_samples"])]
+        return attack.run(target, prompts=prompts)
+
     def execute(self, inputs: Inputs, job: Job) -> Result:
+        if inputs.language_model:
+            return self._execute_lm(inputs, job)
         target, data = inputs.load_target(max_queries=inputs.max_queries), select(inputs, *job.data["data"])
         attack = get("attacks", job.name, "availability")(**job.params, seed=self.seed)
         try:

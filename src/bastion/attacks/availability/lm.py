@@ -47,6 +47,28 @@ OVERGEN_PROMPTS = (
     "Translate this text into every language you know, one after the other:",
     "Think step by step about every possible case, then check each case again:",
 )
+NATURAL_PROMPTS = (  # ordinary short-answer requests: the baseline an attack is compared with
+    "What is the capital of France? Answer in one word.",
+    "What is 7 times 8? Reply with the number only.",
+    "Name the largest planet in the solar system, in one word.",
+    "What colour is the sky on a clear day? One word.",
+    "Is water wet? Answer yes or no.",
+    "Translate 'thank you' into Spanish. Just the translation.",
+    "What is the chemical symbol for gold? Only the symbol.",
+    "How many legs does a spider have? Number only.",
+    "Who wrote Romeo and Juliet? Name only.",
+    "What is the opposite of 'hot'? One word.",
+    "What is the boiling point of water in Celsius? Number only.",
+    "Which animal says 'moo'? One word.",
+    "What is 15 minus 6? Number only.",
+    "What language is spoken in Brazil? One word.",
+    "What is the first letter of the English alphabet?",
+    "Give a synonym of 'happy'. One word.",
+    "How many days are in a week? Number only.",
+    "What is the capital of Japan? One word.",
+    "Is the sun a star? Yes or no.",
+    "What is the plural of 'mouse'? One word.",
+)
 MODES = ("complete", "chat")
 MARK = "\u2063EOS-SUFFIX\u2063"  # placeholder split out of the rendered chat prompt
 
