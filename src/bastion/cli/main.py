@@ -17,6 +17,7 @@ from typer.core import TyperCommand, TyperGroup
 from bastion import __version__
 from bastion.core.errors import BastionError
 from bastion.core.quiet import quiet_torch_deprecations
+from bastion.core.threads import apply_thread_defaults
 
 # Typer may vendor click: nothing here imports click itself.
 # command -> (module under bastion.cli that registers it, one-line help shown by `bastion --help`)
@@ -129,6 +130,7 @@ def entry_help(argv: list[str]) -> str | None:
 def run(argv: list[str] | None = None) -> None:
     """Run the CLI; exit 0 done, 1 a --fail-on threshold was crossed, 2 bad input or usage."""
     argv = sys.argv[1:] if argv is None else argv
+    apply_thread_defaults()  # before any command imports PyTorch or NumPy
     quiet_torch_deprecations()
     try:
         extra = entry_help(argv)

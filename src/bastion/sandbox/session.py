@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.core.errors import BastionError
+from bastion.core.threads import THREAD_ENV_DEFAULTS
 from bastion.sandbox.bwrap import bwrap_command, bwrap_problem, readable_roots
 from bastion.sandbox.launcher import AUDIT_ENV, JOB_ENV, LAUNCHER
 from bastion.sandbox.observe import Event, Observation, parse_log, strace_command
@@ -38,15 +39,7 @@ MAX_MESSAGE = 256 << 20
 ENV_PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
               "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "BASTION_DEBUG", "PYTHONHASHSEED",
               "CUBLAS_WORKSPACE_CONFIG")
-# Thread settings of the worker unless the user sets them (docs/benchmarks/poisoning.md §7.3). On a machine whose
-# cores other processes also use, a pool whose threads spin waits on a descheduled peer in each of LAPACK's many
-# small parallel regions: under load 6-8 on 2 cores, Activation Clustering's 6,000-sample screen took 110 s, not 12.
-# - PyTorch's and scikit-learn's OpenMP threads sleep at barriers instead of spinning (a 600x1568 SVD in
-#   PyTorch: 3.0 s -> 0.54 s at 2 threads);
-# - NumPy/SciPy's OpenBLAS (their pthreads pool, which no OpenMP setting reaches) runs on one thread: Bastion gives
-#   it small matrices only (per-class covariance, MCD, ICA), where its second thread gains little (the same SVD
-#   in NumPy: 2.5 s -> 0.34 s). PyTorch's own pool, which does the heavy work, keeps every core.
-WORKER_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1"}
+WORKER_ENV_DEFAULTS = THREAD_ENV_DEFAULTS  # the worker's thread settings unless the user sets them
 
 
 def passed_env(environ: dict[str, str]) -> dict[str, str]:
