@@ -132,3 +132,15 @@ def test_a_model_named_relative_to_the_users_folder_is_found_in_the_sandbox(tmp_
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "not found" not in done.stderr
+
+
+def test_relative_file_parameters_reach_the_worker_as_absolute_paths(tmp_path, monkeypatch):
+    from bastion.sandbox.spec import JobSpec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "truth.npz").write_bytes(b"x")
+    spec = JobSpec("defenses", "activation-clustering", args=["--ground-truth", "truth.npz", "--steps=10",
+                                                              "--other=truth.npz", "missing.npz"])
+    truth = str(tmp_path / "truth.npz")
+    assert spec.args == ["--ground-truth", truth, "--steps=10", f"--other={truth}", "missing.npz"]
+    assert spec.readable() == [truth, truth]

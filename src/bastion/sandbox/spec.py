@@ -44,6 +44,17 @@ class JobSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ParameterError(f"unknown job kind {self.kind!r}")
+        self.args = [self._absolute(a) for a in self.args]
+
+    def _absolute(self, arg: str) -> str:
+        """A parameter value that names an existing file or folder, relative to the user's folder, made absolute
+        (the worker runs in its scratch folder; e.g. `--ground-truth truth.npz`)."""
+        key, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if arg.startswith("--") and not eq:
+            return arg
+        if value and not Path(value).is_absolute() and "://" not in value and self.path(value).exists():
+            value = str(self.path(value).absolute())
+        return f"{key}={value}" if eq else value
 
     @property
     def what(self) -> str:
