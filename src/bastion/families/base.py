@@ -144,6 +144,7 @@ class Family(ABC):
     injected: ClassVar[tuple[str, ...]] = ("seed",)
     mitigations: ClassVar[tuple[str, ...]] = ()
     plots: ClassVar[tuple[str, ...]] = ()  # names of `bastion.report.plots` figures, in order
+    sections: ClassVar[tuple[str, ...]] = ()  # extra report sections (`bastion.report.llm_section`: "llm_probes")
 
     def __init__(self, section: dict[str, Any], seed: int = 0):
         self.section, self.seed = section, int(seed)

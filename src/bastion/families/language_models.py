@@ -65,6 +65,7 @@ class LLMFamily(Family):
     )
 
     plots = ("llm_rates",)
+    sections = ("llm_probes",)  # per-probe tables and escaped example transcripts
 
     @classmethod
     def defaults(cls, inputs: Inputs, info: ModelInfo, device: str, seed: int = 0) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from bastion.core.results import Result
+from bastion.families import registry
 from bastion.families.base import FamilyReport
 
 MAX_TEXT = 400
@@ -177,8 +178,9 @@ _VIEWS = {"leak": _leak, "inject": _inject, "jailbreak": _jailbreak, "membership
 def llm_probes(report: FamilyReport) -> list[dict[str, Any]]:
     """The probes of an "llm" family report, ready to show: one dict per leak/inject/jailbreak/membership result
     (`probe`, `status`, `reason`, `queries`, `seconds` and that probe's tables and examples); [] for any other
-    family or when it has none of these results."""
-    if report.family != "llm":
+    family (one whose plug-in does not list the "llm_probes" section) or when it has none of these results."""
+    family = registry().get(report.family)
+    if family is None or "llm_probes" not in family.sections:
         return []
     probes = []
     for r in report.results:
