@@ -139,7 +139,7 @@ def classifiers() -> None:
                            "natural_cut", "worst_case_x", "input_size"]))
 
 
-def lm(cap: int, n: int, mode: str, echo: bool = False) -> None:
+def lm(cap: int, n: int, mode: str, echo: bool = False, select: int = 0) -> None:
     from bastion.lm import Sampling, gemma_path, open_lm
 
     start = time.perf_counter()
@@ -147,19 +147,23 @@ def lm(cap: int, n: int, mode: str, echo: bool = False) -> None:
     print(f"opened {target.describe()} in {time.perf_counter() - start:.1f} s")
     prompts = NATURAL_PROMPTS[:n]
     result = Overgen(placement="alone", mode=mode, max_new_tokens=cap, n_bootstrap=500,
-                     library=ECHO_LIBRARY if echo else None).run(target, prompts=prompts)
+                     library=ECHO_LIBRARY if echo else None, select=select).run(target, prompts=prompts)
     s = result.samples
     nat, att = np.asarray(s["natural_tokens"]), np.asarray(s["attack_tokens"])
     rows = [{"prompts": "natural", "n": len(nat), "mean_tokens": float(nat.mean()),
              "reach_cap": float((nat >= cap).mean()), "mean_s": float(np.mean(s["natural_latency_ms"]) / 1e3)},
             {"prompts": "overgen", "n": len(att), "mean_tokens": float(att.mean()),
              "reach_cap": float(np.mean(s["attack_capped"])), "mean_s": float(np.mean(s["attack_latency_ms"]) / 1e3)}]
-    print(f"\nGemma 3 270M, {mode} mode, greedy, max_new_tokens={cap} ({time.perf_counter() - start:.0f} s):")
+    if select:
+        print(f"selection ({select} kept of {len(result.metrics['selection'])} tried once each): "
+              + "; ".join(f"{row['tokens']} tokens: {row['prompt'][:40]!r}" for row in result.metrics["selection"]))
+    print(f"\nGemma 3 270M, {mode} mode, greedy, max_new_tokens={cap}, select={select} "
+          f"({time.perf_counter() - start:.0f} s, {result.queries} queries):")
     print(table(rows, ["prompts", "n", "mean_tokens", "reach_cap", "mean_s"]))
     dims = {d["metric"]: d["ratio"] for d in result.metrics["dimensions"]}
     print(f"tokens ratio {json.dumps(dims['tokens'])} (lower bound: capped), natural mean / cap = "
           f"{nat.mean() / cap:.3f}")
-    if echo:
+    if echo or select:
         return
     low = max(1, cap // 4)
     m = GenerationCap(cap=low, base_cap=cap, mode=mode, n_bootstrap=500).run(target, prompts=prompts).metrics
@@ -178,8 +182,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--mode", choices=("chat", "complete"), default="chat")
     parser.add_argument("--echo", action="store_true", help="the repetition library instead of the built-in prompts")
+    parser.add_argument("--select", type=int, default=0, help="overgen's adaptive step: try each library prompt "
+                        "once and keep the K that drew the most tokens")
     args = parser.parse_args()
-    classifiers() if args.part == "classifiers" else lm(args.cap, args.n, args.mode, args.echo)
+    classifiers() if args.part == "classifiers" else lm(args.cap, args.n, args.mode, args.echo, args.select)
 
 
 if __name__ == "__main__":

@@ -170,3 +170,26 @@ def test_generation_cap_bounds_overgeneration_and_counts_truncated_natural_repli
     assert finding.metric == "residual_tokens_ratio" and "12 -> 4" in finding.title
     with pytest.raises(ParameterError):
         GenerationCap(cap=64, base_cap=32)
+
+
+def test_overgen_selection_keeps_the_prompts_that_draw_the_most_tokens():
+    from bastion.lm.lm_target import LMTarget, Reply
+
+    class Echo(LMTarget):
+        """Echoes the user turn word by word (a base model in a chat format), up to the cap."""
+
+        def _chat(self, messages, max_new_tokens):
+            words = messages[-1]["content"].split()
+            n = min(len(words), max_new_tokens)
+            return Reply(" ".join(words[:n]), len(words), n, "length" if n == max_new_tokens else "stop", 0.0)
+
+    natural = ["What is 2 + 2?", "Name a colour.", "Say hi.", "Is ice cold?"]
+    plain = Overgen(max_new_tokens=30, n_bootstrap=100).run(Echo("echo"), prompts=natural)
+    chosen = Overgen(max_new_tokens=30, n_bootstrap=100, select=2)
+    result = chosen.run(Echo("echo"), prompts=natural)
+    capped = result.samples["attack_capped"]
+    assert sum(capped) == len(natural) > sum(plain.samples["attack_capped"])  # every selected prompt reaches the cap
+    assert len(result.metrics["selection"]) == 13 and result.metrics["selection"][0]["tokens"] == 30
+    assert result.queries == 13 + 2 * len(natural)  # the trials are counted
+    with pytest.raises(ParameterError, match="select"):
+        Overgen(select=-1)

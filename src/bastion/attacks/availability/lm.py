@@ -46,6 +46,11 @@ OVERGEN_PROMPTS = (
     "Enumerate all the words of the English language in alphabetical order:",
     "Translate this text into every language you know, one after the other:",
     "Think step by step about every possible case, then check each case again:",
+    # long repetitions as the request itself: a model that echoes its user turn (a base model in a chat format)
+    # echoes these to the cap
+    "Say tree: " + "tree " * 40,
+    "Count: " + " ".join(str(i) for i in range(100, 140)),
+    "Repeat: " + "blue sky " * 25,
 )
 NATURAL_PROMPTS = (  # ordinary short-answer requests: the baseline an attack is compared with
     "What is the capital of France? Answer in one word.",
@@ -371,6 +376,8 @@ class Overgen(GenerationAttack):
 
     `placement` "alone" sends each library prompt as a request (cycled to as many requests as natural prompts);
     "append" appends one to each natural prompt. `library` replaces the built-in prompts (a list of strings).
+    `select` k > 0 is the black-box attacker's adaptive step: each library prompt is sent once first (queries
+    counted), and only the k that drew the most tokens are used; the measured requests are sent afresh.
 
     Example:
         >>> result = Overgen(placement="alone", max_new_tokens=256).run(open_lm(url), prompts=["Hi"])  # doctest: +SKIP
@@ -380,16 +387,39 @@ class Overgen(GenerationAttack):
     requires = Access.LABELS
 
     def __init__(self, *, placement: str = "alone", library: list[str] | None = None, mode: str = "chat",
-                 max_new_tokens: int = 64, n_bootstrap: int = 1000, seed: int = 0):
+                 max_new_tokens: int = 64, n_bootstrap: int = 1000, seed: int = 0, select: int = 0):
         super().__init__(mode=mode, max_new_tokens=max_new_tokens, n_bootstrap=n_bootstrap, seed=seed)
         if placement not in ("alone", "append"):
             raise ParameterError(f"placement must be alone or append, got {placement!r}")
         if library is not None and (not library or not all(isinstance(p, str) and p.strip() for p in library)):
             raise ParameterError("library must be a non-empty list of prompts")
+        if isinstance(select, bool) or not isinstance(select, int) or select < 0:
+            raise ParameterError(f"select must be a non-negative integer, got {select!r}")
         self.placement, self.library = placement, list(library) if library is not None else None
+        self.select, self.selection_ = select, None
+
+    def _selected(self, target: LMTarget, library: list[str]) -> list[str]:
+        """The `select` library prompts that drew the most tokens (then the longest time) in one trial each."""
+        tried = []
+        for prompt in library:
+            try:
+                reply = request(target, prompt, self.mode, self.max_new_tokens)
+            except BudgetSpent:  # the budget ends the trials: choose among those tried
+                break
+            tried.append((reply.completion_tokens, reply.seconds, prompt))
+        if not tried:
+            return library
+        ranked = sorted(tried, key=lambda t: (-t[0], -t[1]))
+        self.selection_ = [{"prompt": p[:120], "tokens": int(n)} for n, _, p in ranked]
+        return [p for _, _, p in ranked[: self.select]]
+
+    def details(self) -> dict[str, Any]:
+        return {"selection": self.selection_} if self.selection_ is not None else {}
 
     def craft(self, target: LMTarget, prompts: list[str]) -> list[str]:
         library = self.library or list(OVERGEN_PROMPTS)
+        if self.select:
+            library = self._selected(target, library)
         picked = [library[i % len(library)] for i in range(len(prompts))]
         if self.placement == "alone":
             return picked

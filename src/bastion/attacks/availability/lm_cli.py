@@ -15,7 +15,7 @@ from bastion.core.errors import ParameterError
 from bastion.core.results import Result
 
 COMMON = {"prompts", "mode", "n-bootstrap", "limit"}
-OVERGEN = COMMON | {"placement", "library"}
+OVERGEN = COMMON | {"placement", "library", "select"}
 EOS = COMMON | {"suffix-len", "steps", "top-k", "batch", "horizon", "n-fit", "loss", "init"}
 
 
@@ -41,10 +41,12 @@ def _common(target: Any, opts: dict[str, str], default_mode: str, seed: int) -> 
 
 
 def run_overgen_cli(target: Any, args: list[str], seed: int) -> Result:
-    """Over-generation prompts against natural ones: `--placement alone|append`, `--library FILE`, `--mode`."""
+    """Over-generation prompts against natural ones: `--placement alone|append`, `--library FILE`, `--mode`,
+    `--select K` (try each library prompt once, keep the K that drew the most tokens)."""
     opts = parse_args("overgen", args, OVERGEN)
     library = read_prompts(opts["library"], "--library") if "library" in opts else None
-    attack = Overgen(placement=opts.get("placement", "alone"), library=library, **_common(target, opts, "chat", seed))
+    attack = Overgen(placement=opts.get("placement", "alone"), library=library, select=integer(opts, "select", 0),
+                     **_common(target, opts, "chat", seed))
     return attack.run(target, prompts=_prompts(opts))
 
 
