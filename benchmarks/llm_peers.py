@@ -220,9 +220,9 @@ def detector_rates(rows: list[dict], labels: dict[str, bool]) -> list[dict]:
 
     out = []
     for tool in ("bastion", "garak"):
-        for pair in ("injection", "sysprompt", "replay"):
+        for pair in ("injection", "sysprompt", "replay", "all"):
             got = [(r["verdict"], labels[r["id"]]) for r in rows
-                   if r["tool"] == tool and r["pair"] == pair and r["id"] in labels]
+                   if r["tool"] == tool and pair in (r["pair"], "all") and r["id"] in labels]
             if not got:
                 continue
             neg = [v for v, y in got if not y]
