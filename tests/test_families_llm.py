@@ -87,8 +87,9 @@ def test_leaky_endpoint_is_graded_and_mapped(servers, tmp_path, capsys):
     leak = next(f for f in llm["findings"] if f["metric"] == "system-prompt leak rate")
     assert leak["severity"] == "high" and leak["evidence"]["leaks"] == leak["evidence"]["n"] > 10
     assert "LLM07:2025 System Prompt Leakage" in leak["owasp"] and "AML.T0056" in leak["atlas"]
-    for other in ("evasion", "privacy", "extraction", "backdoor", "availability"):
+    for other in ("evasion", "privacy", "extraction", "backdoor"):
         assert fams[other]["status"] == "skipped" and "language model" in fams[other]["reason"]
+    assert fams["availability"]["status"] == "assessed"  # over-generation, measured on the LM too
     assert fams["supply_chain"]["status"] == "skipped"  # a URL: no file to scan
     assert report["inputs"]["language_model"] and "Acme" not in json.dumps(report["inputs"])  # prompt not stored
     assert report["model"]["kind"] == "language-model" and report["model"]["access"] == "text"
