@@ -184,6 +184,7 @@ def test_availability_measures_over_generation_on_a_language_model(servers):
     assert avail.status == "assessed" and [r.attack for r in avail.results] == ["overgen"]
     result = avail.results[0]
     assert result.params["max_new_tokens"] == 64 and len(result.samples["natural_tokens"]) == 3
+    assert result.params["select"] == 3 and len(result.metrics["selection"]) == 13  # the adaptive step
     over = [f for f in avail.findings if f.metric == "token_budget_exceeded"]
     assert over and over[0].severity == "high" and over[0].value == 5  # the scripted model's 5 tokens per reply
     assert a.family("llm").reason == "disabled in the plan"

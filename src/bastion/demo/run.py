@@ -88,7 +88,8 @@ DEMO_LM_PLAN = {"families": {"llm": {
     "attacks": {"leak": {"max_new_tokens": 48}, "inject": {"documents": 1, "max_new_tokens": 24},
                 "jailbreak": {"techniques": ["direct", "roleplay", "refusal_suppression"], "max_new_tokens": 48,
                               "n_bootstrap": 1000}}},
-    "availability": {"n_samples": 4, "attacks": {"overgen": {"max_new_tokens": 48, "n_bootstrap": 500}}}}}
+    "availability": {"n_samples": 4, "attacks": {"overgen": {"max_new_tokens": 48, "n_bootstrap": 500,
+                                                             "select": 3}}}}}
 
 
 def assess_demo_lm(out: Path, seed: int = 0, device: str = "auto", store: RunStore | None = None,

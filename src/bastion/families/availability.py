@@ -62,7 +62,7 @@ class AvailabilityFamily(Family):
     def defaults(cls, inputs: Inputs, info: ModelInfo, device: str, seed: int = 0) -> dict[str, Any]:
         gpu = device.startswith("cuda")
         if info.kind == "language-model":  # over-generation prompts against ordinary requests (any access)
-            attacks = {"overgen": {"max_new_tokens": 64, "n_bootstrap": 500}} if registered(
+            attacks = {"overgen": {"max_new_tokens": 64, "n_bootstrap": 500, "select": 3}} if registered(
                 "attacks", "availability", "overgen") else {}
             return {"enabled": True, "n_samples": 16 if gpu else 8, "attacks": attacks, "latency_budget_ms": 0.0,
                     "token_budget": 0}
