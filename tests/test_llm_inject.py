@@ -65,6 +65,8 @@ def test_direct_vs_indirect_placement_and_forced_label():
 def test_parse_label_and_payloads():
     assert parse_label("I think it is Negative, not positive") == "negative"
     assert parse_label("no idea") is None
+    # an echo of the task's label list is no answer (a base model repeating its prompt)
+    assert parse_label("Answer with one word: positive, negative, neutral.") is None
     assert "PWNED" in base64.b64decode(payload("base64", "PWNED-1").split(": ")[1]).decode()
     with pytest.raises(ParameterError):
         Inject(placements=["sideways"])
