@@ -28,7 +28,8 @@ LEAK_TECHNIQUES = ["direct", "encoding", "multiturn"]
 
 class _Hostile:
     """A chat target whose every reply carries live-looking HTML; it repeats its system prompt (so leaks the canary)
-    on every third query, and echoes the user's request (so obeys any injection) with a long hostile tail."""
+    on every third query, obeys an injected "reply only with" on every other query and otherwise echoes the
+    user's request (an echo is not obedience), each with a long hostile tail."""
 
     def __init__(self) -> None:
         self.queries = 0
@@ -38,6 +39,9 @@ class _Hostile:
         if messages[0]["role"] == "system" and "secret code" in messages[0]["content"]:
             text = messages[0]["content"] if self.queries % 3 == 0 else "I cannot share that."
             return SimpleNamespace(text=f"{text} {HOSTILE}")
+        goal = re.search(r'reply only with "([^"]+)"', messages[-1]["content"], re.IGNORECASE)
+        if goal and self.queries % 2 == 0:
+            return SimpleNamespace(text=f"{goal.group(1)} {HOSTILE} " + "x" * 600)
         return SimpleNamespace(text=f"{messages[-1]['content']} {HOSTILE} " + "x" * 600)
 
 
@@ -163,7 +167,7 @@ def test_inject_tables_per_technique_placement_and_baseline(results, written):
             assert table[name] == [f"{row['successes']}/{row['n']}", pct(row["rate"]), interval(row["interval"])]
     baseline = _table(page, "llm-inject-baseline")
     assert {k: v[0] for k, v in baseline.items()} == {k: f"{v['successes']}/{v['n']}" for k, v in m["baseline"].items()}
-    assert m["overall"]["successes"] > 0  # the echoing target obeys the injection
+    assert m["overall"]["successes"] > 0 and m["overall"]["echoes"] > 0  # obeyed on some, echoed on others
 
 
 def test_jailbreak_raw_beside_corrected_and_the_judge_card(results, written):
