@@ -129,6 +129,13 @@ def test_cli_overgen_and_eos_suppress_through_attack_availability(tiny_lm_dir, t
     result = json.loads(out)
     assert code == 0, err
     assert len(result["metrics"]["suffix_ids"]) == 4 and result["metrics"]["n"] == len(PROMPTS)
+    code, out, err = _cli(capsys, "defend", "generation-cap", folder, "--data", str(prompts), "--library",
+                          str(library), "--mode", "complete", "--max-new-tokens", "8", "--cap", "3",
+                          "--n-bootstrap", "50", "--json")
+    result = json.loads(out)
+    assert code == 0, err
+    assert result["metrics"]["before"]["attack_tokens"] == 8 and result["metrics"]["after"]["attack_tokens"] == 3
+    assert result["findings"] and result["findings"][0]["family"] == "availability"
 
 
 def test_cli_lm_attacks_refuse_bad_input_in_one_line(tiny_lm_dir, tmp_path, capsys):

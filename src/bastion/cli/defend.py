@@ -47,6 +47,11 @@ def register(app: typer.Typer) -> None:
         timeout: float | None = timeout_option(),
     ) -> None:
         fail_on_level(fail_on)
+        if name == "generation-cap":  # a language model (folder, .gguf, /v1 URL): --data holds natural prompts
+            from bastion.cli.llm import run_llm
+
+            prompts = ["--prompts", str(data)] if data is not None else []
+            return emit(run_llm(name, model, list(ctx.args) + prompts, seed=seed, trust=trust), as_json, fail_on)
         entry = _entry(name)
         if out is not None:
             check_output_file(out, [model, data, train_data, *path_arguments(ctx.args)], "--out")
