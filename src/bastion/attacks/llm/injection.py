@@ -127,7 +127,7 @@ class Inject(Attack):
 
     def __init__(self, *, techniques: list[str] | None = None, placements: list[str] | None = None,
                  tasks: list[str] | None = None, max_new_tokens: int = 48, max_queries: int | None = None,
-                 examples: int = 2, documents: int = len(DOCUMENTS), system_prompt: str | None = None):
+                 examples: int = 2, documents: int = 4, system_prompt: str | None = None):
         self.techniques = list(techniques) if techniques is not None else [*TECHNIQUES]
         self.placements = list(placements) if placements is not None else [*PLACEMENTS]
         self.tasks = list(tasks) if tasks is not None else [*TASKS]
