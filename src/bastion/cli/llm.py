@@ -47,7 +47,7 @@ PROBES: dict[str, Probe] = {
                      "over-generation prompts: tokens and seconds per request against natural prompts and the cap"),
     "eos-suppress": Probe("bastion.attacks.availability.lm_cli", "run_eos_cli", True,
                           "EOS-suppression suffix (Engorgio's EOS escape by GCG): replies driven to the cap"),
-    "generation-cap": Probe("bastion.attacks.availability.lm_cli", "run_generation_cap_cli", False,
+    "generation-cap": Probe("bastion.defenses.availability.cap_cli", "run_generation_cap_cli", False,
                             "defense: a lower generation cap re-measured against over-generation and natural "
                             "prompts (`bastion defend generation-cap`)"),
 }

@@ -16,7 +16,6 @@ from bastion.core.results import Result
 
 COMMON = {"prompts", "mode", "n-bootstrap", "limit"}
 OVERGEN = COMMON | {"placement", "library", "select"}
-CAP = COMMON | {"cap", "library"}
 EOS = COMMON | {"suffix-len", "steps", "top-k", "batch", "horizon", "n-fit", "loss", "init"}
 
 
@@ -61,16 +60,3 @@ def run_eos_cli(target: Any, args: list[str], seed: int) -> Result:
     attack = EOSSuppress(**numbers, **extra, **_common(target, opts, "complete", seed))
     return attack.run(target, prompts=_prompts(opts))
 
-
-def run_generation_cap_cli(target: Any, args: list[str], seed: int) -> Result:
-    """`bastion defend generation-cap LM --data PROMPTS --cap N [--max-new-tokens BASE]`: over-generation and
-    natural prompts measured at the base cap and at the lower one (what the cap saves, what it truncates)."""
-    from bastion.defenses.availability.request_limits import GenerationCap
-
-    opts = parse_args("generation-cap", args, CAP)
-    library = read_prompts(opts["library"], "--library") if "library" in opts else None
-    common = _common(target, opts, "chat", seed)
-    defense = GenerationCap(cap=integer(opts, "cap", max(1, common["max_new_tokens"] // 4)),
-                            base_cap=common["max_new_tokens"], mode=common["mode"], library=library,
-                            n_bootstrap=common["n_bootstrap"], seed=seed)
-    return defense.run(target, prompts=_prompts(opts))
