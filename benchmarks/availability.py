@@ -31,7 +31,8 @@ from torch import nn
 from bastion.attacks.availability import measure
 from bastion.attacks.availability.deepsloth import EarlyExitSlowdown
 from bastion.attacks.availability.energy import NOT_EXPOSED, EnergyMeter
-from bastion.attacks.availability.lm import NATURAL_PROMPTS, Overgen
+from bastion.attacks.availability.lm import Overgen
+from bastion.attacks.availability.lm_prompts import NATURAL_PROMPTS
 from bastion.attacks.availability.sponge import Sponge
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer

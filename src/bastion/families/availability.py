@@ -97,7 +97,7 @@ class AvailabilityFamily(Family):
         return params
 
     def _execute_lm(self, inputs: Inputs, job: Job) -> Result:
-        from bastion.attacks.availability.lm import NATURAL_PROMPTS
+        from bastion.attacks.availability.lm_prompts import NATURAL_PROMPTS
 
         attack = get("attacks", job.name, "availability")(**job.params, seed=self.seed)
         target = inputs.load_lm(max_new_tokens=attack.max_new_tokens, seed=self.seed)
