@@ -200,3 +200,72 @@ def test_overgen_selection_keeps_the_prompts_that_draw_the_most_tokens():
     assert result.queries == 13 + 2 * len(natural)  # the trials are counted
     with pytest.raises(ParameterError, match="select"):
         Overgen(select=-1)
+
+
+@pytest.fixture()
+def ticking_clock(monkeypatch):
+    """The deadline's clock advances one second per reading (one reading per generated token): deterministic."""
+    from bastion.lm import hf_target
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(hf_target, "_clock", lambda: float(next(ticks)))
+
+
+def test_an_enforced_deadline_stops_generation(tiny_lm, ticking_clock):
+    lm = HFTarget.from_model(*tiny_lm.model_and_tokenizer())
+    free = lm.complete("count: 1 2", max_new_tokens=12)
+    assert free.finished == "length" and free.completion_tokens == 12
+    lm.deadline_s = 3.5  # the 4th token's check sees 4 s passed
+    cut = lm.complete("count: 1 2", max_new_tokens=12)
+    assert cut.finished == "deadline" and cut.completion_tokens == 4
+    assert cut.text and free.text.startswith(cut.text)  # the same reply, stopped early
+    lm.deadline_s = 8.5
+    short = lm.complete("q: cat? a:", max_new_tokens=12)  # a reply that ends before the deadline is untouched
+    assert short.finished == "stop" and short.completion_tokens < 8
+    lm.deadline_s = 3.5
+    stats = generation_stats(lm, ["count: 1 2"], "complete", 12)
+    assert stats["capped"].all() and stats["cut"].all()  # a deadline stop is a cap reached, counted as a cut
+
+
+def test_a_deadline_is_refused_where_it_cannot_be_enforced(tiny_lm):
+    from bastion.lm.lm_target import LMTarget
+
+    class Remote(LMTarget):
+        def _chat(self, messages, max_new_tokens):
+            raise AssertionError("not called")
+
+    with pytest.raises(ParameterError, match="cannot stop a generation"):
+        Remote("remote").deadline_s = 1.0
+    for bad in (0, -1.0, float("nan"), True, "2"):
+        with pytest.raises(ParameterError, match="deadline_s"):
+            HFTarget.from_model(*tiny_lm.model_and_tokenizer()).deadline_s = bad
+    from bastion.defenses.availability.request_limits import GenerationDeadline
+
+    with pytest.raises(ParameterError, match="cannot stop a generation"):
+        GenerationDeadline(deadline_s=1.0).run(Remote("remote"), prompts=["hi"])
+    with pytest.raises(ParameterError):
+        GenerationDeadline(deadline_x=0.5)
+
+
+def test_cli_generation_deadline_cuts_over_generation(tiny_lm_dir, tmp_path, capsys, ticking_clock):
+    import json
+
+    folder = str(tiny_lm_dir[0])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    library = tmp_path / "library.txt"
+    library.write_text("count: 1 2\n")
+    code, out, err = _cli(capsys, "defend", "generation-deadline", folder, "--data", str(prompts), "--library",
+                          str(library), "--mode", "complete", "--max-new-tokens", "12", "--deadline-s", "6.5",
+                          "--n-bootstrap", "50", "--json")
+    assert code == 0, err
+    m = json.loads(out)["metrics"]
+    assert m["enforced"] and m["deadline_s"] == 6.5
+    assert m["before"]["attack_tokens"] == 12 and m["before"]["attack_cut"] == 0.0
+    assert m["after"]["attack_tokens"] == 7 and m["after"]["attack_cut"] == 1.0  # stopped at the 7th token's check
+    assert m["natural_cut"] == 0.0 and m["natural_tokens_lost"] == 0.0  # the short natural answers end first
+    finding = json.loads(out)["findings"][0]
+    assert finding["metric"] == "residual_seconds_ratio" and "deadline 6.5 s (enforced)" in finding["title"]
+    code, _, err = _cli(capsys, "defend", "generation-deadline", folder, "--data", str(prompts), "--deadline-s",
+                        "soon")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--deadline-s" in err

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         timeout: float | None = timeout_option(),
     ) -> None:
         fail_on_level(fail_on)
-        if name == "generation-cap":  # a language model (folder, .gguf, /v1 URL): --data holds natural prompts
+        if name in ("generation-cap", "generation-deadline"):  # an LM (folder, .gguf, /v1 URL); --data: prompts
             from bastion.cli.llm import run_llm
 
             prompts = ["--prompts", str(data)] if data is not None else []

@@ -50,6 +50,9 @@ PROBES: dict[str, Probe] = {
     "generation-cap": Probe("bastion.defenses.availability.cap_cli", "run_generation_cap_cli", False,
                             "defense: a lower generation cap re-measured against over-generation and natural "
                             "prompts (`bastion defend generation-cap`)"),
+    "generation-deadline": Probe("bastion.defenses.availability.cap_cli", "run_generation_deadline_cli", False,
+                                 "defense: an enforced per-request deadline re-measured against over-generation "
+                                 "and natural prompts (`bastion defend generation-deadline`)"),
 }
 LM_AVAILABILITY = ("overgen", "eos-suppress")  # `bastion attack availability NAME` routes these here
 

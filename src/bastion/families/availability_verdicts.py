@@ -131,4 +131,17 @@ def judge_mitigation(result: Result) -> list[Finding]:
             "residual_tokens_ratio", ratio, grade(ratio), {"before": before, "after": after},
             "Over-generation re-run under the lower cap: the cap bounds the cost of a request; the ratio left is "
             "cap over natural length."))
+    if m.get("mitigation") == "generation-deadline":
+        before, after = m["before"], m["after"]
+        ratio = float(after["seconds_ratio"]["estimate"])
+        out.append(_mitigation_finding(
+            result, f"deadline {m['deadline_s']:.3g} s (enforced): over-generation "
+                    f"×{before['seconds_ratio']['estimate']:.2f} -> ×{ratio:.2f} seconds per request "
+                    f"({after['attack_cut']:.0%} of attack and {m['natural_cut']:.0%} of natural requests cut; "
+                    f"at most ×{m['worst_case_bound']:.2f} for any request; overrun {m['overrun_ms']:.0f} ms)",
+            "residual_seconds_ratio", ratio, grade(ratio), {"before": before, "after": after,
+                                                            "deadline_s": m["deadline_s"]},
+            "Over-generation re-run with generation stopped at the deadline: no request outlasts it (up to the "
+            "overrun of one token and the prompt's prefill), so the ratio left is bounded by deadline over the "
+            "natural mean."))
     return out

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,10 +212,30 @@ def _from_pretrained(path: Path, folder: str, tok_extra: dict, extra: dict) -> t
     return model.eval(), tokenizer
 
 
+_clock = time.perf_counter  # the deadline's clock (a test may replace it)
+
+
+def _deadline(seconds: float | None) -> Any:
+    """A stopping criterion that halts generation once `seconds` have passed since the request began (checked after
+    every token; `.passed` says whether it fired)."""
+    from transformers import StoppingCriteria
+
+    class Deadline(StoppingCriteria):
+        def __init__(self) -> None:
+            self.start, self.passed = _clock(), False
+
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            self.passed = seconds is not None and _clock() - self.start >= seconds
+            return torch.full((input_ids.shape[0],), self.passed, dtype=torch.bool, device=input_ids.device)
+
+    return Deadline()
+
+
 class HFTarget(LMTarget):
     """A local causal LM (HF folder or GGUF through transformers), generating with `model.generate` on CPU/GPU."""
 
     access = "white-box"
+    enforces_deadline = True
 
     def __init__(self, spec: str, *, trust: bool = False, system_prompt: str | None = None,
                  sampling: Sampling | None = None, max_queries: int | None = None, model: Any = None,
@@ -272,15 +293,19 @@ class HFTarget(LMTarget):
         options: dict[str, Any] = {"do_sample": False} if s.temperature == 0 else {
             "do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": 0}
         eos = self.eos_ids
+        criteria, timer = self._stop_criteria(len(ids), stops), _deadline(self.deadline_s)
+        if self.deadline_s is not None:
+            criteria.append(timer)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s.seed * 1_000_003 + self.queries)
             out = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                       max_new_tokens=max_new_tokens, eos_token_id=eos or None,
                                       pad_token_id=(eos or [0])[0], return_dict_in_generate=True,
-                                      output_logits=True, stopping_criteria=self._stop_criteria(len(ids), stops),
+                                      output_logits=True, stopping_criteria=criteria,
                                       **options)
         new = out.sequences[0, len(ids):].tolist()
-        finished = "stop" if new and new[-1] in eos else "length"
+        finished = ("stop" if new and new[-1] in eos else "length" if len(new) >= max_new_tokens
+                    else "deadline" if timer.passed else "length")
         if finished == "stop":
             new = new[:-1]
         logprobs = [float(torch.log_softmax(step[0].double(), -1)[tok])

@@ -7,8 +7,9 @@ Public interface (stable; the LLM probes, GCG/jailbreaks and availability attack
                  api_key_env=None, api_model=None, timeout=60.0, backend="auto")
     reply = lm.chat([{"role": "user", "content": "hi"}], max_new_tokens=None)   # -> Reply
     reply = lm.complete("Once upon a time", max_new_tokens=None)                  # raw continuation -> Reply
-    reply.text, reply.prompt_tokens, reply.completion_tokens, reply.finished ("stop" | "length"), reply.seconds,
-    reply.logprobs (log p of each completion token, or None when the backend offers none)
+    reply.text, reply.prompt_tokens, reply.completion_tokens, reply.finished ("stop" | "length" | "deadline"),
+    reply.seconds, reply.logprobs (log p of each completion token, or None when the backend offers none)
+    lm.deadline_s = 2.0  # enforced per-request wall-clock deadline (local backends): generation stops there
     lm.queries, lm.prompt_tokens, lm.completion_tokens, lm.max_queries   # counters over the target's life
     lm.access            # "white-box" (HF folder, GGUF through transformers) or "text" (endpoints)
     lm.model_and_tokenizer()   # white-box only: the torch causal LM (eval mode) and its HF tokenizer
@@ -73,8 +74,9 @@ class Reply:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finished: str  # "stop" (end of turn / EOS / stop string), "length" (max_new_tokens reached) or, from an
-    #                endpoint, "content_filter" (a guard's or provider's filter answered instead of the model)
+    finished: str  # "stop" (end of turn / EOS / stop string), "length" (max_new_tokens reached), "deadline" (the
+    #                target's `deadline_s` stopped generation) or, from an endpoint, "content_filter" (a guard's or
+    #                provider's filter answered instead of the model)
     seconds: float
     logprobs: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +86,7 @@ class LMTarget(ABC):
     """Base of the backends: system prompt, sampling, counting and budget; backends implement `_chat`/`_complete`."""
 
     access = "text"
+    enforces_deadline = False  # whether the backend can stop a generation at `deadline_s` (local backends)
 
     def __init__(self, spec: str, *, system_prompt: str | None = None, sampling: Sampling | None = None,
                  max_queries: int | None = None):
@@ -96,6 +99,24 @@ class LMTarget(ABC):
         self.sampling = sampling or Sampling()
         self.max_queries = max_queries
         self.queries = self.prompt_tokens = self.completion_tokens = 0
+        self._deadline_s: float | None = None
+
+    @property
+    def deadline_s(self) -> float | None:
+        """Per-request wall-clock deadline in seconds (None: none): generation stops when it passes, and the reply
+        says `finished == "deadline"`. Only backends that generate locally can enforce it; an endpoint's server
+        must (e.g. `bastion guard`'s policy), so setting it on one is refused rather than silently unenforced."""
+        return self._deadline_s
+
+    @deadline_s.setter
+    def deadline_s(self, seconds: float | None) -> None:
+        if seconds is not None:
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < 86_400:
+                raise ParameterError(f"deadline_s must be a number of seconds in (0, 86400), got {seconds!r}")
+            if not self.enforces_deadline:
+                raise ParameterError(f"{self.spec}: this backend cannot stop a generation at a deadline; enforce "
+                                     "it in the server that runs the model (e.g. bastion guard)")
+        self._deadline_s = None if seconds is None else float(seconds)
 
     # -- public ----------------------------------------------------------------------------------------------------
     def with_system(self, messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:

@@ -3,7 +3,8 @@
 Requests go through the target's own path (`bastion.lm.LMTarget`: `complete` for raw continuation, `chat` through
 the chat template), so the same measurement works on a local model and on an OpenAI-compatible endpoint. Per
 request: the generated tokens, the seconds to the last token, and whether the request ran into the cap (the reply
-ended with `finished == "length"`: `max_new_tokens` or the end of the context window). A capped request's real
+ended with `finished == "length"`: `max_new_tokens` or the end of the context window; or `"deadline"`: the target's
+enforced deadline stopped it, counted apart as `cut` too). A capped request's real
 length is unknown, so the ratios of a run with capped requests are lower bounds and the result says so — never an
 amplification without bound.
 
@@ -59,7 +60,8 @@ def request(target: LMTarget, prompt: str, mode: str, max_new_tokens: int) -> An
 
 
 def generation_stats(target: LMTarget, prompts: list[str], mode: str, max_new_tokens: int) -> dict[str, np.ndarray]:
-    """Per request: generated tokens, seconds to the last token, and whether it was capped (`finished == "length"`)."""
+    """Per request: generated tokens, seconds to the last token, whether it was capped (a generation or deadline
+    limit stopped it) and whether the deadline did (`cut`)."""
     replies = [request(target, prompt, mode, max_new_tokens) for prompt in prompts]
     return _stats(replies)
 
@@ -81,7 +83,8 @@ def paired_stats(target: LMTarget, natural: list[str], attack: list[str], mode: 
 def _stats(replies: list[Any]) -> dict[str, np.ndarray]:
     return {"tokens": np.asarray([r.completion_tokens for r in replies], float),
             "seconds": np.asarray([r.seconds for r in replies], float),
-            "capped": np.asarray([r.finished == "length" for r in replies], bool)}
+            "capped": np.asarray([r.finished in ("length", "deadline") for r in replies], bool),
+            "cut": np.asarray([r.finished == "deadline" for r in replies], bool)}
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -156,9 +159,11 @@ class GenerationAttack(Attack):
             "dimensions": dims,
             "caps": [{"name": "generation cap", "reached": reached, "cap": self.max_new_tokens, **fractions}]}
         if capped:
+            cut = int(att["cut"].sum()) if "cut" in att else 0
             metrics["note"] = (f"{int(att['capped'].sum())} of {n} attack requests hit the cap (max_new_tokens="
-                               f"{self.max_new_tokens} or the context window): their real length is unknown, the "
-                               "ratios are lower bounds")
+                               f"{self.max_new_tokens}, the context window" + (f", or the deadline: {cut}" if cut
+                                                                               else "") +
+                               "): their real length is unknown, the ratios are lower bounds")
         return metrics
 
 

@@ -27,7 +27,7 @@ def read_prompts(path: str, what: str = "--data") -> list[str]:
     return prompts
 
 
-def _prompts(opts: dict[str, str]) -> list[str]:
+def natural_prompts(opts: dict[str, str]) -> list[str]:
     if "prompts" not in opts:
         raise ParameterError("natural prompts are needed: --data FILE (one prompt per line, or .jsonl)")
     prompts = read_prompts(opts["prompts"])
@@ -35,7 +35,7 @@ def _prompts(opts: dict[str, str]) -> list[str]:
     return prompts[:limit] if limit > 0 else prompts
 
 
-def _common(target: Any, opts: dict[str, str], default_mode: str, seed: int) -> dict[str, Any]:
+def common_options(target: Any, opts: dict[str, str], default_mode: str, seed: int) -> dict[str, Any]:
     return {"mode": opts.get("mode", default_mode), "max_new_tokens": target.sampling.max_new_tokens,
             "n_bootstrap": integer(opts, "n-bootstrap", 1000), "seed": seed}
 
@@ -46,8 +46,8 @@ def run_overgen_cli(target: Any, args: list[str], seed: int) -> Result:
     opts = parse_args("overgen", args, OVERGEN)
     library = read_prompts(opts["library"], "--library") if "library" in opts else None
     attack = Overgen(placement=opts.get("placement", "alone"), library=library, select=integer(opts, "select", 0),
-                     **_common(target, opts, "chat", seed))
-    return attack.run(target, prompts=_prompts(opts))
+                     **common_options(target, opts, "chat", seed))
+    return attack.run(target, prompts=natural_prompts(opts))
 
 
 def run_eos_cli(target: Any, args: list[str], seed: int) -> Result:
@@ -57,6 +57,6 @@ def run_eos_cli(target: Any, args: list[str], seed: int) -> Result:
     numbers = {key.replace("-", "_"): integer(opts, key, 0) for key in
                ("suffix-len", "steps", "top-k", "batch", "horizon", "n-fit") if key in opts}
     extra = {k: opts[k] for k in ("loss", "init") if k in opts}
-    attack = EOSSuppress(**numbers, **extra, **_common(target, opts, "complete", seed))
-    return attack.run(target, prompts=_prompts(opts))
+    attack = EOSSuppress(**numbers, **extra, **common_options(target, opts, "complete", seed))
+    return attack.run(target, prompts=natural_prompts(opts))
 

@@ -1,5 +1,6 @@
 """Bounds on the work of one request, re-measured against the availability attacks: input limits and deadlines for
-classifiers (`resource-limits`), generation caps for language models (`generation-cap`).
+classifiers (`resource-limits`), generation caps and deadlines for language models (`generation-cap`,
+`generation-deadline`).
 
 OWASP LLM10:2025 (Unbounded Consumption) and Shumailov et al. ("Sponge Examples", EuroS&P 2021) both name the same
 first line of defence: bound the input size, the output length and the time of every request. Each bound is proven
@@ -9,8 +10,10 @@ larger than the natural shape; sponge and (for early-exit models) DeepSloth inpu
 `max_new_tokens`. The cost is measured on natural inputs too: refused natural inputs, natural requests cut by the
 deadline, natural replies truncated by the cap.
 
-A deadline is modelled, not enforced: a request served under a deadline costs min(latency, deadline) (the server
-cancels it there and answers an error), which is what the amplification after the mitigation reports.
+A classifier's deadline is modelled, not enforced: a request served under it costs min(latency, deadline) (a server
+cancels it there and answers an error), which is what the amplification after the mitigation reports; a forward
+pass is not preempted in-process. A language model's deadline is enforced: generation stops when it passes
+(`generation-deadline`).
 """
 
 from __future__ import annotations
@@ -192,5 +195,79 @@ class GenerationCap(Defense):
         lost = rows["before"]["natural_tokens"] - rows["after"]["natural_tokens"]
         metrics = {"mitigation": "generation-cap", "attack": "overgen", "n": len(prompts), **rows,
                    "natural_truncated": rows["after"]["natural_capped"], "natural_tokens_lost": lost}
+        return Result(family=self.threat, attack=self.name, params=self.get_params(), metrics=metrics,
+                      queries=lm.queries, seconds=time.perf_counter() - start, device=lm.describe()["backend"])
+
+
+@register("defenses", "generation-deadline", family="limit")
+class GenerationDeadline(Defense):
+    """An enforced per-request deadline on generation, re-measured against over-generation prompts, with the natural
+    replies it cuts (OWASP LLM10:2025 Unbounded Consumption; over-generation baselines of Engorgio, Dong et al.,
+    2024; "bound the time of every request", Shumailov et al., EuroS&P 2021).
+
+    The target stops generating when `deadline_s` passes (`LMTarget.deadline_s`, enforced after every token by the
+    local backend; None: `deadline_x` × the natural p99 seconds measured first without it). The attack runs once
+    without the deadline and once with it; for each: seconds and tokens per request, attack and natural, and the
+    requests the deadline cut. An attacker who knows the deadline can at best make every request last until it:
+    `worst_case_bound` (deadline over the natural mean) is that adaptive attacker's ratio; `overrun_ms` is how far
+    past the deadline the slowest request still ran (the prompt's prefill and one token are not interrupted).
+
+    Example:
+        >>> from bastion.defenses.availability.request_limits import GenerationDeadline
+        >>> result = GenerationDeadline(deadline_s=2.0).run(lm, prompts=["What is 2+2?"])  # doctest: +SKIP
+    """
+
+    name = "generation-deadline"
+    family = "limit"
+    threat = "availability"
+    requires = Access.LABELS
+
+    def __init__(self, deadline_s: float | None = None, *, deadline_x: float = 2.0, max_new_tokens: int = 256,
+                 mode: str = "chat", library: list[str] | None = None, n_bootstrap: int = 500, seed: int = 0):
+        if deadline_s is not None and not (math.isfinite(deadline_s) and 0 < deadline_s < 86_400):
+            raise ParameterError(f"deadline_s must be a positive number of seconds (or unset), got {deadline_s}")
+        if not (math.isfinite(deadline_x) and deadline_x >= 1):
+            raise ParameterError(f"deadline_x must be at least 1, got {deadline_x}")
+        Overgen(mode=mode, max_new_tokens=int(max_new_tokens), library=library)  # validates the attack's options
+        self.deadline_s, self.deadline_x = deadline_s, float(deadline_x)
+        self.max_new_tokens, self.mode = int(max_new_tokens), mode
+        self.library = list(library) if library is not None else None
+        self.n_bootstrap, self.seed = int(n_bootstrap), int(seed)
+
+    def _row(self, nat: dict[str, np.ndarray], att: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"natural_ms": measure.percentiles_ms(nat["seconds"] * 1e3),
+                "attack_ms": measure.percentiles_ms(att["seconds"] * 1e3),
+                "natural_tokens": float(nat["tokens"].mean()), "attack_tokens": float(att["tokens"].mean()),
+                "attack_cut": float(att["cut"].mean()), "natural_cut": float(nat["cut"].mean()),
+                "seconds_ratio": measure.ratio(att["seconds"], np.maximum(nat["seconds"], 1e-9), self.n_bootstrap,
+                                               self.seed)}
+
+    def run(self, target: Any, data: Dataset | None = None, *, prompts: list[str] | None = None,
+            **datasets: Dataset) -> Result:
+        if not prompts:
+            raise ParameterError("generation-deadline needs natural prompts")
+        start, lm = time.perf_counter(), as_lm_target(target)
+        if not lm.enforces_deadline:
+            raise ParameterError(f"{lm.spec}: this target cannot stop a generation at a deadline (an endpoint's "
+                                 "server must); measure it on the model file, or put it behind bastion guard")
+        attack_prompts = Overgen(mode=self.mode, library=self.library).craft(lm, list(prompts))
+        kept = lm.deadline_s
+        try:
+            lm.deadline_s = None
+            before = paired_stats(lm, list(prompts), attack_prompts, self.mode, self.max_new_tokens)
+            deadline = float(self.deadline_s or self.deadline_x * np.percentile(before[0]["seconds"], 99))
+            lm.deadline_s = deadline
+            after = paired_stats(lm, list(prompts), attack_prompts, self.mode, self.max_new_tokens)
+        finally:
+            lm.deadline_s = kept
+        rows = {"before": self._row(*before), "after": self._row(*after)}
+        nat_after = after[0]["seconds"]
+        metrics = {"mitigation": "generation-deadline", "attack": "overgen", "n": len(prompts), "deadline_s": deadline,
+                   "enforced": True, "max_new_tokens": self.max_new_tokens, **rows,
+                   "natural_cut": rows["after"]["natural_cut"],
+                   "natural_tokens_lost": rows["before"]["natural_tokens"] - rows["after"]["natural_tokens"],
+                   "worst_case_bound": deadline / max(float(nat_after.mean()), 1e-9),
+                   "overrun_ms": max(0.0, float(np.max(np.concatenate([after[1]["seconds"], nat_after]))) - deadline)
+                   * 1e3}
         return Result(family=self.threat, attack=self.name, params=self.get_params(), metrics=metrics,
                       queries=lm.queries, seconds=time.perf_counter() - start, device=lm.describe()["backend"])
