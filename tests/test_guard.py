@@ -51,6 +51,8 @@ def _post(url: str, x, key: str | None = None) -> tuple[int, dict, dict]:
     ({"tiers": {"a": {"rate": {"per_second": -1}}}}, "tiers.a.rate.per_second"),
     ({"tiers": {"a": {"rate": {"budget": 1.5}}}}, "tiers.a.rate.budget"),
     ({"tiers": {"a": {"extraction": {"action": "explode"}}}}, "tiers.a.extraction.action"),
+    ({"tiers": {"a": {"extraction": {"stateful_quantile": 0.9}}}}, "tiers.a.extraction.stateful_quantile"),
+    ({"tiers": {"a": {"extraction": {"stateful_k": 0}}}}, "tiers.a.extraction.stateful_k"),
     ({"tiers": {"a": {"output": "shuffle"}}}, "tiers.a.output"),
     ({"tiers": {"a": {"inputs": {"max_batsh": 3}}}}, "tiers.a.inputs.max_batsh"),
     ({"tiers": {"a": {}}, "keys": [{"id": "x", "sha256": "00", "tier": "a"}]}, "keys[0].sha256"),

@@ -43,7 +43,8 @@ class Guard:
         self.target = self.model.as_target()
         tiers = self.policy.tiers.values()
         wants = [t for t in tiers if t.detectors.squeeze_fpr is not None or t.detectors.strip_frr is not None]
-        needs_data = wants or [t for t in tiers if t.extraction.ood_share is not None]
+        needs_data = wants or [t for t in tiers if t.extraction.ood_share is not None
+                               or t.extraction.stateful_quantile is not None]
         if needs_data and self.reference is None:
             from bastion.core.errors import ParameterError
 

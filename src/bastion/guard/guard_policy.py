@@ -41,6 +41,10 @@ class ExtractionRules:
     ood_quantile: float = 0.99
     ood_min_queries: int = 100
     window: int = 2000
+    stateful_quantile: float | None = None  # None: the stateful detector off; else its per-query false-alarm rate
+    stateful_k: int = 1  # the score: mean distance to the k nearest of the key's buffered queries
+    stateful_hits: int = 10  # close queries within the buffer that flag the key
+    stateful_buffer: int = 1000  # the key's most recent queries kept
     action: str = "alert"
     throttle_per_second: float = 1.0
     degrade_output: str = "poisoning:1.0"  # what a flagged key's answers become with action "degrade"
@@ -164,7 +168,8 @@ def parse_tier(name: str, raw: Any) -> Tier:
                                                                       integer=True)))
     e = _section(raw.get("extraction"), f"{where}.extraction",
                  {"prada_delta", "prada_min_queries", "ood_share", "ood_quantile", "ood_min_queries", "window",
-                  "action", "throttle_per_second", "degrade_output"})
+                  "stateful_quantile", "stateful_k", "stateful_hits", "stateful_buffer", "action",
+                  "throttle_per_second", "degrade_output"})
     ew = f"{where}.extraction"
     extraction = ExtractionRules(
         None if e.get("prada_delta") is None else float(_number(e["prada_delta"], f"{ew}.prada_delta", 0, 1,
@@ -175,6 +180,11 @@ def parse_tier(name: str, raw: Any) -> Tier:
         float(_number(e.get("ood_quantile", 0.99), f"{ew}.ood_quantile", 0.5, 1)),
         int(_number(e.get("ood_min_queries", 100), f"{ew}.ood_min_queries", 1, integer=True)),
         int(_number(e.get("window", 2000), f"{ew}.window", 10, 100000, integer=True)),
+        None if e.get("stateful_quantile") is None else float(_number(e["stateful_quantile"],
+                                                                      f"{ew}.stateful_quantile", 0, 0.5)),
+        int(_number(e.get("stateful_k", 1), f"{ew}.stateful_k", 1, 100, integer=True)),
+        int(_number(e.get("stateful_hits", 10), f"{ew}.stateful_hits", 1, 100000, integer=True)),
+        int(_number(e.get("stateful_buffer", 1000), f"{ew}.stateful_buffer", 10, 100000, integer=True)),
         _choice(e.get("action", "alert"), f"{ew}.action", ACTIONS),
         float(_number(e.get("throttle_per_second", 1.0), f"{ew}.throttle_per_second", 0, open_low=True)),
         _output(e.get("degrade_output", "poisoning:1.0"), f"{ew}.degrade_output") or "poisoning:1.0")

@@ -5,7 +5,8 @@ the adversarial-input and backdoor-trigger detectors, and output hardening.
   queries, and a query-distribution detector: the share of the key's queries whose distance to the nearest
   reference sample (`--data`) exceeds the `ood_quantile` of held-out reference samples' own distances. Natural
   traffic sits near the data; Knockoff Nets' surrogate queries (Orekondy et al., CVPR 2019) and Jacobian
-  augmentation's synthetic steps (Papernot et al., AsiaCCS 2017) do not.
+  augmentation's synthetic steps (Papernot et al., AsiaCCS 2017) do not. And a stateful query detector (Chen,
+  Carlini & Wagner, AsiaCCS-SPAI 2020; `guard.stateful`): too many of the key's queries close to its earlier ones.
 - Adversarial inputs: feature squeezing (Xu, Evans & Qi, NDSS 2018): the L1 distance between the prediction for
   x and for its bit-depth-reduced (and, for images, 2x2 median-smoothed) copy; the threshold is the (1 - fpr)
   quantile of that score on `--data`.
@@ -29,6 +30,7 @@ from bastion.defenses.detect.prada import PRADA
 from bastion.defenses.postprocess import OutputDefense, harden
 from bastion.guard.backend import ModelInfo
 from bastion.guard.guard_policy import ExtractionRules, Tier
+from bastion.guard.stateful import StatefulDetector, calibrate
 
 
 class Refused(Exception):
@@ -103,6 +105,16 @@ class Reference:
         self.held_out = torch.as_tensor(x[order[half:]] if len(order) > half else x[order[:half]])
         self.pool = torch.as_tensor(x[order[:half]])
         self.held_out_distance = self.nearest(self.held_out.numpy())
+        self.thresholds: dict[tuple[int, int, float], float] = {}
+        self.lock = threading.Lock()
+
+    def stateful_threshold(self, k: int, buffer: int, quantile: float) -> float:
+        """The stateful detector's threshold, calibrated once on the held-out half (`guard.stateful.calibrate`)."""
+        with self.lock:
+            found = self.thresholds.get((k, buffer, quantile))
+            if found is None:
+                found = self.thresholds[k, buffer, quantile] = calibrate(self.held_out.numpy(), k, buffer, quantile)
+            return found
 
     def nearest(self, x: np.ndarray) -> np.ndarray:
         """Each input's L2 distance to its nearest reference sample (|x|^2 + |r|^2 - 2 x.r in float64)."""
@@ -182,7 +194,8 @@ class IncrementalPRADA:
 
 
 class ExtractionMonitor:
-    """One key's stream: PRADA (incremental) and the out-of-distribution share, over its last `window` queries."""
+    """One key's stream: PRADA (incremental) and the out-of-distribution share over its last `window` queries, and
+    the stateful detector over its last `stateful_buffer` queries."""
 
     def __init__(self, rules: ExtractionRules, reference: Reference | None):
         self.rules = rules
@@ -191,6 +204,9 @@ class ExtractionMonitor:
         self.reference = reference
         self.ood_threshold = (None if reference is None or rules.ood_share is None
                               else float(np.quantile(reference.held_out_distance, rules.ood_quantile)))
+        self.stateful = (None if reference is None or rules.stateful_quantile is None else StatefulDetector(
+            reference.stateful_threshold(rules.stateful_k, rules.stateful_buffer, rules.stateful_quantile),
+            rules.stateful_k, rules.stateful_hits, rules.stateful_buffer))
         self.batches: deque[tuple[int, int]] = deque()  # (inputs, of which far) per batch in the window
         self.in_window = 0
         self.far_in_window = 0
@@ -217,6 +233,8 @@ class ExtractionMonitor:
             hits.append("extraction.distribution")
         if self.prada is not None and self.prada.observe(x, labels):
             hits.append("extraction.prada")
+        if self.stateful is not None and self.stateful.observe(x):
+            hits.append("extraction.stateful")
         if hits and not self.flagged:
             self.flagged_at = self.seen
         self.flagged = sorted(set(self.flagged) | set(hits))
