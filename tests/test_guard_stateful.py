@@ -42,6 +42,8 @@ def test_detector_counts_close_queries_in_its_window():
     assert not detector.observe(far[:2] + 0.1)  # two close queries
     assert detector.observe(far[2:3] + 0.1)  # the third
     assert detector.observe(far[:1] * 0 + 1000)  # still three close within the last 10
+    for _ in range(20):
+        assert detector.observe(far[:1] * 0 + 1000)  # repeats neither count nor flush the buffer
     for i in range(8):
         detector.observe(far[:1] * 0 + 2000 + 100 * i)
     assert not detector.observe(far[:1] * 0 + 5000)  # the close ones left the buffer

@@ -27,6 +27,12 @@ def knn_scores(queries: np.ndarray, buffer: np.ndarray, k: int, buffer_sq: np.nd
     Queries are compared to the buffer and to the queries before them in the batch (the order they arrived in);
     `buffer_sq` (the rows' squared norms) saves recomputing them per request.
     """
+    return scores_and_repeats(queries, buffer, k, buffer_sq)[0]
+
+
+def scores_and_repeats(queries: np.ndarray, buffer: np.ndarray, k: int,
+                       buffer_sq: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`knn_scores` and whether each query repeats a buffered or earlier one exactly."""
     q = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
     q_sq = (q * q).sum(1)
     old_sq = (buffer * buffer).sum(1) if buffer_sq is None else buffer_sq
@@ -36,14 +42,15 @@ def knn_scores(queries: np.ndarray, buffer: np.ndarray, k: int, buffer_sq: np.nd
         inner[np.triu_indices(len(q))] = np.inf
         parts.append(inner)
     if not parts:
-        return np.full(len(q), np.inf)
+        return np.full(len(q), np.inf), np.zeros(len(q), dtype=bool)
     d2 = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-    d2[d2 <= REPEAT * (1.0 + q_sq[:, None])] = np.inf  # exact repeats (and float32 rounding around them)
+    same = d2 <= REPEAT * (1.0 + q_sq[:, None])  # exact repeats (and float32 rounding around them)
+    d2[same] = np.inf
     kk = min(k, d2.shape[1])
     if kk == 1:
-        return np.sqrt(d2.min(1)).astype(np.float64)
+        return np.sqrt(d2.min(1)).astype(np.float64), same.any(1)
     nearest = np.partition(d2, kk - 1, axis=1)[:, :kk] if kk < d2.shape[1] else d2
-    return np.sqrt(nearest).mean(1, dtype=np.float64)
+    return np.sqrt(nearest).mean(1, dtype=np.float64), same.any(1)
 
 
 def calibrate(natural: np.ndarray, k: int, buffer: int, quantile: float, seed: int = 0) -> float:
@@ -58,13 +65,17 @@ def calibrate(natural: np.ndarray, k: int, buffer: int, quantile: float, seed: i
 
 
 class StatefulDetector:
-    """One key's buffer of recent queries and its close-query count; `observe(x)` says whether it is flagged now."""
+    """One key's buffer of recent queries and its close-query count; `observe(x)` says whether it is flagged now.
+
+    Exact repeats are not buffered, so an attacker cannot flush the buffer by resending one query: pushing a parent
+    out takes `buffer` distinct queries that are not close to one another either.
+    """
 
     def __init__(self, threshold: float, k: int, hits: int, buffer: int):
         self.threshold, self.k, self.hits, self.size = threshold, k, hits, buffer
         self.rows: np.ndarray | None = None
         self.sq = np.zeros(buffer, np.float32)  # the rows' squared norms
-        self.count = 0  # queries seen
+        self.count = 0  # queries buffered
         self.close = np.zeros(buffer, dtype=bool)  # close flags of the last `buffer` queries (ring, like rows)
 
     def observe(self, x: np.ndarray) -> bool:
@@ -73,7 +84,8 @@ class StatefulDetector:
         if self.rows is None:
             self.rows = np.empty((self.size, flat.shape[1]), np.float32)
         held = min(self.count, self.size)
-        scores = knn_scores(flat, self.rows[:held], self.k, self.sq[:held])
+        scores, repeated = scores_and_repeats(flat, self.rows[:held], self.k, self.sq[:held])
+        flat, scores = flat[~repeated], scores[~repeated]  # a repeat neither scores nor takes a buffer slot
         slots = (self.count + np.arange(len(flat))) % self.size
         self.rows[slots] = flat
         self.sq[slots] = (flat * flat).sum(1)
