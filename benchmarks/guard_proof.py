@@ -5,7 +5,8 @@ guarded, side by side.
 
 Two `bastion guard serve` processes on free loopback ports serve the same model file (`digits-cnn.pt2`, prepared
 by `bastion demo`; the sandboxed worker): `open` with no policy (input checks only), `guarded` with `guard.yaml`
-(written to --out): extraction monitors (PRADA, Juuti et al. EuroS&P 2019; the query-distribution detector) with
+(written to --out): extraction monitors (PRADA, Juuti et al. EuroS&P 2019; the query-distribution detector; the
+stateful query detector, Chen, Carlini & Wagner AsiaCCS-SPAI 2020) with
 `action: degrade` (MAD poisoning, Orekondy et al. ICLR 2020), output rounding to 2 decimals, input range checks,
 and on the `screened` tier feature squeezing (Xu et al., NDSS 2018) rejecting suspected adversarial inputs. Each
 attack gets its own API key, so each stream is its own. Runs, all through the HTTP protocol:
@@ -17,8 +18,12 @@ attack gets its own API key, so each stream is its own. Runs, all through the HT
   grey-scale patches of the two photographs scikit-learn ships (`guard_knockoff.natural_pool`);
 - `knockoff-adaptive`: an attacker who knows the public rule (flag when over 30% of a key's queries lie far from
   the training data) and keeps under it: its pool mixes the photographs with natural digits at 1:3;
-- `replay`: the 540 test digits in 3 random orders, one key each, batches of 20 (the monitors' false alarms), and
-  once one by one on the `screened` tier (feature squeezing's false rejects);
+- `jacobian-adaptive`: Jacobian with steps λ = 0.3 and 0.5 and no sign flips (tau 100), an attacker who knows the
+  stateful rule (Chen, Carlini & Wagner 2020: a key flagged once 10 of its last 1,000 queries lie closer to an
+  earlier query than 99.9% of natural traffic does) and steps farther than natural neighbours lie;
+- `replay`: the 540 test digits in 10 random orders, one key each, batches of 20 (the monitors' false alarms); the
+  training digits the server's reference index holds (the half its thresholds were not calibrated on); and the
+  test digits once one by one on the `screened` tier (feature squeezing's false rejects);
 - `evasion` (Square Attack, scores only) and `privacy` (loss threshold membership inference): `bastion assess`
   with those families on the `hardened` key (rounding:2 only), then `bastion report compare`.
 
@@ -50,11 +55,16 @@ from pathlib import Path
 
 import numpy as np
 
+REPLAYS = 10
+ADAPTIVE_STEPS = (0.3, 0.5)  # Jacobian's λ for an attacker who knows the stateful rule (tau 100: no sign flips)
 KEYS = {"jacobian": "extraction", "jacobian-1000": "extraction", "knockoff-ood": "extraction",
-        "knockoff-adaptive": "extraction", "replay-0": "extraction", "replay-1": "extraction",
-        "replay-2": "extraction", "replay-screened": "screened", "hardened": "hardened"}
+        "knockoff-adaptive": "extraction", **{f"replay-{i}": "extraction" for i in range(REPLAYS)},
+        "replay-reference": "extraction", **{f"jacobian-step-{s}": "extraction" for s in ADAPTIVE_STEPS},
+        "replay-screened": "screened", "hardened": "hardened"}
 EXTRACTION = {"prada_delta": 0.96, "prada_min_queries": 100, "ood_share": 0.3, "ood_quantile": 0.99,
-              "ood_min_queries": 50, "window": 2000, "action": "degrade", "degrade_output": "poisoning:1.0"}
+              "ood_min_queries": 50, "window": 2000, "stateful_quantile": 0.001, "stateful_k": 1,
+              "stateful_hits": 10, "stateful_buffer": 1000, "action": "degrade", "degrade_output": "poisoning:1.0"}
+MONITORS = ("extraction.prada", "extraction.distribution", "extraction.stateful")
 DETECTORS = {"squeeze_fpr": 0.05, "squeeze_bits": 4, "action": "reject"}
 ARCH = "bastion.demo.models:digits_cnn"
 
@@ -135,7 +145,7 @@ def first_flag(audit: Path, key: str) -> tuple[int | None, str, int, int]:
         sent += e.n_inputs
         answered += e.n_inputs if e.status == 200 else 0
         refused += e.n_inputs if e.status != 200 else 0
-        hits = [r for r in e.rules if r.startswith(("extraction.prada", "extraction.distribution"))]
+        hits = [r for r in e.rules if r.startswith(MONITORS)]
         if at is None and hits:
             at, why = sent, ",".join(sorted({h.split(".")[1] for h in hits}))
     return at, why, answered, refused
@@ -181,9 +191,10 @@ def knockoff(url: str, data: Path, pool: Path, budgets: str, out: Path, name: st
     return attack("knockoff", url, data, pool, budgets, out, name)
 
 
-def attack(which: str, url: str, data: Path, pool: Path, budgets: str, out: Path, name: str) -> dict:
-    """`bastion attack extraction WHICH URL --pool POOL`: its fidelity per budget, status and reason."""
-    extra = ["--arch", ARCH] if which == "jacobian" else []
+def attack(which: str, url: str, data: Path, pool: Path, budgets: str, out: Path, name: str,
+           params: tuple[str, ...] = ()) -> dict:
+    """`bastion attack extraction WHICH URL --pool POOL [params]`: its fidelity per budget, status and reason."""
+    extra = (["--arch", ARCH] if which == "jacobian" else []) + list(params)
     code, stdout = cli(["attack", "extraction", which, url, *extra, "--data", str(data), "--pool", str(pool),
                         "--budget", budgets, "--ood-samples", "0", "--transfer-samples", "0",
                         "--seed", "0", "--json"], out, name)
@@ -287,8 +298,8 @@ def main() -> None:
     parser.add_argument("--lm", help="run the LM availability comparison on this model instead (gemma, tiny, "
                         "a .gguf or a Hugging Face folder)")
     parser.add_argument("--prada-delta", type=float, default=EXTRACTION["prada_delta"], help="PRADA's threshold")
-    parser.add_argument("--skip", default="", help="comma list of runs to skip: jacobian, knockoff, adaptive, "
-                        "replay, evasion")
+    parser.add_argument("--skip", default="", help="comma list of runs to skip: jacobian, jacobian-adaptive, "
+                        "knockoff, adaptive, replay, evasion")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     if args.lm:
@@ -328,6 +339,16 @@ def main() -> None:
             at, why, _, _ = first_flag(audit, "jacobian-1000")
             rows.append((f"Jacobian, `bastion attack` (budgets {budgets})", f"{at} ({why})" if at else "not flagged",
                          _fid(before), _fid(after)))
+        if "jacobian-adaptive" not in skip:  # knows the stateful rule: steps beyond natural nearest-neighbour gaps
+            for step in ADAPTIVE_STEPS:
+                params = ("--step", str(step), "--tau", "100")
+                before = attack("jacobian", open_url, paths["eval"], paths["seeds"], budgets, out,
+                                f"jacobian-step-{step}-open", params)
+                after = attack("jacobian", keyed(guard_url, f"jacobian-step-{step}"), paths["eval"], paths["seeds"],
+                               budgets, out, f"jacobian-step-{step}-guarded", params)
+                at, why, _, _ = first_flag(audit, f"jacobian-step-{step}")
+                rows.append((f"Jacobian adaptive: λ = {step}, no sign flips (budgets {budgets})",
+                             f"{at} ({why})" if at else "not flagged", _fid(before), _fid(after)))
         if "knockoff" not in skip:
             before = knockoff(open_url, paths["eval"], paths["photos"], budgets, out, "knockoff-ood-open")
             after = knockoff(keyed(guard_url, "knockoff-ood"), paths["eval"], paths["photos"], budgets, out,
@@ -347,13 +368,20 @@ def main() -> None:
         if "replay" not in skip:
             test_x = np.asarray(demo.test.x, np.float32)
             flagged, rejected, total = 0, 0, 0
-            for seed in range(3):
+            for seed in range(REPLAYS):
                 replay(keyed(guard_url, f"replay-{seed}"), test_x, seed)
                 at, _, answered, refused = first_flag(audit, f"replay-{seed}")
                 flagged += at is not None
                 rejected, total = rejected + refused, total + answered + refused
-            rows.append((f"replay of the {len(test_x)} test digits (3 orders, batches of 20)",
-                         f"{flagged}/3 streams flagged", "—", f"{rejected}/{total} inputs refused"))
+            rows.append((f"replay of the {len(test_x)} test digits ({REPLAYS} orders, batches of 20)",
+                         f"{flagged}/{REPLAYS} streams flagged", "—", f"{rejected}/{total} inputs refused"))
+            from bastion.guard.rules import Reference
+
+            index = Reference(demo.train).index.numpy().reshape(-1, *test_x.shape[1:])  # the server's own split
+            replay(keyed(guard_url, "replay-reference"), index, 0)
+            at, why, answered, refused = first_flag(audit, "replay-reference")
+            rows.append((f"replay of the {len(index)} training digits the thresholds were not calibrated on",
+                         f"{at} ({why})" if at else "not flagged", "—", f"{refused}/{answered + refused} refused"))
             replay(keyed(guard_url, "replay-screened"), test_x, 0, batch=1)
             _, _, answered, refused = first_flag(audit, "replay-screened")
             rows.append((f"replay of the {len(test_x)} test digits one by one, feature squeezing (reject)", "—", "—",

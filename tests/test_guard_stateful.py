@@ -50,20 +50,21 @@ def test_detector_counts_close_queries_in_its_window():
 
 
 def _jacobian_stream(demo, seeds: np.ndarray, n: int, step: float) -> np.ndarray:
-    """Seeds, then rounds of Papernot et al.'s x + step·sign(∇F(x)[label]) from every earlier point, with the
-    victim's own gradient standing in for a trained substitute's (`attacks.extraction.jacobian.jacobian_step`)."""
+    """Seeds, then rounds of Papernot et al.'s x + step·sign(∇F(x)[label]) from the previous round's points, with
+    the victim's own gradient standing in for a substitute's (`attacks.extraction.jacobian.jacobian_step`; the
+    attack retrains its substitute each round, so each parent is stepped from once here, not re-stepped alike)."""
     import torch
 
     from bastion.attacks.extraction.jacobian import jacobian_step
     from bastion.models import load_target
 
     model = load_target(demo.model_path, device="cpu").model
-    x = torch.as_tensor(seeds)
-    while len(x) < n:
+    rounds = [torch.as_tensor(seeds)]
+    while sum(len(r) for r in rounds) < n:
         with torch.no_grad():
-            labels = model(x).argmax(-1)
-        x = torch.cat([x, jacobian_step(model, x, labels, step, (0.0, 1.0))])
-    return x[:n].numpy()
+            labels = model(rounds[-1]).argmax(-1)
+        rounds.append(jacobian_step(model, rounds[-1], labels, step, (0.0, 1.0)))
+    return torch.cat(rounds)[:n].numpy()
 
 
 def _first_flag(monitor, x: np.ndarray, batch: int = 20) -> int | None:

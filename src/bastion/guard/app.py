@@ -71,8 +71,9 @@ class Guard:
             info["output"] = defense.output_kind
         return info
 
-    def answer(self, key: str, tier: Tier, x: np.ndarray) -> tuple[dict[str, Any], list[str]]:
-        """Run the rules around inference for an admitted, validated batch: (answer, rule hits)."""
+    def answer(self, key: str, tier: Tier, x: np.ndarray) -> tuple[dict[str, Any], list[str], bool]:
+        """Run the rules around inference for an admitted, validated batch: (answer, rule hits, whether the
+        key's extraction monitors are due to run, after the answer is sent: `settle`)."""
         state = self.state(key, tier)
         hits: list[str] = []
         if self.detectors is not None and (tier.detectors.squeeze_fpr or tier.detectors.strip_frr):
@@ -83,23 +84,26 @@ class Guard:
         out = self.model.predict(x)
         labels = out if out.ndim == 1 else out.argmax(-1)
         with state.lock:
-            flagged = state.monitor.observe(x, labels)
-            hits += flagged
-            response = state.respond(flagged)
-        if response:
-            hits.append(response)
+            due = state.gather(x, np.asarray(labels))
         defense = self.degraders[tier.name] if state.degraded else self.hardeners[tier.name]
         if defense is not None and out.ndim == 2:
             with torch.no_grad():
                 out = defense.transform(torch.as_tensor(out), torch.as_tensor(x)).numpy()
         kind = "labels" if out.ndim == 1 else "probabilities"
-        return {kind: out.tolist()}, hits
+        return {kind: out.tolist()}, hits, due
+
+    def settle_later(self, key: str, tier: Tier) -> None:
+        """Run the key's extraction monitors on its queued queries if due (after an answer has left)."""
+        state = self.state(key, tier)
+        with state.lock:
+            state.run_monitors()
 
 
 def make_app(guard: Guard) -> Any:
     """The Starlette application serving `guard`."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
@@ -123,10 +127,13 @@ def make_app(guard: Guard) -> Any:
         ex.inputs = x.tolist() if guard.log_inputs else None
         state = guard.state(ex.key, ex.tier)
         with state.lock:
+            ex.hits = state.settle()  # a monitor run the last answer left due, if it has not run yet
             state.admit(ex.n)
-        payload, ex.hits = await run_in_threadpool(guard.answer, ex.key, ex.tier, x)
+        payload, hits, due = await run_in_threadpool(guard.answer, ex.key, ex.tier, x)
+        ex.hits += hits
         ex.verdict = "flag" if ex.hits else "allow"
-        return JSONResponse(payload)
+        # the monitors run after the answer is sent; their verdict applies from the key's next request on
+        return JSONResponse(payload, background=BackgroundTask(guard.settle_later, ex.key, ex.tier) if due else None)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "isolation": guard.model.isolation})

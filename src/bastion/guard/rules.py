@@ -298,6 +298,40 @@ class KeyState:
         self.monitor = ExtractionMonitor(tier.extraction, reference)
         self.blocked = False
         self.degraded = False  # answers go through the tier's extraction.degrade_output from now on
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # answered, not yet monitored (inputs, labels)
+        self.pending_n = 0
+        self.found: list[str] = []  # rule hits of monitor runs since the key's last request (logged with the next)
+
+    @property
+    def monitored(self) -> bool:
+        rules = self.tier.extraction
+        return (rules.prada_delta is not None or self.monitor.ood_threshold is not None
+                or self.monitor.stateful is not None)
+
+    def gather(self, x: np.ndarray, labels: np.ndarray) -> bool:
+        """Queue an answered batch for the monitors (call under `lock`); whether a monitor run is due."""
+        if not self.monitored:
+            return False
+        self.pending.append((x, labels))
+        self.pending_n += len(x)
+        return self.pending_n >= self.tier.extraction.monitor_batch
+
+    def run_monitors(self, due_only: bool = True) -> None:
+        """Run the monitors on the queued queries (when `monitor_batch` are queued, or any with due_only=False)
+        and apply the tier's action; the hits wait in `found` for the key's next request (call under `lock`)."""
+        if self.pending and (self.pending_n >= self.tier.extraction.monitor_batch or not due_only):
+            x = np.concatenate([p[0] for p in self.pending])
+            labels = np.concatenate([p[1] for p in self.pending])
+            self.pending, self.pending_n = [], 0
+            flagged = self.monitor.observe(x, labels)
+            response = self.respond(flagged)
+            self.found += flagged + ([response] if response else [])
+
+    def settle(self) -> list[str]:
+        """A due monitor run that has not happened yet, then the hits not yet logged (call under `lock`)."""
+        self.run_monitors()
+        found, self.found = self.found, []
+        return found
 
     def admit(self, n: int) -> None:
         """Budget, block and rate checks before inference (Refused 403/429)."""
