@@ -11,12 +11,12 @@ size/silhouette; Spectral Signatures, SPECTRE, Confusion Training; ART's Activat
 SpectralSignatureDefense on the same model, data and feature layer): TPR at FPR ≤ 0.1 of the scores and AUROC
 against the known poison, TPR/FPR of the flags each method raises by itself (ART gives flags only: its "TPR@0.1"
 is its flag TPR when its flag FPR is ≤ 0.1, else 0), and the classes a per-class screen names as poisoned.
-Model-level detectors (Neural Cleanse, MM-BD): whether they flag the true target and no other class on the
+Model-level detectors (Neural Cleanse, TABOR, MM-BD): whether they flag the true target and no other class on the
 backdoored model, and whether they flag any class of the clean twin.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src nice .peers-venv/bin/python benchmarks/backdoor_matrix.py \\
         [--datasets digits fashion] [--attacks badnets blended wanet clean-label] [--rates 0.01 0.05] \\
-        [--archs cnn resnet] [--seeds 0 1 2] [--screens ...] [--models nc mm-bd] [--jsonl rows.jsonl]
+        [--archs cnn resnet mlp] [--seeds 0 1 2] [--screens ...] [--models nc tabor mm-bd] [--jsonl rows.jsonl]
 
 Rows are appended to `--jsonl` as they are produced (a long run can be resumed: finished cells are skipped);
 `--summary rows.jsonl` prints the Markdown tables of docs/benchmarks/poisoning.md from such a file.
@@ -49,6 +49,7 @@ from bastion.defenses.detect.mm_bd import MMBD
 from bastion.defenses.detect.neural_cleanse import NeuralCleanse
 from bastion.defenses.detect.spectral import SpectralSignatures
 from bastion.defenses.detect.spectre import Spectre
+from bastion.defenses.detect.tabor import TABOR
 from bastion.demo.datasets import digits_with_clean_set
 from bastion.demo.models import BasicBlock
 from bastion.evaluation.metrics import auc, detection_rates, roc_curve, tpr_at_fpr
@@ -87,7 +88,13 @@ def resnet(side: int) -> nn.Sequential:
                          nn.Linear(32, 10))
 
 
-ARCHS: dict[str, Callable[[int], nn.Sequential]] = {"cnn": cnn, "resnet": resnet}
+def mlp(side: int) -> nn.Sequential:
+    """A third architecture, no convolutions: two hidden layers of 128 and 64 units."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(side * side, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
+                         nn.Linear(64, 10))
+
+
+ARCHS: dict[str, Callable[[int], nn.Sequential]] = {"cnn": cnn, "resnet": resnet, "mlp": mlp}
 
 
 def attack_for(name: str, dataset_name: str, rate: float, target: int, seed: int, factory: Callable) -> PoisoningAttack:
@@ -196,7 +203,7 @@ def screen(method: str, cell: dict, clean: Dataset, seed: int, rate: float, epoc
 
 def model_scan(method: str, model: nn.Module, clean: Dataset, seed: int) -> list[int]:
     target = TorchTarget(model, tuple(clean.x.shape[1:]), n_classes=10, device="cpu")
-    defense = NeuralCleanse(seed=seed) if method == "nc" else MMBD(seed=seed)
+    defense = {"nc": NeuralCleanse, "tabor": TABOR, "mm-bd": MMBD}[method](seed=seed)
     return defense.run(target, clean).metrics["flagged_classes"]
 
 
@@ -293,10 +300,10 @@ def main() -> None:
     parser.add_argument("--attacks", nargs="+", default=["badnets", "blended", "wanet", "clean-label"],
                         choices=["badnets", "blended", "wanet", "clean-label"])
     parser.add_argument("--rates", nargs="+", type=float, default=[0.01, 0.05])
-    parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    parser.add_argument("--archs", nargs="+", default=["cnn", "resnet"], choices=list(ARCHS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--screens", nargs="*", default=list(SCREENS), choices=list(SCREENS))
-    parser.add_argument("--models", nargs="*", default=["nc", "mm-bd"], choices=["nc", "mm-bd"])
+    parser.add_argument("--models", nargs="*", default=["nc", "mm-bd"], choices=["nc", "tabor", "mm-bd"])
     parser.add_argument("--n-train", type=int, default=3000,
                         help="Fashion-MNIST training subset size (issue 20's setting: 6000)")
     parser.add_argument("--jsonl", default="backdoor_matrix.jsonl")

@@ -25,7 +25,9 @@ class NeuralCleanse(Defense):
 
     For every class t, a mask m and a pattern p are optimised so that x' = (1 − m)·x + m·p sends clean inputs
     to t, minimising cross-entropy + λ_t·|m|₁ with Adam; m and p are kept in range by a tanh parametrisation,
-    the mask is shared by the channels. Each λ_t follows the paper's schedule: it starts at 0 until the trigger
+    the mask is shared by the channels. `restarts` > 1 repeats the optimisation from different random starts and
+    keeps each class's smallest mask that reached the threshold (the optimisation is non-convex: one start can
+    stop in a larger local minimum). Each λ_t follows the paper's schedule: it starts at 0 until the trigger
     first works, is then set to `init_cost`, and is multiplied (divided) by `cost_multiplier` after `patience`
     consecutive checks with attack success above (below) `attack_threshold`. The smallest mask reaching the
     threshold is kept. Classes are optimised together in one batch (K·B inputs per step; `class_batch` bounds K).
@@ -57,9 +59,10 @@ class NeuralCleanse(Defense):
     def __init__(self, steps: int = 300, *, lr: float = 0.2, batch_size: int = 32, init_cost: float = 1e-3,
                  cost_multiplier: float = 1.5, patience: int = 10, attack_threshold: float = 0.99,
                  anomaly_threshold: float = 2.0, class_batch: int = 16, eval_samples: int = 256, seed: int = 0,
-                 scale: str = "norm"):
-        if min(steps, batch_size, patience, class_batch, eval_samples) < 1:
-            raise ParameterError("steps, batch_size, patience, class_batch and eval_samples must be at least 1")
+                 scale: str = "norm", restarts: int = 1):
+        if min(steps, batch_size, patience, class_batch, eval_samples, restarts) < 1:
+            raise ParameterError("steps, batch_size, patience, class_batch, eval_samples and restarts must be at "
+                                 "least 1")
         if lr <= 0 or init_cost <= 0 or cost_multiplier <= 1 or not 0 < attack_threshold <= 1:
             raise ParameterError("lr and init_cost must be positive, cost_multiplier > 1, attack_threshold in (0, 1]")
         if anomaly_threshold <= 0 or scale not in ("norm", "log"):
@@ -68,15 +71,24 @@ class NeuralCleanse(Defense):
         self.cost_multiplier, self.patience, self.attack_threshold = cost_multiplier, int(patience), attack_threshold
         self.anomaly_threshold, self.class_batch, self.eval_samples = float(anomaly_threshold), int(class_batch), \
             int(eval_samples)
-        self.seed, self.scale = int(seed), scale
+        self.seed, self.scale, self.restarts = int(seed), scale, int(restarts)
 
-    def reverse(self, model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor,
-                bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def extra_loss(self, model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, classes: torch.Tensor,
+                   mask: torch.Tensor, pattern: torch.Tensor, cost: torch.Tensor) -> torch.Tensor | None:
+        """Further per-class terms of the objective, shape (k,), given each class's current mask cost λ_t;
+        Neural Cleanse has none (TABOR adds its regularisers)."""
+        return None
+
+    def reverse(self, model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor, bounds: tuple[float, float],
+                y: torch.Tensor | None = None, seed: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Optimise triggers for `classes` at once; return the best masks, patterns and their attack success
-        (measured afterwards on the first `eval_samples` clean inputs)."""
+        (measured afterwards on the first `eval_samples` clean inputs). `y` are the clean inputs' labels (used
+        by `extra_loss` only); `seed` defaults to the detector's."""
         k, shape = len(classes), x.shape[1:]
         mask_shape = (1, *shape[1:]) if len(shape) == 3 else tuple(shape)
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        y = torch.zeros(len(x), dtype=torch.long, device=x.device) if y is None else y
         mask_raw = torch.zeros(k, *mask_shape, device=x.device).requires_grad_(True)
         pattern_raw = (torch.rand(k, *shape, generator=gen) * 2 - 1).to(x.device).requires_grad_(True)
         opt = torch.optim.Adam([mask_raw, pattern_raw], lr=self.lr, betas=(0.5, 0.9))
@@ -88,15 +100,18 @@ class NeuralCleanse(Defense):
         best_pattern = torch.zeros(k, *shape, device=x.device)
         labels = classes.repeat_interleave(min(self.batch_size, len(x)))
         for _ in range(self.steps):
-            xb = x[torch.randint(len(x), (min(self.batch_size, len(x)),), generator=gen).to(x.device)]
+            pick = torch.randint(len(x), (min(self.batch_size, len(x)),), generator=gen).to(x.device)
+            xb, yb = x[pick], y[pick]
             mask = (torch.tanh(mask_raw) + 1) / 2
             pattern = lo + (hi - lo) * (torch.tanh(pattern_raw) + 1) / 2
             stamped = (1 - mask[:, None]) * xb[None] + (mask * pattern)[:, None]
             logits = model(stamped.reshape(-1, *shape))
             ce = F.cross_entropy(logits, labels, reduction="none").view(k, -1).mean(1)
             norm = mask.flatten(1).sum(1)
+            loss = ce + cost * norm
+            extra = self.extra_loss(model, xb, yb, classes, mask, pattern, cost)
             opt.zero_grad(set_to_none=True)
-            (ce + cost * norm).sum().backward()
+            (loss if extra is None else loss + extra).sum().backward()
             opt.step()
             with torch.no_grad():
                 success = (logits.argmax(-1) == labels).float().view(k, -1).mean(1)
@@ -118,6 +133,25 @@ class NeuralCleanse(Defense):
             best_pattern[missing] = (lo + (hi - lo) * (torch.tanh(pattern_raw) + 1) / 2)[missing]
         return best_mask, best_pattern, self.success(model, x[: self.eval_samples], classes, best_mask, best_pattern)
 
+    def best_of_restarts(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: torch.Tensor,
+                         bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`restarts` optimisations from different random starts (seeds seed, seed+1, ...); each class keeps the
+        smallest mask among the restarts whose trigger reached `attack_threshold` (the smallest of all when none
+        did): a backdoor's small trigger is found by any restart that reaches it, a natural feature's size is an
+        upper bound that more restarts can only lower."""
+        best = None
+        for r in range(self.restarts):
+            mask, pattern, success = self.reverse(model, x, classes, bounds, y, self.seed + r)
+            if best is None:
+                best = [mask, pattern, success]
+                continue
+            norm, best_norm = mask.flatten(1).sum(1), best[0].flatten(1).sum(1)
+            hit, best_hit = success >= self.attack_threshold, best[2] >= self.attack_threshold
+            take = (hit & ~best_hit) | ((hit == best_hit) & (norm < best_norm))
+            best[0][take], best[1][take], best[2][take] = mask[take], pattern[take], success[take]
+        assert best is not None
+        return best[0], best[1], best[2]
+
     @torch.no_grad()
     def success(self, model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor, mask: torch.Tensor,
                 pattern: torch.Tensor) -> torch.Tensor:
@@ -133,12 +167,13 @@ class NeuralCleanse(Defense):
         validate_for_model(data, target.n_classes, target.input_shape, target.bounds)
         start = time.perf_counter()
         x = torch.as_tensor(data.x, dtype=torch.float32, device=target.device)
+        y = torch.as_tensor(data.y, dtype=torch.long, device=target.device)
         was_training, trainable = model.training, [p.requires_grad for p in model.parameters()]
         model.eval().requires_grad_(False)
         masks, patterns, success = [], [], []
         try:
             for group in torch.arange(target.n_classes, device=target.device).split(self.class_batch):
-                m, p, s = self.reverse(model, x, group, target.bounds)
+                m, p, s = self.best_of_restarts(model, x, y, group, target.bounds)
                 masks.append(m.detach())
                 patterns.append(p.detach())
                 success.append(s)
@@ -158,6 +193,7 @@ class NeuralCleanse(Defense):
             "attack_success": torch.cat(success).cpu().tolist(),
             "threshold": self.anomaly_threshold,
             "scale": self.scale,
+            "restarts": self.restarts,
             "n_samples": len(data),
         }
         return self.result(target, metrics, start)
