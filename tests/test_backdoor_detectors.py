@@ -167,3 +167,36 @@ def test_neural_cleanse_restarts_keep_each_class_smallest_working_mask():
     for a, b, s in zip(one["mask_l1"], three["mask_l1"], three["attack_success"], strict=True):
         assert b <= a + 1e-4 or s >= 0.99  # the first restart is the single run; a class only trades up to success
     assert three["restarts"] == 3
+
+
+def test_neural_cleanse_null_decision_sees_a_target_that_skewed_norms_hide_from_the_mad():
+    from bastion.defenses.detect.features import anomaly_index
+    from bastion.defenses.detect.neural_cleanse import NeuralCleanse, null_decision
+
+    # mask norms measured on the Fashion-MNIST seed-3 BadNets CNN (target 3): three large masks widen the MAD
+    norms = np.array([77.9, 146.9, 63.7, 11.0, 73.0, 72.9, 89.6, 150.7, 44.6, 159.9])
+    assert anomaly_index(norms)[3] < 2
+    flagged, top, p_value = null_decision(norms, 0.05)
+    assert flagged == [3] and top == 3 and p_value < 1e-6
+    even = np.array([10.0, 11.5, 9.5, 10.4, 12.0, 9.8, 10.9, 11.2, 10.1, 9.9])
+    assert null_decision(even, 0.05)[0] == []
+    attack, _, _ = badnets()
+    _, clean, _ = digits()
+    result = NeuralCleanse(steps=150, decision="null").run(target_of(attack.artifact_), clean)
+    m = result.metrics
+    assert m["flagged_classes"] == [0] and m["null_p_value"] < 0.05 and m["mad_flagged"] == [0]
+    finding = judged(result).findings[0]
+    assert finding.severity == "critical" and finding.metric == "null_p_value"
+    with pytest.raises(ParameterError):
+        NeuralCleanse(decision="vote")
+
+
+def test_a_clean_verdict_of_a_trigger_scan_says_it_is_no_proof_and_what_it_cannot_see():
+    from bastion.families.backdoor_verdicts import neural_cleanse_finding
+
+    metrics = {"flagged_classes": [], "anomaly_index": [0.5, 1.0, 0.2], "mask_l1": [9.0, 10.0, 11.0],
+               "threshold": 2.0, "decision": "null", "null_p_value": 0.4, "significance": 0.05}
+    finding = neural_cleanse_finding("tabor", metrics)
+    assert finding.severity == "info" and finding.metric == "null_p_value" and finding.value == 0.4
+    assert "not proof" in finding.description and "warping" in finding.description
+    assert "input-specific" in finding.description

@@ -69,22 +69,31 @@ def poisoning_findings(attack: str, curve: list[dict], target_label: int) -> lis
 def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
     """The verdict of a model-only trigger reverse-engineering scan (Neural Cleanse)."""
     flagged = metrics["flagged_classes"]
-    evidence = {k: metrics[k] for k in ("anomaly_index", "mask_l1", "threshold")}
+    evidence = {k: metrics[k] for k in ("anomaly_index", "mask_l1", "threshold", "decision", "null_p_value",
+                                        "significance") if k in metrics}
+    by_null = metrics.get("decision") == "null"
     if flagged:
         return Finding(
-            title=f"{defense} finds an abnormally small trigger for class(es) {', '.join(map(str, flagged))}",
-            family="backdoor", severity="critical", metric="anomaly_index",
-            value=max(evidence["anomaly_index"][c] for c in flagged), threshold=evidence["threshold"],
+            title=f"{defense} finds an abnormally small trigger for class(es) {', '.join(map(str, flagged))}"
+                  + (f" (p = {metrics['null_p_value']:.2g})" if by_null else ""),
+            family="backdoor", severity="critical", metric="null_p_value" if by_null else "anomaly_index",
+            value=metrics["null_p_value"] if by_null else max(evidence["anomaly_index"][c] for c in flagged),
+            threshold=metrics["significance"] if by_null else evidence["threshold"],
             evidence=evidence, atlas=["AML.T0018"], owasp=["ML10:2023 Model Poisoning"],
             description="A small input pattern sends inputs of every class to the flagged class: a backdoor sign.",
             recommendation="Do not deploy; repair with fine-prune on trusted clean data or retrain from vetted data.",
         )
     return Finding(
-        title=f"{defense} finds no backdoored class", family="backdoor", severity="info", metric="anomaly_index",
-        value=max(evidence["anomaly_index"]) if evidence["anomaly_index"] else None,
-        threshold=evidence["threshold"], evidence=evidence, atlas=["AML.T0018"],
+        title=f"{defense} finds no backdoored class", family="backdoor", severity="info",
+        metric="null_p_value" if by_null else "anomaly_index",
+        value=metrics["null_p_value"] if by_null else (max(evidence["anomaly_index"]) if evidence["anomaly_index"]
+                                                       else None),
+        threshold=metrics["significance"] if by_null else evidence["threshold"], evidence=evidence,
+        atlas=["AML.T0018"],
         description="No class has an abnormally small reverse-engineered trigger. This is not proof of a clean "
-                    "model: input-specific triggers (e.g. WaNet's warping) have no small patch to reverse-engineer.",
+                    "model: the scan only sees triggers that a small patch or blend can stand for; warping "
+                    "triggers (WaNet) and other input-specific triggers have none to reverse-engineer and pass "
+                    "unseen (measured: docs/benchmarks/poisoning.md §6, §7.4).",
     )
 
 

@@ -38,8 +38,8 @@ class TABOR(NeuralCleanse):
     R4 weigh 0.1 of the attack term: at weight 1 (tried first) R3 dominated on 8×8 digits, where every pixel is
     object, and the clean model's masks grew so uniform that the MAD flagged ordinary classes; 0.1 was chosen on
     the project's digits seed-0 CNN and one Fashion-MNIST model and then measured on models it was not chosen on
-    (docs/benchmarks/poisoning.md §7.4). The decision is Neural Cleanse's:
-    the MAD anomaly index of the restored masks' L1 norms, flagged above `anomaly_threshold` on the small side.
+    (docs/benchmarks/poisoning.md §7.4). The decision is Neural Cleanse's (`decision`: the MAD anomaly index of
+    the restored masks' L1 norms, or the null of their reciprocals).
     R3 needs the clean inputs' labels, which the defender's clean set carries. The paper's further refinement of
     the restored trigger by a saliency explanation before scoring is not implemented.
 
@@ -58,12 +58,13 @@ class TABOR(NeuralCleanse):
     def __init__(self, steps: int = 300, *, lr: float = 0.2, batch_size: int = 32, init_cost: float = 1e-3,
                  cost_multiplier: float = 1.5, patience: int = 10, attack_threshold: float = 0.99,
                  anomaly_threshold: float = 2.0, class_batch: int = 16, eval_samples: int = 256, seed: int = 0,
-                 scale: str = "norm", restarts: int = 1, smooth_weight: float = 1.0, outside_weight: float = 1.0,
-                 overlay_weight: float = 0.1, alone_weight: float = 0.1):
+                 scale: str = "norm", restarts: int = 1, decision: str = "mad", significance: float = 0.05,
+                 smooth_weight: float = 1.0, outside_weight: float = 1.0, overlay_weight: float = 0.1,
+                 alone_weight: float = 0.1):
         super().__init__(steps, lr=lr, batch_size=batch_size, init_cost=init_cost, cost_multiplier=cost_multiplier,
                          patience=patience, attack_threshold=attack_threshold, anomaly_threshold=anomaly_threshold,
                          class_batch=class_batch, eval_samples=eval_samples, seed=seed, scale=scale,
-                         restarts=restarts)
+                         restarts=restarts, decision=decision, significance=significance)
         if min(smooth_weight, outside_weight, overlay_weight, alone_weight) < 0:
             raise ParameterError("the regularisers' weights must be non-negative")
         self.smooth_weight, self.outside_weight = float(smooth_weight), float(outside_weight)
