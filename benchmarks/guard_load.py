@@ -1,23 +1,29 @@
 """Load on `bastion guard`: throughput and p50/p99 latency of the demo digits CNN, with and without the guard.
 
-    OMP_NUM_THREADS=1 python benchmarks/guard_load.py [--seconds 8] [--batch 1] [--concurrency 4] [--json out.json]
+    OMP_NUM_THREADS=1 python benchmarks/guard_load.py [--seconds 8] [--batch 1] [--concurrency 4] [--rounds 3]
+                                                      [--before SRC] [--json out.json]
 
 Each server runs in its own process on 127.0.0.1; this process is the load generator (bounded: a fixed number of
 worker threads, a fixed duration, one request in flight per worker in the closed loop).
 Servers: `plain`: the model loaded in-process behind Bastion's standard-library server
 (`bastion.models.http_server`, no rules); `guard`: `bastion guard serve` with the default policy (input checks
 only; the model in the sandboxed worker); `guard+rules`: `bastion guard serve` with PRADA, the query-distribution
-monitor (action alert), a token bucket that does not bind, and rounding of the outputs.
+monitor, the stateful query detector (action alert), a token bucket that does not bind, and rounding of the
+outputs; with `--before SRC` (a `src` folder of an earlier Bastion, e.g. from `git archive`), also
+`guard+rules@before`: that code serving the same rules (without the stateful detector if it does not know it).
+The servers are measured interleaved, `--rounds` times (on a shared machine, load drifts between measurements):
 1. Saturation: `--concurrency` closed-loop workers for `--seconds`; requests per second.
-2. Latency at 80% of the plain server's saturation throughput: an open loop (requests scheduled at fixed times;
-   latency measured from the scheduled time, so queueing counts) against every server; p50 and p99.
-Target (issue 19): the guard adds at most 15% to p99 at that rate.
+2. Latency at 80% of the plain server's saturation throughput (that round's): an open loop (requests scheduled at
+   fixed times; latency measured from the scheduled time, so queueing counts) against every server; p50 and p99.
+Target (issue 19): the guard adds at most 15% to p99 at that rate. Prints each round and the median ratio of each
+server's p99 to the plain server's in the same round.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -43,9 +49,10 @@ make_server(lambda x: target.probabilities(x).numpy(), info, port=int(sys.argv[2
 POLICY = """tiers:
   default:
     rate: {per_second: 100000, burst: 100000}
-    extraction: {prada_delta: 0.96, prada_min_queries: 200, ood_share: 0.3, action: alert}
+    extraction: {prada_delta: 0.96, prada_min_queries: 200, ood_share: 0.3, STATEFULaction: alert}
     output: rounding:3
 """
+STATEFUL = "stateful_quantile: 0.001, "
 
 
 def free_port() -> int:
@@ -54,17 +61,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(kind: str, model: Path, data: Path, folder: Path) -> tuple[subprocess.Popen, str]:
+def start(kind: str, model: Path, data: Path, folder: Path, before: Path | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    env = dict(os.environ)
     if kind == "plain":
         command = [sys.executable, "-c", PLAIN, str(model), str(port)]
     else:
         command = [sys.executable, "-m", "bastion", "guard", "serve", str(model), "--port", str(port),
                    "--audit", str(folder / f"{kind}.sqlite")]
-        if kind == "guard+rules":
-            (folder / "policy.yaml").write_text(POLICY)
-            command += ["--policy", str(folder / "policy.yaml"), "--data", str(data)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if kind.startswith("guard+rules"):
+            old = kind.endswith("@before")
+            knows = not old or "stateful_quantile" in (before / "bastion/guard/guard_policy.py").read_text()
+            policy = folder / f"{kind}.yaml"
+            policy.write_text(POLICY.replace("STATEFUL", STATEFUL if knows else ""))
+            command += ["--policy", str(policy), "--data", str(data)]
+            if old:
+                env["PYTHONPATH"] = str(before)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}/predict"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -133,6 +146,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", type=Path, help="an earlier Bastion's src folder: also serve the rules with it")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     from bastion.demo.cache import demo_model
@@ -140,32 +155,39 @@ def main() -> None:
     demo = demo_model("digits-cnn", progress=False)
     x = np.asarray(demo.test.x, dtype=np.float32)
     bodies = [json.dumps({"inputs": x[i:i + args.batch].tolist()}).encode() for i in range(0, len(x), args.batch)]
-    results: dict[str, dict] = {}
+    kinds = ["plain", "guard", "guard+rules"] + (["guard+rules@before"] if args.before else [])
+    rounds: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {kind: start(kind, demo.model_path, demo.train_path, Path(tmp))
-                   for kind in ("plain", "guard", "guard+rules")}
+        servers = {kind: start(kind, demo.model_path, demo.train_path, Path(tmp), args.before) for kind in kinds}
         try:
-            for kind, (_, url) in servers.items():
-                saturation(url, bodies, 1.0, args.concurrency)  # warm-up
-                results[kind] = {"saturation_rps": saturation(url, bodies, args.seconds, args.concurrency)}
-            rate = 0.8 * results["plain"]["saturation_rps"]
-            for kind, (_, url) in servers.items():
-                before = len(FAILED)
-                results[kind].update(open_loop(url, bodies, rate, args.seconds))
-                results[kind]["failed"] = len(FAILED) - before
+            for _ in range(args.rounds):
+                results: dict[str, dict] = {}
+                for kind, (_, url) in servers.items():
+                    saturation(url, bodies, 1.0, args.concurrency)  # warm-up
+                    results[kind] = {"saturation_rps": saturation(url, bodies, args.seconds, args.concurrency)}
+                rate = 0.8 * results["plain"]["saturation_rps"]
+                for kind, (_, url) in servers.items():
+                    before = len(FAILED)
+                    results[kind].update(open_loop(url, bodies, rate, args.seconds))
+                    results[kind]["failed"] = len(FAILED) - before
+                base = results["plain"]["p99_ms"]
+                print(f"round {len(rounds) + 1} (load average {os.getloadavg()[0]:.1f}):")
+                for kind, row in results.items():
+                    row["p99_ratio"] = row["p99_ms"] / base
+                    print(f"  {kind:18s} saturation {row['saturation_rps']:7.1f} req/s | at {row['rate']:.1f} req/s: "
+                          f"p50 {row['p50_ms']:6.2f} ms, p99 {row['p99_ms']:7.2f} ms (x{row['p99_ratio']:.2f} plain's),"
+                          f" {row['failed']} failed", flush=True)
+                rounds.append(results)
         finally:
             for process, _ in servers.values():
                 process.terminate()
                 process.wait(30)
-    base = results["plain"]["p99_ms"]
-    for kind, row in results.items():
-        row["p99_added_pct"] = 100 * (row["p99_ms"] - base) / base
-        print(f"{kind:12s} saturation {row['saturation_rps']:7.1f} req/s | at {row['rate']:.1f} req/s: "
-              f"p50 {row['p50_ms']:6.2f} ms, p99 {row['p99_ms']:7.2f} ms ({row['p99_added_pct']:+.0f}% p99), "
-              f"{row['failed']} failed")
+    print("median over rounds: " + ", ".join(
+        f"{kind} {np.median([r[kind]['saturation_rps'] for r in rounds]):.0f} req/s, p99 x"
+        f"{np.median([r[kind]['p99_ratio'] for r in rounds]):.2f}" for kind in kinds))
     if args.json:
         args.json.write_text(json.dumps({"batch": args.batch, "concurrency": args.concurrency,
-                                         "seconds": args.seconds, "results": results}, indent=2))
+                                         "seconds": args.seconds, "rounds": rounds}, indent=2))
 
 
 if __name__ == "__main__":

@@ -285,3 +285,23 @@ def test_reference_distances_match_cdist(digits_demo):
     x = np.asarray(digits_demo.test.x[:50], dtype=np.float32)
     exact = torch.cdist(torch.as_tensor(x).reshape(50, -1), reference.index).min(dim=1).values.numpy()
     np.testing.assert_allclose(reference.nearest(x), exact, atol=1e-4)
+
+
+def test_monitors_run_on_gathered_queries_and_apply_from_the_next_request(digits_demo):
+    """The extraction monitors run once `monitor_batch` answered queries are queued (after the answer); their hits
+    and action are handed to the key's next request."""
+    from bastion.guard.rules import KeyState, Reference, Refused
+
+    tier = parse_policy({"tiers": {"t": {"extraction": {"ood_share": 0.3, "ood_min_queries": 40,
+                                                        "monitor_batch": 40, "action": "block"}}}}).tiers["t"]
+    state = KeyState(tier, Reference(digits_demo.train))
+    noise = np.random.default_rng(0).random((20, 1, 8, 8)).astype(np.float32)
+    assert not state.gather(noise, np.zeros(20, int))  # 20 queued: not due
+    assert state.settle() == [] and not state.blocked
+    assert state.gather(noise + 0.01, np.zeros(20, int))  # 40 queued: due
+    state.run_monitors()  # what the background task does after the answer
+    assert state.blocked and state.pending_n == 0
+    assert state.settle() == ["extraction.distribution", "extraction.block"]  # logged with the next request
+    with pytest.raises(Refused):
+        state.admit(1)
+    assert state.settle() == []
