@@ -200,3 +200,6 @@ def test_a_clean_verdict_of_a_trigger_scan_says_it_is_no_proof_and_what_it_canno
     assert finding.severity == "info" and finding.metric == "null_p_value" and finding.value == 0.4
     assert "not proof" in finding.description and "warping" in finding.description
     assert "input-specific" in finding.description
+    suspect = neural_cleanse_finding("neural-cleanse", {**metrics, "decision": "mad", "null_p_value": 0.01,
+                                                        "null_top_class": 0})
+    assert suspect.severity == "medium" and "class 0" in suspect.title
