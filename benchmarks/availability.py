@@ -3,6 +3,7 @@ over-generation on Gemma 3 270M.
 
     python benchmarks/availability.py classifiers     # demo CNN, early-exit CNN (+ an untuned seed), ~1-2 min
     python benchmarks/availability.py lm --cap 64 --n 20 [--mode chat|complete]   # Gemma 3 270M, minutes
+    python benchmarks/availability.py deadline --cap 64 --n 8 --select 3   # Gemma 3 270M, an enforced deadline
 
 Classifiers: the demo digits CNN (`bastion demo`'s model) and the early-exit CNN (`bastion.demo.early_exit`), each
 on 128 held-out digits: natural inputs, uniform random noise in the same bounds, and the attack (white-box sponge,
@@ -13,6 +14,8 @@ early-exit model trained with another seed and threshold, and the sponge on an M
 
 LM: natural short-answer prompts against the built-in over-generation prompts (`overgen`, chat template), both
 under `max_new_tokens=cap`: mean tokens per request, the fraction reaching the cap; then `generation-cap` (cap/4).
+`deadline`: the same attack without and with generation stopped at 2 × the natural p99 seconds
+(`generation-deadline`): seconds per request, requests cut, natural tokens lost, overrun past the deadline.
 `--mode complete` sends raw continuations (what a base model is: Gemma 3 270M's GGUF ships no chat template).
 """
 
@@ -36,7 +39,7 @@ from bastion.attacks.availability.lm_prompts import NATURAL_PROMPTS
 from bastion.attacks.availability.sponge import Sponge
 from bastion.core.target import TorchTarget
 from bastion.core.training import Trainer
-from bastion.defenses.availability.request_limits import GenerationCap, ResourceLimits
+from bastion.defenses.availability.request_limits import GenerationCap, GenerationDeadline, ResourceLimits
 from bastion.defenses.availability.sponge_detect import SpongeDetect
 from bastion.demo.cache import demo_model
 from bastion.demo.datasets import digits
@@ -176,9 +179,29 @@ def lm(cap: int, n: int, mode: str, echo: bool = False, select: int = 0) -> None
           f"(total {time.perf_counter() - start:.0f} s)")
 
 
+def deadline(cap: int, n: int, mode: str, select: int) -> None:
+    from bastion.lm import Sampling, gemma_path, open_lm
+
+    start = time.perf_counter()
+    target = open_lm(gemma_path(), sampling=Sampling(max_new_tokens=cap))
+    m = GenerationDeadline(max_new_tokens=cap, mode=mode, select=select, n_bootstrap=500).run(
+        target, prompts=NATURAL_PROMPTS[:n]).metrics
+    rows = [{"deadline": key, "natural_s_mean": m[key]["natural_ms"]["mean"] / 1e3,
+             "attack_s_mean": m[key]["attack_ms"]["mean"] / 1e3, "attack_s_max": m[key]["attack_ms"]["p99"] / 1e3,
+             "attack_tokens": m[key]["attack_tokens"], "natural_tokens": m[key]["natural_tokens"],
+             "attack_cut": m[key]["attack_cut"], "natural_cut": m[key]["natural_cut"],
+             "seconds_ratio": m[key]["seconds_ratio"]["estimate"]} for key in ("before", "after")]
+    print(f"\nGemma 3 270M, {mode} mode, greedy, max_new_tokens={cap}, overgen select={select}, {n} prompt pairs, "
+          f"deadline {m['deadline_s']:.2f} s = 2 x natural p99 (enforced; {time.perf_counter() - start:.0f} s):")
+    print(table(rows, list(rows[0])))
+    print(f"seconds ratio after: {json.dumps(m['after']['seconds_ratio'])}; worst case for any request "
+          f"x{m['worst_case_bound']:.2f}; overrun past the deadline {m['overrun_ms']:.0f} ms; natural tokens lost "
+          f"{m['natural_tokens_lost']:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("classifiers", "lm"))
+    parser.add_argument("part", choices=("classifiers", "lm", "deadline"))
     parser.add_argument("--cap", type=int, default=64)
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--mode", choices=("chat", "complete"), default="chat")
@@ -186,7 +209,12 @@ def main() -> None:
     parser.add_argument("--select", type=int, default=0, help="overgen's adaptive step: try each library prompt "
                         "once and keep the K that drew the most tokens")
     args = parser.parse_args()
-    classifiers() if args.part == "classifiers" else lm(args.cap, args.n, args.mode, args.echo, args.select)
+    if args.part == "classifiers":
+        classifiers()
+    elif args.part == "deadline":
+        deadline(args.cap, args.n, args.mode, args.select)
+    else:
+        lm(args.cap, args.n, args.mode, args.echo, args.select)
 
 
 if __name__ == "__main__":

@@ -269,3 +269,48 @@ def test_cli_generation_deadline_cuts_over_generation(tiny_lm_dir, tmp_path, cap
     code, _, err = _cli(capsys, "defend", "generation-deadline", folder, "--data", str(prompts), "--deadline-s",
                         "soon")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--deadline-s" in err
+
+
+@pytest.fixture(scope="module")
+def chat_lm_dir(tmp_path_factory):
+    """A barely trained tiny LM whose context holds the chat-format prompts of `bastion assess` (what it says does
+    not matter here: the test checks that the mitigation jobs run and are judged)."""
+    folder = tmp_path_factory.mktemp("chat-lm") / "lm"
+    TinyLM(epochs=1, block=300, n_embd=32, seed=0).train([f"q: {w}? a: {w[::-1]}." for w in WORDS] * 4, folder)
+    return folder
+
+
+def test_availability_mitigations_run_as_assess_jobs(chat_lm_dir):
+    import json
+
+    from bastion.assess.api import assess
+    from bastion.lm.lm_target import LMTarget, Reply
+    from bastion.lm.openai_server import serve_lm
+
+    plan = {"families": {"llm": False, "availability": {
+        "n_samples": 2, "attacks": {"overgen": {"max_new_tokens": 8, "n_bootstrap": 20}},
+        "mitigations": {"generation-cap": {"cap": 2, "base_cap": 8, "n_bootstrap": 20},
+                        "generation-deadline": {"deadline_s": 600, "max_new_tokens": 8, "n_bootstrap": 20}}}}}
+    a = assess(chat_lm_dir, plan=plan)
+    avail = a.family("availability")
+    by_name = {r.attack: r for r in avail.results}
+    assert avail.status == "assessed" and set(by_name) == {"overgen", "generation-cap", "generation-deadline"}
+    cap = by_name["generation-cap"].metrics
+    assert cap["before"]["max_new_tokens"] == 8 and cap["after"]["attack_tokens"] <= 2
+    deadline = by_name["generation-deadline"].metrics
+    assert deadline["enforced"] and deadline["deadline_s"] == 600 and deadline["after"]["attack_cut"] == 0.0
+    assert {"residual_tokens_ratio", "residual_seconds_ratio"} <= {f.metric for f in avail.findings}
+
+    class Terse(LMTarget):
+        def _chat(self, messages, max_new_tokens):
+            return Reply("ok", 3, 1, "stop", 0.0)
+
+    server, url = serve_lm(Terse("terse"))
+    try:  # an endpoint cannot be held to a deadline by its client: the job says so
+        b = assess(url, plan={"families": {"llm": False, "availability": {
+            "n_samples": 2, "attacks": {}, "mitigations": {"generation-deadline": {"deadline_s": 5}}}}})
+    finally:
+        server.shutdown()
+    assert "cannot stop a generation at a deadline" in json.dumps(b.family("availability").to_dict())
+    with pytest.raises(ParameterError, match="not an availability mitigation"):
+        assess(chat_lm_dir, plan={"families": {"llm": False, "availability": {"mitigations": {"strip": {}}}}})

@@ -68,7 +68,7 @@ def get(kind: str, name: str, family: str | None = None) -> Any:
         matches = [e for e in _entries[kind].values() if e["name"] == name]
         entry = matches[0] if len(matches) == 1 else None
     if entry is None:
-        valid = sorted(e["name"] for e in _entries[kind].values() if family is None or e["family"] == family)
+        valid = sorted(e["name"] for e in _entries[kind].values() if not family or e["family"] == family)
         where = f"{family} {kind}" if family else kind
         raise BastionError(f"unknown {where[:-1]} {name!r}; known: {', '.join(valid) or 'none'}")
     return entry["cls"]

@@ -25,6 +25,8 @@ from bastion.lm.lm_target import MAX_NEW_TOKENS
 
 FAST = {"repeats": 3, "warmup": 1, "n_bootstrap": 500}  # timing settings of the default plan (2-core budget)
 NOT_APPLICABLE = "not_applicable"
+MITIGATION = "mitigation-"  # job-key prefix of a mitigation re-measured against the attacks
+LM_MITIGATIONS = ("generation-cap", "generation-deadline")
 
 
 @register("families", "availability")
@@ -46,8 +48,11 @@ class AvailabilityFamily(Family):
                                  "is raised; 0: no budget", minimum=0),
         "token_budget": Key("int", "generated tokens per request (attack mean) above which a high finding is "
                             "raised (LM results); 0: no budget", minimum=0),
+        "mitigations": Key("attacks", "mitigations re-measured against the attacks, with their cost to natural "
+                           "inputs (`bastion list defenses`): sponge-detect, resource-limits (classifiers); "
+                           "generation-cap, generation-deadline (language models); none by default"),
     }
-    sources = {"attacks": ("attacks", "availability")}
+    sources = {"attacks": ("attacks", "availability"), "mitigations": ("defenses", "")}
     mitigations = (
         "Bound the work per request: input-size limits, generation caps (max_new_tokens) and per-request deadlines; "
         "`bastion defend resource-limits MODEL --data DATA` re-measures the attacks behind them (generation caps of "
@@ -65,7 +70,7 @@ class AvailabilityFamily(Family):
             attacks = {"overgen": {"max_new_tokens": 64, "n_bootstrap": 500, "select": 3}} if registered(
                 "attacks", "availability", "overgen") else {}
             return {"enabled": True, "n_samples": 16 if gpu else 8, "attacks": attacks, "latency_budget_ms": 0.0,
-                    "token_budget": 0}
+                    "token_budget": 0, "mitigations": {}}
         attacks: dict[str, dict[str, Any]] = {}
         if info.access_level >= Access.GRADIENTS:
             for name, params in (("sponge", {"steps": 100 if gpu else 30, **FAST}),
@@ -76,18 +81,37 @@ class AvailabilityFamily(Family):
         elif registered("attacks", "availability", "sponge-ga"):
             attacks["sponge-ga"] = {"fitness": "latency", "population": 16, "generations": 10, **FAST}
         return {"enabled": True, "n_samples": min(len(inputs.data), 64 if gpu else 16), "attacks": attacks,
-                "latency_budget_ms": 0.0, "token_budget": 0}
+                "latency_budget_ms": 0.0, "token_budget": 0, "mitigations": {}}
 
     def applicable(self, inputs: Inputs, info: ModelInfo) -> str | None:
-        return None if self.section["attacks"] else "no availability attack in the plan"
+        wanted = self.section["attacks"] or self.section.get("mitigations")
+        return None if wanted else "no availability attack or mitigation in the plan"
 
     def jobs(self, inputs: Inputs, info: ModelInfo) -> list[Job]:
-        if info.kind == "language-model":
+        lm = info.kind == "language-model"
+        data = {} if lm else {"data": ["data", sample_rows(len(inputs.data), self.section["n_samples"], self.seed,
+                                                          salt=6).tolist()]}
+        mitigations = [self.job(MITIGATION + name, name, dict(params), data)
+                       for name, params in self._mitigations(lm).items()]
+        if lm:
             return [self.job(name, name, self._cap(name, dict(params)), {}, gpu=True)
-                    for name, params in self.section["attacks"].items()]
-        rows = sample_rows(len(inputs.data), self.section["n_samples"], self.seed, salt=6).tolist()
-        return [self.job(name, name, dict(params), {"data": ["data", rows]}, gpu=name != "input-size")
-                for name, params in self.section["attacks"].items()]
+                    for name, params in self.section["attacks"].items()] + mitigations
+        return [self.job(name, name, dict(params), data, gpu=name != "input-size")
+                for name, params in self.section["attacks"].items()] + mitigations
+
+    def _mitigations(self, lm: bool) -> dict[str, dict[str, Any]]:
+        """The plan's mitigations, each an availability defense for this kind of model (one error line else)."""
+        chosen = self.section.get("mitigations") or {}
+        for name in chosen:
+            cls = get("defenses", name)
+            if getattr(cls, "threat", "") != "availability":
+                raise ParameterError(f"plan: availability.mitigations.{name} is not an availability mitigation; "
+                                     "use sponge-detect, resource-limits, generation-cap or generation-deadline")
+            if (name in LM_MITIGATIONS) != lm:
+                raise ParameterError(f"plan: availability.mitigations.{name} is for "
+                                     f"{'language models' if name in LM_MITIGATIONS else 'classifiers'}, and this "
+                                     f"model is {'a language model' if lm else 'a classifier'}")
+        return chosen
 
     def _cap(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
         """A generation cap above the plan's token budget, so that replies can be seen to exceed it."""
@@ -99,15 +123,20 @@ class AvailabilityFamily(Family):
     def _execute_lm(self, inputs: Inputs, job: Job) -> Result:
         from bastion.attacks.availability.lm_prompts import NATURAL_PROMPTS
 
-        attack = get("attacks", job.name, "availability")(**job.params, seed=self.seed)
-        target = inputs.load_lm(max_new_tokens=attack.max_new_tokens, seed=self.seed)
+        mitigation = job.key.split("/", 1)[-1].startswith(MITIGATION)
+        runner = get("defenses", job.name) if mitigation else get("attacks", job.name, "availability")
+        instance = runner(**job.params, seed=self.seed)
+        cap = getattr(instance, "base_cap", None) or getattr(instance, "max_new_tokens", 64)
+        target = inputs.load_lm(max_new_tokens=cap, seed=self.seed)
         prompts = [NATURAL_PROMPTS[i % len(NATURAL_PROMPTS)] for i in range(self.section["n_samples"])]
-        return attack.run(target, prompts=prompts)
+        return instance.run(target, prompts=prompts)
 
     def execute(self, inputs: Inputs, job: Job) -> Result:
         if inputs.language_model:
             return self._execute_lm(inputs, job)
         target, data = inputs.load_target(max_queries=inputs.max_queries), select(inputs, *job.data["data"])
+        if job.key.split("/", 1)[-1].startswith(MITIGATION):
+            return get("defenses", job.name)(**job.params, seed=self.seed).run(target, data)
         attack = get("attacks", job.name, "availability")(**job.params, seed=self.seed)
         try:
             return attack.run(target, data)

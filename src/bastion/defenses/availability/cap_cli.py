@@ -14,7 +14,7 @@ from bastion.core.results import Result
 from bastion.defenses.availability.request_limits import GenerationCap, GenerationDeadline
 
 CAP = COMMON | {"cap", "library"}
-DEADLINE = COMMON | {"deadline-s", "deadline-x", "library"}
+DEADLINE = COMMON | {"deadline-s", "deadline-x", "library", "select"}
 
 
 def _seconds(opts: dict[str, str], key: str) -> float | None:
@@ -42,13 +42,14 @@ def run_generation_cap_cli(target: Any, args: list[str], seed: int) -> Result:
 
 
 def run_generation_deadline_cli(target: Any, args: list[str], seed: int) -> Result:
-    """`bastion defend generation-deadline LM --data PROMPTS [--deadline-s S | --deadline-x X]`: over-generation
-    and natural prompts measured without and with generation stopped at the deadline (default 2 × natural p99)."""
+    """`bastion defend generation-deadline LM --data PROMPTS [--deadline-s S | --deadline-x X] [--select K]`:
+    over-generation and natural prompts measured without and with generation stopped at the deadline (default
+    2 × the natural p99)."""
     opts = parse_args("generation-deadline", args, DEADLINE)
     library = read_prompts(opts["library"], "--library") if "library" in opts else None
     common = common_options(target, opts, "chat", seed)
     x = _seconds(opts, "deadline-x")
     defense = GenerationDeadline(deadline_s=_seconds(opts, "deadline-s"), deadline_x=2.0 if x is None else x,
                                  max_new_tokens=common["max_new_tokens"], mode=common["mode"], library=library,
-                                 n_bootstrap=common["n_bootstrap"], seed=seed)
+                                 select=integer(opts, "select", 0), n_bootstrap=common["n_bootstrap"], seed=seed)
     return defense.run(target, prompts=natural_prompts(opts))

@@ -211,6 +211,7 @@ class GenerationDeadline(Defense):
     requests the deadline cut. An attacker who knows the deadline can at best make every request last until it:
     `worst_case_bound` (deadline over the natural mean) is that adaptive attacker's ratio; `overrun_ms` is how far
     past the deadline the slowest request still ran (the prompt's prefill and one token are not interrupted).
+    `select` is over-generation's adaptive step (`Overgen(select=K)`: the K library prompts that drew most tokens).
 
     Example:
         >>> from bastion.defenses.availability.request_limits import GenerationDeadline
@@ -223,13 +224,14 @@ class GenerationDeadline(Defense):
     requires = Access.LABELS
 
     def __init__(self, deadline_s: float | None = None, *, deadline_x: float = 2.0, max_new_tokens: int = 256,
-                 mode: str = "chat", library: list[str] | None = None, n_bootstrap: int = 500, seed: int = 0):
+                 mode: str = "chat", library: list[str] | None = None, select: int = 0, n_bootstrap: int = 500,
+                 seed: int = 0):
         if deadline_s is not None and not (math.isfinite(deadline_s) and 0 < deadline_s < 86_400):
             raise ParameterError(f"deadline_s must be a positive number of seconds (or unset), got {deadline_s}")
         if not (math.isfinite(deadline_x) and deadline_x >= 1):
             raise ParameterError(f"deadline_x must be at least 1, got {deadline_x}")
-        Overgen(mode=mode, max_new_tokens=int(max_new_tokens), library=library)  # validates the attack's options
-        self.deadline_s, self.deadline_x = deadline_s, float(deadline_x)
+        Overgen(mode=mode, max_new_tokens=int(max_new_tokens), library=library, select=select)  # validates them
+        self.deadline_s, self.deadline_x, self.select = deadline_s, float(deadline_x), int(select)
         self.max_new_tokens, self.mode = int(max_new_tokens), mode
         self.library = list(library) if library is not None else None
         self.n_bootstrap, self.seed = int(n_bootstrap), int(seed)
@@ -250,10 +252,10 @@ class GenerationDeadline(Defense):
         if not lm.enforces_deadline:
             raise ParameterError(f"{lm.spec}: this target cannot stop a generation at a deadline (an endpoint's "
                                  "server must); measure it on the model file, or put it behind bastion guard")
-        attack_prompts = Overgen(mode=self.mode, library=self.library).craft(lm, list(prompts))
-        kept = lm.deadline_s
+        kept, lm.deadline_s = lm.deadline_s, None
         try:
-            lm.deadline_s = None
+            attack_prompts = Overgen(mode=self.mode, library=self.library, select=self.select,
+                                     max_new_tokens=self.max_new_tokens).craft(lm, list(prompts))
             before = paired_stats(lm, list(prompts), attack_prompts, self.mode, self.max_new_tokens)
             deadline = float(self.deadline_s or self.deadline_x * np.percentile(before[0]["seconds"], 99))
             lm.deadline_s = deadline
