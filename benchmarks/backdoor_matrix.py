@@ -16,7 +16,7 @@ backdoored model, and whether they flag any class of the clean twin.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src nice .peers-venv/bin/python benchmarks/backdoor_matrix.py \\
         [--datasets digits fashion] [--attacks badnets blended wanet clean-label] [--rates 0.01 0.05] \\
-        [--archs cnn resnet mlp] [--seeds 0 1 2] [--screens ...] [--models nc tabor mm-bd] [--jsonl rows.jsonl]
+        [--archs cnn resnet mlp] [--seeds 0 1 2] [--screens ...] [--models nc nc-null tabor mm-bd] [--jsonl rows.jsonl]
 
 Rows are appended to `--jsonl` as they are produced (a long run can be resumed: finished cells are skipped);
 `--summary rows.jsonl` prints the Markdown tables of docs/benchmarks/poisoning.md from such a file.
@@ -201,9 +201,17 @@ def screen(method: str, cell: dict, clean: Dataset, seed: int, rate: float, epoc
     return {**out, "flag_tpr": rates["tpr"], "flag_fpr": rates["fpr"], "seconds": time.perf_counter() - start}
 
 
+MODEL_SCANS: dict[str, Callable[[int], object]] = {
+    "nc": lambda seed: NeuralCleanse(seed=seed),  # the paper's MAD index
+    "nc-null": lambda seed: NeuralCleanse(seed=seed, decision="null"),  # Xiang et al.'s reciprocal-norm null
+    "tabor": lambda seed: TABOR(seed=seed),
+    "mm-bd": lambda seed: MMBD(seed=seed),
+}
+
+
 def model_scan(method: str, model: nn.Module, clean: Dataset, seed: int) -> list[int]:
     target = TorchTarget(model, tuple(clean.x.shape[1:]), n_classes=10, device="cpu")
-    defense = {"nc": NeuralCleanse, "tabor": TABOR, "mm-bd": MMBD}[method](seed=seed)
+    defense = MODEL_SCANS[method](seed)
     return defense.run(target, clean).metrics["flagged_classes"]
 
 
@@ -303,7 +311,7 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=["cnn", "resnet"], choices=list(ARCHS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--screens", nargs="*", default=list(SCREENS), choices=list(SCREENS))
-    parser.add_argument("--models", nargs="*", default=["nc", "mm-bd"], choices=["nc", "tabor", "mm-bd"])
+    parser.add_argument("--models", nargs="*", default=["nc", "mm-bd"], choices=list(MODEL_SCANS))
     parser.add_argument("--n-train", type=int, default=3000,
                         help="Fashion-MNIST training subset size (issue 20's setting: 6000)")
     parser.add_argument("--jsonl", default="backdoor_matrix.jsonl")
