@@ -200,3 +200,39 @@ def test_assess_max_queries_keeps_a_partial_family_that_resume_completes(cancer_
     (result,) = family["results"]
     assert code == 0 and family["status"] == "assessed" and family["grade"] != "incomplete"
     assert result["status"] == "complete" and result["metrics"]["n_samples"] == 100
+
+
+def test_assess_resume_continues_lira_from_its_stored_reference_models(cancer_demo, tmp_path, capsys):
+    """`bastion assess --max-queries N` (sandboxed) stops LiRA after its reference models are trained: they are
+    kept in the run store's folder (an .npz of arrays), and `--resume` loads them instead of training again and
+    asks the target only for the candidates not yet scored; the folder is emptied when the job completes."""
+    import yaml
+
+    from bastion.families import registry
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"families": {
+        "privacy": {"n_members": 48, "n_nonmembers": 48,
+                    "attacks": {"lira": {"n_reference": 4, "epochs": 2, "n_bootstrap": 20}}},
+        **{name: {"enabled": False} for name in registry() if name != "privacy"}}}))
+    store = tmp_path / "runs.sqlite"
+
+    def assess(*args: str) -> dict:
+        out = tmp_path / f"report{len(list(tmp_path.iterdir()))}"
+        with pytest.raises(SystemExit):
+            cli(["assess", *args, "--store", str(store), "--quiet", "--format", "json", "--out", str(out)])
+        capsys.readouterr()
+        report = json.loads((out / "report.json").read_text())
+        family = next(f for f in report["families"] if f["family"] == "privacy")
+        return next(r for r in family["results"] if r["attack"] == "lira")
+
+    part = assess(str(cancer_demo.model_path), "--data", str(cancer_demo.test_path), "--train-data",
+                  str(cancer_demo.train_path), "--arch", cancer_demo.arch, "--plan", str(plan), "--max-queries", "70")
+    assert part["status"] == "partial" and "kept for --resume" in part["reason"] and part["queries"] == 64
+    with RunStore(store) as runs:
+        folder = runs.checkpoint_folder(runs.resolve("last"))
+    (saved,) = folder.glob("lira-*.npz")
+    done = assess("--resume", "last")
+    assert done["status"] == "complete" and done["metrics"]["resumed_from_checkpoint"] is True
+    assert done["queries"] == 32 and done["metrics"]["n_members"] == 48  # only the 32 candidates left were asked
+    assert not folder.exists()

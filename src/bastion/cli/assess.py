@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -25,7 +27,7 @@ from bastion.sandbox import SandboxOptions, open_sandbox
 from bastion.sandbox.assess_backend import SandboxBackend, isolation, run_job_sandboxed
 from bastion.sandbox.assess_backend import describe as describe_in
 from bastion.sandbox.cli_jobs import no_sandbox_option, timeout_option
-from bastion.store import RunStore
+from bastion.store import RunStore, new_run_id
 
 
 def exit_code(a: Assessment, fail_on: str | None) -> int:
@@ -203,24 +205,37 @@ def register(app: typer.Typer) -> None:
             sources = [inputs.model, inputs.data_path, inputs.train_path, plan_file, store and store.path]
             prepare_output_dir(out, sources)
             check_report_files(out, [FILE_NAMES[f] for f in fmts] + ["plan.yaml"], sources)
-        # language-model formats (safetensors, GGUF) carry no code: loaded in-process after a clean scan
-        sandbox = None if inputs.language_model else open_sandbox(inputs.model, inputs.arch, options)
-        info = describe_in(sandbox, inputs) if sandbox is not None else inputs.describe()
-        if sandbox is not None and backend == "local":
-            runner_backend = SandboxBackend(sandbox, options)
-        elif sandbox is not None:  # Ray workers start their own sandboxes
+        run_id = run_id or new_run_id()
+        with ExitStack() as stack:
+            if store is not None and not print_plan:  # a job stopped by a budget keeps its state there
+                stack.enter_context(store.checkpoints(run_id))
+            run_assessment(inputs, run_id, override, plan if resume else None, seed, device, store, options,
+                           runner_backend, backend, print_plan, fmts, out, fail_on, quiet)
+
+
+def run_assessment(inputs: Inputs, run_id: str, override: dict, resumed: Plan | None, seed: int | None,
+                   device: str | None, store: RunStore | None, options: SandboxOptions, runner_backend: Any,
+                   backend: str, print_plan: bool, fmts: list[str], out: Path, fail_on: str | None,
+                   quiet: bool) -> None:
+    """Open the model (in the sandbox when it carries code), run the plan, write the reports, exit."""
+    # language-model formats (safetensors, GGUF) carry no code: loaded in-process after a clean scan
+    sandbox = None if inputs.language_model else open_sandbox(inputs.model, inputs.arch, options)
+    info = describe_in(sandbox, inputs) if sandbox is not None else inputs.describe()
+    if sandbox is not None and backend == "local":
+        runner_backend = SandboxBackend(sandbox, options)
+    elif sandbox is not None:  # Ray workers start their own sandboxes
+        sandbox.close()
+        sandbox = None
+    if print_plan:
+        if sandbox is not None:
             sandbox.close()
-            sandbox = None
-        if print_plan:
-            if sandbox is not None:
-                sandbox.close()
-            shown = plan if resume else build_plan(inputs, info, override, seed, device)
-            typer.echo(shown.to_yaml(), nl=False)
-            return
-        result = assess_inputs(inputs, plan=override, seed=seed, device=device, store=store, backend=runner_backend,
-                               info=info, run_id=run_id, resume=plan if resume else None, show_progress=not quiet)
-        paths = write_reports(result, out, fmts)
-        print_summary(result, paths, console)
-        code = exit_code(result, fail_on)
-        if code:
-            raise typer.Exit(code)
+        shown = resumed if resumed else build_plan(inputs, info, override, seed, device)
+        typer.echo(shown.to_yaml(), nl=False)
+        return
+    result = assess_inputs(inputs, plan=override, seed=seed, device=device, store=store, backend=runner_backend,
+                           info=info, run_id=run_id, resume=resumed, show_progress=not quiet)
+    paths = write_reports(result, out, fmts)
+    print_summary(result, paths, console)
+    code = exit_code(result, fail_on)
+    if code:
+        raise typer.Exit(code)

@@ -130,6 +130,9 @@ class Sandbox:
                    BASTION_IN_SANDBOX="1", **{JOB_ENV: self.job})
         if strace is None:
             env[AUDIT_ENV] = "1"
+        from bastion.attacks.privacy.checkpoints import into_sandbox
+
+        self._checkpoints = into_sandbox(self.scratch, env)  # a stopped job's state, for --resume
         if self.import_path:
             env["PYTHONPATH"] = os.pathsep.join([*self.import_path, *filter(None, [env.get("PYTHONPATH")])])
         worker = [sys.executable, "-c", LAUNCHER, str(write_fd)]
@@ -201,6 +204,9 @@ class Sandbox:
         if self.observer == "strace" and log.is_file():
             text = log.read_text(errors="replace")
             observation = parse_log(text, self.marker, str(self.scratch), self._roots)
+        from bastion.attacks.privacy.checkpoints import out_of_sandbox
+
+        out_of_sandbox(self.scratch, getattr(self, "_checkpoints", None))
         shutil.rmtree(self.scratch, ignore_errors=True)
         shutil.rmtree(self.logdir, ignore_errors=True)
         self.process = None

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -141,7 +142,36 @@ class RunStore:
         run_id = self.resolve(run_ref)
         with self.conn:
             self.conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        folder = self.checkpoint_folder(run_id)
+        if folder.is_dir():
+            for path in folder.glob("*.npz"):
+                path.unlink(missing_ok=True)
+            with suppress(OSError):
+                folder.rmdir()
         return run_id
+
+    def checkpoint_folder(self, run_id: str) -> Path:
+        """The run's folder next to the database, for the checkpoints of jobs a budget or deadline stopped (the
+        reference models of LiRA, RMIA and shadow models: `bastion.attacks.privacy.checkpoints`)."""
+        return self.path.parent / f"{self.path.stem}-checkpoints" / run_id
+
+    @contextmanager
+    def checkpoints(self, run_id: str) -> Iterator[Path]:
+        """Within: attacks that can continue a stopped job keep their checkpoints in the run's folder (through
+        the environment, so that worker processes see it too)."""
+        from bastion.attacks.privacy.checkpoints import ENV
+
+        folder, before = self.checkpoint_folder(run_id), os.environ.get(ENV)
+        os.environ[ENV] = str(folder)
+        try:
+            yield folder
+        finally:
+            if before is None:
+                os.environ.pop(ENV, None)
+            else:
+                os.environ[ENV] = before
+            with suppress(OSError):
+                folder.rmdir()  # only when empty: nothing is left to resume
 
     # -- reading ------------------------------------------------------------------------------------------
     def resolve(self, run_ref: str) -> str:

@@ -20,6 +20,7 @@ from torch import nn
 from bastion.core.errors import BudgetSpent, ParameterError
 from bastion.core.target import Target
 
+from . import checkpoints
 from .base import MembershipAttack, MembershipData, check_int, target_log_probs
 from .references import ReferenceSpec, balanced_masks, train_references
 
@@ -76,6 +77,13 @@ class ReferenceAttack(MembershipAttack):
     # candidates, half members and half non-members, and a stop keeps the candidates queried (`query_target`).
     budget_batch = 0
     query_batch = 64
+    # state of one `score` call (reset by `scored`): the stop, the candidates answered, a loaded checkpoint
+    queried_: np.ndarray | None = None
+    stopped_: BudgetSpent | None = None
+    resumed_: dict[str, np.ndarray] | None = None
+    references_: ReferenceRun | None = None
+    digest_: str | None = None
+    checkpoint_: Any = None
 
     def __init__(self, arch: str | Callable[[], nn.Module] | None = None, *, n_reference: int = 8,
                  mode: str = "online", epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
@@ -107,7 +115,13 @@ class ReferenceAttack(MembershipAttack):
         candidates it answered (the reference models were all trained) and why it stopped."""
         self.queried_: np.ndarray | None = None
         self.stopped_: BudgetSpent | None = None
+        self.resumed_: dict[str, np.ndarray] | None = None
+        self.references_: ReferenceRun | None = None
+        self.digest_: str | None = None
+        self.checkpoint_: Any = None
         scores_m, scores_n, extra = self.score(target, data)
+        if self.resumed_ is not None:
+            extra = {**extra, "resumed_from_checkpoint": True}
         if self.stopped_ is None or self.queried_ is None:
             return scores_m, scores_n, extra, ""
         got_m, got_n = self.queried_[: data.n_members], self.queried_[data.n_members:]
@@ -115,23 +129,34 @@ class ReferenceAttack(MembershipAttack):
             raise self.stopped_
         reason = (f"{self.stopped_}: {int(got_m.sum())} of {len(got_m)} members and {int(got_n.sum())} of "
                   f"{len(got_n)} non-members scored against {self.n_reference} trained reference models")
+        if self.checkpoint_ is not None:
+            reason += " (kept for --resume)"
         return scores_m[got_m], scores_n[got_n], extra, reason
 
     def query_target(self, target: Target, x: np.ndarray, n_candidates: int, n_members: int) -> torch.Tensor:
         """The target's log-probabilities on `x` (the candidates, members first, then any other records the
-        attack needs). Under a budget or deadline: the other records first, then the candidates in balanced
-        chunks; a stop leaves NaN rows for the candidates not answered (`queried_` marks the others)."""
-        if not target.counter.limited:
+        attack needs). Under a budget or deadline, or when resuming: the other records first, then the candidates
+        in balanced chunks (those a checkpoint holds are not asked again); a stop leaves NaN rows for the
+        candidates not answered (`queried_` marks the others) and writes a checkpoint for `--resume`."""
+        saved = self.resumed_
+        if not target.counter.limited and saved is None:
             return target_log_probs(target, x)
-        head = target_log_probs(target, x[n_candidates:]) if len(x) > n_candidates else None
+        if saved is not None and "head" in saved:
+            head: torch.Tensor | None = torch.from_numpy(saved["head"])
+        else:
+            head = target_log_probs(target, x[n_candidates:]).cpu() if len(x) > n_candidates else None
         rows: dict[int, torch.Tensor] = {}
+        if saved is not None:
+            rows = {int(i): torch.from_numpy(saved["rows"][i]) for i in np.nonzero(saved["queried"])[0]}
         half = max(1, self.query_batch // 2)
         members, nonmembers = np.arange(n_members), np.arange(n_members, n_candidates)
         try:
             for start in range(0, max(len(members), len(nonmembers)), half):
                 idx = np.concatenate([members[start:start + half], nonmembers[start:start + half]])
-                for i, row in zip(idx, target_log_probs(target, x[idx]), strict=True):
-                    rows[int(i)] = row
+                idx = idx[[int(i) not in rows for i in idx]]
+                if len(idx):
+                    for i, row in zip(idx, target_log_probs(target, x[idx]).cpu(), strict=True):
+                        rows[int(i)] = row
         except BudgetSpent as exc:
             self.stopped_ = exc
         self.queried_ = np.zeros(n_candidates, dtype=bool)
@@ -142,7 +167,23 @@ class ReferenceAttack(MembershipAttack):
         out = torch.full((n_candidates, width), float("nan"), dtype=next(iter(rows.values())).dtype)
         for i, row in rows.items():
             out[i] = row
+        self.checkpoint(out, head)
         return out if head is None else torch.cat([out, head.to(out.device, out.dtype)])
+
+    def checkpoint(self, rows: torch.Tensor, head: torch.Tensor | None) -> None:
+        """After the target's queries: keep the reference models and the answers when a stop left candidates
+        unscored (`checkpoints`), forget them when every candidate was answered."""
+        digest, refs = self.digest_, self.references_
+        if digest is None or refs is None:
+            return
+        if self.stopped_ is None:
+            checkpoints.discard(self.name, digest)
+            return
+        arrays = {"masks": refs.masks, "pool_x": refs.pool_x, "pool_y": refs.pool_y, "pool_source": refs.pool_source,
+                  "log_probs": refs.log_probs, "rows": rows.numpy(), "queried": self.queried_}
+        if head is not None:
+            arrays["head"] = head.numpy()
+        self.checkpoint_ = checkpoints.save(self.name, digest, arrays)
 
     def spec(self, target: Target) -> ReferenceSpec:
         return ReferenceSpec.for_target(target, self.arch, self.epochs, self.batch_size, self.lr, self.optimizer,
@@ -165,10 +206,22 @@ class ReferenceAttack(MembershipAttack):
 
     def train_references(self, target: Target, data: MembershipData,
                          x_eval: np.ndarray | None = None) -> ReferenceRun:
-        """Train the reference models and evaluate them on `x_eval` (default: the pool itself)."""
+        """Train the reference models and evaluate them on `x_eval` (default: the pool itself); when a checkpoint
+        of this very job exists (`checkpoints`: same parameters, seed, target and records), load them instead."""
+        pop = data.population
+        self.digest_ = None if checkpoints.folder() is None else checkpoints.job_digest(
+            self.name, self.get_params(), target.name, target.n_classes,
+            [data.x, data.y, None if pop is None else pop.x, None if pop is None else pop.y, x_eval])
+        saved = None if self.digest_ is None else checkpoints.load(self.name, self.digest_)
+        if saved is not None:
+            self.resumed_ = saved
+            self.references_ = ReferenceRun(saved["masks"], saved["pool_x"], saved["pool_y"], saved["pool_source"],
+                                            saved["log_probs"])
+            return self.references_
         rng = np.random.default_rng(self.seed)
         pool_x, pool_y, source = self.reference_pool(data, rng)
         masks = balanced_masks(len(pool_x), max(self.n_reference, 2), rng)[: self.n_reference]
         x_eval = pool_x if x_eval is None else x_eval
         log_probs = train_references(self.spec(target), pool_x, pool_y, masks, x_eval, self.seed, self.n_jobs)
-        return ReferenceRun(masks, pool_x, pool_y, source, log_probs)
+        self.references_ = ReferenceRun(masks, pool_x, pool_y, source, log_probs)
+        return self.references_
