@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-TORCH_JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
+TORCH_JIT_DEPRECATED = r"`torch\.jit\.\w+` is (deprecated|not supported in Python)"  # the latter: Python 3.14+
 # torch's own pickling of an exported program's tree specs (e.g. copying a .pt2 module) warns about its own API
 TORCH_TREESPEC_DEPRECATED = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
