@@ -54,6 +54,36 @@ POLICY = """tiers:
 """
 STATEFUL = "stateful_quantile: 0.001, "
 
+# CPU time per single-input request of the guard's rule path (Guard.answer, plus the monitor run an answer leaves
+# due), in-process, model in-process: less sensitive to a shared machine's load than latency is.
+CPU_PROBE = """
+import sys, time, tempfile, yaml, numpy as np
+from pathlib import Path
+from bastion.demo.cache import demo_model
+from bastion.guard.app import Guard
+from bastion.guard.audit_log import AuditLog
+from bastion.guard.backend import ServedModel
+from bastion.guard.guard_policy import parse_policy
+from bastion.guard.rules import Reference
+d = demo_model("digits-cnn", progress=False)
+g = Guard(ServedModel(str(d.model_path), sandbox=False), parse_policy(yaml.safe_load(sys.argv[1])),
+          AuditLog(Path(tempfile.mkdtemp()) / "a.sqlite"), Reference(d.train))
+tier, x = g.policy.tiers["default"], np.asarray(d.test.x, np.float32)
+def one(i, key):
+    out = g.answer(key, tier, x[i % len(x)][None])
+    if len(out) == 3 and out[2]:
+        g.settle_later(key, tier)
+for i in range(300):
+    one(i, "warm")
+best = []
+for r in range(5):
+    start = time.process_time()
+    for i in range(1000):
+        one(i, f"k{r}")
+    best.append((time.process_time() - start) / 1000 * 1e6)
+print(f"{min(best):.0f}")
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -141,6 +171,20 @@ def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) -> dic
             "p99_ms": float(np.percentile(latencies, 99) * 1000)}
 
 
+def cpu_probe(before: Path | None) -> None:
+    """Print the probe's µs of CPU per request for each configuration (min over 5 runs of 1,000 requests)."""
+    runs = [("guard (default policy)", "tiers: {default: {}}", None),
+            ("guard+rules", POLICY.replace("STATEFUL", STATEFUL), None)]
+    if before is not None:
+        knows = "stateful_quantile" in (before / "bastion/guard/guard_policy.py").read_text()
+        runs.append(("guard+rules@before", POLICY.replace("STATEFUL", STATEFUL if knows else ""), before))
+    for name, policy, src in runs:
+        env = dict(os.environ, **({"PYTHONPATH": str(src)} if src else {}))
+        done = subprocess.run([sys.executable, "-c", CPU_PROBE, policy], capture_output=True, text=True, env=env)
+        print(f"{name:22s} {done.stdout.strip() or done.stderr.strip()[-200:]} us CPU per request "
+              f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -149,7 +193,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", type=Path, help="an earlier Bastion's src folder: also serve the rules with it")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--cpu", action="store_true", help="only the in-process CPU time per request of the rule "
+                        "path (default policy vs the rules; with --before, the rules on that code too)")
     args = parser.parse_args()
+    if args.cpu:
+        cpu_probe(args.before)
+        return
     from bastion.demo.cache import demo_model
 
     demo = demo_model("digits-cnn", progress=False)
