@@ -162,11 +162,11 @@ def test_neural_cleanse_restarts_keep_each_class_smallest_working_mask():
 
     attack, _, _ = badnets()
     _, clean, _ = digits()
-    one = NeuralCleanse(steps=60, seed=0).run(target_of(attack.artifact_), clean).metrics
-    three = NeuralCleanse(steps=60, seed=0, restarts=3).run(target_of(attack.artifact_), clean).metrics
+    one = NeuralCleanse(steps=30, seed=0).run(target_of(attack.artifact_), clean).metrics
+    three = NeuralCleanse(steps=30, seed=0, restarts=2).run(target_of(attack.artifact_), clean).metrics
     for a, b, s in zip(one["mask_l1"], three["mask_l1"], three["attack_success"], strict=True):
         assert b <= a + 1e-4 or s >= 0.99  # the first restart is the single run; a class only trades up to success
-    assert three["restarts"] == 3
+    assert three["restarts"] == 2
 
 
 def test_neural_cleanse_null_decision_sees_a_target_that_skewed_norms_hide_from_the_mad():
