@@ -63,7 +63,8 @@ KEYS = {"jacobian": "extraction", "jacobian-1000": "extraction", "knockoff-ood":
         "replay-screened": "screened", "hardened": "hardened"}
 EXTRACTION = {"prada_delta": 0.96, "prada_min_queries": 100, "ood_share": 0.3, "ood_quantile": 0.99,
               "ood_min_queries": 50, "window": 2000, "stateful_quantile": 0.001, "stateful_k": 1,
-              "stateful_hits": 10, "stateful_buffer": 1000, "action": "degrade", "degrade_output": "poisoning:1.0"}
+              "stateful_hits": 10, "stateful_buffer": 1000, "monitor_batch": 16, "action": "degrade",
+              "degrade_output": "poisoning:1.0"}
 MONITORS = ("extraction.prada", "extraction.distribution", "extraction.stateful")
 DETECTORS = {"squeeze_fpr": 0.05, "squeeze_bits": 4, "action": "reject"}
 ARCH = "bastion.demo.models:digits_cnn"

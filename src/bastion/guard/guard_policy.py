@@ -45,7 +45,7 @@ class ExtractionRules:
     stateful_k: int = 1  # the score: mean distance to the k nearest of the key's buffered queries
     stateful_hits: int = 10  # close queries within the buffer that flag the key
     stateful_buffer: int = 1000  # the key's most recent queries kept
-    monitor_batch: int = 16  # answered queries gathered before the monitors run on them, after the answer is sent
+    monitor_batch: int = 64  # answered queries gathered before the monitors run on them, after the answer is sent
     action: str = "alert"
     throttle_per_second: float = 1.0
     degrade_output: str = "poisoning:1.0"  # what a flagged key's answers become with action "degrade"
@@ -186,7 +186,7 @@ def parse_tier(name: str, raw: Any) -> Tier:
         int(_number(e.get("stateful_k", 1), f"{ew}.stateful_k", 1, 100, integer=True)),
         int(_number(e.get("stateful_hits", 10), f"{ew}.stateful_hits", 1, 100000, integer=True)),
         int(_number(e.get("stateful_buffer", 1000), f"{ew}.stateful_buffer", 10, 100000, integer=True)),
-        int(_number(e.get("monitor_batch", 16), f"{ew}.monitor_batch", 1, 4096, integer=True)),
+        int(_number(e.get("monitor_batch", 64), f"{ew}.monitor_batch", 1, 4096, integer=True)),
         _choice(e.get("action", "alert"), f"{ew}.action", ACTIONS),
         float(_number(e.get("throttle_per_second", 1.0), f"{ew}.throttle_per_second", 0, open_low=True)),
         _output(e.get("degrade_output", "poisoning:1.0"), f"{ew}.degrade_output") or "poisoning:1.0")
