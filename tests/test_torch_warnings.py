@@ -97,3 +97,17 @@ def test_the_sandboxed_worker_filters_them_before_it_serves(files):
     """, files["model"])
     assert run.returncode == 0, run.stderr
     assert "deprecated" not in run.stderr and "Python 3.14" not in run.stderr, run.stderr
+
+
+def test_the_sandbox_warm_up_imports_torch_so_its_library_probe_is_not_read_as_model_code():
+    """torch 2.14's CUDA wheel runs `/sbin/ldconfig -p` on `import torch`; the sandbox observer skips only what
+    happens between the warm-up markers, so torch must be imported there (else a clean model gets a HIGH
+    "created processes" finding under the default torch)."""
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from bastion.sandbox import worker
+        assert "torch" not in sys.modules
+        worker.warm_up(None)
+        print("torch" in sys.modules)
+    """)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "True", run.stderr

@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
         trust: bool = typer.Option(False, "--trust", help="allow pickle-based files that scanned clean"),
         fail_on: str | None = typer.Option(None, "--fail-on", help="exit 1 at this severity or above"),
         max_queries: int | None = typer.Option(None, "--max-queries", help="query budget of each job: a spent "
-                                               "budget keeps what was measured (partial; --resume reruns it)"),
+                                               "budget keeps what was measured (partial; --resume continues it)"),
         latency_budget: float | None = typer.Option(None, "--latency-budget", help="availability: per-input "
                                                     "latency budget in ms (p95 of attack inputs above it: high)"),
         token_budget: int | None = typer.Option(None, "--token-budget", help="availability: generated tokens per "

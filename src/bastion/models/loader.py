@@ -7,6 +7,7 @@ supply-chain scanner and load only when the scan is clean and the user passed `-
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from bastion.core.data import Dataset, align_classes, bounds_problem
@@ -75,12 +76,44 @@ def resolve_shape_and_bounds(meta: ModelMetadata, data: Dataset | None, bounds: 
     shape = tuple(meta.input_shape) if meta.input_shape else (data.input_shape if data is not None else None)
     if shape is None:
         raise ModelLoadError(f"{path}: the model does not record its input shape; pass --data")
+    guessed = bounds is None and not meta.bounds and data is not None  # the model does not say: the data's own
     if bounds is None:
         bounds = tuple(meta.bounds) if meta.bounds else (data.bounds() if data is not None else (0.0, 1.0))
     bounds = (float(bounds[0]), float(bounds[1]))
     if data is not None:  # the data must be in the model's class order and units: say so when it is not
+        for note in guessed_input_notes(data, meta, guessed):
+            _say_once(note)
         align_classes(data, list(meta.class_names or []))
         problem = bounds_problem(data, bounds)
         if problem:
             raise DataError(problem)
     return shape, bounds
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(note: str) -> None:
+    if note not in _SAID:
+        _SAID.add(note)
+        print(f"bastion: warning: {note}", file=sys.stderr, flush=True)
+
+
+def guessed_input_notes(data: Dataset, meta: ModelMetadata, bounds_guessed: bool) -> list[str]:
+    """What Bastion had to guess about `data` because the model records neither its bounds nor its classes:
+    image values up to 255 taken as the model's units, and an image folder's alphabetical class order."""
+    from bastion.core.image_data import class_folder_order
+
+    notes = []
+    lo, hi = float(data.x.min()), float(data.x.max())
+    if bounds_guessed and data.x.ndim >= 3 and lo >= 0.0 and 1.5 < hi <= 255.0:  # images, not tabular columns
+        notes.append(f"{data.name}: values in [{lo:g}, {hi:g}] look like 8-bit pixels and the model records no "
+                     f"input bounds, so they are taken as [{lo:g}, {hi:g}] (eps in those units); if the model was "
+                     "trained on [0, 1], divide the data by 255")
+    names = list(data.class_names)
+    if (not meta.class_names and len(names) > 1 and not all(n.isdigit() for n in names)
+            and names == class_folder_order(names)):
+        notes.append(f"{data.name}: the model records no class names, so the classes are taken in alphabetical "
+                     f"order ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); if the model orders "
+                     "them otherwise, pass --classes in its order")
+    return notes

@@ -77,21 +77,24 @@ def warm_up(marker: str | None) -> None:
 
     joblib counts physical cores with `lscpu --parse=core` (else `cat /proc/cpuinfo`) the first time
     scikit-learn sizes its OpenMP pool (KMeans in activation clustering, HistGradientBoosting's predict), and
-    keeps the count for the process; run later, that probe read as "model code executed programs"."""
+    keeps the count for the process; run later, that probe read as "model code executed programs". Likewise
+    the CUDA builds of PyTorch (e.g. the default 2.14 wheel) run `/sbin/ldconfig -p` while `import torch` loads
+    their libraries (cuda-pathfinder's `ctypes.util.find_library("dl")`): torch is imported here too."""
     import importlib.util
 
-    if importlib.util.find_spec("joblib") is None:
-        return
     from bastion.sandbox.observe import warmup_markers
 
     begin, end = warmup_markers(marker) if marker else ("", "")
     if marker:
         _touch(begin)
     try:
-        from joblib import cpu_count
+        import torch  # noqa: F401 - Bastion's own dependency, before any model code is in the sandbox
 
-        cpu_count(only_physical_cores=True)
-    except Exception:  # noqa: BLE001 - a failed probe only means joblib probes again later, observed
+        if importlib.util.find_spec("joblib") is not None:
+            from joblib import cpu_count
+
+            cpu_count(only_physical_cores=True)
+    except Exception:  # noqa: BLE001 - a failed probe only means the library probes again later, observed
         pass
     finally:
         if marker:
