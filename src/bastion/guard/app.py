@@ -126,8 +126,9 @@ def make_app(guard: Guard) -> Any:
         ex.n, ex.x = len(x), x
         ex.inputs = x.tolist() if guard.log_inputs else None
         state = guard.state(ex.key, ex.tier)
+        # a monitor run the last answer left due, if it has not run yet (off the event loop when it may take time)
+        ex.hits = await run_in_threadpool(state.settle_locked) if state.busy else state.settle_locked()
         with state.lock:
-            ex.hits = state.settle()  # a monitor run the last answer left due, if it has not run yet
             state.admit(ex.n)
         payload, hits, due = await run_in_threadpool(guard.answer, ex.key, ex.tier, x)
         ex.hits += hits

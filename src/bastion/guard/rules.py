@@ -333,6 +333,16 @@ class KeyState:
         found, self.found = self.found, []
         return found
 
+    def settle_locked(self) -> list[str]:
+        """`settle` under the key's lock."""
+        with self.lock:
+            return self.settle()
+
+    @property
+    def busy(self) -> bool:
+        """Whether settling may wait: a monitor run is due or one holds the lock (then settle off the event loop)."""
+        return self.pending_n >= self.tier.extraction.monitor_batch or self.lock.locked()
+
     def admit(self, n: int) -> None:
         """Budget, block and rate checks before inference (Refused 403/429)."""
         if self.blocked:
