@@ -54,8 +54,10 @@ def emit(result: Result, as_json: bool, fail_on: str | None, judged: bool = Fals
 
 
 def print_result(result: Result) -> None:
-    title = f"{result.family} · {result.attack}  ({result.queries} queries, {result.seconds:.2f} s, {result.device})"
-    scalars = Table(title=title, show_header=True)
+    # the heading on its own line: as a table title it wraps inside a narrow table
+    console.print(f"[bold]{result.family} · {result.attack}[/bold]  ({result.queries} queries, {result.seconds:.2f} s, "
+                  f"{result.device})", soft_wrap=False, overflow="fold")
+    scalars = Table(show_header=True)
     scalars.add_column("metric")
     scalars.add_column("value", justify="right")
     lists = {}
