@@ -186,3 +186,11 @@ def test_torch_jit_deprecation_never_reaches_the_terminal(digits_demo, tmp_path)
                               "--json", *extra], capture_output=True, text=True, env=env, timeout=600)
         assert run.returncode == 0, run.stderr
         assert "deprecated" not in run.stderr, run.stderr
+
+
+def test_an_attacks_terminal_output_fits_80_columns_with_its_heading_whole(cancer_demo):
+    run = bastion_cli("attack", "evasion", "fgsm", str(cancer_demo.model_path), "--data", str(cancer_demo.test_path),
+                      "--n-samples", "64", "--device", "cpu", columns=80)
+    assert run.returncode == 0, run.stderr
+    assert max(len(line) for line in run.stdout.splitlines()) <= 80
+    assert re.search(r"^evasion · fgsm  \(\d+ queries, [\d.]+ s, cpu\)$", run.stdout, re.M), run.stdout
