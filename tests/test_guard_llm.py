@@ -27,8 +27,9 @@ POLICY = {
         "watch": {"llm": {"injection": "alert", "leak": "alert", "max_new_tokens": 24}},
         "budget": {"llm": {"token_budget": 40, "max_new_tokens": 24}},
         "canary": {"llm": {"leak": "redact", "canaries": ["7KD2"], "prompt_overlap": None, "max_new_tokens": 24}},
+        "deadline": {"llm": {"deadline_s": 3.5, "max_new_tokens": 24}},
     },
-    "keys": keys_for(("open", "watch", "budget", "canary")),
+    "keys": keys_for(("open", "watch", "budget", "canary", "deadline")),
 }
 HI = [{"role": "user", "content": "hi"}]
 
@@ -108,6 +109,19 @@ def test_token_limits_and_models(lm_guard):
         assert json.loads(listing.read())["data"][0]["id"] == "tiny"
 
 
+def test_deadline_is_enforced_per_request(lm_guard, monkeypatch):
+    from bastion.lm import hf_target
+
+    ticks = iter(range(10**6))  # the deadline's clock: one second per reading, one reading per generated token
+    monkeypatch.setattr(hf_target, "_clock", lambda: float(next(ticks)))
+    url, audit = lm_guard
+    status, answer = _chat(url, {"messages": HI, "max_tokens": 20}, key="deadline")
+    assert status == 200 and answer["usage"]["completion_tokens"] == 4  # stopped at the 4th token's check
+    assert answer["choices"][0]["finish_reason"] == "length" and "ceiling.deadline" in _last_rules(audit)
+    status, answer = _chat(url, {"messages": HI, "max_tokens": 20}, key="open")  # no deadline on this tier
+    assert status == 200 and answer["usage"]["completion_tokens"] > 4 and "ceiling.deadline" not in _last_rules(audit)
+
+
 @pytest.mark.parametrize("body, status", [
     (b"{not json", 400), ({"messages": "hi"}, 400), ({"messages": [{"role": "bot", "content": "x"}]}, 400),
     ({"messages": HI, "max_tokens": -3}, 400), ({"messages": HI, "stream": True}, 400), ({"prompt": "x"}, 400),
@@ -133,6 +147,7 @@ def test_endpoint_target_through_the_guard(lm_guard):
     ({"tiers": {"a": {"llm": {"max_new_tokens": 0}}}}, "tiers.a.llm.max_new_tokens"),
     ({"tiers": {"a": {"llm": {"canaries": ["ab"]}}}}, "tiers.a.llm.canaries"),
     ({"tiers": {"a": {"llm": {"leek": "redact"}}}}, "tiers.a.llm.leek"),
+    ({"tiers": {"a": {"llm": {"deadline_s": 0}}}}, "tiers.a.llm.deadline_s"),
 ])
 def test_llm_policy_errors(raw, where):
     with pytest.raises(ParameterError, match=where.replace(".", r"\.")):
@@ -218,3 +233,21 @@ def test_cli_serves_a_language_model_and_drains_on_sigterm(tmp_path):
     entries = read_log(tmp_path / "a.sqlite")
     assert [e.verdict for e in entries] == ["allow", "flag" if entries[1].rules else "allow", "deny"]
     assert entries[1].rules in ([], ["ceiling.tokens"]) and entries[2].rules == ["llm.injection"]
+
+
+def test_a_deadline_the_backend_cannot_enforce_is_refused_at_start(tmp_path):
+    from bastion.guard.audit_log import AuditLog
+    from bastion.guard.llm_app import LMGuard
+    from bastion.lm.lm_target import LMTarget, Reply
+
+    class Remote(LMTarget):  # e.g. llama.cpp or an endpoint: cannot stop a generation midway
+        def _chat(self, messages, max_new_tokens):
+            return Reply("ok", 1, 1, "stop", 0.0)
+
+    audit = AuditLog(tmp_path / "audit.sqlite")
+    try:
+        with pytest.raises(ParameterError, match="deadline_s cannot be enforced"):
+            LMGuard(Remote("remote"), parse_policy({"tiers": {"a": {"llm": {"deadline_s": 2}}}}), audit)
+        LMGuard(Remote("remote"), parse_policy({"tiers": {"a": {"llm": {}}}}), audit)  # no deadline: served
+    finally:
+        audit.close()

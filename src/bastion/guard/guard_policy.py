@@ -72,6 +72,7 @@ class LLMRules:
     canaries: tuple[str, ...] = ()  # secrets never to come back (besides the system prompt's secret-looking words)
     fuzzy: float = 0.2  # a canary within this share of edits counts as leaked
     prompt_overlap: float | None = 0.5  # a reply quoting this share of the system prompt leaks it (None: off)
+    deadline_s: float | None = None  # enforced: generation stops when a request has run this long (None: none)
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def parse_llm(raw: Any, where: str) -> LLMRules:
     from bastion.lm.lm_target import MAX_NEW_TOKENS
 
     m = _section(raw, where, {"max_prompt_tokens", "max_new_tokens", "token_budget", "injection", "leak",
-                              "canaries", "fuzzy", "prompt_overlap"})
+                              "canaries", "fuzzy", "prompt_overlap", "deadline_s"})
 
     def optional_int(key: str, high: int) -> int | None:
         return None if m.get(key) is None else int(_number(m[key], f"{where}.{key}", 1, high, integer=True))
@@ -230,7 +231,9 @@ def parse_llm(raw: Any, where: str) -> LLMRules:
         None if m.get("leak") in (None, "off") else _choice(m["leak"], f"{where}.leak", ("redact", "alert", "off")),
         tuple(c.strip() for c in canaries),
         float(_number(m.get("fuzzy", 0.2), f"{where}.fuzzy", 0, 0.49)),
-        None if overlap is None else float(_number(overlap, f"{where}.prompt_overlap", 0, 1, open_low=True)))
+        None if overlap is None else float(_number(overlap, f"{where}.prompt_overlap", 0, 1, open_low=True)),
+        None if m.get("deadline_s") is None else float(_number(m["deadline_s"], f"{where}.deadline_s", 0, 86_400,
+                                                               open_low=True)))
 
 
 def parse_policy(raw: Any, where: str = "policy") -> Policy:

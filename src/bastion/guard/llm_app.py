@@ -63,6 +63,9 @@ class LMGuard:
     keys: dict[str, LMKeyState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.lm.enforces_deadline and any(t.llm.deadline_s is not None for t in self.policy.tiers.values()):
+            raise ParameterError(f"policy: llm.deadline_s cannot be enforced on {self.lm.spec} (this backend "
+                                 "cannot stop a generation midway); use the transformers backend or drop it")
         self.generate_lock = threading.Lock()
         make_metrics(self)
 
@@ -91,10 +94,14 @@ class LMGuard:
                 if counted is not None and counted > rules.max_prompt_tokens:
                     raise Refused(413, f"prompt of {counted} tokens exceeds this tier's {rules.max_prompt_tokens}",
                                   "llm.prompt_tokens")
+            self.lm.deadline_s = rules.deadline_s  # enforced between tokens (None: no deadline)
             reply = self.lm.chat(messages, max_new_tokens=max_new_tokens)
         text, finish = reply.text, reply.finished
         if finish == "length" and max_new_tokens == rules.max_new_tokens:
             hits.append("ceiling.tokens")
+        if finish == "deadline":  # the client sees "length": the reply was cut short, as by a token ceiling
+            hits.append("ceiling.deadline")
+            finish = "length"
         if rules.leak is not None:
             system = next((m["content"] for m in self.lm.with_system(messages) if m["role"] == "system"), None)
             leak = find_leak(text, system, rules.canaries, rules.fuzzy, rules.prompt_overlap)
