@@ -104,6 +104,24 @@ def test_pt2_saved_after_eval_is_in_eval_mode(tmp_path):
     assert "training mode" in check_setup(trained, torch.as_tensor(data.x)).detail
 
 
+@pytest.mark.parametrize("fixed", [1, 3])
+def test_pt2_exported_with_a_fixed_batch_size_takes_any_batch(tmp_path, fixed):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    meta = ModelMetadata(n_classes=3, input_shape=[4], bounds=[0.0, 1.0])
+    program = torch.export.export(net, (torch.zeros(fixed, 4),))  # no dynamic batch dimension
+    torch.export.save(program, str(tmp_path / "fixed.pt2"), extra_files={METADATA_KEY: meta.to_json()})
+    x = torch.rand(7, 4)
+    target = load_target(tmp_path / "fixed.pt2", device="cpu")
+    assert torch.allclose(target.logits(x), net(x), atol=1e-6)  # 7 inputs: chunks of `fixed`, the last one padded
+    grads = []
+    for model in (target.model, net):  # gradients flow through the chunks as through the eager network
+        xr = x.clone().requires_grad_(True)
+        torch.nn.functional.cross_entropy(model(xr), torch.zeros(7, dtype=torch.long), reduction="sum").backward()
+        grads.append(xr.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
 @pytest.mark.parametrize("dump", ["joblib", "pickle"])
 def test_sklearn_joblib_and_pickle_load_after_a_clean_scan_with_trust(tmp_path, cancer_demo, dump):
     x, y = cancer_demo.train.x.reshape(len(cancer_demo.train), -1), cancer_demo.train.y

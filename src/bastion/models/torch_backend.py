@@ -50,9 +50,10 @@ class PlainModule(nn.Module):
     Callers can then treat every loaded model alike: `requires_grad_` works parameter by parameter (ScriptModules
     refuse it), and `.train()`/`.eval()` never fail (exported graphs refuse them; their mode is fixed at export)."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, fixed_batch: int | None = None):
         super().__init__()
         self.inner = module
+        self.fixed_batch = fixed_batch  # an exported graph with a static batch size: inputs go in chunks of it
 
     def train(self, mode: bool = True) -> PlainModule:
         self.training = mode
@@ -61,7 +62,29 @@ class PlainModule(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
+        n = self.fixed_batch
+        if n is None or x.shape[0] == n:
+            return self.inner(x)
+        outputs = []
+        for start in range(0, x.shape[0], n):  # the last chunk is padded with copies of its last row, then trimmed
+            chunk = x[start:start + n]
+            pad = n - chunk.shape[0]
+            if pad:
+                chunk = torch.cat([chunk, chunk[-1:].expand(pad, *chunk.shape[1:])])
+            outputs.append(self.inner(chunk)[: n - pad])
+        return torch.cat(outputs)
+
+
+def static_batch(program: torch.export.ExportedProgram) -> int | None:
+    """The batch size an exported graph was fixed to (its first input's leading dimension is a plain int), or None
+    when that dimension is dynamic."""
+    names = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in names:
+            value = node.meta.get("val")
+            shape = getattr(value, "shape", None)
+            return int(shape[0]) if shape is not None and len(shape) and isinstance(shape[0], int) else None
+    return None
 
 
 def exported_in_training_mode(program: torch.export.ExportedProgram) -> bool:
@@ -88,18 +111,16 @@ def load_export(path: Path, data: Dataset | None = None, device: str = "auto",
     extra = {METADATA_KEY: ""}
     try:
         program = torch.export.load(str(path), extra_files=extra)
-        module = PlainModule(program.module())
+        module = PlainModule(program.module(), static_batch(program))
     except Exception as exc:  # corrupt or incompatible archive
         raise ModelLoadError(f"{path}: corrupt torch.export file ({type(exc).__name__}: {exc})") from None
     exported_training = exported_in_training_mode(program)
     for sub in module.inner.modules():  # program.module() says training=True whatever the graph does
         sub.training = exported_training
     meta = ModelMetadata.from_json(extra[METADATA_KEY])
-    shape, _ = resolve_shape_and_bounds(meta, data, bounds, path)
-    try:
-        module(torch.zeros(2, *shape))
-    except Exception:  # exported with a static batch size of 1
-        batch_size = 1
+    resolve_shape_and_bounds(meta, data, bounds, path)  # one clear error line when the shape is unknown
+    if module.fixed_batch is not None and batch_size is None:
+        batch_size = module.fixed_batch  # whole chunks where the caller batches; PlainModule pads the rest
     return _target(module, meta, path, data, bounds, device, batch_size, max_queries)
 
 
