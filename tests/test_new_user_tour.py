@@ -56,7 +56,7 @@ def tour(tmp_path_factory):
     lo, hi = float(x.min()) - 1, float(x.max()) + 1
     save_model(model, folder / "model.pt2", ModelMetadata(n_classes=2, input_shape=[d], bounds=[lo, hi]))
     w = (model.weight[1] - model.weight[0]).detach().double().numpy()
-    b = float(model.bias[1] - model.bias[0])
+    b = float((model.bias[1] - model.bias[0]).detach())
     test_x, test_y = x[400:].astype(np.float64), y[400:]
     margin = test_x @ w + b
     correct = (margin > 0).astype(int) == test_y
