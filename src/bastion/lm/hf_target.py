@@ -10,6 +10,7 @@ chat templates in tokenizer configs and GGUF metadata, pickles, archives).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -215,20 +216,23 @@ def _from_pretrained(path: Path, folder: str, tok_extra: dict, extra: dict) -> t
 _clock = time.perf_counter  # the deadline's clock (a test may replace it)
 
 
-def _deadline(seconds: float | None) -> Any:
-    """A stopping criterion that halts generation once `seconds` have passed since the request began (checked after
-    every token; `.passed` says whether it fired)."""
+@functools.cache
+def _deadline_class() -> type:
+    """The stopping criterion class, built once (transformers is imported on first use only)."""
     from transformers import StoppingCriteria
 
     class Deadline(StoppingCriteria):
-        def __init__(self) -> None:
-            self.start, self.passed = _clock(), False
+        """Halts generation once `seconds` have passed since it was made (checked after every token; `.passed`
+        says whether it fired)."""
+
+        def __init__(self, seconds: float | None) -> None:
+            self.seconds, self.start, self.passed = seconds, _clock(), False
 
         def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-            self.passed = seconds is not None and _clock() - self.start >= seconds
+            self.passed = self.seconds is not None and _clock() - self.start >= self.seconds
             return torch.full((input_ids.shape[0],), self.passed, dtype=torch.bool, device=input_ids.device)
 
-    return Deadline()
+    return Deadline
 
 
 class HFTarget(LMTarget):
@@ -293,7 +297,7 @@ class HFTarget(LMTarget):
         options: dict[str, Any] = {"do_sample": False} if s.temperature == 0 else {
             "do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": 0}
         eos = self.eos_ids
-        criteria, timer = self._stop_criteria(len(ids), stops), _deadline(self.deadline_s)
+        criteria, timer = self._stop_criteria(len(ids), stops), _deadline_class()(self.deadline_s)
         if self.deadline_s is not None:
             criteria.append(timer)
         with torch.random.fork_rng(devices=[]):

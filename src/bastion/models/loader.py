@@ -7,11 +7,11 @@ supply-chain scanner and load only when the scan is clean and the user passed `-
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from bastion.core.data import Dataset, align_classes, bounds_problem
 from bastion.core.errors import DataError, ModelLoadError
+from bastion.core.notices import say_once
 from bastion.core.target import Access, Target
 from bastion.models.metadata import ModelMetadata
 from bastion.supplychain.detect import PICKLE_FORMATS, detect_format
@@ -82,21 +82,12 @@ def resolve_shape_and_bounds(meta: ModelMetadata, data: Dataset | None, bounds: 
     bounds = (float(bounds[0]), float(bounds[1]))
     if data is not None:  # the data must be in the model's class order and units: say so when it is not
         for note in guessed_input_notes(data, meta, guessed):
-            _say_once(note)
+            say_once(f"warning: {note}")
         align_classes(data, list(meta.class_names or []))
         problem = bounds_problem(data, bounds)
         if problem:
             raise DataError(problem)
     return shape, bounds
-
-
-_SAID: set[str] = set()
-
-
-def _say_once(note: str) -> None:
-    if note not in _SAID:
-        _SAID.add(note)
-        print(f"bastion: warning: {note}", file=sys.stderr, flush=True)
 
 
 def guessed_input_notes(data: Dataset, meta: ModelMetadata, bounds_guessed: bool) -> list[str]:

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from bastion.core.errors import BastionError
+from bastion.core.notices import say_once
 from bastion.core.results import Finding
 from bastion.sandbox.policy import SandboxPolicy, carries_code
-from bastion.sandbox.session import Sandbox, SandboxError, say_once
+from bastion.sandbox.session import Sandbox, SandboxError
 
 
 @dataclass

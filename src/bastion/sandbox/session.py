@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.core.errors import BastionError
+from bastion.core.notices import say_once
 from bastion.core.threads import THREAD_ENV_DEFAULTS
 from bastion.sandbox.bwrap import bwrap_command, bwrap_problem, readable_roots
 from bastion.sandbox.launcher import AUDIT_ENV, JOB_ENV, LAUNCHER
@@ -47,7 +48,6 @@ def passed_env(environ: dict[str, str]) -> dict[str, str]:
     return {**WORKER_ENV_DEFAULTS, **{k: environ[k] for k in ENV_PASSED if k in environ}}
 
 
-_SAID: set[str] = set()
 
 
 class SandboxError(BastionError):
@@ -56,13 +56,6 @@ class SandboxError(BastionError):
 
 class SandboxTimeout(SandboxError):
     """The sandboxed job ran past its deadline and was stopped."""
-
-
-def say_once(line: str) -> None:
-    """One line on stderr, once per process."""
-    if line not in _SAID:
-        _SAID.add(line)
-        print(f"bastion: {line}", file=sys.stderr, flush=True)
 
 
 def _die_with_parent() -> Any:
