@@ -65,6 +65,8 @@ def test_list_shows_each_parameter_with_type_default_and_meaning():
     assert run.returncode == 0, run.stderr
     assert "--steps int = 10" in run.stdout and "--restarts int = 1" in run.stdout
     assert "perturbation budget" in run.stdout and "random restarts" in run.stdout
+    flat = " ".join(run.stdout.split())  # the data-chosen default of the norm is said where the default is shown
+    assert "--norm str = linf" in flat and "linf for images and l2 for feature vectors" in flat
     as_json = json.loads(bastion_cli("list", "knockoff", "--json").stdout)
     params = {p["name"]: p for p in as_json[0]["parameters"]}
     assert params["budget"]["default"] == "1000" and "query budget" in params["budget"]["meaning"]

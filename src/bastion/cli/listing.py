@@ -58,6 +58,11 @@ def print_entries(entries: list[catalog.Entry], what: str, as_json: bool) -> Non
         typer.echo(parameter_help(entry))
 
 
+# Defaults that `bastion attack` and `assess` choose from the data (sandbox/spec.py, families/evasion.py: default_norm)
+DATA_DEFAULTS = {("attacks", "evasion", "norm"): "when not given, `bastion attack` and `assess` use linf for images "
+                                                 "and l2 for feature vectors"}
+
+
 def parameter_help(entry: catalog.Entry) -> str:
     """One entry's parameters as `--name TYPE = DEFAULT` lines with their meaning below, within 80 columns."""
     head = f"{entry.kind[:-1]} {entry.family + '/' if entry.family else ''}{entry.name}: {entry.summary}"
@@ -65,8 +70,9 @@ def parameter_help(entry: catalog.Entry) -> str:
     for param in entry.parameters:
         kind = f" {param.type}" if param.type else ""
         lines.append(wrap("  ", f"--{param.name.replace('_', '-')}{kind} = {param.default}", indent=6))
-        if param.meaning:
-            lines.append(wrap(" " * 6, param.meaning, indent=6))
+        meaning = "; ".join(filter(None, [param.meaning, DATA_DEFAULTS.get((entry.kind, entry.family, param.name))]))
+        if meaning:
+            lines.append(wrap(" " * 6, meaning, indent=6))
     if not entry.parameters:
         lines.append("  (none)")
     return "\n".join(lines)
