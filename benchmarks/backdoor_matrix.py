@@ -16,7 +16,8 @@ backdoored model, and whether they flag any class of the clean twin.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src nice .peers-venv/bin/python benchmarks/backdoor_matrix.py \\
         [--datasets digits fashion] [--attacks badnets blended wanet clean-label] [--rates 0.01 0.05] \\
-        [--archs cnn resnet mlp] [--seeds 0 1 2] [--screens ...] [--models nc nc-null tabor mm-bd] [--jsonl rows.jsonl]
+        [--archs cnn resnet mlp] [--seeds 0 1 2] [--screens ...] \\
+        [--models nc nc-null nc-et nc-et99 tabor mm-bd] [--jsonl rows.jsonl]
 
 Rows are appended to `--jsonl` as they are produced (a long run can be resumed: finished cells are skipped);
 `--summary rows.jsonl` prints the Markdown tables of docs/benchmarks/poisoning.md from such a file.
@@ -204,6 +205,10 @@ def screen(method: str, cell: dict, clean: Dataset, seed: int, rate: float, epoc
 MODEL_SCANS: dict[str, Callable[[int], object]] = {
     "nc": lambda seed: NeuralCleanse(seed=seed),  # the paper's MAD index
     "nc-null": lambda seed: NeuralCleanse(seed=seed, decision="null"),  # Xiang et al.'s reciprocal-norm null
+    # the null's flags confirmed by expected transferability (Xiang et al., ICLR 2022): the paper's minimal one-image
+    # trigger, and the variant whose one-image trigger must reach softmax 0.99 (docs/benchmarks/poisoning.md §7.5)
+    "nc-et": lambda seed: NeuralCleanse(seed=seed, decision="null", confirm="et"),
+    "nc-et99": lambda seed: NeuralCleanse(seed=seed, decision="null", confirm="et", confirm_min_prob=0.99),
     "tabor": lambda seed: TABOR(seed=seed),
     "mm-bd": lambda seed: MMBD(seed=seed),
 }

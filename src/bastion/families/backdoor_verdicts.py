@@ -70,12 +70,15 @@ def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
     """The verdict of a model-only trigger reverse-engineering scan (Neural Cleanse)."""
     flagged = metrics["flagged_classes"]
     evidence = {k: metrics[k] for k in ("anomaly_index", "mask_l1", "threshold", "decision", "null_p_value",
-                                        "significance") if k in metrics}
+                                        "significance", "et", "et_threshold", "unconfirmed_classes") if k in metrics}
     by_null = metrics.get("decision") == "null"
+    et = metrics.get("et", {})
     if flagged:
         return Finding(
             title=f"{defense} finds an abnormally small trigger for class(es) {', '.join(map(str, flagged))}"
-                  + (f" (p = {metrics['null_p_value']:.2g})" if by_null else ""),
+                  + (f" (p = {metrics['null_p_value']:.2g})" if by_null else "")
+                  + (f", confirmed by its transferability (ET {', '.join(f'{et[str(c)]:.2f}' for c in flagged)} "
+                     "> 1/2)" if et else ""),
             family="backdoor", severity="critical", metric="null_p_value" if by_null else "anomaly_index",
             value=metrics["null_p_value"] if by_null else max(evidence["anomaly_index"][c] for c in flagged),
             threshold=metrics["significance"] if by_null else evidence["threshold"],
@@ -83,6 +86,22 @@ def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
             description="A small input pattern sends inputs of every class to the flagged class: a backdoor sign.",
             recommendation="Do not deploy; repair with fine-prune on trusted clean data or retrain from vetted data.",
         )
+    if metrics.get("unconfirmed_classes"):
+        cls = metrics["unconfirmed_classes"]
+        return Finding(
+            title=f"{defense}: class(es) {', '.join(map(str, cls))} have an abnormally small trigger, but a trigger "
+                  f"found on one image moves only {', '.join(f'{et[str(c)]:.0%}' for c in cls)} of the other "
+                  "images there (expected transferability ≤ 1/2)",
+            family="backdoor", severity="medium", metric="et", value=max(et[str(c)] for c in cls),
+            threshold=metrics["et_threshold"], evidence=evidence, atlas=["AML.T0018"],
+            owasp=["ML10:2023 Model Poisoning"],
+            description="The mask-size rule flags the class, but its expected transferability (Xiang, Miller & "
+                        "Kesidis, ICLR 2022) does not confirm it: a backdoor's trigger, found on one input, sends "
+                        "most other inputs to the target. A naturally easy class behaves so too; so can a backdoor "
+                        "on a small model whose one-image triggers are adversarial rather than the backdoor "
+                        "(docs/benchmarks/poisoning.md §7.5). This is not an all-clear.",
+            recommendation="Treat as a suspect: compare with mm-bd, screen the training data if you have it, or "
+                           "test the restored trigger on trusted inputs.")
     if not by_null and metrics.get("null_p_value", 1.0) < metrics.get("significance", 0.05):
         top = metrics["null_top_class"]
         return Finding(

@@ -14,6 +14,8 @@ from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.target import Access, Target
 from bastion.defenses.base import Defense, require_data, torch_module
+from bastion.defenses.detect.expected_transferability import THRESHOLD as ET_THRESHOLD
+from bastion.defenses.detect.expected_transferability import expected_transferability
 from bastion.defenses.detect.features import anomaly_index
 from bastion.defenses.detect.mm_bd import order_statistic_p_value
 
@@ -61,7 +63,12 @@ class NeuralCleanse(Defense):
     §7.4); but the null also flags clean models' naturally easy classes more often (the clean demo CNN's class 3,
     Fashion-MNIST's bag), so it is not the default. With few classes the fitted null is narrow: fewer than 4 classes are
     never flagged by it. Both rules' outcomes are always reported (`mad_flagged`, `null_top_class`, `null_p_value`), and
-    the verdict reports a null-only outlier as a suspect. Every class reports its mask
+    the verdict reports a null-only outlier as a suspect. `confirm="et"` confirms each class a rule flags by its
+    expected transferability (Xiang, Miller & Kesidis, ICLR 2022; `expected_transferability.py`): a trigger
+    reverse-engineered on one clean image must send more than half of the other clean images to the class (ET >
+    1/2), else the class moves from `flagged_classes` to `unconfirmed_classes` and the verdict is a medium suspect;
+    `confirm_min_prob` > 0 makes each one-image trigger reach that softmax probability on its image (a beyond-paper
+    variant, measured in docs/benchmarks/poisoning.md §7.5). Every class reports its mask
     norm, index and the attack success its trigger reached (`attack_success`): a class whose optimisation never
     reached `attack_threshold` has an unconverged, too large mask, which the report shows rather than hides.
     Inputs: clean data within the target's bounds, `(n, C, H, W)` or flat `(n, d)`.
@@ -84,7 +91,8 @@ class NeuralCleanse(Defense):
     def __init__(self, steps: int = 300, *, lr: float = 0.2, batch_size: int = 32, init_cost: float = 1e-3,
                  cost_multiplier: float = 1.5, patience: int = 10, attack_threshold: float = 0.99,
                  anomaly_threshold: float = 2.0, class_batch: int = 16, eval_samples: int = 256, seed: int = 0,
-                 scale: str = "norm", restarts: int = 1, decision: str = "mad", significance: float = 0.05):
+                 scale: str = "norm", restarts: int = 1, decision: str = "mad", significance: float = 0.05,
+                 confirm: str = "none", confirm_min_prob: float = 0.0):
         if min(steps, batch_size, patience, class_batch, eval_samples, restarts) < 1:
             raise ParameterError("steps, batch_size, patience, class_batch, eval_samples and restarts must be at "
                                  "least 1")
@@ -94,12 +102,15 @@ class NeuralCleanse(Defense):
             raise ParameterError("anomaly_threshold must be positive and scale norm or log")
         if decision not in ("mad", "null") or not 0 < significance < 1:
             raise ParameterError("decision must be mad or null and significance in (0, 1)")
+        if confirm not in ("none", "et") or not 0 <= confirm_min_prob < 1:
+            raise ParameterError("confirm must be none or et and confirm_min_prob in [0, 1)")
         self.steps, self.lr, self.batch_size, self.init_cost = int(steps), float(lr), int(batch_size), init_cost
         self.cost_multiplier, self.patience, self.attack_threshold = cost_multiplier, int(patience), attack_threshold
         self.anomaly_threshold, self.class_batch, self.eval_samples = float(anomaly_threshold), int(class_batch), \
             int(eval_samples)
         self.seed, self.scale, self.restarts = int(seed), scale, int(restarts)
         self.decision, self.significance = decision, float(significance)
+        self.confirm, self.confirm_min_prob = confirm, float(confirm_min_prob)
 
     def extra_loss(self, model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, classes: torch.Tensor,
                    mask: torch.Tensor, pattern: torch.Tensor, cost: torch.Tensor) -> torch.Tensor | None:
@@ -205,19 +216,19 @@ class NeuralCleanse(Defense):
                 masks.append(m.detach())
                 patterns.append(p.detach())
                 success.append(s)
+            norms = torch.cat(masks).flatten(1).sum(1).cpu().numpy()
+            mad_flagged, null_flagged, top, p_value = self.decide(norms)
+            et = self.transferability(model, x, y, sorted(set(mad_flagged) | set(null_flagged)), target.bounds)
         finally:
             for p, flag in zip(model.parameters(), trainable, strict=True):
                 p.requires_grad_(flag)
             model.train(was_training)
         self.masks_, self.patterns_ = torch.cat(masks), torch.cat(patterns)
-        norms = self.masks_.flatten(1).sum(1).cpu().numpy()
         index = anomaly_index(np.log(np.maximum(norms, 1e-6)) if self.scale == "log" else norms)
-        small = norms < np.median(norms)
-        mad_flagged = [int(c) for c in np.nonzero(small & (index > self.anomaly_threshold))[0]]
-        null_flagged, top, p_value = null_decision(norms, self.significance)
+        flagged = null_flagged if self.decision == "null" else mad_flagged
         metrics = {
             "anomaly_index": index.tolist(),
-            "flagged_classes": null_flagged if self.decision == "null" else mad_flagged,
+            "flagged_classes": [c for c in flagged if et is None or et[c] > ET_THRESHOLD],
             "decision": self.decision,
             "mad_flagged": mad_flagged,
             "null_top_class": top,
@@ -229,5 +240,25 @@ class NeuralCleanse(Defense):
             "scale": self.scale,
             "restarts": self.restarts,
             "n_samples": len(data),
+            "confirm": self.confirm,
         }
+        if et is not None:
+            metrics.update(et={str(c): v for c, v in et.items()}, et_threshold=ET_THRESHOLD,
+                           unconfirmed_classes=[c for c in flagged if et[c] <= ET_THRESHOLD])
         return self.result(target, metrics, start)
+
+    def decide(self, norms: np.ndarray) -> tuple[list[int], list[int], int, float]:
+        """Both rules on the mask norms: the MAD's flags, the null's flags, its top class and p-value."""
+        index = anomaly_index(np.log(np.maximum(norms, 1e-6)) if self.scale == "log" else norms)
+        small = norms < np.median(norms)
+        mad_flagged = [int(c) for c in np.nonzero(small & (index > self.anomaly_threshold))[0]]
+        null_flagged, top, p_value = null_decision(norms, self.significance)
+        return mad_flagged, null_flagged, top, p_value
+
+    def transferability(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[int],
+                        bounds: tuple[float, float]) -> dict[int, float] | None:
+        """ET of each class a rule flags (`confirm="et"`), else None."""
+        if self.confirm != "et":
+            return None
+        return {c: float(expected_transferability(model, x, y, c, bounds, seed=self.seed,
+                                                  min_prob=self.confirm_min_prob)["et"]) for c in classes}
