@@ -10,7 +10,9 @@ handling both apps share is `guard.guard_requests`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +59,7 @@ class Guard:
         self.hardeners = {t.name: hardener(self.target, t.output) for t in tiers}
         self.degraders = {t.name: hardener(self.target, t.extraction.degrade_output) for t in tiers
                           if t.extraction.action == "degrade"}
+        self.monitor_thread = ThreadPoolExecutor(1, thread_name_prefix="guard-monitors")
         make_metrics(self)
 
     def state(self, key: str, tier: Tier) -> KeyState:
@@ -72,16 +75,34 @@ class Guard:
         return info
 
     def answer(self, key: str, tier: Tier, x: np.ndarray) -> tuple[dict[str, Any], list[str], bool]:
-        """Run the rules around inference for an admitted, validated batch: (answer, rule hits, whether the
-        key's extraction monitors are due to run, after the answer is sent: `settle`)."""
-        state = self.state(key, tier)
+        """Run the rules around inference for an admitted, validated batch (blocking): (answer, rule hits, whether
+        the key's extraction monitors are due to run, after the answer is sent: `settle_later`)."""
+        hits = self.check_detectors(tier, x)
+        return self.finish(key, tier, x, self.model.predict(x), hits)
+
+    async def answer_async(self, key: str, tier: Tier, x: np.ndarray) -> tuple[dict[str, Any], list[str], bool]:
+        """`answer` on the event loop: the input detectors (model passes of their own) run in a thread, the batch
+        itself waits for the model's runner without one."""
         hits: list[str] = []
         if self.detectors is not None and (tier.detectors.squeeze_fpr or tier.detectors.strip_frr):
-            found = self.detectors.check(x, tier)
-            hits += found
-            if found and tier.detectors.action == "reject":
-                raise Refused(422, f"input rejected by {', '.join(found)}", found[0])
-        out = self.model.predict(x)
+            from starlette.concurrency import run_in_threadpool
+
+            hits = await run_in_threadpool(self.check_detectors, tier, x)
+        return self.finish(key, tier, x, await self.model.predict_async(x), hits)
+
+    def check_detectors(self, tier: Tier, x: np.ndarray) -> list[str]:
+        """The input detectors' hits on a batch (Refused 422 when the tier rejects what they flag)."""
+        if self.detectors is None or not (tier.detectors.squeeze_fpr or tier.detectors.strip_frr):
+            return []
+        found = self.detectors.check(x, tier)
+        if found and tier.detectors.action == "reject":
+            raise Refused(422, f"input rejected by {', '.join(found)}", found[0])
+        return found
+
+    def finish(self, key: str, tier: Tier, x: np.ndarray, out: np.ndarray,
+               hits: list[str]) -> tuple[dict[str, Any], list[str], bool]:
+        """Queue the answered batch for the monitors and harden the outputs (cheap: runs on the event loop)."""
+        state = self.state(key, tier)
         labels = out if out.ndim == 1 else out.argmax(-1)
         with state.lock:
             due = state.gather(x, np.asarray(labels))
@@ -94,17 +115,13 @@ class Guard:
 
     def settle_later(self, key: str, tier: Tier) -> None:
         """Run the key's extraction monitors on its queued queries if due (after an answer has left)."""
-        state = self.state(key, tier)
-        with state.lock:
-            state.run_monitors()
+        self.state(key, tier).run_monitors()
 
 
 def make_app(guard: Guard) -> Any:
     """The Starlette application serving `guard`."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
-    from starlette.background import BackgroundTask
-    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -126,15 +143,25 @@ def make_app(guard: Guard) -> Any:
         ex.n, ex.x = len(x), x
         ex.inputs = x.tolist() if guard.log_inputs else None
         state = guard.state(ex.key, ex.tier)
-        # a monitor run the last answer left due, if it has not run yet (off the event loop when it may take time)
-        ex.hits = await run_in_threadpool(state.settle_locked) if state.busy else state.settle_locked()
+        # the verdict of the key's last monitor run applies to this request: wait for a run still in progress
+        running = state.running
+        if running is not None:
+            try:
+                await asyncio.shield(running)
+            except Exception:  # noqa: BLE001 - a failed monitor run is logged with this request, not raised
+                ex.hits.append("monitor.error")
+            if state.running is running:
+                state.running = None
         with state.lock:
+            ex.hits, state.found = ex.hits + state.found, []
             state.admit(ex.n)
-        payload, hits, due = await run_in_threadpool(guard.answer, ex.key, ex.tier, x)
+        payload, hits, due = await guard.answer_async(ex.key, ex.tier, x)
         ex.hits += hits
         ex.verdict = "flag" if ex.hits else "allow"
-        # the monitors run after the answer is sent; their verdict applies from the key's next request on
-        return JSONResponse(payload, background=BackgroundTask(guard.settle_later, ex.key, ex.tier) if due else None)
+        if due:  # the monitors run after the answer is sent, one run at a time, in the guard's monitor thread
+            state.running = asyncio.get_running_loop().run_in_executor(guard.monitor_thread, guard.settle_later,
+                                                                       ex.key, ex.tier)
+        return JSONResponse(payload)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "isolation": guard.model.isolation})

@@ -2,13 +2,16 @@
 
 The worker (`bastion.sandbox.jobs.serve_load` / `serve_predict`) keeps the model loaded between requests; each
 batch crosses the boundary as a pickled float32 array (parent -> worker, trusted direction) and comes back as a
-JSON line of numbers (never unpickled). One batch is in the worker at a time; requests that arrive meanwhile are
-coalesced into the next forward pass.
+JSON line of numbers (never unpickled). One thread owns the worker: it runs one batch at a time, and every batch
+queued meanwhile is coalesced into its next forward pass. Callers wait on an event (`predict`) or, from the event
+loop, on an asyncio future (`predict_async`), so a request costs no thread hand-off of its own.
 Models that carry no code (HTTP endpoints) and `--no-sandbox` load in this process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +36,28 @@ class ModelInfo:
 
 @dataclass
 class _Pending:
+    """One caller's batch: answered through `event` (a thread) or `future` on `loop` (a coroutine)."""
+
     x: np.ndarray
+    event: threading.Event | None = None
+    future: asyncio.Future | None = None
+    loop: asyncio.AbstractEventLoop | None = None
     out: Any = None
     error: BaseException | None = None
-    done: bool = False
+
+    def deliver(self) -> None:
+        if self.event is not None:
+            self.event.set()
+        elif self.loop is not None and self.future is not None:
+            self.loop.call_soon_threadsafe(_settle_future, self.future, self.out, self.error)
+
+
+def _settle_future(future: asyncio.Future, out: Any, error: BaseException | None) -> None:
+    if not future.done():  # a caller that went away (client disconnect) leaves a cancelled future
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(out)
 
 
 class ServedModel:
@@ -46,9 +67,9 @@ class ServedModel:
                  sandbox: bool = True):
         from bastion.sandbox.sandboxed_run import SandboxOptions, open_sandbox
 
-        self.lock = threading.Lock()  # one batch in the worker at a time
-        self.queue_lock = threading.Lock()
-        self.queue: list[_Pending] = []
+        self.queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self.runner: threading.Thread | None = None
+        self.start_lock = threading.Lock()
         self.sandbox = open_sandbox(model, arch, SandboxOptions(enabled=sandbox), job="serve")
         load = {"path": model, "arch": arch, "trust": trust, "device": "cpu", "data": data}
         if self.sandbox is not None:
@@ -74,28 +95,55 @@ class ServedModel:
                               (float(d["bounds"][0]), float(d["bounds"][1])), output)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Outputs for one batch. Concurrent callers are coalesced: whoever holds the worker runs every batch
-        queued meanwhile as one forward pass (micro-batching), so the worker's round trip is paid once."""
-        pending = _Pending(np.ascontiguousarray(x, dtype=np.float32))
-        with self.queue_lock:
-            self.queue.append(pending)
-        with self.lock:
-            if not pending.done:
-                with self.queue_lock:
-                    batch, self.queue = self.queue, []
-                try:
-                    out = self._forward(np.concatenate([p.x for p in batch]))
-                    bounds = np.cumsum([len(p.x) for p in batch])[:-1]
-                    for p, part in zip(batch, np.split(out, bounds), strict=True):
-                        p.out = part
-                except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the failure
-                    for p in batch:
-                        p.error = exc
-                for p in batch:
-                    p.done = True
+        """Outputs for one batch (blocking; from any thread but the runner's)."""
+        pending = _Pending(np.ascontiguousarray(x, dtype=np.float32), event=threading.Event())
+        self._submit(pending)
+        pending.event.wait()  # type: ignore[union-attr]
         if pending.error is not None:
             raise pending.error
         return pending.out
+
+    async def predict_async(self, x: np.ndarray) -> np.ndarray:
+        """Outputs for one batch, awaited on the running event loop."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(np.ascontiguousarray(x, dtype=np.float32), future=loop.create_future(), loop=loop)
+        self._submit(pending)
+        return await pending.future  # type: ignore[misc]
+
+    def _submit(self, pending: _Pending) -> None:
+        if self.runner is None:
+            with self.start_lock:
+                if self.runner is None:
+                    self.runner = threading.Thread(target=self._run, name="guard-model", daemon=True)
+                    self.runner.start()
+        self.queue.put(pending)
+
+    def _run(self) -> None:
+        """The runner: wait for a batch, take every batch queued meanwhile too, and run them as one forward pass
+        (micro-batching), so the worker's round trip is paid once per pass, not per request."""
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    more = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.queue.put(None)  # stop after this pass
+                    break
+                batch.append(more)
+            try:
+                out = self._forward(np.concatenate([p.x for p in batch]))
+                for p, part in zip(batch, np.split(out, np.cumsum([len(p.x) for p in batch])[:-1]), strict=True):
+                    p.out = part
+            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the failure
+                for p in batch:
+                    p.error = exc
+            for p in batch:
+                p.deliver()
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         if self.sandbox is not None:
@@ -116,6 +164,10 @@ class ServedModel:
         return FunctionTarget(self.predict, i.n_classes, i.input_shape, i.output, i.bounds, name="guarded model")
 
     def close(self) -> None:
+        if self.runner is not None:
+            self.queue.put(None)
+            self.runner.join(timeout=60)
+            self.runner = None
         if self.sandbox is not None:
             self.sandbox.close()
             self.sandbox = None

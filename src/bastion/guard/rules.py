@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -291,7 +292,9 @@ class KeyState:
 
     def __init__(self, tier: Tier, reference: Reference | None, used: int = 0):
         self.tier = tier
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # held briefly: counters, queues, verdicts
+        self.monitor_lock = threading.Lock()  # one monitor run at a time, in order; never needed to answer
+        self.running: Any = None  # the asyncio future of a monitor run in progress (set by the app)
         self.bucket = None if tier.rate.per_second is None else TokenBucket(tier.rate.per_second, tier.rate.burst)
         self.throttle: TokenBucket | None = None
         self.used = used
@@ -318,30 +321,26 @@ class KeyState:
 
     def run_monitors(self, due_only: bool = True) -> None:
         """Run the monitors on the queued queries (when `monitor_batch` are queued, or any with due_only=False)
-        and apply the tier's action; the hits wait in `found` for the key's next request (call under `lock`)."""
-        if self.pending and (self.pending_n >= self.tier.extraction.monitor_batch or not due_only):
-            x = np.concatenate([p[0] for p in self.pending])
-            labels = np.concatenate([p[1] for p in self.pending])
-            self.pending, self.pending_n = [], 0
+        and apply the tier's action; the hits wait in `found` for the key's next request. The key's `lock` is held
+        only to take the queue and to apply the verdict, so the key's requests are answered while it runs."""
+        with self.monitor_lock:
+            with self.lock:
+                if not self.pending or (self.pending_n < self.tier.extraction.monitor_batch and due_only):
+                    return
+                x = np.concatenate([p[0] for p in self.pending])
+                labels = np.concatenate([p[1] for p in self.pending])
+                self.pending, self.pending_n = [], 0
             flagged = self.monitor.observe(x, labels)
-            response = self.respond(flagged)
-            self.found += flagged + ([response] if response else [])
+            with self.lock:
+                response = self.respond(flagged)
+                self.found += flagged + ([response] if response else [])
 
     def settle(self) -> list[str]:
-        """A due monitor run that has not happened yet, then the hits not yet logged (call under `lock`)."""
+        """A due monitor run that has not happened yet, then the hits not yet logged."""
         self.run_monitors()
-        found, self.found = self.found, []
-        return found
-
-    def settle_locked(self) -> list[str]:
-        """`settle` under the key's lock."""
         with self.lock:
-            return self.settle()
-
-    @property
-    def busy(self) -> bool:
-        """Whether settling may wait: a monitor run is due or one holds the lock (then settle off the event loop)."""
-        return self.pending_n >= self.tier.extraction.monitor_batch or self.lock.locked()
+            found, self.found = self.found, []
+        return found
 
     def admit(self, n: int) -> None:
         """Budget, block and rate checks before inference (Refused 403/429)."""
