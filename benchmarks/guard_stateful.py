@@ -8,7 +8,10 @@ Prints the calibrated threshold and the cost per query; the false alarms on the 
 reference half the threshold was not calibrated on; where each Jacobian stream (the attack's 270 natural
 evaluation queries first, as through the server) is first flagged and by which monitor; and the adaptive attacker
 who spaces its rounds out: `--pad` distinct natural digits (train + test, cycled) before each augmentation round, so
-that a parent has left the key's buffer when its children arrive — with PRADA on and off, and a natural control.
+that a parent has left the key's buffer when its children arrive — with PRADA on and off, and a natural control;
+and the attacker who splits its stream over keys (the evaluation queries on one key, each augmentation round on a
+new key), with the detector's buffer per key (`stateful_scope: key`) and shared by the tier (`tier`), plus a
+control: the test digits and the reference half sent by 10 keys in turns through the shared buffer.
 """
 
 from __future__ import annotations
@@ -35,6 +38,31 @@ def first_flag(rules, reference, target, stream: np.ndarray, attack: np.ndarray,
             end = min(i + batch, len(stream))
             return f"flagged at query {end} ({int(attack[:end].sum())} attack queries) by {monitor.flagged}"
     return f"not flagged ({len(stream)} queries)"
+
+
+def split_flag(rules, reference, target, chunks: list[tuple[int, np.ndarray, bool]], batch: int = 20) -> str:
+    """Several keys in turn (chunks of (key, queries, is_attack)), each with its own monitor and, with scope "tier",
+    one shared buffer: where the first key is flagged, and how many keys are flagged by the end."""
+    import torch
+
+    from bastion.guard.rules import ExtractionMonitor
+    from bastion.guard.stateful import SharedQueries
+
+    shared = SharedQueries(rules.stateful_shared_buffer) if rules.stateful_scope == "tier" else None
+    monitors: dict[int, ExtractionMonitor] = {}
+    sent = attack_sent = 0
+    first = None
+    for key, queries, is_attack in chunks:
+        monitor = monitors.setdefault(key, ExtractionMonitor(rules, reference, shared))
+        labels = target.labels(torch.as_tensor(queries)).numpy()
+        for i in range(0, len(queries), batch):
+            part = queries[i:i + batch]
+            sent += len(part)
+            attack_sent += len(part) if is_attack else 0
+            if monitor.observe(part, labels[i:i + batch]) and first is None:
+                first = f"key {key} flagged at query {sent} ({attack_sent} attack queries) by {monitor.flagged}"
+    flagged = sum(bool(m.flagged) for m in monitors.values())
+    return f"{first or 'not flagged'}; {flagged}/{len(monitors)} keys flagged by the end"
 
 
 def main() -> None:
@@ -74,6 +102,12 @@ def main() -> None:
     index = reference.index.numpy().reshape(-1, *test_x.shape[1:])
     print(f"reference half ({len(index)} training digits, not calibrated on): "
           f"{first_flag(rules, reference, target, index, np.zeros(len(index), bool))}")
+    tier_rules = dataclasses.replace(rules, stateful_scope="tier")
+    natural_turns = np.concatenate([test_x, index])
+    turns = [(i % 10, natural_turns[i * 20:(i + 1) * 20], False) for i in range(len(natural_turns) // 20)]
+    print(f"natural, 10 keys in turns through one shared buffer ({len(natural_turns)} digits): "
+          f"{split_flag(tier_rules, reference, target, turns)}; PRADA off: "
+          f"{split_flag(dataclasses.replace(tier_rules, prada_delta=None), reference, target, turns)}")
 
     order = np.random.default_rng(0).permutation(len(test_x))
     evaluation, seeds = order[: len(order) // 2], order[len(order) // 2:]
@@ -90,7 +124,20 @@ def main() -> None:
         mask = np.concatenate([np.zeros(len(evaluation), bool), np.ones(len(queries), bool)])
         print(f"jacobian λ={step} (fidelity unguarded {fidelity}): "
               f"{first_flag(rules, reference, target, stream, mask)}")
-        if step != 0.1 or not args.pad:
+        if step != 0.1:
+            continue
+        bounds = [0, 100, 200, 300, 600, 1000]  # the attack's rounds at budgets 100/300/1000 (each at most doubles)
+        chunks = [(0, test_x[evaluation], False)] + [(r + 1, queries[a:b], True) for r, (a, b) in
+                                                      enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
+        small = [(0, test_x[evaluation], False)] + [(1 + i // 50, queries[i:i + 50], True)
+                                                     for i in range(0, len(queries), 50)]
+        for scope in ("key", "tier"):
+            scoped = dataclasses.replace(rules, stateful_scope=scope)
+            print(f"  split over keys (one per round), scope {scope}: "
+                  f"{split_flag(scoped, reference, target, chunks)}")
+            print(f"  split over keys (50 queries each), scope {scope}: "
+                  f"{split_flag(scoped, reference, target, small)}")
+        if not args.pad:
             continue
         bounds = [0, 100, 200, 300, 600, 1000]  # the attack's rounds at budgets 100/300/1000 (each at most doubles)
         parts, mask_parts, k = [test_x[evaluation]], [np.zeros(len(evaluation), bool)], 0

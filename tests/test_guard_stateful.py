@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bastion.guard.guard_policy import ExtractionRules
-from bastion.guard.stateful import StatefulDetector, knn_scores
+from bastion.guard.stateful import SharedQueries, StatefulDetector, knn_scores
 
 RULES = ExtractionRules(stateful_quantile=0.001, stateful_k=1, stateful_hits=10, stateful_buffer=1000)
 
@@ -47,6 +47,36 @@ def test_detector_counts_close_queries_in_its_window():
     for i in range(8):
         detector.observe(far[:1] * 0 + 2000 + 100 * i)
     assert not detector.observe(far[:1] * 0 + 5000)  # the close ones left the buffer
+
+
+def test_a_stream_split_over_keys_is_flagged_only_with_the_tier_buffer():
+    """Key A sends parents, key B their near copies (a Sybil split): B's own buffer never holds the parents, the
+    tier's shared buffer does; the hits are B's, not A's, and natural far-apart queries on two keys raise none."""
+    rng = np.random.default_rng(0)
+    parents = rng.random((30, 16)).astype(np.float32) * 10
+    children = parents + 0.01
+    for scope, expect in (("key", False), ("tier", True)):
+        shared = SharedQueries(100) if scope == "tier" else None
+        a, b = (StatefulDetector(threshold=0.5, k=1, hits=5, buffer=50, shared=shared) for _ in range(2))
+        assert not a.observe(parents)
+        assert b.observe(children) is expect
+        assert not a.observe(rng.random((5, 16)).astype(np.float32) * 10 + 100)  # A's own new queries: far
+    shared = SharedQueries(100)
+    c, d = (StatefulDetector(threshold=0.5, k=1, hits=5, buffer=50, shared=shared) for _ in range(2))
+    grid = np.arange(40)[:, None] * np.ones((1, 16), np.float32) * 3.0  # 12 apart: never close
+    assert not c.observe(grid[::2]) and not d.observe(grid[1::2])
+    assert not d.observe(grid[:10])  # exact repeats of the other key's queries are not close queries either
+
+
+def test_the_policy_takes_a_tier_scope_and_refuses_others():
+    from bastion.core.errors import ParameterError
+    from bastion.guard.guard_policy import parse_policy
+
+    tier = parse_policy({"tiers": {"t": {"extraction": {"stateful_quantile": 0.001, "stateful_scope": "tier",
+                                                        "stateful_shared_buffer": 500}}}}).tiers["t"]
+    assert tier.extraction.stateful_scope == "tier" and tier.extraction.stateful_shared_buffer == 500
+    with pytest.raises(ParameterError, match="stateful_scope"):
+        parse_policy({"tiers": {"t": {"extraction": {"stateful_scope": "global"}}}})
 
 
 def _jacobian_stream(demo, seeds: np.ndarray, n: int, step: float) -> np.ndarray:
@@ -90,3 +120,30 @@ def test_jacobian_stream_with_natural_queries_is_flagged_replays_are_not(digits_
         assert _first_flag(ExtractionMonitor(RULES, reference), replay) is None
     index_half = reference.index.numpy().reshape(-1, *test_x.shape[1:])  # the reference half, not calibrated on
     assert _first_flag(ExtractionMonitor(RULES, reference), index_half) is None
+
+
+def test_through_the_server_a_second_key_sending_the_first_keys_neighbours_is_blocked(digits_demo, tmp_path):
+    """Scope "tier": key b's near copies of key a's queries are caught through the running guard (b blocked from its
+    next request on, a still served); the same requests under scope "key" block nobody."""
+    import json
+
+    from tests.guard_fixtures import digits_guard, fetch, sha
+
+    parents = np.asarray(digits_demo.test.x[:40], np.float32)
+    children = np.clip(parents + 0.01, 0, 1)
+    for scope, blocked in (("key", 200), ("tier", 403)):
+        policy = {"default_tier": None,
+                  "keys": [{"id": k, "sha256": sha(f"secret-{k}"), "tier": "t"} for k in ("a", "b")],
+                  "tiers": {"t": {"extraction": {"stateful_quantile": 0.001, "stateful_hits": 10,
+                                                 "stateful_scope": scope, "monitor_batch": 20,
+                                                 "action": "block"}}}}
+        (tmp_path / scope).mkdir()
+        with digits_guard(digits_demo, policy, tmp_path / scope) as (url, _, _):
+            def ask(key: str, x: np.ndarray) -> int:
+                body = json.dumps({"inputs": x.tolist()}).encode()
+                return fetch(url + "/predict", body, {"Authorization": f"Bearer secret-{key}"})[0]
+
+            assert ask("a", parents[:20]) == 200 and ask("a", parents[20:]) == 200
+            assert ask("b", children[:20]) == 200  # 20 close queries: the monitors run after this answer
+            assert ask("b", children[20:]) == blocked
+            assert ask("a", parents[:1]) == 200

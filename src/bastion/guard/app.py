@@ -25,6 +25,7 @@ from bastion.guard.guard_policy import Policy, Tier
 from bastion.guard.guard_requests import Exchange, api_key, guarded_post, make_metrics
 from bastion.guard.openapi import openapi_spec
 from bastion.guard.rules import Detectors, KeyState, Reference, Refused, check_inputs, hardener
+from bastion.guard.stateful import SharedQueries
 
 # Availability rules (sponge, over-generation) plug in here: callables (key, tier, x, latency_ms) -> rule hits.
 EXTRA_RULES: list[Callable[[str, Tier, np.ndarray, float], list[str]]] = []
@@ -59,12 +60,14 @@ class Guard:
         self.hardeners = {t.name: hardener(self.target, t.output) for t in tiers}
         self.degraders = {t.name: hardener(self.target, t.extraction.degrade_output) for t in tiers
                           if t.extraction.action == "degrade"}
+        self.shared = {t.name: SharedQueries(t.extraction.stateful_shared_buffer) for t in tiers
+                       if t.extraction.stateful_scope == "tier" and t.extraction.stateful_quantile is not None}
         self.monitor_thread = ThreadPoolExecutor(1, thread_name_prefix="guard-monitors")
         make_metrics(self)
 
     def state(self, key: str, tier: Tier) -> KeyState:
         if key not in self.keys:
-            self.keys[key] = KeyState(tier, self.reference, self.audit.used(key))
+            self.keys[key] = KeyState(tier, self.reference, self.audit.used(key), self.shared.get(tier.name))
         return self.keys[key]
 
     def describe(self, tier: Tier) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class ExtractionRules:
     action: str = "alert"
     throttle_per_second: float = 1.0
     degrade_output: str = "poisoning:1.0"  # what a flagged key's answers become with action "degrade"
+    stateful_scope: str = "key"  # "tier": also score each query against the tier's recent queries from every key
+    stateful_shared_buffer: int = 2000  # with scope "tier": the tier's most recent queries kept
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ def parse_tier(name: str, raw: Any) -> Tier:
     e = _section(raw.get("extraction"), f"{where}.extraction",
                  {"prada_delta", "prada_min_queries", "ood_share", "ood_quantile", "ood_min_queries", "window",
                   "stateful_quantile", "stateful_k", "stateful_hits", "stateful_buffer", "monitor_batch",
-                  "action", "throttle_per_second", "degrade_output"})
+                  "action", "throttle_per_second", "degrade_output", "stateful_scope", "stateful_shared_buffer"})
     ew = f"{where}.extraction"
     extraction = ExtractionRules(
         None if e.get("prada_delta") is None else float(_number(e["prada_delta"], f"{ew}.prada_delta", 0, 1,
@@ -190,7 +192,10 @@ def parse_tier(name: str, raw: Any) -> Tier:
         int(_number(e.get("monitor_batch", 64), f"{ew}.monitor_batch", 1, 4096, integer=True)),
         _choice(e.get("action", "alert"), f"{ew}.action", ACTIONS),
         float(_number(e.get("throttle_per_second", 1.0), f"{ew}.throttle_per_second", 0, open_low=True)),
-        _output(e.get("degrade_output", "poisoning:1.0"), f"{ew}.degrade_output") or "poisoning:1.0")
+        _output(e.get("degrade_output", "poisoning:1.0"), f"{ew}.degrade_output") or "poisoning:1.0",
+        _choice(e.get("stateful_scope", "key"), f"{ew}.stateful_scope", ("key", "tier")),
+        int(_number(e.get("stateful_shared_buffer", 2000), f"{ew}.stateful_shared_buffer", 10, 100000,
+                    integer=True)))
     d = _section(raw.get("detectors"), f"{where}.detectors",
                  {"squeeze_fpr", "squeeze_bits", "strip_frr", "strip_overlays", "action"})
     dw = f"{where}.detectors"

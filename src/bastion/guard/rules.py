@@ -31,7 +31,7 @@ from bastion.defenses.detect.prada import PRADA
 from bastion.defenses.postprocess import OutputDefense, harden
 from bastion.guard.backend import ModelInfo
 from bastion.guard.guard_policy import ExtractionRules, Tier
-from bastion.guard.stateful import StatefulDetector, calibrate
+from bastion.guard.stateful import SharedQueries, StatefulDetector, calibrate
 
 
 class Refused(Exception):
@@ -198,7 +198,7 @@ class ExtractionMonitor:
     """One key's stream: PRADA (incremental) and the out-of-distribution share over its last `window` queries, and
     the stateful detector over its last `stateful_buffer` queries."""
 
-    def __init__(self, rules: ExtractionRules, reference: Reference | None):
+    def __init__(self, rules: ExtractionRules, reference: Reference | None, shared: SharedQueries | None = None):
         self.rules = rules
         self.prada = (None if rules.prada_delta is None
                       else IncrementalPRADA(rules.prada_delta, rules.prada_min_queries, rules.window))
@@ -207,7 +207,7 @@ class ExtractionMonitor:
                               else float(np.quantile(reference.held_out_distance, rules.ood_quantile)))
         self.stateful = (None if reference is None or rules.stateful_quantile is None else StatefulDetector(
             reference.stateful_threshold(rules.stateful_k, rules.stateful_buffer, rules.stateful_quantile),
-            rules.stateful_k, rules.stateful_hits, rules.stateful_buffer))
+            rules.stateful_k, rules.stateful_hits, rules.stateful_buffer, shared))
         self.batches: deque[tuple[int, int]] = deque()  # (inputs, of which far) per batch in the window
         self.in_window = 0
         self.far_in_window = 0
@@ -290,7 +290,8 @@ class Detectors:
 class KeyState:
     """Everything the guard tracks for one API key."""
 
-    def __init__(self, tier: Tier, reference: Reference | None, used: int = 0):
+    def __init__(self, tier: Tier, reference: Reference | None, used: int = 0,
+                 shared: SharedQueries | None = None):
         self.tier = tier
         self.lock = threading.Lock()  # held briefly: counters, queues, verdicts
         self.monitor_lock = threading.Lock()  # one monitor run at a time, in order; never needed to answer
@@ -298,7 +299,7 @@ class KeyState:
         self.bucket = None if tier.rate.per_second is None else TokenBucket(tier.rate.per_second, tier.rate.burst)
         self.throttle: TokenBucket | None = None
         self.used = used
-        self.monitor = ExtractionMonitor(tier.extraction, reference)
+        self.monitor = ExtractionMonitor(tier.extraction, reference, shared)
         self.blocked = False
         self.degraded = False  # answers go through the tier's extraction.degrade_output from now on
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # answered, not yet monitored (inputs, labels)

@@ -12,9 +12,16 @@ in a thousand must not flag a client). The paper compares queries in a learned s
 compares the raw inputs (no encoder is trained for an arbitrary served model), which suits small inputs such as the
 demo digits. Exact repeats (distance 0) are skipped as neighbours: a repeated query tells an attacker nothing new,
 and clients retry.
+
+A per-key buffer is blind to an attacker who splits its stream over several keys (the Sybil attack the paper
+discusses): children arrive on a key that never sent their parents. With `stateful_scope: tier` every query is also
+scored against the tier's recent queries from all keys (`SharedQueries`), and the smaller score counts; the hits
+are still counted per key, so the key that sends the close queries is the one flagged.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -64,6 +71,31 @@ def calibrate(natural: np.ndarray, k: int, buffer: int, quantile: float, seed: i
     return float(np.quantile(scores, quantile))
 
 
+class SharedQueries:
+    """A tier's most recent `size` queries from all its keys (a ring), scored against and added to under a lock."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.rows: np.ndarray | None = None
+        self.sq = np.zeros(size, np.float32)
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def score_then_add(self, flat: np.ndarray, k: int) -> np.ndarray:
+        """Each query's score against the tier's earlier queries (repeats excluded), then buffer the queries."""
+        with self.lock:
+            if self.rows is None:
+                self.rows = np.empty((self.size, flat.shape[1]), np.float32)
+            held = min(self.count, self.size)
+            scores, _ = scores_and_repeats(flat, self.rows[:held], k, self.sq[:held])
+            flat = flat[-self.size:]
+            slots = (self.count + np.arange(len(flat))) % self.size
+            self.rows[slots] = flat
+            self.sq[slots] = (flat * flat).sum(1)
+            self.count += len(flat)
+            return scores
+
+
 class StatefulDetector:
     """One key's buffer of recent queries and its close-query count; `observe(x)` says whether it is flagged now.
 
@@ -71,8 +103,8 @@ class StatefulDetector:
     out takes `buffer` distinct queries that are not close to one another either.
     """
 
-    def __init__(self, threshold: float, k: int, hits: int, buffer: int):
-        self.threshold, self.k, self.hits, self.size = threshold, k, hits, buffer
+    def __init__(self, threshold: float, k: int, hits: int, buffer: int, shared: SharedQueries | None = None):
+        self.threshold, self.k, self.hits, self.size, self.shared = threshold, k, hits, buffer, shared
         self.rows: np.ndarray | None = None
         self.sq = np.zeros(buffer, np.float32)  # the rows' squared norms
         self.count = 0  # queries buffered
@@ -86,6 +118,8 @@ class StatefulDetector:
         held = min(self.count, self.size)
         scores, repeated = scores_and_repeats(flat, self.rows[:held], self.k, self.sq[:held])
         flat, scores = flat[~repeated], scores[~repeated]  # a repeat neither scores nor takes a buffer slot
+        if self.shared is not None and len(flat):
+            scores = np.minimum(scores, self.shared.score_then_add(flat, self.k))
         slots = (self.count + np.arange(len(flat))) % self.size
         self.rows[slots] = flat
         self.sq[slots] = (flat * flat).sum(1)
