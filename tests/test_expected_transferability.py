@@ -47,8 +47,7 @@ def test_confirmation_turns_an_unconfirmed_flag_of_a_clean_model_into_a_suspect(
     _, clean, _ = digits()
     twin = target_of(clean_model(0))
     # a lax significance makes the null flag the clean twin's smallest-mask class (class 3, p ≈ 0.36)
-    result = NeuralCleanse(steps=150, decision="null", significance=0.5, confirm="et",
-                           confirm_min_prob=MIN_PROB).run(twin, clean)
+    result = NeuralCleanse(steps=150, decision="null", significance=0.5, confirm="et").run(twin, clean)
     m = result.metrics
     assert m["unconfirmed_classes"] == [3] and m["flagged_classes"] == [] and m["et"]["3"] <= 0.5
     finding = judged(result).findings[0]
