@@ -3,6 +3,7 @@ audit log after a `kill -9` under load, SIGTERM drains and exits 0, and `bastion
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ def _hammer(url: str, body: bytes, answered: list[int], stop: threading.Event) -
             with urllib.request.urlopen(request, timeout=10) as answer:
                 answer.read()
                 answered.append(answer.status)
-        except (OSError, urllib.error.URLError):
+        except (OSError, urllib.error.URLError, http.client.HTTPException):  # a kill -9 mid-answer: IncompleteRead
             return
 
 
