@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/guard_load.py [--seconds 8] [--batch 1] [--concurrency 4] [--rounds 3]
                                                       [--before SRC] [--json out.json]
+                                                      [--demo breast-cancer-mlp] [--round-trip] [--cpu]
 
 Each server runs in its own process on 127.0.0.1; this process is the load generator (bounded: a fixed duration;
 `--concurrency` requests in flight in the closed loop, a fixed number sent at fixed times in the open loop). It is one
@@ -230,6 +231,26 @@ def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float, connec
             "p99_ms": float(np.percentile(latencies, 99) * 1000)}
 
 
+def round_trip(name: str) -> None:
+    """Print the mean time of one single-input batch through the guard's sandboxed model worker."""
+    from bastion.demo.cache import demo_model
+    from bastion.guard.backend import ServedModel
+
+    demo = demo_model(name, progress=False)
+    model = ServedModel(str(demo.model_path))
+    x = np.asarray(demo.test.x[:1], dtype=np.float32)
+    try:
+        for _ in range(50):
+            model.predict(x)
+        start = time.perf_counter()
+        for _ in range(500):
+            model.predict(x)
+        print(f"{name}: {(time.perf_counter() - start) / 500 * 1000:.2f} ms per one-input round trip "
+              f"({model.isolation})")
+    finally:
+        model.close()
+
+
 def cpu_probe(before: Path | None) -> None:
     """Print the probe's µs of CPU per request for each configuration (min over 5 runs of 1,000 requests)."""
     runs = [("guard (default policy)", "tiers: {default: {}}", None),
@@ -252,15 +273,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", type=Path, help="an earlier Bastion's src folder: also serve the rules with it")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--demo", default="digits-cnn", choices=["digits-cnn", "breast-cancer-mlp"],
+                        help="the demo model served (default digits-cnn)")
+    parser.add_argument("--round-trip", action="store_true", help="only the sandboxed worker's round trip for one "
+                        "input (ServedModel.predict, 500 calls after 50 warm-up)")
     parser.add_argument("--cpu", action="store_true", help="only the in-process CPU time per request of the rule "
                         "path (default policy vs the rules; with --before, the rules on that code too)")
     args = parser.parse_args()
+    if args.round_trip:
+        round_trip(args.demo)
+        return
     if args.cpu:
         cpu_probe(args.before)
         return
     from bastion.demo.cache import demo_model
 
-    demo = demo_model("digits-cnn", progress=False)
+    demo = demo_model(args.demo, progress=False)
     x = np.asarray(demo.test.x, dtype=np.float32)
     bodies = [json.dumps({"inputs": x[i:i + args.batch].tolist()}).encode() for i in range(0, len(x), args.batch)]
     kinds = ["plain", "guard", "guard+rules"] + (["guard+rules@before"] if args.before else [])

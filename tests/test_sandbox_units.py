@@ -143,3 +143,23 @@ def test_the_bubblewrap_command_isolates(tmp_path) -> None:
                  "--tmpfs /tmp"):
         assert flag in text
     assert command[command.index("--") + 1:] == ["python", "-c", "pass"]
+
+
+def test_the_inline_write_room_is_the_pipes_own_capacity():
+    """A job is written inline only when it fits the empty request pipe (then the write cannot block, whatever the
+    worker does); the room is read from the pipe, and one page where it cannot be."""
+    import io
+    import os
+
+    from bastion.sandbox.session import PIPE_ROOM_FALLBACK, _pipe_capacity
+
+    read, write = os.pipe()
+    try:
+        with os.fdopen(write, "wb") as stream:
+            room = _pipe_capacity(stream)
+            os.set_blocking(write, False)
+            stream.raw.write(b"x" * room)  # fills it without a reader and without blocking
+            assert room >= PIPE_ROOM_FALLBACK
+    finally:
+        os.close(read)
+    assert _pipe_capacity(io.BytesIO()) == PIPE_ROOM_FALLBACK

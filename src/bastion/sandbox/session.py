@@ -37,9 +37,10 @@ from bastion.sandbox.seccomp import build_filter
 
 MESSAGE_TYPES = {"ready", "loaded", "result", "outcome", "file", "audit", "end", "error"}
 MAX_MESSAGE = 256 << 20
-# A job this small is written inline: it fits Linux's default pipe capacity (64 KiB), and the idle worker is
-# reading it anyway. Starting a writer thread per job cost ~1.3 ms of a guarded request's ~1.8 ms round trip.
-PIPE_ROOM = 64 << 10
+# A job that fits the worker's empty request pipe is written inline: the write cannot block, even if a hostile worker
+# stops reading. Starting a writer thread per job cost ~1.3 ms of a guarded request's ~1.8 ms round trip. The room
+# is the pipe's own capacity (F_GETPIPE_SZ; Linux lowers it to one page for users over their pipe quota).
+PIPE_ROOM_FALLBACK = 4096
 ENV_PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
               "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "BASTION_DEBUG", "PYTHONHASHSEED",
               "CUBLAS_WORKSPACE_CONFIG")
@@ -103,6 +104,7 @@ class Sandbox:
         self.worker_cpu = 0.0  # CPU seconds the worker reported (for benchmarks; not trusted for anything else)
         self._buffer = b""
         self._selector: selectors.BaseSelector | None = None
+        self._pipe_room = PIPE_ROOM_FALLBACK  # set to the request pipe's capacity by start()
 
     # -- life cycle --------------------------------------------------------------------------------------------
     def start(self) -> Sandbox:
@@ -165,6 +167,7 @@ class Sandbox:
                 os.close(fd)
         self._results = read_fd
         self._muted = False
+        self._pipe_room = _pipe_capacity(self.process.stdin)
         threading.Thread(target=self._forward_output, args=(self.process.stdout,), daemon=True).start()
         os.set_blocking(read_fd, False)
         self._selector = selectors.DefaultSelector()
@@ -244,7 +247,7 @@ class Sandbox:
             raise SandboxError(f"cannot send the job to the sandboxed worker ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
         framed = struct.pack("<Q", len(blob)) + blob
-        if len(framed) <= PIPE_ROOM:  # fits the idle worker's empty pipe: the write cannot block
+        if len(framed) <= self._pipe_room:  # fits the worker's empty pipe: the write cannot block
             self._write(framed)
         else:  # a large job is written from a thread while this one reads, so neither side can block the other
             threading.Thread(target=self._write, args=(framed,), daemon=True).start()
@@ -338,6 +341,16 @@ class Sandbox:
                     code = self.process.returncode
                 raise SandboxError(f"the sandboxed worker stopped while {what} ({_describe_exit(code)})")
             self._buffer += chunk
+
+
+def _pipe_capacity(stream: Any) -> int:
+    """Bytes the (empty) pipe behind `stream` takes without a reader: its capacity, or one page if unknown."""
+    try:
+        import fcntl
+
+        return int(fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_GETPIPE_SZ", 1032)))
+    except (OSError, ValueError, AttributeError, ImportError):
+        return PIPE_ROOM_FALLBACK
 
 
 def _parse(line: bytes) -> dict[str, Any]:
