@@ -156,7 +156,7 @@ def make_app(guard: Guard) -> Any:
             if state.running is running:
                 state.running = None
         with state.lock:
-            ex.hits, state.found = ex.hits + state.found, []
+            ex.hits += state.take_found()
             state.admit(ex.n)
         payload, hits, due = await guard.answer_async(ex.key, ex.tier, x)
         ex.hits += hits

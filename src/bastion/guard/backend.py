@@ -68,8 +68,7 @@ class ServedModel:
         from bastion.sandbox.sandboxed_run import SandboxOptions, open_sandbox
 
         self.queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self.runner: threading.Thread | None = None
-        self.start_lock = threading.Lock()
+        self.runner: threading.Thread | None = None  # started once the model has loaded
         self.sandbox = open_sandbox(model, arch, SandboxOptions(enabled=sandbox), job="serve")
         load = {"path": model, "arch": arch, "trust": trust, "device": "cpu", "data": data}
         if self.sandbox is not None:
@@ -93,11 +92,13 @@ class ServedModel:
         output = "labels" if d["output"] == "labels" else "probabilities"
         self.info = ModelInfo(int(d["n_classes"]), tuple(int(v) for v in d["input_shape"]),
                               (float(d["bounds"][0]), float(d["bounds"][1])), output)
+        self.runner = threading.Thread(target=self._run, name="guard-model", daemon=True)
+        self.runner.start()
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Outputs for one batch (blocking; from any thread but the runner's)."""
         pending = _Pending(np.ascontiguousarray(x, dtype=np.float32), event=threading.Event())
-        self._submit(pending)
+        self.queue.put(pending)
         pending.event.wait()  # type: ignore[union-attr]
         if pending.error is not None:
             raise pending.error
@@ -107,16 +108,8 @@ class ServedModel:
         """Outputs for one batch, awaited on the running event loop."""
         loop = asyncio.get_running_loop()
         pending = _Pending(np.ascontiguousarray(x, dtype=np.float32), future=loop.create_future(), loop=loop)
-        self._submit(pending)
-        return await pending.future  # type: ignore[misc]
-
-    def _submit(self, pending: _Pending) -> None:
-        if self.runner is None:
-            with self.start_lock:
-                if self.runner is None:
-                    self.runner = threading.Thread(target=self._run, name="guard-model", daemon=True)
-                    self.runner.start()
         self.queue.put(pending)
+        return await pending.future  # type: ignore[misc]
 
     def _run(self) -> None:
         """The runner: wait for a batch, take every batch queued meanwhile too, and run them as one forward pass

@@ -196,7 +196,7 @@ class IncrementalPRADA:
 
 class ExtractionMonitor:
     """One key's stream: PRADA (incremental) and the out-of-distribution share over its last `window` queries, and
-    the stateful detector over its last `stateful_buffer` queries."""
+    the stateful detector over its last `stateful_buffer` queries (and the tier's `shared` ones, with scope tier)."""
 
     def __init__(self, rules: ExtractionRules, reference: Reference | None, shared: SharedQueries | None = None):
         self.rules = rules
@@ -340,7 +340,11 @@ class KeyState:
         """A due monitor run that has not happened yet, then the hits not yet logged."""
         self.run_monitors()
         with self.lock:
-            found, self.found = self.found, []
+            return self.take_found()
+
+    def take_found(self) -> list[str]:
+        """The monitors' hits not yet logged, handed to the request being answered (call under `lock`)."""
+        found, self.found = self.found, []
         return found
 
     def admit(self, n: int) -> None:

@@ -71,28 +71,44 @@ def calibrate(natural: np.ndarray, k: int, buffer: int, quantile: float, seed: i
     return float(np.quantile(scores, quantile))
 
 
-class SharedQueries:
-    """A tier's most recent `size` queries from all its keys (a ring), scored against and added to under a lock."""
+class QueryRing:
+    """The most recent `size` queries (flattened float32 rows, a ring) with their squared norms."""
 
     def __init__(self, size: int):
         self.size = size
         self.rows: np.ndarray | None = None
         self.sq = np.zeros(size, np.float32)
-        self.count = 0
+        self.count = 0  # queries ever added
+
+    def score(self, flat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`scores_and_repeats` of flattened queries against the ring (and the batch's earlier queries)."""
+        if self.rows is None:
+            self.rows = np.empty((self.size, flat.shape[1]), np.float32)
+        held = min(self.count, self.size)
+        return scores_and_repeats(flat, self.rows[:held], k, self.sq[:held])
+
+    def add(self, flat: np.ndarray) -> np.ndarray:
+        """Buffer flattened queries (the last `size` of them); the ring slots they took."""
+        flat = flat[-self.size:]
+        slots = (self.count + np.arange(len(flat))) % self.size
+        self.rows[slots] = flat  # type: ignore[index]
+        self.sq[slots] = (flat * flat).sum(1)
+        self.count += len(flat)
+        return slots
+
+
+class SharedQueries(QueryRing):
+    """A tier's most recent `size` queries from all its keys, scored against and added to under a lock."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
         self.lock = threading.Lock()
 
     def score_then_add(self, flat: np.ndarray, k: int) -> np.ndarray:
         """Each query's score against the tier's earlier queries (repeats excluded), then buffer the queries."""
         with self.lock:
-            if self.rows is None:
-                self.rows = np.empty((self.size, flat.shape[1]), np.float32)
-            held = min(self.count, self.size)
-            scores, _ = scores_and_repeats(flat, self.rows[:held], k, self.sq[:held])
-            flat = flat[-self.size:]
-            slots = (self.count + np.arange(len(flat))) % self.size
-            self.rows[slots] = flat
-            self.sq[slots] = (flat * flat).sum(1)
-            self.count += len(flat)
+            scores, _ = self.score(flat, k)
+            self.add(flat)
             return scores
 
 
@@ -105,24 +121,15 @@ class StatefulDetector:
 
     def __init__(self, threshold: float, k: int, hits: int, buffer: int, shared: SharedQueries | None = None):
         self.threshold, self.k, self.hits, self.size, self.shared = threshold, k, hits, buffer, shared
-        self.rows: np.ndarray | None = None
-        self.sq = np.zeros(buffer, np.float32)  # the rows' squared norms
-        self.count = 0  # queries buffered
-        self.close = np.zeros(buffer, dtype=bool)  # close flags of the last `buffer` queries (ring, like rows)
+        self.ring = QueryRing(buffer)
+        self.close = np.zeros(buffer, dtype=bool)  # close flags of the last `buffer` queries (slots as the ring's)
 
     def observe(self, x: np.ndarray) -> bool:
         """Score a batch against the buffer, then buffer it; True when `hits` close queries are in the window."""
         flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)[-self.size:]
-        if self.rows is None:
-            self.rows = np.empty((self.size, flat.shape[1]), np.float32)
-        held = min(self.count, self.size)
-        scores, repeated = scores_and_repeats(flat, self.rows[:held], self.k, self.sq[:held])
+        scores, repeated = self.ring.score(flat, self.k)
         flat, scores = flat[~repeated], scores[~repeated]  # a repeat neither scores nor takes a buffer slot
         if self.shared is not None and len(flat):
             scores = np.minimum(scores, self.shared.score_then_add(flat, self.k))
-        slots = (self.count + np.arange(len(flat))) % self.size
-        self.rows[slots] = flat
-        self.sq[slots] = (flat * flat).sum(1)
-        self.close[slots] = scores < self.threshold
-        self.count += len(flat)
-        return int(self.close[:min(self.count, self.size)].sum()) >= self.hits
+        self.close[self.ring.add(flat)] = scores < self.threshold
+        return int(self.close[:min(self.ring.count, self.size)].sum()) >= self.hits

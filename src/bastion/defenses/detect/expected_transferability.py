@@ -147,8 +147,3 @@ def expected_transferability(model: torch.nn.Module, x: torch.Tensor, y: torch.T
     final[:, ~done] = best[:, ~done]
     return {"et": float(final[0].mean()), "et_sources": float(final[1].mean()), "p": final[0].tolist(),
             "p_sources": final[1].tolist(), "rounds": rounds}
-
-
-def et_flags(et: dict[int, float]) -> list[int]:
-    """The classes whose ET exceeds the paper's threshold 1/2."""
-    return sorted(c for c, v in et.items() if v > THRESHOLD)
