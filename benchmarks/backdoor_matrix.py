@@ -47,10 +47,11 @@ from bastion.core.training import Trainer, seed_everything
 from bastion.defenses.detect.activation_clustering import ActivationClustering
 from bastion.defenses.detect.confusion import ConfusionTraining
 from bastion.defenses.detect.mm_bd import MMBD
-from bastion.defenses.detect.neural_cleanse import NeuralCleanse
+from bastion.defenses.detect.neural_cleanse import NeuralCleanse, confirmed
 from bastion.defenses.detect.spectral import SpectralSignatures
 from bastion.defenses.detect.spectre import Spectre
 from bastion.defenses.detect.tabor import TABOR
+from bastion.defenses.detect.trigger_region import region_keep
 from bastion.demo.datasets import digits_with_clean_set
 from bastion.demo.models import BasicBlock
 from bastion.evaluation.metrics import auc, detection_rates, roc_curve, tpr_at_fpr
@@ -203,21 +204,45 @@ def screen(method: str, cell: dict, clean: Dataset, seed: int, rate: float, epoc
 
 
 MODEL_SCANS: dict[str, Callable[[int], object]] = {
-    "nc": lambda seed: NeuralCleanse(seed=seed),  # the paper's MAD index
-    "nc-null": lambda seed: NeuralCleanse(seed=seed, decision="null"),  # Xiang et al.'s reciprocal-norm null
+    "nc": lambda seed: NeuralCleanse(seed=seed, decision="mad", confirm="none"),  # the paper's MAD index
+    # Xiang et al.'s reciprocal-norm null, unconfirmed
+    "nc-null": lambda seed: NeuralCleanse(seed=seed, decision="null", confirm="none"),
     # the null's flags confirmed by expected transferability (Xiang et al., ICLR 2022): the paper's minimal one-image
     # trigger, and the variant whose one-image trigger must reach softmax 0.99 (docs/benchmarks/poisoning.md §7.5)
     "nc-et": lambda seed: NeuralCleanse(seed=seed, decision="null", confirm="et"),
+    # the null's flags confirmed by the trigger-region test (Bastion's own, §7.6): Neural Cleanse's default
+    "nc-region": lambda seed: NeuralCleanse(seed=seed),
     "nc-et99": lambda seed: NeuralCleanse(seed=seed, decision="null", confirm="et", confirm_min_prob=0.99),
     "tabor": lambda seed: TABOR(seed=seed),
     "mm-bd": lambda seed: MMBD(seed=seed),
 }
 
 
-def model_scan(method: str, model: nn.Module, clean: Dataset, seed: int) -> list[int]:
+NC_RULES = ("nc", "nc-null", "nc-et", "nc-region")  # decisions on the same reverse-engineered triggers
+
+
+def model_scans(methods: list[str], model: nn.Module, clean: Dataset, seed: int) -> dict[str, list[int]]:
+    """Each method's flagged classes. The rules in NC_RULES share one Neural Cleanse run (same seed, so the same
+    triggers as separate runs): its metrics report the MAD's flags, the null's, and the ET-confirmed ones; the
+    trigger-region confirmation is computed from the same run's masks."""
     target = TorchTarget(model, tuple(clean.x.shape[1:]), n_classes=10, device="cpu")
-    defense = MODEL_SCANS[method](seed)
-    return defense.run(target, clean).metrics["flagged_classes"]
+    flags: dict[str, list[int]] = {}
+    shared = [m for m in methods if m in NC_RULES]
+    if shared:
+        confirm = "et" if "nc-et" in shared else "none"
+        scan = NeuralCleanse(seed=seed, decision="null", confirm=confirm)
+        metrics = scan.run(target, clean).metrics
+        null = [metrics["null_top_class"]] if metrics["null_p_value"] < metrics["significance"] else []
+        decided = {"nc": metrics["mad_flagged"], "nc-null": null, "nc-et": metrics["flagged_classes"]}
+        if "nc-region" in shared:
+            x, y = torch.as_tensor(clean.x), torch.as_tensor(clean.y)
+            decided["nc-region"] = [c for c in null if confirmed(
+                c, None, {c: region_keep(model.eval(), x, y, c, scan.masks_[c], seed=seed)})]
+        flags.update({m: decided[m] for m in shared})
+    for method in methods:
+        if method not in NC_RULES:
+            flags[method] = MODEL_SCANS[method](seed).run(target, clean).metrics["flagged_classes"]
+    return {m: flags[m] for m in methods}
 
 
 # -- the grid ----------------------------------------------------------------------------------------------------
@@ -233,7 +258,7 @@ def run(args: argparse.Namespace) -> None:
                 twin_cell = {"dataset": ds, "arch": arch, "seed": seed, "attack": "clean", "rate": 0.0}
                 if args.models and json.dumps(twin_cell, sort_keys=True) not in done:
                     twin = clean_twin(ds, arch, seed, args.n_train)
-                    row = {"cell": twin_cell, "models": {m: model_scan(m, twin, clean, seed) for m in args.models}}
+                    row = {"cell": twin_cell, "models": model_scans(args.models, twin, clean, seed)}
                     emit(out, row)
                 for attack in args.attacks:
                     for rate in args.rates:
@@ -245,7 +270,7 @@ def run(args: argparse.Namespace) -> None:
                                "attack_success_rate": cell["attack_success_rate"],
                                "n_poison": int(cell["truth"].sum()),
                                "screens": {m: screen(m, cell, clean, seed, rate, EPOCHS[ds]) for m in args.screens},
-                               "models": {m: model_scan(m, cell["model"], clean, seed) for m in args.models}}
+                               "models": model_scans(args.models, cell["model"], clean, seed)}
                         emit(out, row)
 
 
@@ -302,9 +327,11 @@ def summary(path: Path) -> None:
         twins = [r for r in rows if r["cell"]["attack"] == "clean"]
         false = sum(bool(r["models"].get(m)) for r in twins)
         planted = [h for h, r in zip(hits, cells, strict=True) if r["attack_success_rate"] >= 0.8]
+        patch = [h for h, r in zip(hits, cells, strict=True)
+                 if r["attack_success_rate"] >= 0.8 and r["cell"]["attack"] in ("badnets", "blended")]
         print(f"{m}: exactly the true target on {np.mean(hits):.0%} of {len(hits)} backdoored models {by_attack} "
-              f"({np.mean(planted) if planted else float('nan'):.0%} of the {len(planted)} with ASR >= 0.8); "
-              f"{false} of {len(twins)} clean twins flagged")
+              f"({np.mean(planted) if planted else float('nan'):.0%} of the {len(planted)} with ASR >= 0.8; "
+              f"{sum(patch)} of the {len(patch)} BadNets/Blended ones); {false} of {len(twins)} clean twins flagged")
 
 
 def main() -> None:

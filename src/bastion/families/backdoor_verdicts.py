@@ -70,15 +70,19 @@ def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
     """The verdict of a model-only trigger reverse-engineering scan (Neural Cleanse)."""
     flagged = metrics["flagged_classes"]
     evidence = {k: metrics[k] for k in ("anomaly_index", "mask_l1", "threshold", "decision", "null_p_value",
-                                        "significance", "et", "et_threshold", "unconfirmed_classes") if k in metrics}
+                                        "significance", "et", "et_threshold", "region_keep", "region_threshold",
+                                        "unconfirmed_classes") if k in metrics}
     by_null = metrics.get("decision") == "null"
-    et = metrics.get("et", {})
+    et, keep = metrics.get("et", {}), metrics.get("region_keep", {})
     if flagged:
         return Finding(
             title=f"{defense} finds an abnormally small trigger for class(es) {', '.join(map(str, flagged))}"
                   + (f" (p = {metrics['null_p_value']:.2g})" if by_null else "")
                   + (f", confirmed by its transferability (ET {', '.join(f'{et[str(c)]:.2f}' for c in flagged)} "
-                     "> 1/2)" if et else ""),
+                     "> 1/2)" if et else "")
+                  + (", confirmed: its own inputs keep their label without the trigger's region ("
+                     + ", ".join("untestable" if keep[str(c)] is None else f"{keep[str(c)]:.0%}" for c in flagged)
+                     + " > 1/2)" if keep else ""),
             family="backdoor", severity="critical", metric="null_p_value" if by_null else "anomaly_index",
             value=metrics["null_p_value"] if by_null else max(evidence["anomaly_index"][c] for c in flagged),
             threshold=metrics["significance"] if by_null else evidence["threshold"],
@@ -86,6 +90,20 @@ def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
             description="A small input pattern sends inputs of every class to the flagged class: a backdoor sign.",
             recommendation="Do not deploy; repair with fine-prune on trusted clean data or retrain from vetted data.",
         )
+    if metrics.get("unconfirmed_classes") and keep:
+        cls = metrics["unconfirmed_classes"]
+        return Finding(
+            title=f"{defense}: class(es) {', '.join(map(str, cls))} have an abnormally small trigger, but only "
+                  f"{', '.join(f'{keep[str(c)]:.0%}' for c in cls)} of the class's own inputs keep their label "
+                  "when the trigger's region is replaced (≤ 1/2): the trigger sits on the class's own evidence",
+            family="backdoor", severity="medium", metric="region_keep", value=max(keep[str(c)] for c in cls),
+            threshold=metrics["region_threshold"], evidence=evidence, atlas=["AML.T0018"],
+            owasp=["ML10:2023 Model Poisoning"],
+            description="The mask-size rule flags the class, but its genuine inputs rely on the region of the "
+                        "restored trigger, as a naturally easy class's do; a backdoor's target class never carried "
+                        "its trigger (docs/benchmarks/poisoning.md §7.6). This is not an all-clear.",
+            recommendation="Treat as a suspect: compare with mm-bd, screen the training data if you have it, or "
+                           "test the restored trigger on trusted inputs.")
     if metrics.get("unconfirmed_classes"):
         cls = metrics["unconfirmed_classes"]
         return Finding(

@@ -121,6 +121,8 @@ def anomaly_index(report: FamilyReport) -> Plot | None:
     if not results:
         return None
     r = results[0]
+    if r.metrics.get("decision") == "null" and r.metrics.get("mask_l1"):
+        return trigger_sizes(r.metrics)
     index = np.asarray(r.metrics["anomaly_index"], float)
     norms = np.asarray(r.metrics.get("mask_l1", []), float)
     small = norms < np.median(norms) if len(norms) == len(index) else np.ones(len(index), bool)
@@ -137,6 +139,26 @@ def anomaly_index(report: FamilyReport) -> Plot | None:
     ax.legend(loc="best", fontsize=8)
     return Plot("anomaly-index", "Neural Cleanse anomaly index",
                 "Classes whose reverse-engineered trigger is abnormally small (above the line) look backdoored.",
+                _encode(fig))
+
+
+def trigger_sizes(metrics: dict) -> Plot:
+    """Neural Cleanse's trigger size per class under the null decision: flagged and confirmed classes red,
+    flagged but unconfirmed ones amber; the caption gives the smallest class's p-value."""
+    norms = np.asarray(metrics["mask_l1"], float)
+    flagged, unconfirmed = set(metrics.get("flagged_classes", [])), set(metrics.get("unconfirmed_classes", []))
+    colors = [SEVERITY_COLORS["critical"] if c in flagged else SEVERITY_COLORS["medium"] if c in unconfirmed
+              else "#3b82f6" for c in range(len(norms))]
+    fig, ax = _figure()
+    ax.bar(np.arange(len(norms)), norms, color=colors)
+    ax.set_xticks(np.arange(len(norms)))
+    ax.set_xlabel("class")
+    ax.set_ylabel("trigger mask size (L1)")
+    top, p_value = metrics.get("null_top_class"), metrics.get("null_p_value", 1.0)
+    return Plot("anomaly-index", "Neural Cleanse trigger size per class",
+                f"A backdoor target needs a far smaller trigger than the other classes. Smallest: class {top}, "
+                f"p = {p_value:.2g} under the null fitted to the other classes (flagged below "
+                f"{metrics.get('significance', 0.05):g}). Red: flagged and confirmed; amber: flagged, not confirmed.",
                 _encode(fig))
 
 
