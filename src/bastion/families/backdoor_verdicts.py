@@ -87,7 +87,10 @@ def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
             value=metrics["null_p_value"] if by_null else max(evidence["anomaly_index"][c] for c in flagged),
             threshold=metrics["significance"] if by_null else evidence["threshold"],
             evidence=evidence, atlas=["AML.T0018"], owasp=["ML10:2023 Model Poisoning"],
-            description="A small input pattern sends inputs of every class to the flagged class: a backdoor sign.",
+            description="A small input pattern sends inputs of every class to the flagged class: a backdoor sign. "
+                        "A normally trained model can have such a natural trigger too (Fashion-MNIST's bag class "
+                        "is flagged on 4 of 8 clean models, docs/benchmarks/poisoning.md §7.6): look at the "
+                        "restored trigger before acting.",
             recommendation="Do not deploy; repair with fine-prune on trusted clean data or retrain from vetted data.",
         )
     if metrics.get("unconfirmed_classes") and keep:
