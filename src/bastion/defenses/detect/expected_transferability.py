@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bastion.defenses.detect.trigger_opt import CostSchedule, decode
+
 THRESHOLD = 0.5  # the paper's constant detection threshold on ET
 
 
@@ -33,21 +35,18 @@ def reverse_each(model: torch.nn.Module, x: torch.Tensor, target: int, bounds: t
     that input to `target` with the smallest mask L1 found; an input never sent there keeps its last trigger."""
     u, shape = len(x), x.shape[1:]
     mask_shape = (1, *shape[1:]) if len(shape) == 3 else tuple(shape)
-    lo, hi = bounds
     mask_raw = torch.zeros(u, *mask_shape, device=x.device).requires_grad_(True)
     pattern_raw = (torch.rand(u, *shape, generator=gen) * 2 - 1).to(x.device).requires_grad_(True)
     opt = torch.optim.Adam([mask_raw, pattern_raw], lr=lr, betas=(0.5, 0.9))
     labels = torch.full((u,), int(target), dtype=torch.long, device=x.device)
-    cost = torch.zeros(u, device=x.device)
-    up, down = torch.zeros(u, device=x.device), torch.zeros(u, device=x.device)
+    schedule = CostSchedule(u, init_cost, cost_multiplier, patience, x.device)
     best_norm = torch.full((u,), float("inf"), device=x.device)
     best_mask, best_pattern = torch.zeros(u, *mask_shape, device=x.device), torch.zeros_like(x)
     for _ in range(steps):
-        mask = (torch.tanh(mask_raw) + 1) / 2
-        pattern = lo + (hi - lo) * (torch.tanh(pattern_raw) + 1) / 2
+        mask, pattern = decode(mask_raw, pattern_raw, bounds)
         logits = model((1 - mask) * x + mask * pattern)
         norm = mask.flatten(1).sum(1)
-        loss = F.cross_entropy(logits, labels, reduction="none") + cost * norm
+        loss = F.cross_entropy(logits, labels, reduction="none") + schedule.cost * norm
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
@@ -56,18 +55,11 @@ def reverse_each(model: torch.nn.Module, x: torch.Tensor, target: int, bounds: t
             better = hit & (norm < best_norm)
             best_norm = torch.where(better, norm, best_norm)
             best_mask[better], best_pattern[better] = mask[better], pattern[better]
-            start = (cost == 0) & hit
-            up, down = torch.where(hit, up + 1, 0.0), torch.where(hit, 0.0, down + 1)
-            raise_ = ~start & (cost > 0) & (up >= patience)
-            lower = (cost > 0) & (down >= patience)
-            cost = torch.where(start, init_cost, cost)
-            cost = torch.where(raise_, cost * cost_multiplier, cost)
-            cost = torch.where(lower, cost / cost_multiplier ** 1.5, cost)
-            up, down = torch.where(raise_, 0.0, up), torch.where(lower, 0.0, down)
+        schedule.update(hit)
     with torch.no_grad():
         missing = torch.isinf(best_norm)
-        best_mask[missing] = ((torch.tanh(mask_raw) + 1) / 2)[missing]
-        best_pattern[missing] = (lo + (hi - lo) * (torch.tanh(pattern_raw) + 1) / 2)[missing]
+        last_mask, last_pattern = decode(mask_raw, pattern_raw, bounds)
+        best_mask[missing], best_pattern[missing] = last_mask[missing], last_pattern[missing]
     return best_mask.detach(), best_pattern.detach()
 
 

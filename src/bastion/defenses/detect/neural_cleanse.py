@@ -18,6 +18,7 @@ from bastion.defenses.detect.expected_transferability import THRESHOLD as ET_THR
 from bastion.defenses.detect.expected_transferability import expected_transferability
 from bastion.defenses.detect.features import anomaly_index
 from bastion.defenses.detect.mm_bd import order_statistic_p_value
+from bastion.defenses.detect.trigger_opt import CostSchedule, decode
 from bastion.defenses.detect.trigger_region import THRESHOLD as REGION_THRESHOLD
 from bastion.defenses.detect.trigger_region import region_keep
 
@@ -131,9 +132,7 @@ class NeuralCleanse(Defense):
         mask_raw = torch.zeros(k, *mask_shape, device=x.device).requires_grad_(True)
         pattern_raw = (torch.rand(k, *shape, generator=gen) * 2 - 1).to(x.device).requires_grad_(True)
         opt = torch.optim.Adam([mask_raw, pattern_raw], lr=self.lr, betas=(0.5, 0.9))
-        lo, hi = bounds
-        cost = torch.zeros(k, device=x.device)
-        up, down = torch.zeros(k, device=x.device), torch.zeros(k, device=x.device)
+        schedule = CostSchedule(k, self.init_cost, self.cost_multiplier, self.patience, x.device)
         best_norm = torch.full((k,), float("inf"), device=x.device)
         best_mask = torch.zeros(k, *mask_shape, device=x.device)
         best_pattern = torch.zeros(k, *shape, device=x.device)
@@ -141,14 +140,13 @@ class NeuralCleanse(Defense):
         for _ in range(self.steps):
             pick = torch.randint(len(x), (min(self.batch_size, len(x)),), generator=gen).to(x.device)
             xb, yb = x[pick], y[pick]
-            mask = (torch.tanh(mask_raw) + 1) / 2
-            pattern = lo + (hi - lo) * (torch.tanh(pattern_raw) + 1) / 2
+            mask, pattern = decode(mask_raw, pattern_raw, bounds)
             stamped = (1 - mask[:, None]) * xb[None] + (mask * pattern)[:, None]
             logits = model(stamped.reshape(-1, *shape))
             ce = F.cross_entropy(logits, labels, reduction="none").view(k, -1).mean(1)
             norm = mask.flatten(1).sum(1)
-            loss = ce + cost * norm
-            extra = self.extra_loss(model, xb, yb, classes, mask, pattern, cost)
+            loss = ce + schedule.cost * norm
+            extra = self.extra_loss(model, xb, yb, classes, mask, pattern, schedule.cost)
             opt.zero_grad(set_to_none=True)
             (loss if extra is None else loss + extra).sum().backward()
             opt.step()
@@ -158,18 +156,11 @@ class NeuralCleanse(Defense):
                 better = hit & (norm < best_norm)
                 best_norm = torch.where(better, norm, best_norm)
                 best_mask[better], best_pattern[better] = mask[better], pattern[better]
-                start = (cost == 0) & hit  # the paper's warm-up: λ switches on once the trigger works
-                up, down = torch.where(hit, up + 1, 0.0), torch.where(hit, 0.0, down + 1)
-                raise_ = ~start & (cost > 0) & (up >= self.patience)
-                lower = (cost > 0) & (down >= self.patience)
-                cost = torch.where(start, self.init_cost, cost)
-                cost = torch.where(raise_, cost * self.cost_multiplier, cost)
-                cost = torch.where(lower, cost / self.cost_multiplier ** 1.5, cost)
-                up, down = torch.where(raise_, 0.0, up), torch.where(lower, 0.0, down)
+            schedule.update(hit)
         missing = torch.isinf(best_norm)  # never reached the threshold: keep the last trigger
         with torch.no_grad():
-            best_mask[missing] = ((torch.tanh(mask_raw) + 1) / 2)[missing]
-            best_pattern[missing] = (lo + (hi - lo) * (torch.tanh(pattern_raw) + 1) / 2)[missing]
+            last_mask, last_pattern = decode(mask_raw, pattern_raw, bounds)
+            best_mask[missing], best_pattern[missing] = last_mask[missing], last_pattern[missing]
         return best_mask, best_pattern, self.success(model, x[: self.eval_samples], classes, best_mask, best_pattern)
 
     def best_of_restarts(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: torch.Tensor,
