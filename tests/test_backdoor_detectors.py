@@ -55,6 +55,16 @@ def test_confusion_training_finds_the_planted_poison():
         ConfusionTraining().run(target, None, train_data=data)
 
 
+def test_a_model_handed_over_frozen_is_retrained_all_the_same():
+    import copy
+
+    from bastion.attacks.backdoor.base import reset_copy
+
+    frozen = copy.deepcopy(clean_model(0)).requires_grad_(False)  # as a scan that froze it leaves it
+    fresh = reset_copy(frozen)
+    assert all(p.requires_grad for p in fresh.parameters()) and not any(p.requires_grad for p in frozen.parameters())
+
+
 @pytest.mark.parametrize("screen", [Spectre(), ConfusionTraining()], ids=["spectre", "confusion-training"])
 def test_screens_flag_almost_nothing_on_a_clean_training_set(screen):
     train, clean, _ = digits()

@@ -4,6 +4,8 @@ unconfirmed flag into a medium suspect."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -32,7 +34,9 @@ def clean_tensors():
 def test_a_planted_targets_one_image_trigger_transfers_and_a_clean_models_does_not():
     x, y = clean_tensors()
     attack, _, _ = badnets()  # 5% BadNets, target class 0
-    backdoored, twin = attack.artifact_.eval().requires_grad_(False), clean_model(0).eval().requires_grad_(False)
+    # copies: the fixtures' models are shared with other tests, which train from them
+    backdoored = copy.deepcopy(attack.artifact_).eval().requires_grad_(False)
+    twin = copy.deepcopy(clean_model(0)).eval().requires_grad_(False)
     target = expected_transferability(backdoored, x, y, 0, (0.0, 1.0), n_images=10, min_prob=MIN_PROB)
     assert target["et"] > 0.5 and len(target["p"]) == 10 and target["rounds"] >= 2
     for c in (0, 3):

@@ -61,12 +61,13 @@ def parse_rates(rate: float | str | Sequence[float]) -> list[float]:
 
 
 def reset_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of `model` with freshly initialised parameters (same architecture, new weights)."""
+    """A deep copy of `model` with freshly initialised, trainable parameters (same architecture, new weights; a
+    model handed over frozen, `requires_grad=False`, is trained all the same)."""
     fresh = copy.deepcopy(model)
     for module in fresh.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    return fresh
+    return fresh.requires_grad_(True)
 
 
 def choose(candidates: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
