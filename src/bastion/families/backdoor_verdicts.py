@@ -66,6 +66,16 @@ def poisoning_findings(attack: str, curve: list[dict], target_label: int) -> lis
     )]
 
 
+def suspect(title: str, metric: str, value: float, threshold: float, evidence: dict[str, Any],
+            description: str) -> Finding:
+    """A medium finding for a class a trigger scan flags without confirming it: not an all-clear."""
+    return Finding(title=title, family="backdoor", severity="medium", metric=metric, value=value,
+                   threshold=threshold, evidence=evidence, atlas=["AML.T0018"], owasp=["ML10:2023 Model Poisoning"],
+                   description=description,
+                   recommendation="Treat as a suspect: compare with mm-bd, screen the training data if you have it, "
+                                  "or test the restored trigger on trusted inputs.")
+
+
 def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
     """The verdict of a model-only trigger reverse-engineering scan (Neural Cleanse)."""
     flagged = metrics["flagged_classes"]
@@ -95,48 +105,36 @@ def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
         )
     if metrics.get("unconfirmed_classes") and keep:
         cls = metrics["unconfirmed_classes"]
-        return Finding(
-            title=f"{defense}: class(es) {', '.join(map(str, cls))} have an abnormally small trigger, but only "
-                  f"{', '.join(f'{keep[str(c)]:.0%}' for c in cls)} of the class's own inputs keep their label "
-                  "when the trigger's region is replaced (≤ 1/2): the trigger sits on the class's own evidence",
-            family="backdoor", severity="medium", metric="region_keep", value=max(keep[str(c)] for c in cls),
-            threshold=metrics["region_threshold"], evidence=evidence, atlas=["AML.T0018"],
-            owasp=["ML10:2023 Model Poisoning"],
-            description="The mask-size rule flags the class, but its genuine inputs rely on the region of the "
-                        "restored trigger, as a naturally easy class's do; a backdoor's target class never carried "
-                        "its trigger (docs/benchmarks/poisoning.md §7.6). This is not an all-clear.",
-            recommendation="Treat as a suspect: compare with mm-bd, screen the training data if you have it, or "
-                           "test the restored trigger on trusted inputs.")
+        return suspect(
+            f"{defense}: class(es) {', '.join(map(str, cls))} have an abnormally small trigger, but only "
+            f"{', '.join(f'{keep[str(c)]:.0%}' for c in cls)} of the class's own inputs keep their label when the "
+            "trigger's region is replaced (≤ 1/2): the trigger sits on the class's own evidence",
+            "region_keep", max(keep[str(c)] for c in cls), metrics["region_threshold"], evidence,
+            "The mask-size rule flags the class, but its genuine inputs rely on the region of the restored trigger, "
+            "as a naturally easy class's do; a backdoor's target class never carried its trigger "
+            "(docs/benchmarks/poisoning.md §7.6). This is not an all-clear.")
     if metrics.get("unconfirmed_classes"):
         cls = metrics["unconfirmed_classes"]
-        return Finding(
-            title=f"{defense}: class(es) {', '.join(map(str, cls))} have an abnormally small trigger, but a trigger "
-                  f"found on one image moves only {', '.join(f'{et[str(c)]:.0%}' for c in cls)} of the other "
-                  "images there (expected transferability ≤ 1/2)",
-            family="backdoor", severity="medium", metric="et", value=max(et[str(c)] for c in cls),
-            threshold=metrics["et_threshold"], evidence=evidence, atlas=["AML.T0018"],
-            owasp=["ML10:2023 Model Poisoning"],
-            description="The mask-size rule flags the class, but its expected transferability (Xiang, Miller & "
-                        "Kesidis, ICLR 2022) does not confirm it: a backdoor's trigger, found on one input, sends "
-                        "most other inputs to the target. A naturally easy class behaves so too; so can a backdoor "
-                        "on a small model whose one-image triggers are adversarial rather than the backdoor "
-                        "(docs/benchmarks/poisoning.md §7.5). This is not an all-clear.",
-            recommendation="Treat as a suspect: compare with mm-bd, screen the training data if you have it, or "
-                           "test the restored trigger on trusted inputs.")
+        return suspect(
+            f"{defense}: class(es) {', '.join(map(str, cls))} have an abnormally small trigger, but a trigger found "
+            f"on one image moves only {', '.join(f'{et[str(c)]:.0%}' for c in cls)} of the other images there "
+            "(expected transferability ≤ 1/2)",
+            "et", max(et[str(c)] for c in cls), metrics["et_threshold"], evidence,
+            "The mask-size rule flags the class, but its expected transferability (Xiang, Miller & Kesidis, ICLR "
+            "2022) does not confirm it: a backdoor's trigger, found on one input, sends most other inputs to the "
+            "target. A naturally easy class behaves so too; so can a backdoor on a small model whose one-image "
+            "triggers are adversarial rather than the backdoor (docs/benchmarks/poisoning.md §7.5). This is not an "
+            "all-clear.")
     if not by_null and metrics.get("null_p_value", 1.0) < metrics.get("significance", 0.05):
         top = metrics["null_top_class"]
-        return Finding(
-            title=f"{defense}: class {top}'s trigger is smaller than the other classes' predict "
-                  f"(p = {metrics['null_p_value']:.2g}), below the anomaly-index threshold",
-            family="backdoor", severity="medium", metric="null_p_value", value=metrics["null_p_value"],
-            threshold=metrics["significance"], evidence=evidence, atlas=["AML.T0018"],
-            owasp=["ML10:2023 Model Poisoning"],
-            description="The paper's anomaly index (MAD of mask norms) flags no class, but under a null fitted to "
-                        "the other classes' reciprocal mask norms this class is an outlier. Measured: this caught "
-                        "backdoor targets the index missed, and also flags some clean models' naturally easy "
-                        "classes (docs/benchmarks/poisoning.md §7.4).",
-            recommendation="Treat as a suspect: compare with mm-bd, screen the training data if you have it, or "
-                           "test the restored trigger on trusted inputs.")
+        return suspect(
+            f"{defense}: class {top}'s trigger is smaller than the other classes' predict "
+            f"(p = {metrics['null_p_value']:.2g}), below the anomaly-index threshold",
+            "null_p_value", metrics["null_p_value"], metrics["significance"], evidence,
+            "The paper's anomaly index (MAD of mask norms) flags no class, but under a null fitted to the other "
+            "classes' reciprocal mask norms this class is an outlier. Measured: this caught backdoor targets the "
+            "index missed, and also flags some clean models' naturally easy classes (docs/benchmarks/poisoning.md "
+            "§7.4).")
     return Finding(
         title=f"{defense} finds no backdoored class", family="backdoor", severity="info",
         metric="null_p_value" if by_null else "anomaly_index",
