@@ -120,6 +120,13 @@ class Trainer:
 
 
 @torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Labels predicted by `model` (in eval mode) for a batch of inputs, in chunks."""
+    model.eval()
+    return torch.cat([model(chunk).argmax(-1) for chunk in x.split(batch_size)])
+
+
+@torch.no_grad()
 def accuracy(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor,
              batch_size: int = 1024) -> float:
     """Accuracy of a PyTorch classifier on (x, y), evaluated on the model's device."""

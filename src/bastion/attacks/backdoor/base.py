@@ -27,7 +27,7 @@ from bastion.core.data import Dataset, save_npz, validate_for_model
 from bastion.core.errors import BudgetSpent, ParameterError
 from bastion.core.results import Result
 from bastion.core.target import Access, Target, TorchTarget
-from bastion.core.training import Trainer, accuracy, seed_everything
+from bastion.core.training import Trainer, accuracy, predict, seed_everything
 from bastion.evaluation.metrics import attack_success_rate
 from bastion.models.factory import build
 
@@ -75,13 +75,6 @@ def choose(candidates: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tens
     pool = candidates.nonzero().flatten()
     order = torch.randperm(len(pool), generator=gen).to(pool.device)
     return pool[order[: min(n, len(pool))]]
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Labels predicted by `model` (in eval mode) for a batch of inputs."""
-    model.eval()
-    return torch.cat([model(chunk).argmax(-1) for chunk in x.split(batch_size)])
 
 
 class PoisoningAttack(Attack):

@@ -15,17 +15,12 @@ from torch import nn
 from bastion.attacks.evasion.gradient import PGD
 from bastion.core.data import Dataset
 from bastion.core.target import QueryCounter, Target, TargetView, TorchTarget
+from bastion.core.training import predict
 
 
 def uncounted(target: Target) -> Target:
     """A view of `target` with its own, unlimited counter."""
     return TargetView(target, name=target.name, counter=QueryCounter())
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(chunk).argmax(dim=-1) for chunk in x.split(batch_size)])
 
 
 class Evaluation:

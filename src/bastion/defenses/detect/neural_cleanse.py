@@ -13,6 +13,7 @@ from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.target import Access, Target
+from bastion.core.training import predict
 from bastion.defenses.base import Defense, require_data, torch_module
 from bastion.defenses.detect.expected_transferability import THRESHOLD as ET_THRESHOLD
 from bastion.defenses.detect.expected_transferability import expected_transferability
@@ -266,7 +267,8 @@ class NeuralCleanse(Defense):
         """Each flagged class's own inputs kept with its trigger region filled by others' (`confirm="region"`)."""
         if self.confirm != "region":
             return None
-        return {c: region_keep(model, x, y, c, masks[c], seed=self.seed) for c in classes}
+        pred = predict(model, x)
+        return {c: region_keep(model, x, y, c, masks[c], seed=self.seed, pred=pred) for c in classes}
 
 
 def confirmed(cls: int, et: dict[int, float] | None, keep: dict[int, float] | None) -> bool:

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import torch
 
+from bastion.core.training import predict
+
 THRESHOLD = 0.5  # a majority of the class's own inputs keep their label
 
 
 @torch.no_grad()
 def region_keep(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cls: int, mask: torch.Tensor, *,
-                draws: int = 8, max_inputs: int = 256, seed: int = 0) -> float:
+                draws: int = 8, max_inputs: int = 256, seed: int = 0, pred: torch.Tensor | None = None) -> float:
     """Fraction of class `cls`'s correctly classified inputs of `x` (at most `max_inputs`) still classified
     `cls` when the region of `mask` (shape of one input, channels shared) is filled from `draws` random inputs
-    of other classes each; NaN when the class has no correctly classified input or no other class is present."""
-    pred = torch.cat([model(chunk).argmax(-1) for chunk in x.split(4096)])
+    of other classes each; NaN when the class has no correctly classified input or no other class is present.
+    `pred` (the model's labels for `x`) saves a pass when several classes are tested."""
+    pred = predict(model, x) if pred is None else pred
     own = x[(y == cls) & (pred == cls)][:max_inputs]
     others = x[y != cls]
     if not len(own) or not len(others):
@@ -35,5 +38,5 @@ def region_keep(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cls: i
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randint(len(others), (len(own), draws), generator=gen).to(x.device)
     filled = ((1 - mask) * own[:, None] + mask * others[pick]).flatten(0, 1)
-    kept = torch.cat([model(chunk).argmax(-1) for chunk in filled.split(4096)]) == cls
+    kept = predict(model, filled) == cls
     return float(kept.float().mean())

@@ -16,11 +16,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bastion.attacks.backdoor.base import predict
 from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.target import Access, Target
-from bastion.core.training import Trainer, accuracy
+from bastion.core.training import Trainer, accuracy, predict
 from bastion.defenses.base import Defense, require_data, torch_module
 from bastion.evaluation.metrics import attack_success_rate, defense_effectiveness_rating
 
