@@ -221,12 +221,14 @@ MODEL_SCANS: dict[str, Callable[[int], object]] = {
 NC_RULES = ("nc", "nc-null", "nc-et", "nc-region")  # decisions on the same reverse-engineered triggers
 
 
-def model_scans(methods: list[str], model: nn.Module, clean: Dataset, seed: int) -> dict[str, list[int]]:
+def model_scans(methods: list[str], model: nn.Module, clean: Dataset, seed: int) -> tuple[dict[str, list[int]], dict]:
     """Each method's flagged classes. The rules in NC_RULES share one Neural Cleanse run (same seed, so the same
     triggers as separate runs): its metrics report the MAD's flags, the null's, and the ET-confirmed ones; the
-    trigger-region confirmation is computed from the same run's masks."""
+    trigger-region confirmation is computed from the same run's masks. Also returned: that run's per-class mask
+    norms and every class's region keep, from which `--summary` computes the reference-calibrated rule."""
     target = TorchTarget(model, tuple(clean.x.shape[1:]), n_classes=10, device="cpu")
     flags: dict[str, list[int]] = {}
+    detail: dict = {}
     shared = [m for m in methods if m in NC_RULES]
     if shared:
         confirm = "et" if "nc-et" in shared else "none"
@@ -234,15 +236,16 @@ def model_scans(methods: list[str], model: nn.Module, clean: Dataset, seed: int)
         metrics = scan.run(target, clean).metrics
         null = [metrics["null_top_class"]] if metrics["null_p_value"] < metrics["significance"] else []
         decided = {"nc": metrics["mad_flagged"], "nc-null": null, "nc-et": metrics["flagged_classes"]}
-        if "nc-region" in shared:
-            x, y = torch.as_tensor(clean.x), torch.as_tensor(clean.y)
-            decided["nc-region"] = [c for c in null if confirmed(
-                c, None, {c: region_keep(model.eval(), x, y, c, scan.masks_[c], seed=seed)})]
+        x, y = torch.as_tensor(clean.x), torch.as_tensor(clean.y)
+        keep = {c: region_keep(model.eval(), x, y, c, scan.masks_[c], seed=seed) for c in range(10)}
+        decided["nc-region"] = [c for c in null if confirmed(c, None, keep)]
         flags.update({m: decided[m] for m in shared})
+        detail = {"mask_l1": metrics["mask_l1"], "null_p_value": metrics["null_p_value"],
+                  "region_keep": [None if np.isnan(v) else v for v in keep.values()]}
     for method in methods:
         if method not in NC_RULES:
             flags[method] = MODEL_SCANS[method](seed).run(target, clean).metrics["flagged_classes"]
-    return {m: flags[m] for m in methods}
+    return {m: flags[m] for m in methods}, detail
 
 
 # -- the grid ----------------------------------------------------------------------------------------------------
@@ -258,7 +261,8 @@ def run(args: argparse.Namespace) -> None:
                 twin_cell = {"dataset": ds, "arch": arch, "seed": seed, "attack": "clean", "rate": 0.0}
                 if args.models and json.dumps(twin_cell, sort_keys=True) not in done:
                     twin = clean_twin(ds, arch, seed, args.n_train)
-                    row = {"cell": twin_cell, "models": model_scans(args.models, twin, clean, seed)}
+                    flags, detail = model_scans(args.models, twin, clean, seed)
+                    row = {"cell": twin_cell, "models": flags, "nc": detail}
                     emit(out, row)
                 for attack in args.attacks:
                     for rate in args.rates:
@@ -269,8 +273,8 @@ def run(args: argparse.Namespace) -> None:
                         row = {"cell": cell_id, "target": cell["target"], "clean_accuracy": cell["clean_accuracy"],
                                "attack_success_rate": cell["attack_success_rate"],
                                "n_poison": int(cell["truth"].sum()),
-                               "screens": {m: screen(m, cell, clean, seed, rate, EPOCHS[ds]) for m in args.screens},
-                               "models": model_scans(args.models, cell["model"], clean, seed)}
+                               "screens": {m: screen(m, cell, clean, seed, rate, EPOCHS[ds]) for m in args.screens}}
+                        row["models"], row["nc"] = model_scans(args.models, cell["model"], clean, seed)
                         emit(out, row)
 
 
@@ -281,6 +285,18 @@ def emit(path: Path, row: dict) -> None:
     screens = " ".join(f"{m}={s['tpr@0.1']:.2f}" for m, s in row.get("screens", {}).items())
     print(f"{c['dataset']} {c['arch']} s{c['seed']} {c['attack']} {c['rate']:.0%} "
           f"ASR={row.get('attack_success_rate', float('nan')):.2f} {screens} models={row['models']}", flush=True)
+
+
+def model_line(name: str, decided: list[tuple[dict, list[int]]]) -> str:
+    """One model-level rule: clean twins flagged, exact targets on working BadNets/Blended, per dataset."""
+    parts = []
+    for ds in sorted({r["cell"]["dataset"] for r, _ in decided}):
+        mine = [(r, f) for r, f in decided if r["cell"]["dataset"] == ds]
+        twins = [f for r, f in mine if r["cell"]["attack"] == "clean"]
+        patch = [f == [r["target"]] for r, f in mine if r["cell"]["attack"] in ("badnets", "blended")
+                 and r["attack_success_rate"] >= 0.8]
+        parts.append(f"{ds}: {sum(map(bool, twins))}/{len(twins)} clean flagged, {sum(patch)}/{len(patch)} exact")
+    return f"{name}: " + "; ".join(parts)
 
 
 def summary(path: Path) -> None:
@@ -332,6 +348,40 @@ def summary(path: Path) -> None:
         print(f"{m}: exactly the true target on {np.mean(hits):.0%} of {len(hits)} backdoored models {by_attack} "
               f"({np.mean(planted) if planted else float('nan'):.0%} of the {len(planted)} with ASR >= 0.8; "
               f"{sum(patch)} of the {len(patch)} BadNets/Blended ones); {false} of {len(twins)} clean twins flagged")
+    decided = {m: [(r, r["models"][m]) for r in rows if m in r.get("models", {})] for m in NC_RULES}
+    for name, rule in {**{m: d for m, d in decided.items() if d}, **reference_rules(rows)}.items():
+        print(model_line(name, rule))
+
+
+def reference_rules(rows: list[dict]) -> dict[str, list[tuple[dict, list[int]]]]:
+    """Neural Cleanse calibrated by known-clean reference models of the same task, from the stored norms: the
+    suspect's mask norm of each class divided by the geometric mean of the references' norms of that class, and
+    Xiang et al.'s null on those ratios. "nc-ref": flagged where the null on the norms and the null on the ratios
+    flag the same class and the trigger-region test confirms it; "nc-ref-ratio": the null on the ratios alone,
+    confirmed. References: the clean twin of the same dataset and architecture with the next seed of the run
+    (cyclic; "-1ref"), or those of every other seed ("-allref"). Rows without stored norms are skipped."""
+    from bastion.defenses.detect.neural_cleanse import null_decision
+    from bastion.defenses.detect.trigger_region import THRESHOLD
+
+    twins = {(r["cell"]["dataset"], r["cell"]["arch"], r["cell"]["seed"]): np.asarray(r["nc"]["mask_l1"])
+             for r in rows if r["cell"]["attack"] == "clean" and r.get("nc")}
+    out: dict[str, list[tuple[dict, list[int]]]] = {}
+    for r in rows:
+        key = (r["cell"]["dataset"], r["cell"]["arch"])
+        seeds = sorted(s for d, a, s in twins if (d, a) == key)
+        if not r.get("nc") or len(seeds) < 2:
+            continue
+        others = [s for s in seeds if s != r["cell"]["seed"]]
+        nxt = next((s for s in seeds if s > r["cell"]["seed"]), seeds[0])
+        norms, keep = np.asarray(r["nc"]["mask_l1"]), r["nc"]["region_keep"]
+        held = [c for c in null_decision(norms, 0.05)[0] if keep[c] is None or keep[c] > THRESHOLD]
+        for refs, tag in (([nxt if nxt != r["cell"]["seed"] else others[0]], "1ref"), (others, "allref")):
+            reference = np.exp(np.mean([np.log(np.maximum(twins[(*key, s)], 1e-6)) for s in refs], axis=0))
+            ratio = [c for c in null_decision(norms / np.maximum(reference, 1e-6), 0.05)[0]
+                     if keep[c] is None or keep[c] > THRESHOLD]
+            out.setdefault(f"nc-ref-{tag}", []).append((r, [c for c in held if c in ratio]))
+            out.setdefault(f"nc-ref-ratio-{tag}", []).append((r, ratio))
+    return out
 
 
 def main() -> None:

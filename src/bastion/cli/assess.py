@@ -27,6 +27,7 @@ from bastion.sandbox import SandboxOptions, open_sandbox
 from bastion.sandbox.assess_backend import SandboxBackend, isolation, run_job_sandboxed
 from bastion.sandbox.assess_backend import describe as describe_in
 from bastion.sandbox.cli_jobs import no_sandbox_option, timeout_option
+from bastion.sandbox.spec import plan_files
 from bastion.store import RunStore, new_run_id
 
 
@@ -219,7 +220,8 @@ def run_assessment(inputs: Inputs, run_id: str, override: dict, resumed: Plan | 
                    quiet: bool) -> None:
     """Open the model (in the sandbox when it carries code), run the plan, write the reports, exit."""
     # language-model formats (safetensors, GGUF) carry no code: loaded in-process after a clean scan
-    sandbox = None if inputs.language_model else open_sandbox(inputs.model, inputs.arch, options)
+    sandbox = None if inputs.language_model else open_sandbox(inputs.model, inputs.arch, options,
+                                                              plan_files(override.get("families")))
     info = describe_in(sandbox, inputs) if sandbox is not None else inputs.describe()
     if sandbox is not None and backend == "local":
         runner_backend = SandboxBackend(sandbox, options)

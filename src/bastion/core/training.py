@@ -8,7 +8,8 @@ adversarial version) and `loss_fn`; `make_optimizer` can be overridden (e.g. DP-
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,20 @@ class Trainer:
         if "random_state" in fresh.get_params():
             fresh.set_params(random_state=self.seed)
         return fresh.fit(np.asarray(x).reshape(len(x), -1), np.asarray(y))
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode with its parameters' gradients off (an input-space optimisation against it), restored
+    as it was afterwards."""
+    was_training, trainable = model.training, [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), trainable, strict=True):
+            p.requires_grad_(flag)
+        model.train(was_training)
 
 
 @torch.no_grad()

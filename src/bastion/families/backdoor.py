@@ -107,6 +107,8 @@ class BackdoorFamily(Family):
             full = dict(params)
             if accepts(cls, "seed"):
                 full["seed"] = self.seed
+            if accepts(cls, "arch") and inputs.arch and full.get("reference"):  # the reference loads like MODEL
+                full.setdefault("arch", inputs.arch)
             construct(cls, dict(full), f"plan: families.backdoor.scanners.{name}")
             data = {"data": ["data", trusted], "train_data": ["train", None]} if screens_training_data(name) \
                 else {"data": ["data", clean.tolist()]}

@@ -81,13 +81,18 @@ def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
     flagged = metrics["flagged_classes"]
     evidence = {k: metrics[k] for k in ("anomaly_index", "mask_l1", "threshold", "decision", "null_p_value",
                                         "significance", "et", "et_threshold", "region_keep", "region_threshold",
-                                        "unconfirmed_classes") if k in metrics}
+                                        "unconfirmed_classes", "reference_models", "reference_mask_l1",
+                                        "reference_ratio", "reference_p_value", "reference_flagged",
+                                        "explained_classes") if k in metrics}
     by_null = metrics.get("decision") == "null"
     et, keep = metrics.get("et", {}), metrics.get("region_keep", {})
+    ratio = metrics.get("reference_ratio")
     if flagged:
         return Finding(
             title=f"{defense} finds an abnormally small trigger for class(es) {', '.join(map(str, flagged))}"
                   + (f" (p = {metrics['null_p_value']:.2g})" if by_null else "")
+                  + (f", {', '.join(f'{1 / max(ratio[c], 1e-9):.1f}×' for c in flagged)} smaller than on the clean "
+                     f"reference (p = {metrics['reference_p_value']:.2g})" if ratio else "")
                   + (f", confirmed by its transferability (ET {', '.join(f'{et[str(c)]:.2f}' for c in flagged)} "
                      "> 1/2)" if et else "")
                   + (", confirmed: its own inputs keep their label without the trigger's region ("
@@ -125,6 +130,30 @@ def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
             "target. A naturally easy class behaves so too; so can a backdoor on a small model whose one-image "
             "triggers are adversarial rather than the backdoor (docs/benchmarks/poisoning.md §7.5). This is not an "
             "all-clear.")
+    relative = [c for c in metrics.get("reference_flagged", []) if c not in flagged]
+    if relative:
+        return suspect(
+            f"{defense}: class(es) {', '.join(map(str, relative))} need a trigger "
+            f"{', '.join(f'{1 / max(ratio[c], 1e-9):.1f}×' for c in relative)} smaller than on the clean reference "
+            f"(p = {metrics['reference_p_value']:.2g}), though not abnormally small among this model's classes",
+            "reference_p_value", metrics["reference_p_value"], metrics["significance"], evidence,
+            "Relative to the reference you vouched for, this class's trigger shrank; by the model's own classes it is "
+            "not an outlier, so it is not flagged. A backdoor whose target the model's natural triggers hide looks "
+            "so; so does a model that learned this class more strongly than the reference (docs/benchmarks/"
+            "poisoning.md §7.7). This is not an all-clear.")
+    if metrics.get("explained_classes"):
+        cls = metrics["explained_classes"]
+        return Finding(
+            title=f"{defense}: class(es) {', '.join(map(str, cls))} have an abnormally small trigger, but as small "
+                  f"on the known-clean reference ({', '.join(f'{ratio[c]:.2f}' for c in cls)} of its size; p = "
+                  f"{metrics['reference_p_value']:.2g}): a natural feature of the task",
+            family="backdoor", severity="low", metric="reference_p_value", value=metrics["reference_p_value"],
+            threshold=metrics["significance"], evidence=evidence, atlas=["AML.T0018"],
+            description="Relative to the same class on the reference model(s) you vouched for, no class's trigger "
+                        "is abnormally small: the small trigger is a property of the task (a natural trigger, as "
+                        "Fashion-MNIST's bag on every clean model, docs/benchmarks/poisoning.md §7.7), not evidence "
+                        "of a backdoor. This holds only as far as the reference is clean.",
+            recommendation="Keep the reference's provenance on record; it is what this verdict rests on.")
     if not by_null and metrics.get("null_p_value", 1.0) < metrics.get("significance", 0.05):
         top = metrics["null_top_class"]
         return suspect(

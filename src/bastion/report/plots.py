@@ -151,15 +151,24 @@ def trigger_sizes(metrics: dict) -> Plot:
               else "#3b82f6" for c in range(len(norms))]
     fig, ax = _figure()
     ax.bar(np.arange(len(norms)), norms, color=colors)
+    reference = metrics.get("reference_mask_l1")
+    if reference:  # the same class's size on the known-clean reference model(s)
+        ax.plot(np.arange(len(norms)), reference, "_", color="#111827", markersize=18, mew=2,
+                label="clean reference")
+        ax.legend(loc="upper right", fontsize=8)
     ax.set_xticks(np.arange(len(norms)))
     ax.set_xlabel("class")
     ax.set_ylabel("trigger mask size (L1)")
     top, p_value = metrics.get("null_top_class"), metrics.get("null_p_value", 1.0)
+    calibrated = "" if not reference else (
+        f" Black ticks: each class's size on the clean reference; relative to it the smallest is class "
+        f"{metrics['reference_top_class']}, p = {metrics['reference_p_value']:.2g}; a class small on both is a "
+        "natural feature of the task, not a flag.")
     return Plot("anomaly-index", "Neural Cleanse trigger size per class",
                 f"A backdoor target needs a far smaller trigger than the other classes. Smallest: class {top}, "
                 f"p = {p_value:.2g} under the null fitted to the other classes (flagged below "
-                f"{metrics.get('significance', 0.05):g}). Red: flagged and confirmed; amber: flagged, not confirmed.",
-                _encode(fig))
+                f"{metrics.get('significance', 0.05):g}). Red: flagged and confirmed; amber: flagged, not confirmed."
+                + calibrated, _encode(fig))
 
 
 def scan_findings(report: FamilyReport) -> Plot | None:

@@ -29,8 +29,10 @@ def timeout_option() -> Any:
 
 
 def path_arguments(args: list[str]) -> list[str]:
-    """Values of `--param value` pairs that name existing files (the worker gets read-only access to them)."""
-    return [a.partition("=")[2] or a for a in args if Path(a.partition("=")[2] or a).exists()]
+    """Values of `--param value` pairs that name existing files, or items of comma-separated lists that do (the
+    worker gets read-only access to them)."""
+    values = [a.partition("=")[2] or a for a in args]
+    return [v for value in values for v in ([value] if Path(value).exists() else value.split(",")) if Path(v).exists()]
 
 
 def checked_result(data: dict[str, Any]) -> Result:

@@ -48,13 +48,19 @@ class JobSpec:
 
     def _absolute(self, arg: str) -> str:
         """A parameter value that names an existing file or folder, relative to the user's folder, made absolute
-        (the worker runs in its scratch folder; e.g. `--ground-truth truth.npz`)."""
+        (the worker runs in its scratch folder; e.g. `--ground-truth truth.npz`); in a comma-separated list
+        (`--reference a.pt,b.pt`), each such item."""
         key, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
         if arg.startswith("--") and not eq:
             return arg
-        if value and not Path(value).is_absolute() and "://" not in value and self.path(value).exists():
-            value = str(self.path(value).absolute())
+        value = ",".join(self._absolute_path(v) for v in value.split(",")) if "," in value and not \
+            self.path(value).exists() else self._absolute_path(value)
         return f"{key}={value}" if eq else value
+
+    def _absolute_path(self, value: str) -> str:
+        if value and not Path(value).is_absolute() and "://" not in value and self.path(value).exists():
+            return str(self.path(value).absolute())
+        return value
 
     @property
     def what(self) -> str:
@@ -78,7 +84,8 @@ class JobSpec:
     def readable(self) -> list[str]:
         """Files the worker must read: every parameter value that names an existing path (a dataset it loads,
         with the labels file beside an IDX images file). `--data` and `--train-data` are loaded by the parent."""
-        paths = [self.path(a.partition("=")[2] or a) for a in self.args]
+        values = [a.partition("=")[2] or a for a in self.args]
+        paths = [self.path(v) for value in values for v in ([value] if self.path(value).exists() else value.split(","))]
         paths = [p for p in paths if p.exists()]
         paths += [label for p in paths if p.is_file() and (label := _idx_labels_for(p)) is not None]
         return [str(p) for p in paths]
@@ -88,6 +95,30 @@ class JobSpec:
         evaluation = load_data(_opt_path(self, self.data), self.label, self.n_samples)
         training = load_data(_opt_path(self, self.train_data), self.label, None, "train data")
         return evaluation, training
+
+
+def plan_files(plan: Any) -> list[str]:
+    """The files a plan's parameters name (e.g. a Neural Cleanse `reference` model, a `ground_truth` file): each
+    string, list item or comma-separated item that is an existing file, made absolute in place (the sandboxed
+    worker runs in its scratch folder and gets read-only access to exactly these)."""
+    found: list[str] = []
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: absolute(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        if not isinstance(value, str) or "://" in value:
+            return value
+        parts = [value] if Path(value).is_file() else value.split(",")
+        if not all(Path(part).is_file() for part in parts):
+            return value
+        found.extend(str(Path(part).absolute()) for part in parts)
+        return ",".join(str(Path(part).absolute()) for part in parts)
+
+    if isinstance(plan, dict):
+        plan.update(absolute(plan))
+    return found
 
 
 @dataclass

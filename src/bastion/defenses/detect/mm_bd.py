@@ -13,6 +13,7 @@ from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.results import Result
 from bastion.core.target import Access, Target
+from bastion.core.training import frozen
 from bastion.defenses.base import Defense, torch_module
 
 
@@ -101,15 +102,9 @@ class MMBD(Defense):
             raise ParameterError("mm-bd fits a null to the other classes' statistics: it needs at least 3 classes")
         model = torch_module(target, self.name)
         start = time.perf_counter()
-        was_training, trainable = model.training, [p.requires_grad for p in model.parameters()]
-        model.eval().requires_grad_(False)
-        try:
+        with frozen(model):
             margins = max_margins(model, target.n_classes, tuple(target.input_shape), target.bounds, self.starts,
                                   self.steps, self.lr, self.seed, target.device).cpu().numpy().astype(np.float64)
-        finally:
-            for p, flag in zip(model.parameters(), trainable, strict=True):
-                p.requires_grad_(flag)
-            model.train(was_training)
         top, p_value = order_statistic_p_value(margins)
         flagged = [top] if p_value < self.significance else []
         metrics: dict[str, Any] = {"max_margin": margins.tolist(), "null_tail": null_tails(margins)[1].tolist(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from bastion.core.data import Dataset, validate_for_model
 from bastion.core.errors import ParameterError
 from bastion.core.registry import register
 from bastion.core.target import Access, Target
-from bastion.core.training import predict
+from bastion.core.training import frozen, predict
 from bastion.defenses.base import Defense, require_data, torch_module
 from bastion.defenses.detect.expected_transferability import THRESHOLD as ET_THRESHOLD
 from bastion.defenses.detect.expected_transferability import expected_transferability
@@ -69,7 +70,14 @@ class NeuralCleanse(Defense):
     below the median (held-out Fashion-MNIST models: the MAD named none of three targets, the null all three, §7.4).
     `confirm="et"` confirms by expected transferability instead (Xiang, Miller & Kesidis, ICLR 2022;
     `expected_transferability.py`; ET > 1/2; `confirm_min_prob` > 0 is a beyond-paper variant, §7.5), and
-    `confirm="none"` keeps every flag. Both rules' outcomes are always reported (`mad_flagged`, `anomaly_index`,
+    `confirm="none"` keeps every flag. `reference` (paths loaded like MODEL, or targets): known-clean models
+    of the same task, e.g. the last release you vetted; `arch` builds a safetensors reference (the CLI passes its
+    --arch). Their triggers are
+    reverse-engineered with the same settings, and a class is flagged only where Xiang et al.'s null flags it on the
+    norms and also on the ratios norm / reference norm (geometric mean over references): a class whose trigger is as
+    small on a clean model of the task (Fashion-MNIST's bag) is reported in `explained_classes` instead, with a low
+    finding that rests on the reference being clean (Bastion's own calibration, §7.7; at least 4 classes). Both
+    rules' outcomes are always reported (`mad_flagged`, `anomaly_index`,
     `null_top_class`, `null_p_value`). Every class reports its mask
     norm, index and the attack success its trigger reached (`attack_success`): a class whose optimisation never
     reached `attack_threshold` has an unconverged, too large mask, which the report shows rather than hides.
@@ -94,7 +102,8 @@ class NeuralCleanse(Defense):
                  cost_multiplier: float = 1.5, patience: int = 10, attack_threshold: float = 0.99,
                  anomaly_threshold: float = 2.0, class_batch: int = 16, eval_samples: int = 256, seed: int = 0,
                  scale: str = "norm", restarts: int = 1, decision: str = "null", significance: float = 0.05,
-                 confirm: str = "region", confirm_min_prob: float = 0.0):
+                 confirm: str = "region", confirm_min_prob: float = 0.0,
+                 reference: str | Path | Target | list[str | Path | Target] | None = None, arch: str | None = None):
         if min(steps, batch_size, patience, class_batch, eval_samples, restarts) < 1:
             raise ParameterError("steps, batch_size, patience, class_batch, eval_samples and restarts must be at "
                                  "least 1")
@@ -113,6 +122,7 @@ class NeuralCleanse(Defense):
         self.seed, self.scale, self.restarts = int(seed), scale, int(restarts)
         self.decision, self.significance = decision, float(significance)
         self.confirm, self.confirm_min_prob = confirm, float(confirm_min_prob)
+        self.reference, self.arch = reference, arch
 
     def extra_loss(self, model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, classes: torch.Tensor,
                    mask: torch.Tensor, pattern: torch.Tensor, cost: torch.Tensor) -> torch.Tensor | None:
@@ -196,31 +206,23 @@ class NeuralCleanse(Defense):
         model = torch_module(target, self.name)
         data = require_data(data, self.name, "--data CLEAN_DATA")
         validate_for_model(data, target.n_classes, target.input_shape, target.bounds)
+        references = self.reference_targets(target, data)
         start = time.perf_counter()
         x = torch.as_tensor(data.x, dtype=torch.float32, device=target.device)
         y = torch.as_tensor(data.y, dtype=torch.long, device=target.device)
-        was_training, trainable = model.training, [p.requires_grad for p in model.parameters()]
-        model.eval().requires_grad_(False)
-        masks, patterns, success = [], [], []
-        try:
-            for group in torch.arange(target.n_classes, device=target.device).split(self.class_batch):
-                m, p, s = self.best_of_restarts(model, x, y, group, target.bounds)
-                masks.append(m.detach())
-                patterns.append(p.detach())
-                success.append(s)
-            norms = torch.cat(masks).flatten(1).sum(1).cpu().numpy()
+        with frozen(model):
+            masks, patterns, success = self.triggers(model, x, y, target.n_classes, target.bounds)
+            norms = masks.flatten(1).sum(1).cpu().numpy()
             mad_flagged, null_flagged, top, p_value = self.decide(norms)
-            to_confirm = sorted(set(mad_flagged) | set(null_flagged))
-            et = self.transferability(model, x, y, to_confirm, target.bounds)
-            keep = self.region_keep(model, x, y, to_confirm, torch.cat(masks))
-        finally:
-            for p, flag in zip(model.parameters(), trainable, strict=True):
-                p.requires_grad_(flag)
-            model.train(was_training)
-        self.masks_, self.patterns_ = torch.cat(masks), torch.cat(patterns)
+            decision = self.decision if target.n_classes >= 4 else "mad"  # too few classes to fit the null
+            flagged = null_flagged if decision == "null" else mad_flagged
+            calibration = self.calibrate(references, x, y, norms)
+            explained = [c for c in flagged if calibration and c not in calibration["reference_flagged"]]
+            flagged = [c for c in flagged if c not in explained]
+            et = self.transferability(model, x, y, flagged, target.bounds)
+            keep = self.region_keep(model, x, y, flagged, masks)
+        self.masks_, self.patterns_ = masks, patterns
         index = anomaly_index(np.log(np.maximum(norms, 1e-6)) if self.scale == "log" else norms)
-        decision = self.decision if target.n_classes >= 4 else "mad"  # too few classes to fit the null
-        flagged = null_flagged if decision == "null" else mad_flagged
         metrics = {
             "anomaly_index": index.tolist(),
             "flagged_classes": [c for c in flagged if confirmed(c, et, keep)],
@@ -230,13 +232,15 @@ class NeuralCleanse(Defense):
             "null_p_value": p_value,
             "significance": self.significance,
             "mask_l1": norms.tolist(),
-            "attack_success": torch.cat(success).cpu().tolist(),
+            "attack_success": success.cpu().tolist(),
             "threshold": self.anomaly_threshold,
             "scale": self.scale,
             "restarts": self.restarts,
             "n_samples": len(data),
             "confirm": self.confirm,
         }
+        if calibration:
+            metrics.update(calibration, explained_classes=explained)
         if et is not None:
             metrics.update(et={str(c): v for c, v in et.items()}, et_threshold=ET_THRESHOLD,
                            unconfirmed_classes=[c for c in flagged if not confirmed(c, et, keep)])
@@ -245,6 +249,59 @@ class NeuralCleanse(Defense):
                            region_threshold=REGION_THRESHOLD,
                            unconfirmed_classes=[c for c in flagged if not confirmed(c, et, keep)])
         return self.result(target, metrics, start)
+
+    def triggers(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int,
+                 bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every class's smallest trigger (masks, patterns) and its attack success, `class_batch` classes at once;
+        `model` must be frozen (`core.training.frozen`)."""
+        found = [self.best_of_restarts(model, x, y, group, bounds)
+                 for group in torch.arange(n_classes, device=x.device).split(self.class_batch)]
+        return tuple(torch.cat([f[i].detach() for f in found]) for i in range(3))  # type: ignore[return-value]
+
+    def reference_targets(self, target: Target, data: Dataset) -> list[Target]:
+        """The known-clean reference models of the same task (`reference`: paths, loaded like MODEL with `arch`,
+        or targets), each checked to take the suspect's inputs, give its classes and grant gradients."""
+        from bastion.models import load_target
+
+        given = self.reference if isinstance(self.reference, (list, tuple)) else [self.reference]
+        if any(r is not None for r in given) and target.n_classes < 4:
+            raise ParameterError("a reference calibrates Xiang et al.'s null, which needs at least 4 classes; this "
+                                 f"model has {target.n_classes}")
+        references = []
+        for ref in (r for r in given if r is not None):
+            loaded = ref if isinstance(ref, Target) else load_target(ref, data=data, arch=self.arch,
+                                                                     device=str(target.device))
+            name = getattr(loaded, "name", str(ref))
+            if loaded.n_classes != target.n_classes or tuple(loaded.input_shape) != tuple(target.input_shape):
+                raise ParameterError(
+                    f"reference {name}: {loaded.n_classes} classes of inputs {tuple(loaded.input_shape)}, but the "
+                    f"model has {target.n_classes} of {tuple(target.input_shape)}; a reference must be a model of "
+                    "the same task")
+            loaded.require(self.requires, f"defense '{self.name}' (reference {name})")
+            torch_module(loaded, f"{self.name} (reference {name})")
+            references.append(loaded)
+        return references
+
+    def calibrate(self, references: list[Target], x: torch.Tensor, y: torch.Tensor, norms: np.ndarray
+                  ) -> dict[str, Any]:
+        """With known-clean references: each class's mask norm divided by the geometric mean of the references'
+        norms of that class (same optimiser, seed and data), and Xiang et al.'s null on those ratios. A class the
+        null on the norms flags but the null on the ratios does not needs as small a trigger on a clean model of
+        the task (a natural feature, e.g. Fashion-MNIST's bag): it is `explained_classes`, not a flag."""
+        if not references:
+            return {}
+        logs = []
+        for ref in references:
+            with frozen(ref.model):  # type: ignore[attr-defined]
+                masks = self.triggers(ref.model, x.to(ref.device), y.to(ref.device), ref.n_classes,  # type: ignore
+                                      ref.bounds)[0]
+            logs.append(np.log(np.maximum(masks.flatten(1).sum(1).cpu().numpy(), 1e-6)))
+        reference = np.exp(np.mean(logs, axis=0))
+        ratio = norms / np.maximum(reference, 1e-6)
+        flagged, top, p_value = null_decision(ratio, self.significance)
+        return {"reference_models": [getattr(r, "name", "?") for r in references],
+                "reference_mask_l1": reference.tolist(), "reference_ratio": ratio.tolist(),
+                "reference_top_class": top, "reference_p_value": p_value, "reference_flagged": flagged}
 
     def decide(self, norms: np.ndarray) -> tuple[list[int], list[int], int, float]:
         """Both rules on the mask norms: the MAD's flags, the null's flags, its top class and p-value."""
