@@ -29,7 +29,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +213,8 @@ MODEL_SCANS: dict[str, Callable[[int], object]] = {
     # the null's flags confirmed by the trigger-region test (Bastion's own, §7.6): Neural Cleanse's default
     "nc-region": lambda seed: NeuralCleanse(seed=seed),
     "nc-et99": lambda seed: NeuralCleanse(seed=seed, decision="null", confirm="et", confirm_min_prob=0.99),
+    # the default calibrated by a known-clean reference (the clean twin of the run's next seed; `model_scans`)
+    "nc-ref": lambda seed: NeuralCleanse(seed=seed),
     "tabor": lambda seed: TABOR(seed=seed),
     "mm-bd": lambda seed: MMBD(seed=seed),
 }
@@ -221,7 +223,8 @@ MODEL_SCANS: dict[str, Callable[[int], object]] = {
 NC_RULES = ("nc", "nc-null", "nc-et", "nc-region")  # decisions on the same reverse-engineered triggers
 
 
-def model_scans(methods: list[str], model: nn.Module, clean: Dataset, seed: int) -> tuple[dict[str, list[int]], dict]:
+def model_scans(methods: list[str], model: nn.Module, clean: Dataset, seed: int,
+                reference: Callable[[], nn.Module] | None = None) -> tuple[dict[str, list[int]], dict]:
     """Each method's flagged classes. The rules in NC_RULES share one Neural Cleanse run (same seed, so the same
     triggers as separate runs): its metrics report the MAD's flags, the null's, and the ET-confirmed ones; the
     trigger-region confirmation is computed from the same run's masks. Also returned: that run's per-class mask
@@ -243,7 +246,11 @@ def model_scans(methods: list[str], model: nn.Module, clean: Dataset, seed: int)
         detail = {"mask_l1": metrics["mask_l1"], "null_p_value": metrics["null_p_value"],
                   "region_keep": [None if np.isnan(v) else v for v in keep.values()]}
     for method in methods:
-        if method not in NC_RULES:
+        if method == "nc-ref":  # the library's reference calibration, the clean twin of the run's next seed
+            assert reference is not None
+            ref = TorchTarget(reference(), tuple(clean.x.shape[1:]), n_classes=10, device="cpu")
+            flags[method] = NeuralCleanse(seed=seed, reference=ref).run(target, clean).metrics["flagged_classes"]
+        elif method not in NC_RULES:
             flags[method] = MODEL_SCANS[method](seed).run(target, clean).metrics["flagged_classes"]
     return {m: flags[m] for m in methods}, detail
 
@@ -258,10 +265,12 @@ def run(args: argparse.Namespace) -> None:
         for arch in args.archs:
             for seed in args.seeds:
                 _, clean, _ = dataset(ds, seed, args.n_train)
+                ref_seed = next((s for s in sorted(args.seeds) if s > seed), min(args.seeds))
+                reference = partial(clean_twin, ds, arch, ref_seed, args.n_train)
                 twin_cell = {"dataset": ds, "arch": arch, "seed": seed, "attack": "clean", "rate": 0.0}
                 if args.models and json.dumps(twin_cell, sort_keys=True) not in done:
                     twin = clean_twin(ds, arch, seed, args.n_train)
-                    flags, detail = model_scans(args.models, twin, clean, seed)
+                    flags, detail = model_scans(args.models, twin, clean, seed, reference)
                     row = {"cell": twin_cell, "models": flags, "nc": detail}
                     emit(out, row)
                 for attack in args.attacks:
@@ -274,7 +283,7 @@ def run(args: argparse.Namespace) -> None:
                                "attack_success_rate": cell["attack_success_rate"],
                                "n_poison": int(cell["truth"].sum()),
                                "screens": {m: screen(m, cell, clean, seed, rate, EPOCHS[ds]) for m in args.screens}}
-                        row["models"], row["nc"] = model_scans(args.models, cell["model"], clean, seed)
+                        row["models"], row["nc"] = model_scans(args.models, cell["model"], clean, seed, reference)
                         emit(out, row)
 
 
@@ -348,7 +357,8 @@ def summary(path: Path) -> None:
         print(f"{m}: exactly the true target on {np.mean(hits):.0%} of {len(hits)} backdoored models {by_attack} "
               f"({np.mean(planted) if planted else float('nan'):.0%} of the {len(planted)} with ASR >= 0.8; "
               f"{sum(patch)} of the {len(patch)} BadNets/Blended ones); {false} of {len(twins)} clean twins flagged")
-    decided = {m: [(r, r["models"][m]) for r in rows if m in r.get("models", {})] for m in NC_RULES}
+    names = list(dict.fromkeys(m for r in rows for m in r.get("models", {})))
+    decided = {m: [(r, r["models"][m]) for r in rows if m in r.get("models", {})] for m in names}
     for name, rule in {**{m: d for m, d in decided.items() if d}, **reference_rules(rows)}.items():
         print(model_line(name, rule))
 
@@ -356,7 +366,7 @@ def summary(path: Path) -> None:
 def reference_rules(rows: list[dict]) -> dict[str, list[tuple[dict, list[int]]]]:
     """Neural Cleanse calibrated by known-clean reference models of the same task, from the stored norms: the
     suspect's mask norm of each class divided by the geometric mean of the references' norms of that class, and
-    Xiang et al.'s null on those ratios. "nc-ref": flagged where the null on the norms and the null on the ratios
+    Xiang et al.'s null on those ratios. "nc-ref-*": flagged where the null on the norms and the null on the ratios
     flag the same class and the trigger-region test confirms it; "nc-ref-ratio": the null on the ratios alone,
     confirmed. References: the clean twin of the same dataset and architecture with the next seed of the run
     (cyclic; "-1ref"), or those of every other seed ("-allref"). Rows without stored norms are skipped."""

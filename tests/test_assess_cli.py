@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -55,8 +57,10 @@ def test_print_plan_and_plan_errors(capsys, files, tmp_path):
     assert code == 0 and printed["seed"] == 9 and printed["families"]["evasion"]["n_samples"] == 60
     bad = tmp_path / "bad.yaml"
     bad.write_text("families:\n  evasion:\n    epz: [0.1]\n")
+    scratch = set(Path(tempfile.gettempdir()).glob("bastion-scratch-*"))
     code, _, err = bastion(capsys, "assess", *common, "--plan", str(bad))
     assert code == 2 and "has no key 'epz'" in err and err.count("\n") == 1
+    assert set(Path(tempfile.gettempdir()).glob("bastion-scratch-*")) <= scratch  # the worker stopped, folder gone
     code, _, err = bastion(capsys, "assess", common[0], "--quiet", "--store", str(tmp_path / "s.sqlite"))
     assert code == 2 and "needs MODEL and --data" in err
 

@@ -1,7 +1,7 @@
 """Neural Cleanse calibrated by a known-clean reference model of the same task: a planted target stays flagged
 (its trigger is far smaller than the same class's on the reference), a small trigger the reference shares is
-explained away (a natural feature of the task, reported as such), and a reference that is not a model of the same
-task, or cannot give gradients, is refused with one clear error."""
+explained away (a natural feature of the task: a medium suspect, not a flag), and a reference that is not a model
+of the same task, or cannot give gradients, is refused with one clear error."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_a_small_trigger_the_reference_shares_is_explained_not_flagged():
     assert m["flagged_classes"] == [] and m["explained_classes"] == [0]
     assert np.allclose(m["reference_ratio"], 1.0)
     finding = neural_cleanse_finding("neural-cleanse", m)
-    assert finding.severity == "low" and "natural feature of the task" in finding.title
+    assert finding.severity == "medium" and "natural feature of the task" in finding.title
 
 
 def test_a_reference_of_another_task_or_without_gradients_is_refused():
@@ -145,7 +145,7 @@ def test_the_report_draws_the_reference_sizes(backdoored_scan):
     assert plot.uri and "Black ticks" not in trigger_sizes({**backdoored_scan, "reference_mask_l1": None}).caption
 
 
-def test_a_class_small_only_relative_to_the_reference_is_a_medium_suspect_not_an_all_clear():
+def test_unflagged_classes_small_against_the_reference_or_the_model_stay_medium_suspects():
     # the bag explains the smallest trigger, but class 0 shrank 6x against the reference: a hidden target looks so
     metrics = {"flagged_classes": [], "decision": "null", "null_p_value": 1e-4, "null_top_class": 8,
                "significance": 0.05, "anomaly_index": [0.0] * 10, "mask_l1": [20.0] + [100.0] * 7 + [15.0, 100.0],
@@ -153,5 +153,5 @@ def test_a_class_small_only_relative_to_the_reference_is_a_medium_suspect_not_an
                "reference_ratio": [1 / 6] + [1.0] * 9, "reference_models": ["ref.pt2"]}
     finding = neural_cleanse_finding("neural-cleanse", metrics)
     assert finding.severity == "medium" and "6.0× smaller than on the clean reference" in finding.title
-    low = neural_cleanse_finding("neural-cleanse", {**metrics, "reference_flagged": []})
-    assert low.severity == "low" and "class(es) 8" in low.title
+    explained = neural_cleanse_finding("neural-cleanse", {**metrics, "reference_flagged": []})
+    assert explained.severity == "medium" and "class(es) 8" in explained.title and "not abnormally" in explained.title

@@ -222,22 +222,24 @@ def run_assessment(inputs: Inputs, run_id: str, override: dict, resumed: Plan | 
     # language-model formats (safetensors, GGUF) carry no code: loaded in-process after a clean scan
     sandbox = None if inputs.language_model else open_sandbox(inputs.model, inputs.arch, options,
                                                               plan_files(override.get("families")))
-    info = describe_in(sandbox, inputs) if sandbox is not None else inputs.describe()
-    if sandbox is not None and backend == "local":
-        runner_backend = SandboxBackend(sandbox, options)
-    elif sandbox is not None:  # Ray workers start their own sandboxes
-        sandbox.close()
-        sandbox = None
-    if print_plan:
+    try:
+        info = describe_in(sandbox, inputs) if sandbox is not None else inputs.describe()
+        if sandbox is not None and backend == "local":
+            runner_backend = SandboxBackend(sandbox, options)
+        elif sandbox is not None:  # Ray workers start their own sandboxes
+            sandbox.close()
+            sandbox = None
+        if print_plan:
+            shown = resumed if resumed else build_plan(inputs, info, override, seed, device)
+            typer.echo(shown.to_yaml(), nl=False)
+            return
+        result = assess_inputs(inputs, plan=override, seed=seed, device=device, store=store, backend=runner_backend,
+                               info=info, run_id=run_id, resume=resumed, show_progress=not quiet)
+        paths = write_reports(result, out, fmts)
+        print_summary(result, paths, console)
+    finally:  # every path closes the worker (closing twice is a no-op): an error must not leave it running
         if sandbox is not None:
             sandbox.close()
-        shown = resumed if resumed else build_plan(inputs, info, override, seed, device)
-        typer.echo(shown.to_yaml(), nl=False)
-        return
-    result = assess_inputs(inputs, plan=override, seed=seed, device=device, store=store, backend=runner_backend,
-                           info=info, run_id=run_id, resume=resumed, show_progress=not quiet)
-    paths = write_reports(result, out, fmts)
-    print_summary(result, paths, console)
     code = exit_code(result, fail_on)
     if code:
         raise typer.Exit(code)

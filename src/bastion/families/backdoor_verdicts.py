@@ -143,17 +143,16 @@ def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
             "poisoning.md §7.7). This is not an all-clear.")
     if metrics.get("explained_classes"):
         cls = metrics["explained_classes"]
-        return Finding(
-            title=f"{defense}: class(es) {', '.join(map(str, cls))} have an abnormally small trigger, but as small "
-                  f"on the known-clean reference ({', '.join(f'{ratio[c]:.2f}' for c in cls)} of its size; p = "
-                  f"{metrics['reference_p_value']:.2g}): a natural feature of the task",
-            family="backdoor", severity="low", metric="reference_p_value", value=metrics["reference_p_value"],
-            threshold=metrics["significance"], evidence=evidence, atlas=["AML.T0018"],
-            description="Relative to the same class on the reference model(s) you vouched for, no class's trigger "
-                        "is abnormally small: the small trigger is a property of the task (a natural trigger, as "
-                        "Fashion-MNIST's bag on every clean model, docs/benchmarks/poisoning.md §7.7), not evidence "
-                        "of a backdoor. This holds only as far as the reference is clean.",
-            recommendation="Keep the reference's provenance on record; it is what this verdict rests on.")
+        return suspect(
+            f"{defense}: class(es) {', '.join(map(str, cls))} have an abnormally small trigger, but not abnormally "
+            f"small against the known-clean reference ({', '.join(f'{ratio[c]:.2f}' for c in cls)} of its size; "
+            f"p = {metrics['reference_p_value']:.2g}): likely a natural feature of the task",
+            "reference_p_value", metrics["reference_p_value"], metrics["significance"], evidence,
+            "Relative to the same class on the reference model(s) you vouched for, no class's trigger is abnormally "
+            "small: such a trigger is usually a property of the task (a natural trigger, as Fashion-MNIST's bag on "
+            "clean CNNs, docs/benchmarks/poisoning.md §7.7). The test has less power than the scan alone (two "
+            "noisy sizes per class): a ratio well below 1 can still be a backdoor. Not an all-clear; it holds only "
+            "as far as the reference is clean.")
     if not by_null and metrics.get("null_p_value", 1.0) < metrics.get("significance", 0.05):
         top = metrics["null_top_class"]
         return suspect(

@@ -70,15 +70,15 @@ class NeuralCleanse(Defense):
     below the median (held-out Fashion-MNIST models: the MAD named none of three targets, the null all three, §7.4).
     `confirm="et"` confirms by expected transferability instead (Xiang, Miller & Kesidis, ICLR 2022;
     `expected_transferability.py`; ET > 1/2; `confirm_min_prob` > 0 is a beyond-paper variant, §7.5), and
-    `confirm="none"` keeps every flag. `reference` (paths loaded like MODEL, or targets): known-clean models
-    of the same task, e.g. the last release you vetted; `arch` builds a safetensors reference (the CLI passes its
-    --arch). Their triggers are
-    reverse-engineered with the same settings, and a class is flagged only where Xiang et al.'s null flags it on the
-    norms and also on the ratios norm / reference norm (geometric mean over references): a class whose trigger is as
-    small on a clean model of the task (Fashion-MNIST's bag) is reported in `explained_classes` instead, with a low
-    finding that rests on the reference being clean (Bastion's own calibration, §7.7; at least 4 classes). Both
-    rules' outcomes are always reported (`mad_flagged`, `anomaly_index`,
-    `null_top_class`, `null_p_value`). Every class reports its mask
+    `confirm="none"` keeps every flag. `reference` (paths loaded like MODEL, or targets): known-clean models of the
+    same task, e.g. the last release you vetted; `arch` builds a safetensors reference (the CLI passes its --arch).
+    Their triggers are reverse-engineered with the same settings, and a class is flagged only where Xiang et al.'s
+    null flags it on the norms and also on the ratios norm / reference norm (geometric mean over references): a
+    class whose trigger is as small on a clean model of the task (Fashion-MNIST's bag) is reported in
+    `explained_classes` instead, a medium suspect rather than a flag, resting on the reference being clean
+    (Bastion's own calibration, §7.7; at least 4 classes; it costs power where natural sizes vary between clean
+    models, as on the Fashion-MNIST ResNet). Both rules' outcomes are always reported (`mad_flagged`,
+    `anomaly_index`, `null_top_class`, `null_p_value`). Every class reports its mask
     norm, index and the attack success its trigger reached (`attack_success`): a class whose optimisation never
     reached `attack_threshold` has an unconverged, too large mask, which the report shows rather than hides.
     Inputs: clean data within the target's bounds, `(n, C, H, W)` or flat `(n, d)`.
