@@ -104,8 +104,10 @@ def neural_cleanse_finding(defense: str, metrics: dict[str, Any]) -> Finding:
             evidence=evidence, atlas=["AML.T0018"], owasp=["ML10:2023 Model Poisoning"],
             description="A small input pattern sends inputs of every class to the flagged class: a backdoor sign. "
                         "A normally trained model can have such a natural trigger too (Fashion-MNIST's bag class "
-                        "is flagged on 4 of 8 clean models, docs/benchmarks/poisoning.md §7.6): look at the "
-                        "restored trigger before acting.",
+                        "is flagged on 6 of 15 clean models, docs/benchmarks/poisoning.md §7.7): look at the "
+                        "restored trigger before acting"
+                        + (", or rescan with --reference, a vetted model of the same task." if not ratio else
+                           "; it is also abnormally small against the clean reference."),
             recommendation="Do not deploy; repair with fine-prune on trusted clean data or retrain from vetted data.",
         )
     if metrics.get("unconfirmed_classes") and keep:
