@@ -188,3 +188,20 @@ def test_example_server_serves_a_saved_model(tmp_path: Path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_an_onnx_graph_with_a_static_batch_size_is_queried_in_batches_of_that_size(cnn, tmp_path):
+    """A graph exported with batch dimension 1 (torch.onnx's default) answers any number of inputs; a graph that
+    does not take the data's shape is refused at load in one line, not mid-attack as an internal error."""
+    from bastion.core.data import Dataset
+
+    path = tmp_path / "static.onnx"
+    torch.onnx.export(cnn, torch.rand(1, 1, 8, 8), str(path), dynamo=False)
+    x = np.random.default_rng(0).random((7, 1, 8, 8), dtype=np.float32)
+    target = load_target(path, data=Dataset(x, np.zeros(7, np.int64), "d"))
+    with torch.no_grad():
+        expected = cnn(torch.as_tensor(x)).numpy()
+    assert np.allclose(target.logits(x), expected, atol=1e-4)
+    wrong = Dataset(np.zeros((3, 1, 4, 4), np.float32), np.zeros(3, np.int64), "small")
+    with pytest.raises(ModelLoadError, match="fails on inputs of shape"):
+        load_target(path, data=wrong)

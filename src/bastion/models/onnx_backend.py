@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,21 @@ def load_onnx(path: Path, data: Dataset | None = None, bounds: tuple[float, floa
         if all(isinstance(d, int) for d in static):
             meta.input_shape = list(static)
     shape, bounds = resolve_shape_and_bounds(meta, data, bounds, path)
-    input_name = session.get_inputs()[0].name
+    input_name, batch = session.get_inputs()[0].name, session.get_inputs()[0].shape[0]
     outputs = session.get_outputs()
+    fixed = batch if isinstance(batch, int) and batch > 0 else None  # a graph exported with a static batch size
 
     def run(x: np.ndarray) -> list:
-        return session.run(None, {input_name: x.astype(np.float32)})
+        x = x.astype(np.float32)
+        if fixed is None or len(x) == fixed:
+            return session.run(None, {input_name: x})
+        return fixed_batches(lambda chunk: session.run(None, {input_name: chunk}), x, fixed)
 
-    probe = run(np.zeros((1, *shape), np.float32))
+    try:
+        probe = run(np.zeros((1, *shape), np.float32))
+    except Exception as exc:  # onnxruntime's own exception types: the graph does not take these inputs
+        raise ModelLoadError(f"{path}: the ONNX model fails on inputs of shape {tuple(shape)} "
+                             f"({str(exc).splitlines()[0][:200]})") from None
     score_index = next((i for i, o in enumerate(probe) if isinstance(o, np.ndarray) and o.ndim == 2
                         and o.dtype.kind == "f"), None)
     if score_index is None:
@@ -51,3 +60,15 @@ def load_onnx(path: Path, data: Dataset | None = None, bounds: tuple[float, floa
     return FunctionTarget(lambda x: run(x)[score_index], meta.n_classes or scores.shape[1], shape,
                           "probabilities" if is_prob else "logits", bounds, batch_size=batch_size, name=path.name,
                           max_queries=max_queries)
+
+
+def fixed_batches(run: Callable[[np.ndarray], list], x: np.ndarray, size: int) -> list:
+    """`run` over `x` in chunks of exactly `size` rows (the last one padded by repeating its last row), outputs
+    concatenated and cut back to `len(x)` rows."""
+    parts = []
+    for start in range(0, len(x), size):
+        chunk = x[start:start + size]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+        parts.append([out[:len(chunk)] for out in run(padded)])
+    return [np.concatenate([p[i] for p in parts]) if isinstance(parts[0][i], np.ndarray)
+            else [row for p in parts for row in p[i]] for i in range(len(parts[0]))]
