@@ -292,9 +292,8 @@ class NeuralCleanse(Defense):
             return {}
         logs = []
         for ref in references:
-            with frozen(ref.model):  # type: ignore[attr-defined]
-                masks = self.triggers(ref.model, x.to(ref.device), y.to(ref.device), ref.n_classes,  # type: ignore
-                                      ref.bounds)[0]
+            with frozen(torch_module(ref, self.name)) as model:
+                masks = self.triggers(model, x.to(ref.device), y.to(ref.device), ref.n_classes, ref.bounds)[0]
             logs.append(np.log(np.maximum(masks.flatten(1).sum(1).cpu().numpy(), 1e-6)))
         reference = np.exp(np.mean(logs, axis=0))
         ratio = norms / np.maximum(reference, 1e-6)
