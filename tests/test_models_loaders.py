@@ -190,6 +190,7 @@ def test_example_server_serves_a_saved_model(tmp_path: Path):
         proc.wait(timeout=10)
 
 
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
 def test_an_onnx_graph_with_a_static_batch_size_is_queried_in_batches_of_that_size(cnn, tmp_path):
     """A graph exported with batch dimension 1 (torch.onnx's default) answers any number of inputs; a graph that
     does not take the data's shape is refused at load in one line, not mid-attack as an internal error."""
